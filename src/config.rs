@@ -1,0 +1,315 @@
+//! The configuration every part reads: a JSON object (the C ABI), or the `[incident_gate]` INI
+//! section that the openQA plugin and the command share. Every default lives in `Default for Config`.
+
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::path::PathBuf;
+
+/// A value that must never reach a log, an event, a status document or an error message.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// An AMQP URL whose password is shown as `<redacted>` everywhere but in `expose()`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct AmqpUrl(String);
+
+impl AmqpUrl {
+    pub fn new(s: impl Into<String>) -> Self {
+        AmqpUrl(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+/// `scheme://user:password@host` → `scheme://user:<redacted>@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &url[scheme_end..scheme_end + at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let shown = if userinfo.contains(':') { format!("{user}:<redacted>") } else { user.to_string() };
+            format!("{}{}{}", &url[..scheme_end], shown, &url[scheme_end + at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl Serialize for AmqpUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// What to do on IBS with a final verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReviewPolicy {
+    /// Accept on `passed`, comment on `failed` (the safe default).
+    AcceptOnpass,
+    /// Accept on `passed`, decline on `failed` with the blocking jobs as the reason.
+    AcceptDecline,
+    /// Never change a review; comment the verdict.
+    Comment,
+    /// Record what would be done, touch nothing.
+    DryRun,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Base URL of openQA, used for API calls and for the links in events and comments.
+    pub openqa_url: String,
+    /// API key and secret; only needed for authenticated routes (reads are public).
+    pub openqa_api_key: Option<String>,
+    pub openqa_api_secret: Option<Secret>,
+    pub amqp_url: AmqpUrl,
+    pub amqp_exchange: String,
+    pub amqp_topic_prefix: String,
+    /// openQA publishes to `pubsub` without declaring it; declare it only where nobody else does.
+    pub amqp_declare_exchange: bool,
+    /// The queue `incident-gate listen` binds to openQA's job and comment messages.
+    pub amqp_queue: String,
+    pub amqp_queue_durable: bool,
+    pub obs_url: String,
+    pub obs_user: Option<String>,
+    pub obs_password: Option<Secret>,
+    pub obs_ssh_key: Option<PathBuf>,
+    /// Also post a status check on the request (many OBS instances refuse it; never fatal).
+    pub obs_status_report: bool,
+    pub review_group: String,
+    pub review_policy: ReviewPolicy,
+    /// Job groups whose jobs never count (globs with `*` and `?`).
+    pub ignore_groups: Vec<String>,
+    /// Wait this long after the last event of an incident before evaluating it.
+    pub settle_ms: u64,
+    /// How often incidents still pending are evaluated without an event.
+    pub reconcile_interval_s: u64,
+    pub state_dir: PathBuf,
+    /// At most this many openQA or IBS requests in flight at once.
+    pub concurrency: usize,
+    /// Events that wait for the engine; a full queue refuses more.
+    pub queue_capacity: usize,
+    pub http_timeout_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            openqa_url: "http://localhost".into(),
+            openqa_api_key: None,
+            openqa_api_secret: None,
+            amqp_url: AmqpUrl::new("amqp://guest:guest@localhost:5672/%2f"),
+            amqp_exchange: "pubsub".into(),
+            amqp_topic_prefix: "suse".into(),
+            amqp_declare_exchange: false,
+            amqp_queue: "incident-gate".into(),
+            amqp_queue_durable: true,
+            obs_url: "https://api.suse.de".into(),
+            obs_user: None,
+            obs_password: None,
+            obs_ssh_key: None,
+            obs_status_report: false,
+            review_group: "qam-openqa".into(),
+            review_policy: ReviewPolicy::AcceptOnpass,
+            ignore_groups: vec!["*Devel*".into(), "*Test*".into()],
+            settle_ms: 0,
+            reconcile_interval_s: 300,
+            state_dir: PathBuf::from("/var/lib/incident-gate"),
+            concurrency: 4,
+            queue_capacity: 10_000,
+            http_timeout_s: 30,
+        }
+    }
+}
+
+/// A configuration error; its message names the offending key and never carries a secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const SECRET_KEYS: &[&str] = &["openqa_api_secret", "obs_password", "amqp_url"];
+
+impl Config {
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ConfigError(format!("config is not valid JSON: {e}")))?;
+        Self::from_value(value)
+    }
+
+    pub fn from_value(value: serde_json::Value) -> Result<Config, ConfigError> {
+        if !value.is_object() {
+            return Err(ConfigError("config must be a JSON object".into()));
+        }
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            // serde's message may quote the rejected value: never echo it for a secret key
+            let detail = if SECRET_KEYS.iter().any(|k| key.starts_with(k)) {
+                "invalid value".to_string()
+            } else {
+                e.inner().to_string()
+            };
+            if key == "." {
+                ConfigError(format!("config: {detail}"))
+            } else {
+                ConfigError(format!("config key `{key}`: {detail}"))
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
+        for (key, url) in [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                return bad(key, "must be an http:// or https:// URL");
+            }
+        }
+        let amqp = self.amqp_url.expose();
+        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+            return bad("amqp_url", "must be an amqp:// or amqps:// URL");
+        }
+        for (key, value) in [
+            ("amqp_exchange", &self.amqp_exchange),
+            ("amqp_topic_prefix", &self.amqp_topic_prefix),
+            ("amqp_queue", &self.amqp_queue),
+            ("review_group", &self.review_group),
+        ] {
+            if value.trim().is_empty() {
+                return bad(key, "must not be empty");
+            }
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return bad("state_dir", "must not be empty");
+        }
+        if self.concurrency == 0 || self.concurrency > 256 {
+            return bad("concurrency", "must be between 1 and 256");
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > 10_000_000 {
+            return bad("queue_capacity", "must be between 1 and 10000000");
+        }
+        if self.reconcile_interval_s == 0 {
+            return bad("reconcile_interval_s", "must be at least 1");
+        }
+        if self.http_timeout_s == 0 {
+            return bad("http_timeout_s", "must be at least 1");
+        }
+        if self.settle_ms > 3_600_000 {
+            return bad("settle_ms", "must be at most 3600000 (one hour)");
+        }
+        if self.openqa_api_key.is_some() != self.openqa_api_secret.is_some() {
+            return bad("openqa_api_secret", "openqa_api_key and openqa_api_secret go together");
+        }
+        Ok(())
+    }
+
+    /// The configuration as JSON with every secret redacted, for status output.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn routing_key(&self, suffix: &str) -> String {
+        format!("{}.openqa.{suffix}", self.amqp_topic_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_to_an_empty_object() {
+        let c = Config::from_json("{}").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.review_policy, ReviewPolicy::AcceptOnpass);
+        assert_eq!(c.ignore_groups, vec!["*Devel*", "*Test*"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::from_json(r#"{"opneqa_url":"http://x"}"#).unwrap_err();
+        assert!(e.0.contains("opneqa_url"), "{e}");
+        let e = Config::from_json(r#"{"settle_ms":"soon"}"#).unwrap_err();
+        assert!(e.0.contains("`settle_ms`"), "{e}");
+        let e = Config::from_json(r#"{"review_policy":"approve-all"}"#).unwrap_err();
+        assert!(e.0.contains("`review_policy`"), "{e}");
+        let e = Config::from_json(r#"{"concurrency":0}"#).unwrap_err();
+        assert!(e.0.contains("`concurrency`"), "{e}");
+        let e = Config::from_json(r#"{"openqa_url":"ftp://openqa"}"#).unwrap_err();
+        assert!(e.0.contains("`openqa_url`"), "{e}");
+        assert!(Config::from_json("[]").unwrap_err().0.contains("object"));
+        assert!(Config::from_json("{").unwrap_err().0.contains("JSON"));
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let c = Config::from_json(
+            r#"{"openqa_api_key":"KEY","openqa_api_secret":"S3CRET-QA","obs_password":"S3CRET-OBS",
+                "amqp_url":"amqp://user:S3CRET-MQ@rabbit:5672/"}"#,
+        )
+        .unwrap();
+        let shown = format!("{c:?} {}", c.redacted_json());
+        for s in ["S3CRET-QA", "S3CRET-OBS", "S3CRET-MQ"] {
+            assert!(!shown.contains(s), "{s} leaked: {shown}");
+        }
+        assert!(shown.contains("amqp://user:<redacted>@rabbit:5672/"));
+        assert_eq!(c.amqp_url.expose(), "amqp://user:S3CRET-MQ@rabbit:5672/");
+        // a wrong type for a secret key does not echo the value
+        let e = Config::from_json(r#"{"obs_password":["S3CRET-OBS"]}"#).unwrap_err();
+        assert!(!e.0.contains("S3CRET") && e.0.contains("obs_password"), "{e}");
+    }
+
+    #[test]
+    fn redact_url_forms() {
+        assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
+        assert_eq!(redact_url("amqp://u@h/"), "amqp://u@h/");
+        assert_eq!(redact_url("amqps://u:p@h:1/v"), "amqps://u:<redacted>@h:1/v");
+    }
+}

@@ -1,0 +1,79 @@
+//! A decision: a final verdict taken once per (incident, request, verdict, set of job ids), and the
+//! outcome of delivering it to one sink (the broker, IBS).
+
+use crate::verdict::{Outcome, Verdict};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Stable identity of the decision: the same verdict over the same jobs gives the same key in
+    /// every process, so it doubles as the AMQP `message_id` and the event's `event_id`.
+    pub key: String,
+    pub verdict: Verdict,
+    /// RFC 3339, UTC, seconds.
+    pub decided_at: String,
+    /// Base URL of openQA, for links.
+    pub openqa: String,
+}
+
+impl Decision {
+    pub fn new(verdict: Verdict, openqa: &str) -> Decision {
+        Decision {
+            key: decision_key(&verdict),
+            decided_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            openqa: openqa.trim_end_matches('/').to_string(),
+            verdict,
+        }
+    }
+
+    /// The `incident.done` event body (DESIGN section 5, docs/events.md).
+    pub fn event_json(&self) -> serde_json::Value {
+        let v = &self.verdict;
+        serde_json::json!({
+            "incident": v.incident,
+            "request": v.request,
+            "rrid": v.rrid,
+            "result": v.result,
+            "openqa": self.openqa,
+            "jobs": {
+                "total": v.jobs.total,
+                "passed": v.jobs.passed,
+                "softfailed": v.jobs.softfailed,
+                "failed": v.jobs.failed,
+                "accepted": v.jobs.accepted,
+            },
+            "blocking": v.blocking,
+            "decided_at": self.decided_at,
+            "event_id": self.key,
+        })
+    }
+}
+
+pub fn decision_key(v: &Verdict) -> String {
+    let mut h = Sha256::new();
+    let request = v.request.map(|r| r.to_string()).unwrap_or_default();
+    h.update(format!("{}|{}|{}|", v.incident, request, v.result.as_str()));
+    for id in &v.job_ids {
+        h.update(format!("{id},"));
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// What delivering a decision to a sink came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Done; the text says what was done (for status output and the log).
+    Done(String),
+    /// Nothing more will be tried (the request left review, dry run, no request known …).
+    Final(String),
+    /// A passing fault (connection, 5xx, broker refusal): try again later.
+    Retry(String),
+}
+
+impl Outcome {
+    /// Decisions are taken on final verdicts only.
+    pub fn is_decidable(self) -> bool {
+        self.is_final()
+    }
+}

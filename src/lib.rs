@@ -1,0 +1,9 @@
+//! incident-gate: decides from openQA job events whether an incident's tests are finished and what
+//! the verdict is, publishes an "incident done" AMQP event and reports to IBS.
+//! See ../shared/DESIGN.md for the architecture; `ffi` is the C ABI the openQA plugin uses.
+
+pub mod config;
+pub mod decision;
+pub mod incident;
+pub mod openqa;
+pub mod verdict;

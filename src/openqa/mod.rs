@@ -1,0 +1,3 @@
+//! openQA: the job model and a thin typed REST client.
+
+pub mod model;

@@ -1,0 +1,64 @@
+//! The parts of openQA's job JSON that incident-gate reads (see ../shared/fixtures/openqa).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A job as `GET /api/v1/jobs/<id>` and `GET /api/v1/jobs?ids=` return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub name: String,
+    pub state: String,
+    pub result: String,
+    #[serde(default)]
+    pub clone_id: Option<u64>,
+    #[serde(default)]
+    pub origin_id: Option<u64>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub group_id: Option<u64>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    #[serde(default)]
+    pub t_finished: Option<String>,
+}
+
+impl Job {
+    pub fn setting(&self, key: &str) -> &str {
+        self.settings.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// `done` and `cancelled` are final; every other state (scheduled, assigned, setup, running,
+    /// uploading) still changes.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "done" | "cancelled")
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self.result.as_str(), "passed" | "softfailed")
+    }
+}
+
+/// One job comment (`GET /api/v1/jobs/<id>/comments` answers a list of these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    pub id: u64,
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JobEnvelope {
+    pub job: Job,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+/// `GET /api/v1/job_settings/jobs` answers `{"jobs":[ids]}`, one entry per matching settings row.
+#[derive(Debug, Deserialize)]
+pub struct JobIds {
+    pub jobs: Vec<u64>,
+}

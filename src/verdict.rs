@@ -1,0 +1,335 @@
+//! The verdict of DESIGN section 4, as pure functions: which jobs count for an incident, and
+//! whether they say passed, failed, pending or nothing at all.
+
+use crate::incident::{is_incident_job, is_test_issues_key, parse_issue_list, parse_rrid};
+use crate::openqa::model::{Comment, Job};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pending,
+    Passed,
+    Failed,
+    NoJobs,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::NoJobs => "no_jobs",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self != Outcome::Pending
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: u64,
+    pub passed: u64,
+    pub softfailed: u64,
+    pub failed: u64,
+    pub accepted: u64,
+    pub pending: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockingJob {
+    pub id: u64,
+    pub name: String,
+    pub result: String,
+    pub group: String,
+    pub url: String,
+}
+
+/// Why a job counts or does not; `incident-gate check` prints these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobNote {
+    pub id: u64,
+    pub name: String,
+    pub state: String,
+    pub result: String,
+    pub group: String,
+    /// `incident`, `aggregate` or `unrelated`.
+    pub role: String,
+    pub counts: bool,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub incident: u64,
+    pub request: Option<u64>,
+    pub rrid: Option<String>,
+    pub result: Outcome,
+    pub jobs: Counts,
+    pub blocking: Vec<BlockingJob>,
+    /// Sorted ids of the jobs that count; part of the identity of a decision.
+    pub job_ids: Vec<u64>,
+    pub notes: Vec<JobNote>,
+}
+
+pub struct Rules<'a> {
+    pub ignore_groups: &'a [String],
+    pub openqa_url: &'a str,
+}
+
+/// The outcome of selection: the jobs that count, and a note for every job looked at.
+pub struct Selection<'a> {
+    pub incident: u64,
+    pub counted: Vec<&'a Job>,
+    pub request: Option<u64>,
+    pub rrid: Option<String>,
+    pub dropped: Vec<(&'a Job, &'static str, String)>,
+}
+
+impl Selection<'_> {
+    /// Jobs whose comments decide whether they are acceptable: final and not ok.
+    pub fn needs_comments(&self) -> Vec<u64> {
+        self.counted.iter().filter(|j| j.is_final() && !j.is_ok()).map(|j| j.id).collect()
+    }
+}
+
+/// `*` and `?` globs as used for the ignored job groups.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn lists_incident(job: &Job, incident: u64) -> bool {
+    job.settings
+        .iter()
+        .any(|(k, v)| is_test_issues_key(k) && parse_issue_list(v).any(|i| i == incident))
+}
+
+/// Aggregate builds are `YYYYMMDD-N`; compare them as numbers so `20261124-10` beats `-9`.
+fn build_key(build: &str) -> (u64, u64) {
+    let mut it = build.splitn(2, '-');
+    let date = it.next().and_then(|d| d.parse().ok()).unwrap_or(0);
+    let n = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    (date, n)
+}
+
+fn scenario(job: &Job) -> [&str; 7] {
+    ["DISTRI", "VERSION", "FLAVOR", "ARCH", "MACHINE", "TEST", "BUILD"].map(|k| job.setting(k))
+}
+
+/// Rules 1-4 of DESIGN section 4.
+pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a> {
+    let mut dropped: Vec<(&Job, &'static str, String)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut own = Vec::new();
+    let mut aggregate = Vec::new();
+    for job in jobs {
+        if !seen.insert(job.id) {
+            continue; // job_settings lists a job once per matching row
+        }
+        if is_incident_job(&job.settings, incident) {
+            own.push(job);
+        } else if lists_incident(job, incident) {
+            aggregate.push(job);
+        } else {
+            dropped.push((job, "unrelated", format!("does not test incident {incident}")));
+        }
+    }
+
+    // 1. newest release request only
+    let request_of = |j: &Job| parse_rrid(j.setting("RRID")).filter(|(i, _)| *i == incident);
+    let newest = own.iter().filter_map(|j| request_of(j)).map(|(_, r)| r).max();
+    let mut counted: Vec<&Job> = Vec::new();
+    for job in own {
+        match (newest, request_of(job)) {
+            (Some(n), Some((_, r))) if r < n => {
+                dropped.push((job, "incident", format!("release request {r} is older than {n}")))
+            }
+            (Some(n), None) => dropped.push((job, "incident", format!("no RRID, request {n} is current"))),
+            _ => counted.push(job),
+        }
+    }
+
+    // 2. newest aggregate build per product; ties on the date go to the build started last
+    let product = |j: &Job| ["DISTRI", "VERSION", "FLAVOR", "ARCH"].map(|k| j.setting(k).to_string());
+    let mut builds: BTreeMap<[String; 4], BTreeMap<String, u64>> = BTreeMap::new();
+    for job in &aggregate {
+        let first = builds.entry(product(job)).or_default().entry(job.setting("BUILD").to_string());
+        let id = first.or_insert(job.id);
+        *id = (*id).min(job.id);
+    }
+    let newest_build: HashMap<[String; 4], String> = builds
+        .into_iter()
+        .filter_map(|(p, b)| {
+            b.into_iter().max_by_key(|(build, first_id)| (build_key(build), *first_id)).map(|(b, _)| (p, b))
+        })
+        .collect();
+    for job in aggregate {
+        let newest = &newest_build[&product(job)];
+        if job.setting("BUILD") == newest {
+            counted.push(job);
+        } else {
+            let why = format!("aggregate build {} is older than {newest}", job.setting("BUILD"));
+            dropped.push((job, "aggregate", why));
+        }
+    }
+
+    // 3. ignored job groups
+    counted.retain(|job| {
+        let group = job.group.as_deref().unwrap_or("");
+        match rules.ignore_groups.iter().find(|g| glob_match(g, group)) {
+            Some(glob) => {
+                dropped.push((job, role(job, incident), format!("group {group:?} is ignored ({glob})")));
+                false
+            }
+            None => true,
+        }
+    });
+
+    // 4. newest job per scenario; a clone always has a higher id than the job it replaces
+    let mut newest_in: HashMap<[&str; 7], u64> = HashMap::new();
+    for job in &counted {
+        let id = newest_in.entry(scenario(job)).or_insert(job.id);
+        *id = (*id).max(job.id);
+    }
+    counted.retain(|job| {
+        let newest = newest_in[&scenario(job)];
+        if newest == job.id {
+            return true;
+        }
+        let why = match job.clone_id {
+            Some(c) if c == newest => format!("restarted as {c}"),
+            _ => format!("superseded by {newest} in the same scenario"),
+        };
+        dropped.push((job, role(job, incident), why));
+        false
+    });
+    counted.sort_by_key(|j| j.id);
+
+    let current = counted.iter().filter_map(|j| request_of(j)).map(|(_, r)| r).max();
+    Selection {
+        incident,
+        counted,
+        request: current,
+        rrid: current.map(|r| format!("SUSE:Maintenance:{incident}:{r}")),
+        dropped,
+    }
+}
+
+fn role(job: &Job, incident: u64) -> &'static str {
+    if is_incident_job(&job.settings, incident) {
+        "incident"
+    } else {
+        "aggregate"
+    }
+}
+
+/// The reason of an `@review:acceptable_for:incident_<id>:<reason>` comment for this incident.
+pub fn acceptable_for(comments: &[Comment], incident: u64) -> Option<String> {
+    const TAG: &str = "@review:acceptable_for:incident_";
+    comments.iter().find_map(|c| {
+        c.text.match_indices(TAG).find_map(|(at, _)| {
+            let rest = &c.text[at + TAG.len()..];
+            let digits = rest.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(rest.len());
+            let reason = rest[digits..].strip_prefix(':')?;
+            (rest[..digits].parse() == Ok(incident)).then(|| reason.lines().next().unwrap_or("").trim().to_string())
+        })
+    })
+}
+
+/// The verdict over a selection, given the comments of the jobs in `needs_comments()`.
+pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rules) -> Verdict {
+    let mut counts = Counts::default();
+    let mut blocking = Vec::new();
+    let mut notes = Vec::new();
+    let base = rules.openqa_url.trim_end_matches('/');
+    for job in &sel.counted {
+        counts.total += 1;
+        let why = if !job.is_final() {
+            counts.pending += 1;
+            format!("still {}", job.state)
+        } else if job.result == "passed" {
+            counts.passed += 1;
+            "passed".to_string()
+        } else if job.result == "softfailed" {
+            counts.softfailed += 1;
+            "softfailed".to_string()
+        } else if let Some(reason) = comments.get(&job.id).and_then(|c| acceptable_for(c, sel.incident)) {
+            counts.accepted += 1;
+            format!("{} but acceptable for incident {}: {reason}", job.result, sel.incident)
+        } else {
+            counts.failed += 1;
+            blocking.push(BlockingJob {
+                id: job.id,
+                name: job.name.clone(),
+                result: job.result.clone(),
+                group: job.group.clone().unwrap_or_default(),
+                url: format!("{base}/tests/{}", job.id),
+            });
+            format!("{}: blocks", job.result)
+        };
+        notes.push(note(job, role(job, sel.incident), true, why));
+    }
+    for (job, role, why) in &sel.dropped {
+        notes.push(note(job, role, false, why.clone()));
+    }
+    notes.sort_by_key(|n| n.id);
+    let result = if counts.total == 0 {
+        Outcome::NoJobs
+    } else if counts.pending > 0 {
+        Outcome::Pending
+    } else if counts.failed > 0 {
+        Outcome::Failed
+    } else {
+        Outcome::Passed
+    };
+    Verdict {
+        incident: sel.incident,
+        request: sel.request,
+        rrid: sel.rrid.clone(),
+        result,
+        jobs: counts,
+        blocking,
+        job_ids: sel.counted.iter().map(|j| j.id).collect(),
+        notes,
+    }
+}
+
+fn note(job: &Job, role: &str, counts: bool, why: String) -> JobNote {
+    JobNote {
+        id: job.id,
+        name: job.name.clone(),
+        state: job.state.clone(),
+        result: job.result.clone(),
+        group: job.group.clone().unwrap_or_default(),
+        role: role.to_string(),
+        counts,
+        why,
+    }
+}
+
+/// `select` then `judge`, for callers that already hold every comment.
+pub fn decide(incident: u64, jobs: &[Job], comments: &HashMap<u64, Vec<Comment>>, rules: &Rules) -> Verdict {
+    judge(&select(incident, jobs, rules), comments, rules)
+}
