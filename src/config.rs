@@ -107,9 +107,13 @@ pub struct Config {
     pub amqp_topic_prefix: String,
     /// openQA publishes to `pubsub` without declaring it; declare it only where nobody else does.
     pub amqp_declare_exchange: bool,
+    /// Publish `incident.done` events (through the outbox).
+    pub publish_amqp: bool,
     /// The queue `incident-gate listen` binds to openQA's job and comment messages.
     pub amqp_queue: String,
     pub amqp_queue_durable: bool,
+    /// Report decisions to IBS according to `review_policy` (through the outbox).
+    pub report_obs: bool,
     pub obs_url: String,
     pub obs_user: Option<String>,
     pub obs_password: Option<Secret>,
@@ -142,8 +146,10 @@ impl Default for Config {
             amqp_exchange: "pubsub".into(),
             amqp_topic_prefix: "suse".into(),
             amqp_declare_exchange: false,
+            publish_amqp: true,
             amqp_queue: "incident-gate".into(),
             amqp_queue_durable: true,
+            report_obs: true,
             obs_url: "https://api.suse.de".into(),
             obs_user: None,
             obs_password: None,

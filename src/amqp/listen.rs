@@ -1,0 +1,141 @@
+//! Consumes openQA's own `<prefix>.openqa.job.*` / `comment.*` messages (standalone mode: no plugin
+//! in openQA needed) and hands them to the engine. A message is acknowledged only after the engine
+//! has taken it; a malformed one is rejected without requeue and never stops the consumer.
+
+use crate::config::Config;
+use crate::engine::Core;
+use crate::events::{self, Event, EventKind};
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BATCH: usize = 256;
+
+/// The routing-key patterns bound to our queue.
+pub fn binding_keys(cfg: &Config) -> Vec<String> {
+    ["job.*", "jobs.*", "comment.*"].iter().map(|s| cfg.routing_key(s)).collect()
+}
+
+/// Turns one AMQP message into an event; `Ok(None)` for openQA messages we do not act on.
+pub fn parse_message(routing_key: &str, body: &[u8]) -> Result<Option<Event>, String> {
+    let Some(kind) = EventKind::from_routing_key(routing_key) else {
+        return Ok(None);
+    };
+    let data: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("{routing_key}: body is not JSON: {e}"))?;
+    events::from_value(kind, &data).map(Some).map_err(|e| e.message)
+}
+
+/// Runs until `core.shutdown()`, reconnecting with backoff after any connection loss.
+pub async fn run(core: Arc<Core>) {
+    let mut delay = Duration::from_millis(500);
+    while !core.is_shutting_down() {
+        match consume(&core).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!("AMQP listener: {e}; reconnecting in {delay:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = core.until_shutdown() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn subscribe(cfg: &Config) -> Result<(Connection, Consumer), String> {
+    let url = cfg.amqp_url.redacted();
+    let conn = tokio::time::timeout(
+        Duration::from_secs(15),
+        Connection::connect(cfg.amqp_url.expose(), ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| format!("connecting to {url} timed out"))?
+    .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.basic_qos(BATCH as u16, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
+    if cfg.amqp_declare_exchange {
+        let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ch.exchange_declare(cfg.amqp_exchange.as_str().into(), ExchangeKind::Topic, options, FieldTable::default())
+            .await
+            .map_err(|e| format!("cannot declare exchange {}: {e}", cfg.amqp_exchange))?;
+    }
+    let options = QueueDeclareOptions { durable: cfg.amqp_queue_durable, ..Default::default() };
+    ch.queue_declare(cfg.amqp_queue.as_str().into(), options, FieldTable::default())
+        .await
+        .map_err(|e| format!("cannot declare queue {}: {e}", cfg.amqp_queue))?;
+    for key in binding_keys(cfg) {
+        ch.queue_bind(
+            cfg.amqp_queue.as_str().into(),
+            cfg.amqp_exchange.as_str().into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot bind {} to {} with {key}: {e}", cfg.amqp_queue, cfg.amqp_exchange))?;
+    }
+    let consumer = ch
+        .basic_consume(
+            cfg.amqp_queue.as_str().into(),
+            "incident-gate".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot consume from {}: {e}", cfg.amqp_queue))?;
+    Ok((conn, consumer))
+}
+
+async fn consume(core: &Arc<Core>) -> Result<(), String> {
+    let (conn, mut consumer) = subscribe(core.config()).await?;
+    tracing::info!("listening on queue {} for {:?}", core.config().amqp_queue, binding_keys(core.config()));
+    loop {
+        let first = tokio::select! {
+            next = consumer.next() => next,
+            _ = core.until_shutdown() => {
+                let _ = conn.close(200, "shutting down".into()).await;
+                return Ok(());
+            }
+        };
+        let mut batch = vec![first.ok_or("the broker cancelled the consumer")?.map_err(|e| e.to_string())?];
+        while batch.len() < BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(d),
+                Some(Some(Err(e))) => return Err(e.to_string()),
+                _ => break,
+            }
+        }
+        take_batch(core, batch).await?;
+    }
+}
+
+async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<(), String> {
+    let mut events = Vec::with_capacity(batch.len());
+    let mut good = Vec::with_capacity(batch.len());
+    for delivery in batch {
+        match parse_message(delivery.routing_key.as_str(), &delivery.data) {
+            Ok(event) => {
+                events.extend(event);
+                good.push(delivery);
+            }
+            Err(e) => {
+                tracing::warn!("rejecting a malformed message: {e}");
+                delivery.reject(BasicRejectOptions { requeue: false }).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    core.take_events(events).await;
+    for delivery in good {
+        delivery.ack(BasicAckOptions::default()).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! The engine: turns job events into evaluations of the affected incidents, coalesced per incident
+//! (at most one in flight and one follow-up), records final verdicts once as decisions, and feeds
+//! the outbox. Incidents still pending are re-evaluated periodically, because openQA finishes some
+//! jobs without any event (stale-job detection, obsoletion).
+
+use crate::config::Config;
+use crate::decision::Decision;
+use crate::events::Event;
+use crate::incident::incidents_of;
+use crate::openqa::client::{ApiError, OpenQaClient};
+use crate::openqa::model::Job;
+use crate::store::{Sink, Store};
+use crate::verdict::{self, Outcome, Rules, Verdict};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+#[derive(Debug)]
+pub enum EngineError {
+    Api(ApiError),
+    Store(crate::store::StoreError),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Api(e) => write!(f, "openQA: {e}"),
+            EngineError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<ApiError> for EngineError {
+    fn from(e: ApiError) -> Self {
+        EngineError::Api(e)
+    }
+}
+
+impl From<crate::store::StoreError> for EngineError {
+    fn from(e: crate::store::StoreError) -> Self {
+        EngineError::Store(e)
+    }
+}
+
+#[derive(Default)]
+struct IncidentState {
+    running: bool,
+    /// An event arrived while evaluating: evaluate once more right after.
+    again: bool,
+    /// Jobs still pending at the last evaluation. While one of them has not reported, the
+    /// incident is pending for sure and an event about another job needs no API call.
+    waiting_on: Option<HashSet<u64>>,
+}
+
+#[derive(Default)]
+struct Stats {
+    events: AtomicU64,
+    evaluations: AtomicU64,
+    evaluations_skipped: AtomicU64,
+    api_errors: AtomicU64,
+    decisions: AtomicU64,
+    duplicate_decisions: AtomicU64,
+}
+
+/// Caps the job → incidents cache; job settings never change, so entries never go stale.
+const JOB_CACHE_MAX: usize = 200_000;
+/// How many events one intake round takes from the queue at most.
+const INTAKE_BATCH: usize = 512;
+
+pub struct Core {
+    cfg: Arc<Config>,
+    client: OpenQaClient,
+    store: Arc<Store>,
+    sinks: Vec<Sink>,
+    incidents: Mutex<HashMap<u64, IncidentState>>,
+    job_incidents: Mutex<HashMap<u64, Vec<u64>>>,
+    stats: Stats,
+    /// Events taken from the queue but not processed, plus evaluations running or scheduled.
+    busy: AtomicUsize,
+    /// Woken when a decision lands in the outbox.
+    pub outbox_wake: Notify,
+    shutdown: AtomicBool,
+    shutdown_notify: Notify,
+}
+
+impl Core {
+    /// Opens the store and the openQA client and spawns the engine's tasks on the current runtime.
+    pub fn start(cfg: Arc<Config>, rx: mpsc::Receiver<Event>) -> Result<Arc<Core>, EngineError> {
+        let core = Arc::new(Core::new(cfg)?);
+        tokio::spawn(intake(core.clone(), rx));
+        tokio::spawn(reconcile(core.clone()));
+        crate::outbox::spawn_dispatchers(&core);
+        Ok(core)
+    }
+
+    pub fn new(cfg: Arc<Config>) -> Result<Core, EngineError> {
+        let store = Arc::new(Store::open(&cfg.state_dir)?);
+        let client = OpenQaClient::new(&cfg)?;
+        let mut sinks = Vec::new();
+        if cfg.publish_amqp {
+            sinks.push(Sink::Amqp);
+        }
+        if cfg.report_obs {
+            sinks.push(Sink::Obs);
+        }
+        Ok(Core {
+            cfg,
+            client,
+            store,
+            sinks,
+            incidents: Mutex::default(),
+            job_incidents: Mutex::default(),
+            stats: Stats::default(),
+            busy: AtomicUsize::new(0),
+            outbox_wake: Notify::new(),
+            shutdown: AtomicBool::new(false),
+            shutdown_notify: Notify::new(),
+        })
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn client(&self) -> &OpenQaClient {
+        &self.client
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.busy.load(Relaxed) == 0
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Relaxed)
+    }
+
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Relaxed);
+        self.shutdown_notify.notify_waiters();
+        self.outbox_wake.notify_waiters();
+    }
+
+    /// Resolves when `shutdown()` is called.
+    pub async fn until_shutdown(&self) {
+        let notified = self.shutdown_notify.notified();
+        if !self.is_shutting_down() {
+            notified.await;
+        }
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let s = &self.stats;
+        let pending: Vec<u64> = self.store.pending().unwrap_or_default();
+        let recent = self.store.recent_decisions(20).unwrap_or_default();
+        serde_json::json!({
+            "events": s.events.load(Relaxed),
+            "evaluations": s.evaluations.load(Relaxed),
+            "evaluations_skipped": s.evaluations_skipped.load(Relaxed),
+            "api_errors": s.api_errors.load(Relaxed),
+            "decisions": s.decisions.load(Relaxed),
+            "duplicate_decisions": s.duplicate_decisions.load(Relaxed),
+            "openqa_requests": self.client.requests_made(),
+            "busy": self.busy.load(Relaxed),
+            "pending_incidents": pending,
+            "outbox_backlog": self.store.backlog().ok(),
+            "recent_decisions": recent,
+        })
+    }
+
+    /// The current verdict, straight from openQA; no side effects.
+    pub async fn evaluate(&self, incident: u64) -> Result<Verdict, EngineError> {
+        let ids_own = self.client.job_ids_by_setting("INCIDENT_ID", &incident.to_string());
+        let ids_aggregate = self.client.job_ids_by_list_setting("*_TEST_ISSUES", &incident.to_string());
+        let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
+        let mut ids: Vec<u64> = own.into_iter().chain(aggregate).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut jobs = self.client.jobs(&ids).await?;
+        // Follow clone chains whose newer jobs the settings query did not list (bounded).
+        for _ in 0..5 {
+            let known: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
+            let missing: Vec<u64> =
+                jobs.iter().filter_map(|j| j.clone_id).filter(|c| !known.contains(c)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            jobs.extend(self.client.jobs(&missing).await?);
+        }
+        self.remember_jobs(&jobs);
+        let rules = Rules { ignore_groups: &self.cfg.ignore_groups, openqa_url: &self.cfg.openqa_url };
+        let selection = verdict::select(incident, &jobs, &rules);
+        let mut comments = HashMap::new();
+        let wanted = selection.needs_comments();
+        let fetched =
+            futures_util::future::try_join_all(wanted.iter().map(|&id| self.client.comments(id))).await?;
+        for (id, list) in wanted.into_iter().zip(fetched) {
+            comments.insert(id, list);
+        }
+        Ok(verdict::judge(&selection, &comments, &rules))
+    }
+
+    fn remember_jobs(&self, jobs: &[Job]) {
+        let mut cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() + jobs.len() > JOB_CACHE_MAX {
+            cache.clear();
+        }
+        for job in jobs {
+            cache.insert(job.id, incidents_of(&job.settings).into_iter().collect());
+        }
+    }
+
+    /// The incidents each of these jobs tests, asking openQA for the ones not seen before.
+    async fn incidents_of_jobs(&self, ids: &[u64]) -> Result<HashMap<u64, Vec<u64>>, ApiError> {
+        let unknown: Vec<u64> = {
+            let cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter().copied().filter(|id| !cache.contains_key(id)).collect()
+        };
+        if !unknown.is_empty() {
+            let jobs = self.client.jobs(&unknown).await?;
+            self.remember_jobs(&jobs);
+        }
+        let cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(ids.iter().filter_map(|id| cache.get(id).map(|i| (*id, i.clone()))).collect())
+    }
+
+    /// Takes a batch of events: finds the incidents they touch and schedules what must be evaluated.
+    pub async fn take_events(self: &Arc<Self>, batch: Vec<Event>) {
+        let ids: Vec<u64> = {
+            let mut ids: Vec<u64> = batch.iter().flat_map(|e| e.jobs.iter().copied()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let mut delay = Duration::from_millis(100);
+        let map = loop {
+            match self.incidents_of_jobs(&ids).await {
+                Ok(map) => break map,
+                Err(e) if !self.is_shutting_down() => {
+                    // Never drop events: keep them until openQA answers again.
+                    self.stats.api_errors.fetch_add(1, Relaxed);
+                    tracing::warn!("cannot look up jobs of {} events, retrying in {delay:?}: {e}", batch.len());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(_) => return,
+            }
+        };
+        let mut touched: HashMap<u64, bool> = HashMap::new();
+        let mut finished: HashSet<u64> = HashSet::new();
+        for event in &batch {
+            for job in &event.jobs {
+                if event.finishes_jobs() {
+                    finished.insert(*job);
+                }
+                for incident in map.get(job).into_iter().flatten() {
+                    // Restarts and comments can change a verdict without finishing a job.
+                    *touched.entry(*incident).or_default() |= !event.finishes_jobs();
+                }
+            }
+        }
+        for (incident, must) in touched {
+            self.touch(incident, must, &finished);
+        }
+    }
+
+    /// An event touched `incident`: evaluate it unless a job it waits on is still unreported.
+    fn touch(self: &Arc<Self>, incident: u64, must: bool, finished: &HashSet<u64>) {
+        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        let state = incidents.entry(incident).or_default();
+        if let Some(waiting) = &mut state.waiting_on {
+            waiting.retain(|j| !finished.contains(j));
+        }
+        let still_waiting = state.waiting_on.as_ref().is_some_and(|w| !w.is_empty());
+        if state.running {
+            state.again = true;
+        } else if must || !still_waiting {
+            state.running = true;
+            self.spawn_evaluation(incident);
+        } else {
+            self.stats.evaluations_skipped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Schedules an evaluation regardless of what the incident waits on (reconciliation).
+    fn schedule(self: &Arc<Self>, incident: u64) {
+        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        let state = incidents.entry(incident).or_default();
+        if state.running {
+            state.again = true;
+        } else {
+            state.running = true;
+            self.spawn_evaluation(incident);
+        }
+    }
+
+    fn spawn_evaluation(self: &Arc<Self>, incident: u64) {
+        self.busy.fetch_add(1, Relaxed);
+        let core = self.clone();
+        tokio::spawn(async move {
+            if core.cfg.settle_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(core.cfg.settle_ms)).await;
+            }
+            let mut failures = 0u32;
+            loop {
+                let outcome = core.evaluate_and_decide(incident).await;
+                let mut incidents = core.incidents.lock().unwrap_or_else(|p| p.into_inner());
+                let state = incidents.entry(incident).or_default();
+                let retry = match outcome {
+                    Ok(waiting) => {
+                        failures = 0;
+                        state.waiting_on = waiting;
+                        false
+                    }
+                    Err(e) => {
+                        core.stats.api_errors.fetch_add(1, Relaxed);
+                        tracing::warn!("incident {incident}: no verdict now, will retry: {e}");
+                        failures += 1;
+                        true
+                    }
+                };
+                if core.is_shutting_down() || !(retry || state.again) {
+                    state.running = false;
+                    break;
+                }
+                state.again = false;
+                drop(incidents);
+                if retry {
+                    tokio::time::sleep(Duration::from_millis(crate::store::backoff_ms(failures - 1) as u64)).await;
+                }
+            }
+            core.busy.fetch_sub(1, Relaxed);
+        });
+    }
+
+    /// One evaluation; a final verdict becomes a decision. Returns the jobs still pending.
+    async fn evaluate_and_decide(&self, incident: u64) -> Result<Option<HashSet<u64>>, EngineError> {
+        self.stats.evaluations.fetch_add(1, Relaxed);
+        let verdict = self.evaluate(incident).await?;
+        if verdict.result == Outcome::Pending {
+            self.store.mark_pending(incident)?;
+            let pending = verdict.notes.iter().filter(|n| n.counts && n.state != "done" && n.state != "cancelled");
+            return Ok(Some(pending.map(|n| n.id).collect()));
+        }
+        let decision = Decision::new(verdict, &self.cfg.openqa_url);
+        if self.store.record_decision(&decision, &self.sinks)? {
+            self.stats.decisions.fetch_add(1, Relaxed);
+            tracing::info!(
+                "incident {incident}: {} (request {:?}, {} jobs, decision {})",
+                decision.verdict.result.as_str(),
+                decision.verdict.request,
+                decision.verdict.jobs.total,
+                decision.key
+            );
+            self.outbox_wake.notify_waiters();
+        } else {
+            self.stats.duplicate_decisions.fetch_add(1, Relaxed);
+        }
+        Ok(None)
+    }
+}
+
+async fn intake(core: Arc<Core>, mut rx: mpsc::Receiver<Event>) {
+    let mut batch = Vec::with_capacity(INTAKE_BATCH);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, INTAKE_BATCH) => if n == 0 { return },
+            _ = core.until_shutdown() => return,
+        }
+        // Count the batch as busy before the channel looks empty, so flush() waits for it.
+        core.busy.fetch_add(1, Relaxed);
+        core.stats.events.fetch_add(batch.len() as u64, Relaxed);
+        core.take_events(std::mem::take(&mut batch)).await;
+        core.busy.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn reconcile(core: Arc<Core>) {
+    let interval = Duration::from_secs(core.cfg.reconcile_interval_s);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = core.until_shutdown() => return,
+        }
+        match core.store.stale_pending(interval.as_millis() as i64) {
+            Ok(incidents) => incidents.into_iter().for_each(|i| core.schedule(i)),
+            Err(e) => tracing::warn!("reconciliation: {e}"),
+        }
+    }
+}
+
+/// Evaluates one incident now (for `ig_gate`-less callers such as `incident-gate hook`).
+pub async fn decide_now(core: &Arc<Core>, incident: u64) -> Result<Option<Decision>, EngineError> {
+    core.evaluate_and_decide(incident).await?;
+    Ok(core.store.latest_decision(incident)?)
+}

@@ -1,0 +1,252 @@
+//! openQA's job and comment events (in-process from the web UI, or the same data from AMQP),
+//! validated and reduced to what the engine needs: which jobs changed, and whether they finished.
+
+use serde_json::Value;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    JobDone,
+    JobCancel,
+    JobRestart,
+    JobsRestart,
+    JobUpdateResult,
+    CommentCreate,
+    CommentUpdate,
+    CommentDelete,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::JobDone,
+        EventKind::JobCancel,
+        EventKind::JobRestart,
+        EventKind::JobsRestart,
+        EventKind::JobUpdateResult,
+        EventKind::CommentCreate,
+        EventKind::CommentUpdate,
+        EventKind::CommentDelete,
+    ];
+
+    /// The in-process event name (`OpenQA::Events`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::JobDone => "openqa_job_done",
+            EventKind::JobCancel => "openqa_job_cancel",
+            EventKind::JobRestart => "openqa_job_restart",
+            EventKind::JobsRestart => "openqa_jobs_restart",
+            EventKind::JobUpdateResult => "openqa_job_update_result",
+            EventKind::CommentCreate => "openqa_comment_create",
+            EventKind::CommentUpdate => "openqa_comment_update",
+            EventKind::CommentDelete => "openqa_comment_delete",
+        }
+    }
+
+    /// The suffix of openQA's AMQP routing key (`<prefix>.openqa.<suffix>`).
+    pub fn routing_suffix(self) -> &'static str {
+        match self {
+            EventKind::JobDone => "job.done",
+            EventKind::JobCancel => "job.cancel",
+            EventKind::JobRestart => "job.restart",
+            EventKind::JobsRestart => "jobs.restart",
+            EventKind::JobUpdateResult => "job.update_result",
+            EventKind::CommentCreate => "comment.create",
+            EventKind::CommentUpdate => "comment.update",
+            EventKind::CommentDelete => "comment.delete",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn from_routing_key(key: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| key.ends_with(&format!(".openqa.{}", k.routing_suffix())))
+    }
+}
+
+/// An event the engine acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// Jobs the event is about: the job, or for restarts the old jobs and their clones.
+    pub jobs: Vec<u64>,
+}
+
+impl Event {
+    /// The event says these jobs reached a final state.
+    pub fn finishes_jobs(&self) -> bool {
+        matches!(self.kind, EventKind::JobDone | EventKind::JobCancel | EventKind::JobUpdateResult)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    UnknownEvent,
+    InvalidJson,
+    InvalidShape,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::UnknownEvent => "unknown_event",
+            Rejection::InvalidJson => "invalid_json",
+            Rejection::InvalidShape => "invalid_shape",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventError {
+    pub rejection: Rejection,
+    pub message: String,
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for EventError {}
+
+fn err(rejection: Rejection, message: String) -> EventError {
+    EventError { rejection, message }
+}
+
+/// openQA sends job ids as numbers, except in restart events where the old id is a string.
+fn job_id(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().filter(|&n| n > 0),
+        Value::String(s) => s.trim().parse().ok().filter(|&n: &u64| n > 0),
+        _ => None,
+    }
+}
+
+/// `{"2":12}` (restart) or `[{"2":12},{"3":13}]` (several): old ids as keys, clones as values.
+fn restart_ids(v: &Value, out: &mut Vec<u64>) {
+    match v {
+        Value::Object(map) => {
+            for (old, new) in map {
+                out.extend(job_id(&Value::String(old.clone())));
+                out.extend(job_id(new));
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| restart_ids(i, out)),
+        other => out.extend(job_id(other)),
+    }
+}
+
+/// Parses an event by its in-process name.
+pub fn parse(name: &str, json: &str) -> Result<Event, EventError> {
+    let kind = EventKind::from_name(name)
+        .ok_or_else(|| err(Rejection::UnknownEvent, format!("unknown event {name:?}")))?;
+    let data: Value = serde_json::from_str(json)
+        .map_err(|e| err(Rejection::InvalidJson, format!("{name}: event data is not valid JSON: {e}")))?;
+    from_value(kind, &data)
+}
+
+/// Reduces event data (in-process or an AMQP body, which carries extra keys) to an `Event`.
+pub fn from_value(kind: EventKind, data: &Value) -> Result<Event, EventError> {
+    let name = kind.name();
+    let shape = |what: &str| err(Rejection::InvalidShape, format!("{name}: {what}"));
+    let obj = data.as_object().ok_or_else(|| shape("event data must be a JSON object"))?;
+    let mut jobs = Vec::new();
+    match kind {
+        EventKind::JobDone | EventKind::JobCancel | EventKind::JobUpdateResult => {
+            let id = obj.get("id").ok_or_else(|| shape("missing job `id`"))?;
+            jobs.push(job_id(id).ok_or_else(|| shape("`id` must be a positive job id"))?);
+        }
+        EventKind::JobRestart | EventKind::JobsRestart => {
+            for key in ["id", "ids"] {
+                match obj.get(key) {
+                    Some(Value::Array(ids)) => {
+                        for id in ids {
+                            jobs.push(job_id(id).ok_or_else(|| shape("`ids` must hold job ids"))?);
+                        }
+                    }
+                    Some(Value::Null) | None => {}
+                    Some(id) => jobs.push(job_id(id).ok_or_else(|| shape("`id` must be a job id"))?),
+                }
+            }
+            for key in ["result", "results"] {
+                if let Some(v) = obj.get(key) {
+                    restart_ids(v, &mut jobs);
+                }
+            }
+            if jobs.is_empty() {
+                return Err(shape("restart names no job (`id`, `ids` or `result`)"));
+            }
+        }
+        EventKind::CommentCreate | EventKind::CommentUpdate | EventKind::CommentDelete => {
+            if obj.get("id").and_then(job_id).is_none() {
+                return Err(shape("missing comment `id`"));
+            }
+            // group comments carry job_id null: valid, but about no job
+            match obj.get("job_id") {
+                None | Some(Value::Null) => {}
+                Some(v) => jobs.push(job_id(v).ok_or_else(|| shape("`job_id` must be a job id"))?),
+            }
+        }
+    }
+    jobs.sort_unstable();
+    jobs.dedup();
+    Ok(Event { kind, jobs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_webui_events_parse() {
+        let text = include_str!("../tests/fixtures/openqa/webui-events.jsonl");
+        let mut seen = 0;
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let args = &v["args"][0];
+            let name = args[2].as_str().unwrap();
+            if EventKind::from_name(name).is_none() {
+                assert_eq!(name, "openqa_job_create");
+                continue;
+            }
+            let ev = parse(name, &args[3].to_string()).unwrap();
+            assert!(!ev.jobs.is_empty(), "{line}");
+            seen += 1;
+        }
+        assert_eq!(seen, 17);
+        let restart = parse("openqa_job_restart", r#"{"auto":0,"id":"2","result":{"2":12}}"#).unwrap();
+        assert_eq!(restart.jobs, vec![2, 12]);
+    }
+
+    #[test]
+    fn recorded_amqp_messages_parse() {
+        let text = include_str!("../tests/fixtures/openqa/amqp-messages.jsonl");
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let key = v["routing_key"].as_str().unwrap();
+            match EventKind::from_routing_key(key) {
+                Some(kind) => assert!(from_value(kind, &v["body"]).is_ok(), "{line}"),
+                None => assert!(key.ends_with("job.create"), "{key}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_events_are_rejected_by_reason() {
+        let r = |n: &str, j: &str| parse(n, j).unwrap_err().rejection;
+        assert_eq!(r("openqa_job_frobnicate", "{}"), Rejection::UnknownEvent);
+        assert_eq!(r("openqa_job_done", "{"), Rejection::InvalidJson);
+        assert_eq!(r("openqa_job_done", "[]"), Rejection::InvalidShape);
+        assert_eq!(r("openqa_job_done", r#"{"result":"passed"}"#), Rejection::InvalidShape);
+        assert_eq!(r("openqa_job_done", r#"{"id":"abc"}"#), Rejection::InvalidShape);
+        assert_eq!(r("openqa_job_done", r#"{"id":-3}"#), Rejection::InvalidShape);
+        assert_eq!(r("openqa_job_restart", r#"{"auto":0}"#), Rejection::InvalidShape);
+        assert_eq!(r("openqa_comment_create", r#"{"job_id":3}"#), Rejection::InvalidShape);
+        let group_comment = parse("openqa_comment_create", r#"{"id":7,"job_id":null}"#).unwrap();
+        assert!(group_comment.jobs.is_empty());
+        let many = parse("openqa_jobs_restart", r#"{"ids":[3,"4"],"results":[{"3":30},{"4":40}]}"#).unwrap();
+        assert_eq!(many.jobs, vec![3, 4, 30, 40]);
+    }
+}

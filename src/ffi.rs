@@ -1,0 +1,250 @@
+//! The C ABI (include/incident_gate.h is generated from this file by cbindgen). This layer only
+//! translates: C strings to Rust, results to `ig_status`, and it stops every panic at the boundary.
+
+#![allow(non_camel_case_types)]
+
+use crate::config::Config;
+use crate::gate::{Gate, SubmitError};
+use crate::events::Rejection;
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+/// The status of every call. `IG_OK` is 0; on anything else `ig_last_error()` says why.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ig_status {
+    IG_OK = 0,
+    /// A required pointer argument was NULL.
+    IG_NULL_ARGUMENT = 1,
+    /// A string argument was not valid UTF-8.
+    IG_INVALID_UTF8 = 2,
+    /// A JSON argument did not parse.
+    IG_INVALID_JSON = 3,
+    /// A non-pointer argument was out of range (e.g. incident 0).
+    IG_INVALID_ARGUMENT = 4,
+    /// The configuration parsed but a key is unknown or a value invalid.
+    IG_INVALID_CONFIG = 5,
+    /// The event name is not one the gate handles.
+    IG_UNKNOWN_EVENT = 6,
+    /// The event data does not have the shape openQA gives that event.
+    IG_INVALID_EVENT = 7,
+    /// The intake queue is full; the event was counted and not queued.
+    IG_QUEUE_FULL = 8,
+    /// `ig_gate_flush` ran out of time.
+    IG_TIMEOUT = 9,
+    /// The engine could not start, or openQA could not be asked (try again later).
+    IG_UNAVAILABLE = 10,
+    /// An internal error; the library caught it and stays usable.
+    IG_PANIC = 11,
+}
+
+/// An opaque gate handle; create with `ig_gate_new`, release with `ig_gate_free`.
+pub struct ig_gate {
+    gate: Gate,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    let c = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+type Failure = (ig_status, String);
+
+/// Runs `f` behind the panic boundary and records its error message.
+fn boundary(f: impl FnOnce() -> Result<(), Failure>) -> ig_status {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => ig_status::IG_OK,
+        Ok(Err((status, message))) => {
+            set_last_error(&message);
+            status
+        }
+        Err(_) => {
+            set_last_error("internal error in incident-gate (a bug; the call had no effect)");
+            ig_status::IG_PANIC
+        }
+    }
+}
+
+/// # Safety
+/// `p` is NULL or a NUL-terminated string valid for the duration of the call.
+unsafe fn str_arg<'a>(p: *const c_char, name: &str) -> Result<&'a str, Failure> {
+    if p.is_null() {
+        return Err((ig_status::IG_NULL_ARGUMENT, format!("{name} is NULL")));
+    }
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|e| (ig_status::IG_INVALID_UTF8, format!("{name} is not valid UTF-8: {e}")))
+}
+
+/// # Safety
+/// `p` is NULL or a pointer returned by `ig_gate_new` and not yet freed.
+unsafe fn gate_arg<'a>(p: *const ig_gate) -> Result<&'a Gate, Failure> {
+    match unsafe { p.as_ref() } {
+        Some(g) => Ok(&g.gate),
+        None => Err((ig_status::IG_NULL_ARGUMENT, "gate is NULL".into())),
+    }
+}
+
+/// # Safety
+/// `out` is NULL or valid for a write.
+unsafe fn put_string(out: *mut *mut c_char, value: &serde_json::Value) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err((ig_status::IG_NULL_ARGUMENT, "output pointer is NULL".into()));
+    }
+    let s = CString::new(value.to_string()).map_err(|e| (ig_status::IG_PANIC, e.to_string()))?;
+    unsafe { *out = s.into_raw() };
+    Ok(())
+}
+
+/// Creates a gate from a JSON configuration object (see docs/configuration.md). Starts no thread and
+/// touches no file or network: that happens on first use, in the process that uses it.
+///
+/// # Safety
+/// `config_json` is a NUL-terminated string; `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_new(config_json: *const c_char, out: *mut *mut ig_gate) -> ig_status {
+    boundary(|| {
+        if out.is_null() {
+            return Err((ig_status::IG_NULL_ARGUMENT, "out is NULL".into()));
+        }
+        let text = unsafe { str_arg(config_json, "config_json") }?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| (ig_status::IG_INVALID_JSON, format!("config is not valid JSON: {e}")))?;
+        let config = Config::from_value(value).map_err(|e| (ig_status::IG_INVALID_CONFIG, e.0))?;
+        let gate = Box::new(ig_gate { gate: Gate::new(config) });
+        unsafe { *out = Box::into_raw(gate) };
+        Ok(())
+    })
+}
+
+/// Hands an openQA event (its name and its data as JSON) to the gate. Validates it and queues it;
+/// never waits on the network. `IG_QUEUE_FULL` when the intake is full (the event is counted).
+///
+/// # Safety
+/// `gate` comes from `ig_gate_new`; the strings are NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_submit(
+    gate: *const ig_gate,
+    event_name: *const c_char,
+    event_json: *const c_char,
+) -> ig_status {
+    boundary(|| {
+        let gate = unsafe { gate_arg(gate) }?;
+        let name = unsafe { str_arg(event_name, "event_name") }?;
+        let json = unsafe { str_arg(event_json, "event_json") }?;
+        gate.submit(name, json).map_err(|e| match e {
+            SubmitError::Rejected(r) => {
+                let status = match r.rejection {
+                    Rejection::UnknownEvent => ig_status::IG_UNKNOWN_EVENT,
+                    Rejection::InvalidJson => ig_status::IG_INVALID_JSON,
+                    Rejection::InvalidShape => ig_status::IG_INVALID_EVENT,
+                };
+                (status, r.message)
+            }
+            SubmitError::QueueFull => (ig_status::IG_QUEUE_FULL, "intake queue is full".into()),
+            SubmitError::Unavailable(m) => (ig_status::IG_UNAVAILABLE, m),
+        })
+    })
+}
+
+/// The current verdict of `incident` with its reasons, as JSON in `*verdict_json` (free it with
+/// `ig_string_free`). Asks openQA and blocks until it answers; changes nothing.
+///
+/// # Safety
+/// `gate` comes from `ig_gate_new`; `verdict_json` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_evaluate(
+    gate: *const ig_gate,
+    incident: u64,
+    verdict_json: *mut *mut c_char,
+) -> ig_status {
+    boundary(|| {
+        let gate = unsafe { gate_arg(gate) }?;
+        if verdict_json.is_null() {
+            return Err((ig_status::IG_NULL_ARGUMENT, "verdict_json is NULL".into()));
+        }
+        if incident == 0 {
+            return Err((ig_status::IG_INVALID_ARGUMENT, "incident must be a positive number".into()));
+        }
+        let verdict = gate.evaluate(incident).map_err(|m| (ig_status::IG_UNAVAILABLE, m))?;
+        let value = serde_json::to_value(&verdict).map_err(|e| (ig_status::IG_PANIC, e.to_string()))?;
+        unsafe { put_string(verdict_json, &value) }
+    })
+}
+
+/// Counters, queue depth, recent decisions and the configuration (secrets redacted) as JSON in
+/// `*status_json` (free it with `ig_string_free`).
+///
+/// # Safety
+/// `gate` comes from `ig_gate_new`; `status_json` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_status(gate: *const ig_gate, status_json: *mut *mut c_char) -> ig_status {
+    boundary(|| {
+        let gate = unsafe { gate_arg(gate) }?;
+        unsafe { put_string(status_json, &gate.status()) }
+    })
+}
+
+/// Waits until every queued event is processed and no evaluation is running, or `timeout_ms`
+/// passes (`IG_TIMEOUT`).
+///
+/// # Safety
+/// `gate` comes from `ig_gate_new`.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_flush(gate: *const ig_gate, timeout_ms: u32) -> ig_status {
+    boundary(|| {
+        let gate = unsafe { gate_arg(gate) }?;
+        match gate.flush(Duration::from_millis(timeout_ms.into())) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err((ig_status::IG_TIMEOUT, format!("not drained after {timeout_ms} ms"))),
+            Err(m) => Err((ig_status::IG_UNAVAILABLE, m)),
+        }
+    })
+}
+
+/// Stops the gate's engine (after at most two seconds) and frees it. NULL is ignored.
+///
+/// # Safety
+/// `gate` is NULL or comes from `ig_gate_new` and is not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_free(gate: *mut ig_gate) {
+    let _ = boundary(|| {
+        if !gate.is_null() {
+            drop(unsafe { Box::from_raw(gate) });
+        }
+        Ok(())
+    });
+}
+
+/// Frees a string returned by this library. NULL is ignored.
+///
+/// # Safety
+/// `s` is NULL or a string returned by this library and not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn ig_string_free(s: *mut c_char) {
+    let _ = boundary(|| {
+        if !s.is_null() {
+            drop(unsafe { CString::from_raw(s) });
+        }
+        Ok(())
+    });
+}
+
+/// The message of the last failed call on this thread ("" if none). Valid until the next failed
+/// call on this thread; do not free.
+#[no_mangle]
+pub extern "C" fn ig_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// The library version, e.g. "0.1.0". Static; do not free.
+#[no_mangle]
+pub extern "C" fn ig_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}

@@ -1,0 +1,184 @@
+//! The gate: what one `ig_gate` handle is. It validates events and queues them without blocking,
+//! and runs the engine on a tokio runtime that starts lazily in the process that uses it, and anew
+//! in a child after `fork()` (openQA's web UI is prefork; threads do not survive a fork).
+
+use crate::config::Config;
+use crate::engine::Core;
+use crate::events::{self, Event, EventError, Rejection};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Debug)]
+pub enum SubmitError {
+    Rejected(EventError),
+    QueueFull,
+    Unavailable(String),
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    unknown_event: AtomicU64,
+    invalid_json: AtomicU64,
+    invalid_shape: AtomicU64,
+    queue_full: AtomicU64,
+    starts: AtomicU64,
+}
+
+struct Running {
+    pid: u32,
+    /// `None` only transiently; see `Drop for Gate`.
+    runtime: Option<tokio::runtime::Runtime>,
+    tx: mpsc::Sender<Event>,
+    core: Arc<Core>,
+}
+
+pub struct Gate {
+    config: Arc<Config>,
+    counters: Counters,
+    running: Mutex<Option<Running>>,
+}
+
+impl Gate {
+    /// Creates a gate; no thread, connection or file is touched until it is used.
+    pub fn new(config: Config) -> Gate {
+        Gate { config: Arc::new(config), counters: Counters::default(), running: Mutex::new(None) }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Validates and queues an event. Never waits on the network or the engine.
+    pub fn submit(&self, name: &str, json: &str) -> Result<(), SubmitError> {
+        let event = events::parse(name, json).map_err(|e| {
+            let counter = match e.rejection {
+                Rejection::UnknownEvent => &self.counters.unknown_event,
+                Rejection::InvalidJson => &self.counters.invalid_json,
+                Rejection::InvalidShape => &self.counters.invalid_shape,
+            };
+            counter.fetch_add(1, Relaxed);
+            SubmitError::Rejected(e)
+        })?;
+        self.submit_event(event)
+    }
+
+    pub fn submit_event(&self, event: Event) -> Result<(), SubmitError> {
+        let tx = self.with_running(|r| r.tx.clone()).map_err(SubmitError::Unavailable)?;
+        match tx.try_send(event) {
+            Ok(()) => {
+                self.counters.accepted.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(_) => {
+                self.counters.queue_full.fetch_add(1, Relaxed);
+                Err(SubmitError::QueueFull)
+            }
+        }
+    }
+
+    /// The current verdict of an incident, straight from openQA (no side effects). Blocks.
+    pub fn evaluate(&self, incident: u64) -> Result<crate::verdict::Verdict, String> {
+        let (handle, core) = self.with_running(|r| (r.runtime_handle(), r.core.clone()))?;
+        handle.block_on(async move { core.evaluate(incident).await.map_err(|e| e.to_string()) })
+    }
+
+    /// Waits until every queued event is processed and no evaluation is running or due.
+    pub fn flush(&self, timeout: Duration) -> Result<bool, String> {
+        let (tx, core) = self.with_running(|r| (r.tx.clone(), r.core.clone()))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if tx.capacity() == tx.max_capacity() && core.is_idle() {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let running = guard.as_ref().filter(|r| r.pid == std::process::id());
+        let depth = running.map(|r| (r.tx.max_capacity() - r.tx.capacity()) as u64).unwrap_or(0);
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "running": running.is_some(),
+            "intake": {
+                "accepted": c.accepted.load(Relaxed),
+                "rejected": {
+                    "unknown_event": c.unknown_event.load(Relaxed),
+                    "invalid_json": c.invalid_json.load(Relaxed),
+                    "invalid_shape": c.invalid_shape.load(Relaxed),
+                    "queue_full": c.queue_full.load(Relaxed),
+                },
+                "queue_depth": depth,
+                "queue_capacity": self.config.queue_capacity,
+            },
+            "engine_starts": c.starts.load(Relaxed),
+            "engine": running.map(|r| r.core.status()),
+            "config": self.config.redacted_json(),
+        })
+    }
+
+    /// Runs `f` on the engine of this process, starting it first when this process has none.
+    fn with_running<T>(&self, f: impl FnOnce(&Running) -> T) -> Result<T, String> {
+        let mut guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if let Some(stale) = guard.take_if(|r| r.pid != pid) {
+            // Inherited through fork(): its threads do not exist here, and dropping the runtime
+            // would wait for them forever.
+            std::mem::forget(stale);
+        }
+        if guard.is_none() {
+            *guard = Some(self.start(pid)?);
+            self.counters.starts.fetch_add(1, Relaxed);
+        }
+        Ok(f(guard.as_ref().expect("started above")))
+    }
+
+    fn start(&self, pid: u32) -> Result<Running, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("incident-gate")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let (tx, rx) = mpsc::channel(self.config.queue_capacity);
+        let core = {
+            let _entered = runtime.enter();
+            Core::start(self.config.clone(), rx).map_err(|e| e.to_string())?
+        };
+        Ok(Running { pid, runtime: Some(runtime), tx, core })
+    }
+}
+
+impl Running {
+    fn runtime_handle(&self) -> tokio::runtime::Handle {
+        match &self.runtime {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("a running engine always holds its runtime"),
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let mut guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut running) = guard.take() {
+            if running.pid != std::process::id() {
+                std::mem::forget(running);
+                return;
+            }
+            running.core.shutdown();
+            if let Some(rt) = running.runtime.take() {
+                rt.shutdown_timeout(Duration::from_secs(2));
+            }
+        }
+    }
+}

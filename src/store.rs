@@ -1,0 +1,375 @@
+//! The embedded store in the state directory (SQLite, WAL): decisions, the durable outbox of side
+//! effects, and the incidents still pending. Several processes (openQA's prefork web UI) share one
+//! state directory; SQLite's locking makes "record this decision" succeed in exactly one of them.
+
+use crate::decision::{Decision, Delivery};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where a decision goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sink {
+    Amqp,
+    Obs,
+}
+
+impl Sink {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sink::Amqp => "amqp",
+            Sink::Obs => "obs",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "state store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub sink: Sink,
+    pub attempts: u32,
+    pub decision: Decision,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRow {
+    pub key: String,
+    pub incident: u64,
+    pub request: Option<u64>,
+    pub result: String,
+    pub decided_at: String,
+    /// Per sink: `queued`, `done` or `final`, with the last outcome.
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    pub sink: String,
+    pub state: String,
+    pub attempts: u32,
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Backlog {
+    pub amqp: u64,
+    pub obs: u64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// How long a process owns an outbox item it took; after that another process may take it.
+const LEASE_S: i64 = 60;
+const MAX_BACKOFF_MS: i64 = 30_000;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Exponential backoff for a delivery that failed `attempts` times: 0.5 s, 1 s, 2 s … 30 s.
+pub fn backoff_ms(attempts: u32) -> i64 {
+    (500i64 << attempts.min(16)).min(MAX_BACKOFF_MS)
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create state directory {}: {e}", dir.display())))?;
+        let path = dir.join("incident-gate.sqlite");
+        let conn = Connection::open(&path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS decisions (
+                key TEXT PRIMARY KEY, incident INTEGER NOT NULL, request INTEGER,
+                result TEXT NOT NULL, decided_at TEXT NOT NULL, body TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS decisions_incident ON decisions(incident);
+             CREATE TABLE IF NOT EXISTS outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, sink TEXT NOT NULL,
+                state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+                next_at INTEGER NOT NULL DEFAULT 0, lease_until INTEGER NOT NULL DEFAULT 0,
+                outcome TEXT, UNIQUE(key, sink));
+             CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_at);
+             CREATE TABLE IF NOT EXISTS pending (
+                incident INTEGER PRIMARY KEY, since INTEGER NOT NULL, checked_at INTEGER NOT NULL);",
+        )?;
+        Ok(Store { conn: Mutex::new(conn), path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // a panic while holding the lock leaves SQLite consistent (transactions roll back)
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a decision and queues it for `sinks`, unless any process recorded it before.
+    /// Returns whether this call recorded it.
+    pub fn record_decision(&self, d: &Decision, sinks: &[Sink]) -> Result<bool, StoreError> {
+        let body = serde_json::to_string(d).map_err(|e| StoreError(e.to_string()))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO decisions (key, incident, request, result, decided_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![d.key, d.verdict.incident as i64, d.verdict.request.map(|r| r as i64),
+                    d.verdict.result.as_str(), d.decided_at, body],
+        )? == 1;
+        if inserted {
+            for sink in sinks {
+                tx.execute("INSERT INTO outbox (key, sink) VALUES (?1, ?2)", params![d.key, sink.as_str()])?;
+            }
+        }
+        tx.execute("DELETE FROM pending WHERE incident = ?1", params![d.verdict.incident as i64])?;
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    /// Takes up to `limit` due items of `sink` for this process (a lease; see `LEASE_S`).
+    pub fn take_due(&self, sink: Sink, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<(i64, u32, String)> = {
+            let mut stmt = tx.prepare(
+                "UPDATE outbox SET lease_until = ?1 WHERE id IN (
+                    SELECT id FROM outbox WHERE sink = ?2 AND state = 'queued' AND next_at <= ?3
+                    AND lease_until <= ?3 ORDER BY id LIMIT ?4)
+                 RETURNING id, attempts, key",
+            )?;
+            let it = stmt.query_map(params![now + LEASE_S * 1000, sink.as_str(), now, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            it.collect::<Result<_, _>>()?
+        };
+        let mut items = Vec::with_capacity(rows.len());
+        for (id, attempts, key) in rows {
+            let body: String = tx.query_row("SELECT body FROM decisions WHERE key = ?1", [&key], |r| r.get(0))?;
+            let decision = serde_json::from_str(&body)
+                .map_err(|e| StoreError(format!("decision {key} is unreadable: {e}")))?;
+            items.push(OutboxItem { id, sink, attempts, decision });
+        }
+        tx.commit()?;
+        items.sort_by_key(|i| i.id);
+        Ok(items)
+    }
+
+    /// Records how a delivery went: done and final leave the outbox, retry comes back later.
+    pub fn complete(&self, item: &OutboxItem, outcome: &Delivery) -> Result<(), StoreError> {
+        let conn = self.conn();
+        match outcome {
+            Delivery::Done(msg) | Delivery::Final(msg) => {
+                let state = if matches!(outcome, Delivery::Done(_)) { "done" } else { "final" };
+                conn.execute(
+                    "UPDATE outbox SET state = ?1, outcome = ?2, attempts = attempts + 1, lease_until = 0
+                     WHERE id = ?3",
+                    params![state, msg, item.id],
+                )?;
+            }
+            Delivery::Retry(msg) => {
+                let next = now_ms() + backoff_ms(item.attempts);
+                conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2
+                     WHERE id = ?3",
+                    params![next, msg, item.id],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Milliseconds until the next queued item of `sink` is due (None: nothing queued).
+    pub fn next_due_in(&self, sink: Sink) -> Result<Option<i64>, StoreError> {
+        let next: Option<i64> = self.conn().query_row(
+            "SELECT MIN(MAX(next_at, lease_until)) FROM outbox WHERE sink = ?1 AND state = 'queued'",
+            [sink.as_str()],
+            |r| r.get(0),
+        )?;
+        Ok(next.map(|at| (at - now_ms()).max(0)))
+    }
+
+    pub fn backlog(&self) -> Result<Backlog, StoreError> {
+        let conn = self.conn();
+        let count = |sink: Sink| -> Result<u64, StoreError> {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE sink = ?1 AND state = 'queued'",
+                [sink.as_str()],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        };
+        Ok(Backlog { amqp: count(Sink::Amqp)?, obs: count(Sink::Obs)? })
+    }
+
+    pub fn mark_pending(&self, incident: u64) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.conn().execute(
+            "INSERT INTO pending (incident, since, checked_at) VALUES (?1, ?2, ?2)
+             ON CONFLICT(incident) DO UPDATE SET checked_at = ?2",
+            params![incident as i64, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_pending(&self, incident: u64) -> Result<(), StoreError> {
+        self.conn().execute("DELETE FROM pending WHERE incident = ?1", params![incident as i64])?;
+        Ok(())
+    }
+
+    /// Pending incidents not evaluated for `older_than_ms`.
+    pub fn stale_pending(&self, older_than_ms: i64) -> Result<Vec<u64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT incident FROM pending WHERE checked_at <= ?1 ORDER BY incident")?;
+        let rows = stmt.query_map([now_ms() - older_than_ms], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect())
+    }
+
+    pub fn pending(&self) -> Result<Vec<u64>, StoreError> {
+        self.stale_pending(i64::MIN / 2)
+    }
+
+    /// The most recent decisions, newest first, with how their deliveries went.
+    pub fn recent_decisions(&self, limit: usize) -> Result<Vec<DecisionRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT key, incident, request, result, decided_at FROM decisions ORDER BY rowid DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(DecisionRow {
+                key: r.get(0)?,
+                incident: r.get::<_, i64>(1)? as u64,
+                request: r.get::<_, Option<i64>>(2)?.map(|r| r as u64),
+                result: r.get(3)?,
+                decided_at: r.get(4)?,
+                deliveries: Vec::new(),
+            })
+        })?;
+        let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY sink")?;
+        for row in &mut out {
+            let it = stmt.query_map([&row.key], |r| {
+                Ok(DeliveryRow { sink: r.get(0)?, state: r.get(1)?, attempts: r.get(2)?, outcome: r.get(3)? })
+            })?;
+            row.deliveries = it.collect::<Result<_, _>>()?;
+        }
+        Ok(out)
+    }
+
+    /// The latest decision recorded for an incident, if any.
+    pub fn latest_decision(&self, incident: u64) -> Result<Option<Decision>, StoreError> {
+        let body: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT body FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
+                [incident as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        body.map(|b| serde_json::from_str(&b).map_err(|e| StoreError(e.to_string()))).transpose()
+    }
+
+    pub fn decision_count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{Counts, Outcome, Verdict};
+
+    fn decision(incident: u64, jobs: Vec<u64>) -> Decision {
+        let v = Verdict {
+            incident,
+            request: Some(300001),
+            rrid: None,
+            result: Outcome::Passed,
+            jobs: Counts::default(),
+            blocking: vec![],
+            job_ids: jobs,
+            notes: vec![],
+        };
+        Decision::new(v, "http://openqa")
+    }
+
+    #[test]
+    fn a_decision_is_recorded_once_across_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+        let d = decision(1, vec![1, 2]);
+        assert!(a.record_decision(&d, &[Sink::Amqp, Sink::Obs]).unwrap());
+        assert!(!b.record_decision(&d, &[Sink::Amqp, Sink::Obs]).unwrap());
+        assert!(b.record_decision(&decision(1, vec![1, 3]), &[Sink::Amqp]).unwrap());
+        assert_eq!(a.decision_count().unwrap(), 2);
+        assert_eq!(a.backlog().unwrap().amqp, 2);
+    }
+
+    #[test]
+    fn outbox_leases_retries_and_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+        a.record_decision(&decision(7, vec![1]), &[Sink::Amqp]).unwrap();
+        let taken = a.take_due(Sink::Amqp, 10).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].decision.verdict.incident, 7);
+        assert!(b.take_due(Sink::Amqp, 10).unwrap().is_empty(), "leased to a");
+        a.complete(&taken[0], &Delivery::Retry("broker down".into())).unwrap();
+        assert!(b.take_due(Sink::Amqp, 10).unwrap().is_empty(), "backing off");
+        assert!(b.next_due_in(Sink::Amqp).unwrap().unwrap() > 0);
+        a.conn().execute("UPDATE outbox SET next_at = 0", []).unwrap();
+        let again = b.take_due(Sink::Amqp, 10).unwrap();
+        assert_eq!(again[0].attempts, 1);
+        b.complete(&again[0], &Delivery::Done("confirmed".into())).unwrap();
+        assert_eq!(a.backlog().unwrap().amqp, 0);
+        let rows = a.recent_decisions(5).unwrap();
+        assert_eq!(rows[0].deliveries[0].state, "done");
+        assert_eq!(rows[0].deliveries[0].attempts, 2);
+    }
+
+    #[test]
+    fn pending_incidents_come_back_when_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.mark_pending(5).unwrap();
+        s.mark_pending(6).unwrap();
+        assert_eq!(s.stale_pending(0).unwrap(), vec![5, 6]);
+        assert!(s.stale_pending(60_000).unwrap().is_empty());
+        s.record_decision(&decision(5, vec![1]), &[]).unwrap();
+        assert_eq!(s.pending().unwrap(), vec![6]);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff_ms(0), 500);
+        assert_eq!(backoff_ms(1), 1000);
+        assert_eq!(backoff_ms(10), MAX_BACKOFF_MS);
+        assert_eq!(backoff_ms(u32::MAX), MAX_BACKOFF_MS);
+    }
+}
