@@ -189,10 +189,11 @@ impl Config {
         Self::from_value(value)
     }
 
-    pub fn from_value(value: serde_json::Value) -> Result<Config, ConfigError> {
-        if !value.is_object() {
+    pub fn from_value(mut value: serde_json::Value) -> Result<Config, ConfigError> {
+        let Some(map) = value.as_object_mut() else {
             return Err(ConfigError("config must be a JSON object".into()));
-        }
+        };
+        coerce_strings(map)?;
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             // serde's message may quote the rejected value: never echo it for a secret key
@@ -256,6 +257,19 @@ impl Config {
         Ok(())
     }
 
+    /// Reads the `[incident_gate]` section of an INI file (openqa.ini, or our own), where every
+    /// value is a string. Other sections are ignored.
+    pub fn from_ini_file(path: &std::path::Path, section: &str) -> Result<Config, ConfigError> {
+        let ini = ini::Ini::load_from_file(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let props = ini
+            .section(Some(section))
+            .ok_or_else(|| ConfigError(format!("{} has no [{section}] section", path.display())))?;
+        let map: serde_json::Map<String, serde_json::Value> =
+            props.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+        Self::from_value(serde_json::Value::Object(map))
+    }
+
     /// The configuration as JSON with every secret redacted, for status output.
     pub fn redacted_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
@@ -264,6 +278,34 @@ impl Config {
     pub fn routing_key(&self, suffix: &str) -> String {
         format!("{}.openqa.{suffix}", self.amqp_topic_prefix)
     }
+}
+
+/// INI files and the Perl plugin hand every value over as a string: read "true", "30" and
+/// "*Devel*, *Test*" as the type the key has. A string that does not parse stays a string, so
+/// serde's error names the key.
+fn coerce_strings(map: &mut serde_json::Map<String, serde_json::Value>) -> Result<(), ConfigError> {
+    use serde_json::Value;
+    let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+    for (key, value) in map.iter_mut() {
+        let Value::String(text) = value else { continue };
+        let text = text.trim();
+        *value = match defaults.get(key) {
+            Some(Value::Bool(_)) => match text {
+                "1" | "true" | "yes" | "on" => Value::Bool(true),
+                "0" | "false" | "no" | "off" => Value::Bool(false),
+                _ => return Err(ConfigError(format!("config key `{key}`: expected true or false"))),
+            },
+            Some(Value::Number(_)) => match text.parse::<u64>() {
+                Ok(n) => Value::from(n),
+                Err(_) => return Err(ConfigError(format!("config key `{key}`: expected a whole number"))),
+            },
+            Some(Value::Array(_)) => Value::Array(
+                text.split([',', ' ']).filter(|s| !s.is_empty()).map(|s| Value::from(s.to_string())).collect(),
+            ),
+            _ => continue,
+        };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -310,6 +352,29 @@ mod tests {
         // a wrong type for a secret key does not echo the value
         let e = Config::from_json(r#"{"obs_password":["S3CRET-OBS"]}"#).unwrap_err();
         assert!(!e.0.contains("S3CRET") && e.0.contains("obs_password"), "{e}");
+    }
+
+    #[test]
+    fn ini_strings_take_the_type_of_their_key() {
+        let c = Config::from_json(
+            r#"{"settle_ms":"250","publish_amqp":"false","ignore_groups":"*Devel*, *Staging*","review_group":"qam-openqa"}"#,
+        )
+        .unwrap();
+        assert_eq!((c.settle_ms, c.publish_amqp), (250, false));
+        assert_eq!(c.ignore_groups, vec!["*Devel*", "*Staging*"]);
+        let e = Config::from_json(r#"{"concurrency":"many"}"#).unwrap_err();
+        assert!(e.0.contains("`concurrency`"), "{e}");
+        let e = Config::from_json(r#"{"report_obs":"maybe"}"#).unwrap_err();
+        assert!(e.0.contains("`report_obs`"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("openqa.ini");
+        std::fs::write(&path, "[global]\nplugins = IncidentGate AMQP\n\n[incident_gate]\nopenqa_url = http://openqa.local\nreview_policy = comment\nreconcile_interval_s = 60\n").unwrap();
+        let c = Config::from_ini_file(&path, "incident_gate").unwrap();
+        assert_eq!(c.openqa_url, "http://openqa.local");
+        assert_eq!(c.review_policy, ReviewPolicy::Comment);
+        assert_eq!(c.reconcile_interval_s, 60);
+        assert!(Config::from_ini_file(&path, "nope").unwrap_err().0.contains("[nope]"));
     }
 
     #[test]

@@ -93,9 +93,15 @@ impl Core {
     pub fn start(cfg: Arc<Config>, rx: mpsc::Receiver<Event>) -> Result<Arc<Core>, EngineError> {
         let core = Arc::new(Core::new(cfg)?);
         tokio::spawn(intake(core.clone(), rx));
-        tokio::spawn(reconcile(core.clone()));
-        crate::outbox::spawn_dispatchers(&core);
+        core.spawn_background();
         Ok(core)
+    }
+
+    /// Reconciliation of pending incidents and the outbox dispatchers, for a core that gets its
+    /// events some other way (the AMQP listener).
+    pub fn spawn_background(self: &Arc<Self>) {
+        tokio::spawn(reconcile(self.clone()));
+        crate::outbox::spawn_dispatchers(self);
     }
 
     pub fn new(cfg: Arc<Config>) -> Result<Core, EngineError> {
@@ -127,12 +133,26 @@ impl Core {
         &self.cfg
     }
 
+    pub fn sinks(&self) -> &[Sink] {
+        &self.sinks
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
     pub fn client(&self) -> &OpenQaClient {
         &self.client
+    }
+
+    /// The gate counts an event as work before queueing it, so `is_idle` never misses one that
+    /// is between the queue and the engine.
+    pub fn count_queued(&self, n: isize) {
+        if n >= 0 {
+            self.busy.fetch_add(n as usize, Relaxed);
+        } else {
+            self.busy.fetch_sub(n.unsigned_abs(), Relaxed);
+        }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -178,8 +198,9 @@ impl Core {
 
     /// The current verdict, straight from openQA; no side effects.
     pub async fn evaluate(&self, incident: u64) -> Result<Verdict, EngineError> {
-        let ids_own = self.client.job_ids_by_setting("INCIDENT_ID", &incident.to_string());
-        let ids_aggregate = self.client.job_ids_by_list_setting("*_TEST_ISSUES", &incident.to_string());
+        let id = incident.to_string();
+        let ids_own = self.client.job_ids_by_setting("INCIDENT_ID", &id);
+        let ids_aggregate = self.client.job_ids_by_list_setting("*_TEST_ISSUES", &id);
         let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
         let mut ids: Vec<u64> = own.into_iter().chain(aggregate).collect();
         ids.sort_unstable();
@@ -312,12 +333,9 @@ impl Core {
             let mut failures = 0u32;
             loop {
                 let outcome = core.evaluate_and_decide(incident).await;
-                let mut incidents = core.incidents.lock().unwrap_or_else(|p| p.into_inner());
-                let state = incidents.entry(incident).or_default();
-                let retry = match outcome {
-                    Ok(waiting) => {
+                let retry = match &outcome {
+                    Ok(_) => {
                         failures = 0;
-                        state.waiting_on = waiting;
                         false
                     }
                     Err(e) => {
@@ -327,14 +345,23 @@ impl Core {
                         true
                     }
                 };
-                if core.is_shutting_down() || !(retry || state.again) {
-                    state.running = false;
+                let go_on = {
+                    let mut incidents = core.incidents.lock().unwrap_or_else(|p| p.into_inner());
+                    let state = incidents.entry(incident).or_default();
+                    if let Ok(waiting) = outcome {
+                        state.waiting_on = waiting;
+                    }
+                    let go_on = !core.is_shutting_down() && (retry || state.again);
+                    state.again = false;
+                    state.running = go_on;
+                    go_on
+                };
+                if !go_on {
                     break;
                 }
-                state.again = false;
-                drop(incidents);
                 if retry {
-                    tokio::time::sleep(Duration::from_millis(crate::store::backoff_ms(failures - 1) as u64)).await;
+                    let delay = crate::store::backoff_ms(failures - 1) as u64;
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
             }
             core.busy.fetch_sub(1, Relaxed);
@@ -375,11 +402,10 @@ async fn intake(core: Arc<Core>, mut rx: mpsc::Receiver<Event>) {
             n = rx.recv_many(&mut batch, INTAKE_BATCH) => if n == 0 { return },
             _ = core.until_shutdown() => return,
         }
-        // Count the batch as busy before the channel looks empty, so flush() waits for it.
-        core.busy.fetch_add(1, Relaxed);
-        core.stats.events.fetch_add(batch.len() as u64, Relaxed);
+        let n = batch.len();
+        core.stats.events.fetch_add(n as u64, Relaxed);
         core.take_events(std::mem::take(&mut batch)).await;
-        core.busy.fetch_sub(1, Relaxed);
+        core.busy.fetch_sub(n, Relaxed);
     }
 }
 

@@ -66,13 +66,15 @@ impl Gate {
     }
 
     pub fn submit_event(&self, event: Event) -> Result<(), SubmitError> {
-        let tx = self.with_running(|r| r.tx.clone()).map_err(SubmitError::Unavailable)?;
+        let (tx, core) = self.with_running(|r| (r.tx.clone(), r.core.clone())).map_err(SubmitError::Unavailable)?;
+        core.count_queued(1);
         match tx.try_send(event) {
             Ok(()) => {
                 self.counters.accepted.fetch_add(1, Relaxed);
                 Ok(())
             }
             Err(_) => {
+                core.count_queued(-1);
                 self.counters.queue_full.fetch_add(1, Relaxed);
                 Err(SubmitError::QueueFull)
             }
@@ -82,15 +84,20 @@ impl Gate {
     /// The current verdict of an incident, straight from openQA (no side effects). Blocks.
     pub fn evaluate(&self, incident: u64) -> Result<crate::verdict::Verdict, String> {
         let (handle, core) = self.with_running(|r| (r.runtime_handle(), r.core.clone()))?;
-        handle.block_on(async move { core.evaluate(incident).await.map_err(|e| e.to_string()) })
+        let evaluate = move || handle.block_on(async move { core.evaluate(incident).await.map_err(|e| e.to_string()) });
+        if tokio::runtime::Handle::try_current().is_err() {
+            return evaluate();
+        }
+        // Called from inside some runtime (a Rust caller): block_on there would panic.
+        std::thread::scope(|s| s.spawn(evaluate).join()).map_err(|_| "evaluation panicked".to_string())?
     }
 
     /// Waits until every queued event is processed and no evaluation is running or due.
     pub fn flush(&self, timeout: Duration) -> Result<bool, String> {
-        let (tx, core) = self.with_running(|r| (r.tx.clone(), r.core.clone()))?;
+        let core = self.with_running(|r| r.core.clone())?;
         let deadline = Instant::now() + timeout;
         loop {
-            if tx.capacity() == tx.max_capacity() && core.is_idle() {
+            if core.is_idle() {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

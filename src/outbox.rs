@@ -12,8 +12,8 @@ use std::time::Duration;
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
 pub fn spawn_dispatchers(core: &Arc<Core>) {
-    if core.config().publish_amqp {
-        tokio::spawn(run(core.clone(), Sink::Amqp));
+    for sink in core.sinks() {
+        tokio::spawn(run(core.clone(), *sink));
     }
 }
 
@@ -22,6 +22,12 @@ enum Deliverer {
 }
 
 impl Deliverer {
+    async fn close(&mut self) {
+        match self {
+            Deliverer::Amqp(p) => p.close().await,
+        }
+    }
+
     async fn deliver(&mut self, item: &OutboxItem) -> Delivery {
         match self {
             Deliverer::Amqp(p) => p.deliver(&item.decision).await,
@@ -29,30 +35,57 @@ impl Deliverer {
     }
 }
 
-async fn run(core: Arc<Core>, sink: Sink) {
-    let mut deliverer = match sink {
+fn deliverer(core: &Core, sink: Sink) -> Deliverer {
+    match sink {
         Sink::Amqp => Deliverer::Amqp(Publisher::new(core.config().clone())),
-        Sink::Obs => return,
+        Sink::Obs => todo!("TEMP"),
+    }
+}
+
+/// Delivers what is due now; returns how many items were taken.
+async fn deliver_due(core: &Core, sink: Sink, deliverer: &mut Deliverer) -> usize {
+    let items = match core.store().take_due(sink, 16) {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::warn!("outbox ({}): {e}", sink.as_str());
+            return 0;
+        }
     };
+    for item in &items {
+        let outcome = deliver_one(deliverer, item, sink).await;
+        if let Err(e) = core.store().complete(item, &outcome) {
+            tracing::warn!("outbox ({}): cannot record delivery: {e}", sink.as_str());
+        }
+    }
+    items.len()
+}
+
+/// Delivers everything due, for short-lived processes (`incident-gate hook`); returns how many
+/// items are still queued when `timeout` passes or nothing more is due.
+pub async fn drain(core: &Arc<Core>, timeout: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for sink in core.sinks() {
+        let mut deliverer = deliverer(core, *sink);
+        while tokio::time::Instant::now() < deadline {
+            let work = deliver_due(core, *sink, &mut deliverer);
+            match tokio::time::timeout_at(deadline, work).await {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        deliverer.close().await;
+    }
+    core.store().backlog().map(|b| b.amqp + b.obs).unwrap_or(0)
+}
+
+async fn run(core: Arc<Core>, sink: Sink) {
+    let mut deliverer = deliverer(&core, sink);
     loop {
         let woken = core.outbox_wake.notified();
         if core.is_shutting_down() {
             break;
         }
-        let items = match core.store().take_due(sink, 16) {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::warn!("outbox ({}): {e}", sink.as_str());
-                Vec::new()
-            }
-        };
-        for item in &items {
-            let outcome = deliver_one(&mut deliverer, item, sink).await;
-            if let Err(e) = core.store().complete(item, &outcome) {
-                tracing::warn!("outbox ({}): cannot record delivery: {e}", sink.as_str());
-            }
-        }
-        if !items.is_empty() {
+        if deliver_due(&core, sink, &mut deliverer).await > 0 {
             continue;
         }
         let wait = match core.store().next_due_in(sink) {
@@ -65,9 +98,7 @@ async fn run(core: Arc<Core>, sink: Sink) {
             _ = core.until_shutdown() => break,
         }
     }
-    if let Deliverer::Amqp(p) = &mut deliverer {
-        p.close().await;
-    }
+    deliverer.close().await;
 }
 
 async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {

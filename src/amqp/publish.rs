@@ -27,7 +27,7 @@ pub fn properties(d: &Decision) -> BasicProperties {
         .with_message_id(ShortString::from(d.key.as_str()))
         .with_timestamp(timestamp)
         .with_app_id(ShortString::from("incident-gate"))
-        .with_kind(ShortString::from("incident.done"))
+        .with_type(ShortString::from("incident.done"))
 }
 
 impl Publisher {

@@ -1,0 +1,144 @@
+package OpenQA::WebAPI::Plugin::IncidentGate;
+# Hands openQA's job and comment events to libincident_gate.so, which decides when an incident's
+# tests are done, publishes `incident.done` and reports to IBS. Enable with
+# `[global] plugins = IncidentGate` and configure in the `[incident_gate]` section of openqa.ini.
+use Mojo::Base 'Mojolicious::Plugin', -signatures;
+
+use IncidentGate::FFI qw(:status);
+use Mojo::IOLoop;
+use Mojo::JSON qw(decode_json encode_json);
+
+our @EVENTS = map { "openqa_$_" } qw(job_done job_cancel job_restart jobs_restart job_update_result
+  comment_create comment_update comment_delete);
+our @LIBRARY_PATHS = map { "$_/incident-gate/libincident_gate.so" }
+  qw(/usr/lib64 /usr/lib /usr/local/lib64 /usr/local/lib);
+use constant SECTION => 'incident_gate';
+
+sub register ($self, $app, $conf = {}) {
+    $self->{app} = $app;
+    $self->_routes($app);
+    if (my $error = $self->_setup($app)) {
+        $self->{error} = $error;
+        $app->log->error("IncidentGate: $error; the plugin is inactive");
+        return;
+    }
+    $app->log->info('IncidentGate: libincident_gate ' . $self->{lib}->version . ' from ' . $self->{lib}->library);
+    # like openQA's AMQP plugin: subscribe once the event loop runs, i.e. in each web UI worker
+    Mojo::IOLoop->next_tick(sub { $self->_subscribe });
+}
+
+# Reads the configuration and checks it with the library (a gate that starts nothing and is
+# dropped again); answers an error message or undef.
+sub _setup ($self, $app) {
+    my $config = $app->config;
+    my %settings;
+    if (my $ini = $config->{ini_config}) {
+        return 'no [' . SECTION . '] section in openqa.ini' unless $ini->SectionExists(SECTION);
+        %settings = map { $_ => scalar $ini->val(SECTION, $_) } $ini->Parameters(SECTION);
+    }
+    elsif (ref $config->{+SECTION} eq 'HASH') { %settings = %{$config->{+SECTION}} }
+    else { return 'no [' . SECTION . '] section in openqa.ini' }
+
+    my $library = delete $settings{library} // $ENV{INCIDENT_GATE_LIBRARY} // (grep { -e } @LIBRARY_PATHS)[0]
+      // return 'libincident_gate.so not found (tried ' . join(', ', @LIBRARY_PATHS) . '; set library in [' . SECTION . '])';
+    $self->{lib} = eval { IncidentGate::FFI->new($library) } or return ($@ =~ s/\n\z//r);
+
+    my $base_url = $config->{global} && $config->{global}{base_url};
+    $settings{openqa_url} //= $base_url if $base_url;
+    $self->{config_json} = encode_json({map { $_ => "$settings{$_}" } keys %settings});
+    my (undef, $status, $error) = $self->{lib}->gate($self->{config_json});
+    return "invalid configuration in [" . SECTION . "]: $error (" . status_name($status) . ')' if $status;
+    return undef;
+}
+
+# The gate of this process, created on first use (never in the prefork manager).
+sub _gate ($self) {
+    return $self->{gate} if $self->{gate} && $self->{gate_pid} == $$;
+    my ($gate, $status, $error) = $self->{lib}->gate($self->{config_json});
+    die "cannot create the gate: $error (" . status_name($status) . ")\n" unless $gate;
+    @$self{qw(gate gate_pid)} = ($gate, $$);
+    return $gate;
+}
+
+sub _subscribe ($self) {
+    return unless eval { require OpenQA::Events; 1 };
+    for my $name (@EVENTS) {
+        OpenQA::Events->singleton->on($name => sub ($emitter, $args) { $self->_submit($name, $args) });
+    }
+}
+
+# Runs inside the request that caused the event: must neither die nor block (submit only queues).
+sub _submit ($self, $name, $args) {
+    eval {
+        my ($status, $error);
+        eval {
+            die "event arguments are not [user_id, connection_id, name, data]\n" unless ref $args eq 'ARRAY';
+            ($status, $error) = $self->_gate->submit($name, encode_json(_copy($args->[3])));
+            1;
+        } or ($status, $error) = (undef, $@ =~ s/\n\z//r);
+        $self->{app}->log->warn("IncidentGate: $name event not taken"
+              . (defined $status ? ' (' . status_name($status) . ')' : '') . ": $error")
+          if defined $error;
+        1;
+    } or eval { warn "IncidentGate: $name: $@" };
+}
+
+# A deep copy, so encoding never touches the event data other subscribers see.
+sub _copy ($v, $depth = 0) {
+    die "event data nested too deeply\n" if $depth > 32;
+    return {map { $_ => _copy($v->{$_}, $depth + 1) } keys %$v} if ref $v eq 'HASH';
+    return [map { _copy($_, $depth + 1) } @$v] if ref $v eq 'ARRAY';
+    return $v;
+}
+
+sub _routes ($self, $app) {
+    my $api = $app->routes->find('api_public') // $app->routes->any('/api/v1');
+    $api->get('/incident_gate/status' => sub ($c) { $self->_status($c) })->name('incident_gate_status');
+    $api->get('/incident_gate/incidents/<incident:num>' => sub ($c) { $self->_evaluate($c) })
+      ->name('incident_gate_incident');
+}
+
+sub _inactive ($self, $c) {
+    return 0 unless $self->{error};
+    $c->render(json => {error => "incident-gate is inactive: $self->{error}"}, status => 503);
+    return 1;
+}
+
+sub _status ($self, $c) {
+    return if $self->_inactive($c);
+    my ($status, $json) = eval { $self->_gate->status };
+    ($status, $json) = (IG_PANIC, $@) unless defined $status;
+    return $c->render(json => decode_json($json)) if $status == IG_OK;
+    $c->render(json => {error => $json}, status => 500);
+}
+
+# ig_gate_evaluate asks openQA and blocks: run it in a forked child (the library supports that) on
+# an evaluating-only gate, so the short-lived child never delivers, decides or reconciles.
+sub _evaluate ($self, $c) {
+    return if $self->_inactive($c);
+    my $incident = $c->param('incident');
+    return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
+      unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
+    $incident = $1;
+    $c->render_later;
+    Mojo::IOLoop->subprocess->run_p(
+        sub {
+            my %eval_only = (publish_amqp => 'false', report_obs => 'false', reconcile_interval_s => '31536000');
+            my ($gate, @failed) = $self->{lib}->gate(encode_json({%{decode_json($self->{config_json})}, %eval_only}));
+            return @failed unless $gate;
+            return $gate->evaluate($incident);
+        }
+    )->then(
+        sub ($status, $text) {
+            return $c->render(data => $text, format => 'json') if $status == IG_OK;
+            my $code = $status == IG_UNAVAILABLE ? 503 : $status == IG_INVALID_ARGUMENT ? 400 : 500;
+            $c->render(json => {error => $text, status => status_name($status)}, status => $code);
+        }
+    )->catch(
+        sub ($err) {
+            $self->{app}->log->error("IncidentGate: evaluating incident $incident failed: $err");
+            $c->render(json => {error => "evaluation failed: $err"}, status => 500);
+        });
+}
+
+1;

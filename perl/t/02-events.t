@@ -1,0 +1,119 @@
+# Event handling in one process against the real library: openQA's recorded events are taken;
+# garbage, rejected events and a full queue are logged and never break the request that emitted
+# them, nor the subscribers after the plugin; the event data stays untouched; nothing blocks.
+# openQA is not reachable here (port 9), so the gate keeps every event queued.
+use v5.20;
+use warnings;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
+use IGTest qw(library write_ini new_app log_lines emit emit_args tempdir);
+use Mojo::File 'path';
+use Mojo::JSON qw(decode_json encode_json);
+use Storable 'dclone';
+use Time::HiRes 'time';
+
+my $events = do { require OpenQA::Events; OpenQA::Events->singleton };
+
+sub app_with {
+    my (%extra) = @_;
+    new_app(write_ini({incident_gate => {library => library(), openqa_url => 'http://127.0.0.1:9',
+        state_dir => tempdir(CLEANUP => 1), publish_amqp => 'false', report_obs => 'false', %extra}}));
+}
+sub warnings_of { grep {/^\[warn\] IncidentGate/} log_lines($_[0]) }
+sub seen { $_[0]->app->defaults->{ig_test_seen} }
+
+subtest "openQA's recorded events" => sub {
+    my $t = app_with();
+    my @lines = split /\n/, path($FindBin::Bin, '..', '..', 'tests', 'fixtures', 'openqa', 'webui-events.jsonl')->slurp;
+    is scalar @lines, 28, 'the 28 recorded events';
+    my %expected;
+    for my $line (@lines) {
+        my $args = decode_json($line)->{args}[0];
+        $expected{$args->[2]}++;
+        $events->emit($args->[2], $args);
+    }
+    my $handled = 28 - $expected{openqa_job_create};
+    is $handled, 17, '17 of them are of a kind the plugin handles';
+    is_deeply [warnings_of($t)], [], 'none rejected' or diag join "\n", log_lines($t);
+    is scalar @{seen($t)}, $handled, 'all reached the next subscriber';
+    $t->get_ok('/api/v1/incident_gate/status')->status_is(200)->json_is('/intake/accepted' => $handled)
+      ->json_is('/running' => Mojo::JSON::true)->json_is('/pid' => $$)
+      ->json_is('/intake/rejected' => {unknown_event => 0, invalid_json => 0, invalid_shape => 0, queue_full => 0});
+};
+
+subtest 'event data stays untouched' => sub {
+    my $t = app_with();
+    my $data = {id => 7, newbuild => undef, reason => undef, result => 'passed'};
+    my $restart = {auto => 0, id => '2', result => {2 => 12}};
+    my ($before, $before_restart) = (dclone($data), dclone($restart));
+    emit(openqa_job_done => $data);
+    emit(openqa_job_restart => $restart);
+    is_deeply $data, $before, 'job_done data unchanged';
+    is_deeply $restart, $before_restart, 'restart data unchanged';
+    is_deeply seen($t), [[openqa_job_done => '{"id":7,"newbuild":null,"reason":null,"result":"passed"}'],
+        [openqa_job_restart => '{"auto":0,"id":"2","result":{"2":12}}']], 'the next subscriber sees the same JSON types';
+    $t->get_ok('/api/v1/incident_gate/status')->json_is('/intake/accepted' => 2);
+};
+
+subtest 'garbage and rejected events are logged, the request goes on' => sub {
+    my $t = app_with();
+    my $circular = {id => 1};
+    $circular->{self} = $circular;
+    my @cases = (
+        [openqa_job_done => {result => 'passed'}, qr/not taken \(IG_INVALID_EVENT\): openqa_job_done: missing job `id`/],
+        [openqa_job_done => {id => 'abc'}, qr/\(IG_INVALID_EVENT\): .*`id` must be a positive job id/],
+        [openqa_job_cancel => undef, qr/openqa_job_cancel event not taken \(IG_INVALID_EVENT\): .*JSON object/],
+        [openqa_comment_create => 'text', qr/\(IG_INVALID_EVENT\)/],
+        [openqa_jobs_restart => {}, qr/\(IG_INVALID_EVENT\): .*restart names no job/],
+        [openqa_job_done => bless({}, 'Bomb'), qr/openqa_job_done event not taken: boom$/],
+        [openqa_job_done => $circular, qr/openqa_job_done event not taken: event data nested too deeply$/],
+    );
+    for my $case (@cases) {
+        my ($name, $data, $re) = @$case;
+        ok eval { emit($name => $data); 1 }, "emitting $name does not die" or diag $@;
+        my @w = warnings_of($t);
+        like $w[-1], $re, '... and one warning says why' or diag join "\n", log_lines($t);
+    }
+    is scalar(warnings_of($t)), scalar @cases, 'one warning per event';
+    ok eval { $events->emit(openqa_job_done => 'not an array'); 1 }, 'arguments that are no array do not die';
+    like((warnings_of($t))[-1], qr/openqa_job_done event not taken: event arguments are not \[/, '... logged');
+    is scalar @{seen($t)}, @cases + 1, 'every event reached the next subscriber';
+    $t->get_ok('/ping')->status_is(200);
+    $t->get_ok('/api/v1/incident_gate/status')->status_is(200)->json_is('/intake/accepted' => 0)
+      ->json_is('/intake/rejected/invalid_shape' => 5);
+
+    # through HTTP, as a worker's upload would: the request that emits still succeeds
+    $t->post_ok('/test/emit' => json => emit_args(openqa_job_done => {id => -3}))->status_is(200);
+    like((warnings_of($t))[-1], qr/IG_INVALID_EVENT/, 'logged');
+};
+
+subtest 'a full queue is logged, never waited for' => sub {
+    my $t = app_with(queue_capacity => 1);
+    my $start = time;
+    emit(openqa_job_done => {id => $_, result => 'passed', newbuild => undef, reason => undef}) for 1 .. 50;
+    my $took = time - $start;
+    cmp_ok $took, '<', 2, "50 events with openQA unreachable and a full queue took ${took}s";
+    my @full = grep {/not taken \(IG_QUEUE_FULL\): intake queue is full/} warnings_of($t);
+    cmp_ok scalar @full, '>=', 48, 'at most two fit into a queue of one (one waits in the engine)';
+    is scalar @{seen($t)}, 50, 'all reached the next subscriber';
+    $t->get_ok('/api/v1/incident_gate/status')->json_is('/intake/rejected/queue_full' => scalar @full);
+};
+
+subtest 'verdict route: bad input and openQA not answering' => sub {
+    my $t = app_with();
+    $t->get_ok('/api/v1/incident_gate/incidents/0')->status_is(400)->json_like('/error' => qr/positive number/);
+    $t->get_ok('/api/v1/incident_gate/incidents/123456789012345678901')->status_is(400);
+    $t->get_ok('/api/v1/incident_gate/incidents/abc')->status_is(404);
+    my $start = time;
+    $t->get_ok('/api/v1/incident_gate/incidents/12345')->status_is(503)->json_is('/status' => 'IG_UNAVAILABLE')
+      ->json_like('/error' => qr/\S/);
+    $t->get_ok('/ping')->status_is(200);
+    is_deeply [grep {/^\[error\]/} log_lines($t)], [], 'no error logged';
+};
+
+package Bomb {
+    sub TO_JSON { die "boom\n" }
+}
+
+done_testing;

@@ -1,0 +1,176 @@
+//! The subcommands of `incident-gate`.
+
+use incident_gate::config::Config;
+use incident_gate::engine::{self, Core};
+use incident_gate::incident::incidents_of;
+use incident_gate::verdict::{Outcome, Verdict};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const EXIT_CODES: &str = "Exit codes: 0 passed / done, 1 failed, 2 usage or configuration error, \
+3 openQA, IBS or the broker unavailable (retry later), 4 still pending, 5 no jobs for the incident.";
+
+const SECTION: &str = "incident_gate";
+const SYSTEM_CONFIG: &str = "/etc/openqa/openqa.ini";
+
+/// The config file (if any), then `INCIDENT_GATE_<KEY>` environment overrides.
+pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    let from_env = std::env::var_os("INCIDENT_GATE_CONFIG").map(std::path::PathBuf::from);
+    let path = path.map(Path::to_path_buf).or(from_env).or_else(|| {
+        let system = Path::new(SYSTEM_CONFIG);
+        let has_section = std::fs::read_to_string(system).is_ok_and(|t| t.contains("[incident_gate]"));
+        has_section.then(|| system.to_path_buf())
+    });
+    let mut map = serde_json::Map::new();
+    if let Some(path) = &path {
+        let ini = ini::Ini::load_from_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let section = ini
+            .section(Some(SECTION))
+            .ok_or_else(|| format!("{} has no [{SECTION}] section", path.display()))?;
+        for (k, v) in section.iter() {
+            map.insert(k.to_string(), v.into());
+        }
+    }
+    let defaults = serde_json::to_value(Config::default()).map_err(|e| e.to_string())?;
+    for key in defaults.as_object().into_iter().flat_map(|o| o.keys()) {
+        if let Ok(value) = std::env::var(format!("INCIDENT_GATE_{}", key.to_uppercase())) {
+            map.insert(key.clone(), value.into());
+        }
+    }
+    Config::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())
+}
+
+fn exit_code(result: Outcome) -> u8 {
+    match result {
+        Outcome::Passed => 0,
+        Outcome::Failed => 1,
+        Outcome::Pending => 4,
+        Outcome::NoJobs => 5,
+    }
+}
+
+pub async fn listen(core: Arc<Core>) -> Result<u8, String> {
+    core.spawn_background();
+    let listener = tokio::spawn(incident_gate::amqp::listen::run(core.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+    core.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(5), listener).await;
+    // what is left stays in the outbox and goes out on the next start
+    incident_gate::outbox::drain(&core, Duration::from_secs(5)).await;
+    Ok(0)
+}
+
+pub async fn hook(core: Arc<Core>, job_id: u64) -> Result<u8, String> {
+    let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
+    let Some(job) = job else {
+        println!("job {job_id} does not exist (any more); nothing to do");
+        return Ok(0);
+    };
+    let incidents = incidents_of(&job.settings);
+    if incidents.is_empty() {
+        println!("job {job_id} tests no maintenance incident; nothing to do");
+        return Ok(0);
+    }
+    let mut worst = 0;
+    for incident in incidents {
+        let verdict = core.evaluate(incident).await.map_err(|e| e.to_string())?;
+        println!("incident {incident}: {}", summary(&verdict));
+        if verdict.result.is_final() {
+            engine::decide_now(&core, incident).await.map_err(|e| e.to_string())?;
+        }
+        worst = worst.max(exit_code(verdict.result));
+    }
+    let left = incident_gate::outbox::drain(&core, Duration::from_secs(30)).await;
+    if left > 0 {
+        eprintln!("{left} deliveries are still queued in the outbox; the next run delivers them");
+    }
+    Ok(worst)
+}
+
+fn summary(v: &Verdict) -> String {
+    let j = &v.jobs;
+    let mut s = format!(
+        "{} — {} jobs: {} passed, {} softfailed, {} accepted, {} failed, {} pending",
+        v.result.as_str(),
+        j.total,
+        j.passed,
+        j.softfailed,
+        j.accepted,
+        j.failed,
+        j.pending
+    );
+    if let Some(rrid) = &v.rrid {
+        s.push_str(&format!(" ({rrid})"));
+    }
+    s
+}
+
+pub async fn check(core: Arc<Core>, incident: u64, json: bool) -> Result<u8, String> {
+    let verdict = core.evaluate(incident).await.map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verdict).map_err(|e| e.to_string())?);
+        return Ok(exit_code(verdict.result));
+    }
+    println!("incident {incident}: {}", summary(&verdict));
+    for b in &verdict.blocking {
+        println!("  BLOCKING {} {} ({}) {}", b.id, b.result, b.group, b.url);
+    }
+    println!("jobs:");
+    for n in &verdict.notes {
+        let mark = if n.counts { "counts " } else { "ignored" };
+        println!("  {mark} {:>8} {:<9} {:<14} {:<9} {}  — {}", n.id, n.role, n.result, n.state, n.name, n.why);
+    }
+    Ok(exit_code(verdict.result))
+}
+
+pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
+    let store = core.store();
+    let decisions = store.recent_decisions(20).map_err(|e| e.to_string())?;
+    let pending = store.pending().map_err(|e| e.to_string())?;
+    let backlog = store.backlog().map_err(|e| e.to_string())?;
+    if json {
+        let v = serde_json::json!({
+            "state": store.path(), "recent_decisions": decisions, "pending_incidents": pending, "outbox_backlog": backlog,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        return Ok(0);
+    }
+    println!("state: {}", store.path().display());
+    println!("outbox backlog: {} AMQP, {} IBS", backlog.amqp, backlog.obs);
+    println!("pending incidents: {pending:?}");
+    println!("recent decisions:");
+    for d in decisions {
+        let deliveries: Vec<String> = d
+            .deliveries
+            .iter()
+            .map(|x| format!("{} {} ({})", x.sink, x.state, x.outcome.as_deref().unwrap_or("-")))
+            .collect();
+        println!(
+            "  {} incident {} request {} {} — {}",
+            d.decided_at,
+            d.incident,
+            d.request.map(|r| r.to_string()).unwrap_or_else(|| "?".into()),
+            d.result,
+            deliveries.join("; ")
+        );
+    }
+    Ok(0)
+}
+
+pub async fn sim(_openqa_port: u16, _obs_port: u16) -> Result<u8, String> {
+    Err("sim: not built yet".into())
+}
+
+pub async fn demo() -> Result<u8, String> {
+    Err("demo: not built yet".into())
+}
+
+pub async fn bench(_scale: f64) -> Result<u8, String> {
+    Err("bench: not built yet".into())
+}

@@ -1,0 +1,187 @@
+/* Drives libincident_gate through its C ABI exactly as a C (or FFI) caller would, against the
+ * committed header. tests/c_abi.rs compiles it, starts an openQA simulator and runs each mode:
+ *
+ *   abi_test bad-input   <config_json>
+ *   abi_test queue-full  <config_json>    (openQA unreachable, queue_capacity small)
+ *   abi_test happy       <config_json> <incident> <job_id>...
+ *   abi_test fork        <config_json> <incident> <job_id>...
+ *   abi_test secrets     <config_json> <secret>...
+ *
+ * Every check prints "ok - ..." or "not ok - ..."; the exit code is the number of failures. */
+#include "incident_gate.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int failures = 0;
+
+#define CHECK(cond, ...)                                                                          \
+    do {                                                                                          \
+        if (cond) {                                                                               \
+            printf("ok - ");                                                                      \
+        } else {                                                                                  \
+            printf("not ok - ");                                                                  \
+            failures++;                                                                           \
+        }                                                                                         \
+        printf(__VA_ARGS__);                                                                      \
+        printf("\n");                                                                             \
+        fflush(stdout);                                                                           \
+    } while (0)
+
+#define EXPECT_STATUS(call, want, what)                                                           \
+    do {                                                                                          \
+        ig_status got_ = (call);                                                                  \
+        CHECK(got_ == (want), "%s: status %d (want %d) last_error=\"%s\"", what, (int)got_,      \
+              (int)(want), ig_last_error());                                                      \
+    } while (0)
+
+static ig_gate *make_gate(const char *config) {
+    ig_gate *gate = NULL;
+    ig_status st = ig_gate_new(config, &gate);
+    CHECK(st == IG_OK && gate != NULL, "ig_gate_new: status %d (%s)", (int)st, ig_last_error());
+    return gate;
+}
+
+static void bad_input(const char *config) {
+    ig_gate *gate = NULL;
+    EXPECT_STATUS(ig_gate_new(NULL, &gate), IG_NULL_ARGUMENT, "new(NULL config)");
+    CHECK(strstr(ig_last_error(), "config_json") != NULL, "the message names the argument: %s", ig_last_error());
+    EXPECT_STATUS(ig_gate_new(config, NULL), IG_NULL_ARGUMENT, "new(NULL out)");
+    EXPECT_STATUS(ig_gate_new("{\"openqa_url\":", &gate), IG_INVALID_JSON, "new(truncated JSON)");
+    EXPECT_STATUS(ig_gate_new("[1,2]", &gate), IG_INVALID_CONFIG, "new(array)");
+    EXPECT_STATUS(ig_gate_new("{\"settle_ms\":\"soon\"}", &gate), IG_INVALID_CONFIG, "new(wrong type)");
+    CHECK(strstr(ig_last_error(), "settle_ms") != NULL, "the message names the key: %s", ig_last_error());
+    EXPECT_STATUS(ig_gate_new("{\"no_such_key\":1}", &gate), IG_INVALID_CONFIG, "new(unknown key)");
+    CHECK(strstr(ig_last_error(), "no_such_key") != NULL, "the message names the key: %s", ig_last_error());
+    EXPECT_STATUS(ig_gate_new("{\"review_group\":\"\xff\xfe\"}", &gate), IG_INVALID_UTF8, "new(invalid UTF-8)");
+    CHECK(gate == NULL, "no gate was handed out on failure");
+
+    gate = make_gate(config);
+    EXPECT_STATUS(ig_gate_submit(NULL, "openqa_job_done", "{\"id\":1}"), IG_NULL_ARGUMENT, "submit(NULL gate)");
+    EXPECT_STATUS(ig_gate_submit(gate, NULL, "{\"id\":1}"), IG_NULL_ARGUMENT, "submit(NULL name)");
+    EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_done", NULL), IG_NULL_ARGUMENT, "submit(NULL data)");
+    EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_d\xc3\x28ne", "{}"), IG_INVALID_UTF8, "submit(invalid UTF-8 name)");
+    EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_done", "{\"id\":\"\xc3\x28\"}"), IG_INVALID_UTF8,
+                  "submit(invalid UTF-8 data)");
+    EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_explode", "{\"id\":1}"), IG_UNKNOWN_EVENT, "submit(unknown event)");
+    EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_done", "{\"id\":"), IG_INVALID_JSON, "submit(invalid JSON)");
+    EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_done", "[1]"), IG_INVALID_EVENT, "submit(array data)");
+    EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_done", "{\"id\":\"x\"}"), IG_INVALID_EVENT, "submit(id of wrong type)");
+    EXPECT_STATUS(ig_gate_submit(gate, "openqa_comment_create", "{\"job_id\":3}"), IG_INVALID_EVENT,
+                  "submit(comment without id)");
+    char *out = NULL;
+    EXPECT_STATUS(ig_gate_status(NULL, &out), IG_NULL_ARGUMENT, "status(NULL gate)");
+    EXPECT_STATUS(ig_gate_status(gate, NULL), IG_NULL_ARGUMENT, "status(NULL out)");
+    EXPECT_STATUS(ig_gate_evaluate(gate, 0, &out), IG_INVALID_ARGUMENT, "evaluate(incident 0)");
+    EXPECT_STATUS(ig_gate_evaluate(gate, 1, NULL), IG_NULL_ARGUMENT, "evaluate(NULL out)");
+    EXPECT_STATUS(ig_gate_flush(NULL, 10), IG_NULL_ARGUMENT, "flush(NULL gate)");
+    EXPECT_STATUS(ig_gate_status(gate, &out), IG_OK, "status");
+    CHECK(out && strstr(out, "\"unknown_event\":1") && strstr(out, "\"invalid_json\":1") &&
+              strstr(out, "\"invalid_shape\":3"),
+          "status counts rejections by reason: %s", out ? out : "(null)");
+    ig_string_free(out);
+    ig_string_free(NULL);
+    ig_gate_free(NULL);
+    CHECK(strlen(ig_version()) > 0, "version %s", ig_version());
+    ig_gate_free(gate);
+}
+
+static void queue_full(const char *config) {
+    ig_gate *gate = make_gate(config);
+    int full = 0, accepted = 0;
+    for (int i = 1; i <= 50 && !full; i++) {
+        char data[64];
+        snprintf(data, sizeof data, "{\"id\":%d,\"result\":\"passed\"}", i);
+        ig_status st = ig_gate_submit(gate, "openqa_job_done", data);
+        if (st == IG_OK) accepted++;
+        else if (st == IG_QUEUE_FULL) full = 1;
+        else CHECK(0, "unexpected status %d: %s", (int)st, ig_last_error());
+    }
+    CHECK(full, "a full queue answers IG_QUEUE_FULL after %d accepted events", accepted);
+    char *out = NULL;
+    EXPECT_STATUS(ig_gate_status(gate, &out), IG_OK, "status");
+    CHECK(out && strstr(out, "\"queue_full\":1") != NULL, "status counts the refused event: %s", out ? out : "");
+    ig_string_free(out);
+    EXPECT_STATUS(ig_gate_flush(gate, 50), IG_TIMEOUT, "flush times out while openQA is unreachable");
+    ig_gate_free(gate);
+}
+
+/* Submits job_done for every job, flushes and checks the verdict. */
+static void drive(ig_gate *gate, const char *who, unsigned long long incident, int njobs, char **jobs) {
+    for (int i = 0; i < njobs; i++) {
+        char data[96];
+        snprintf(data, sizeof data, "{\"id\":%s,\"newbuild\":null,\"reason\":null,\"result\":\"passed\"}", jobs[i]);
+        EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_done", data), IG_OK, "submit job_done");
+    }
+    EXPECT_STATUS(ig_gate_flush(gate, 20000), IG_OK, "flush");
+    char *verdict = NULL;
+    EXPECT_STATUS(ig_gate_evaluate(gate, incident, &verdict), IG_OK, "evaluate");
+    CHECK(verdict && strstr(verdict, "\"result\":\"passed\""), "%s: verdict passed: %s", who, verdict ? verdict : "");
+    ig_string_free(verdict);
+    char *status = NULL;
+    EXPECT_STATUS(ig_gate_status(gate, &status), IG_OK, "status");
+    CHECK(status && strstr(status, "\"running\":true") && strstr(status, "\"result\":\"passed\""),
+          "%s: status shows the engine running and the decision: %.300s", who, status ? status : "");
+    ig_string_free(status);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s MODE CONFIG_JSON [ARGS...]\n", argv[0]);
+        return 100;
+    }
+    const char *mode = argv[1], *config = argv[2];
+    if (strcmp(mode, "bad-input") == 0) {
+        bad_input(config);
+    } else if (strcmp(mode, "queue-full") == 0) {
+        queue_full(config);
+    } else if (strcmp(mode, "happy") == 0 && argc > 4) {
+        ig_gate *gate = make_gate(config);
+        drive(gate, "single process", strtoull(argv[3], NULL, 10), argc - 4, argv + 4);
+        ig_gate_free(gate);
+    } else if (strcmp(mode, "fork") == 0 && argc > 5) {
+        /* The parent starts the engine, then forks: the child inherits a gate whose threads do not
+         * exist in it, and must still work; so must the parent afterwards. */
+        ig_gate *gate = make_gate(config);
+        unsigned long long incident = strtoull(argv[3], NULL, 10);
+        char *first[] = {argv[4]};
+        drive(gate, "parent before fork", incident, 1, first);
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            failures = 0;
+            drive(gate, "forked child", incident, argc - 5, argv + 5);
+            _exit(failures);
+        }
+        int wstatus = 0;
+        waitpid(pid, &wstatus, 0);
+        CHECK(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0, "the forked child succeeded (status %d)", wstatus);
+        drive(gate, "parent after fork", incident, 1, first);
+        ig_gate_free(gate);
+    } else if (strcmp(mode, "secrets") == 0) {
+        ig_gate *gate = make_gate(config);
+        ig_gate_submit(gate, "openqa_job_done", "{\"id\":1}");
+        ig_gate_flush(gate, 5000);
+        char *status = NULL;
+        EXPECT_STATUS(ig_gate_status(gate, &status), IG_OK, "status");
+        for (int i = 3; i < argc; i++)
+            CHECK(status && strstr(status, argv[i]) == NULL, "status does not contain secret #%d", i - 2);
+        ig_string_free(status);
+        char *verdict = NULL;
+        ig_gate_evaluate(gate, 1, &verdict);
+        for (int i = 3; i < argc; i++) {
+            CHECK(strstr(ig_last_error(), argv[i]) == NULL, "last error does not contain secret #%d", i - 2);
+            CHECK(!verdict || strstr(verdict, argv[i]) == NULL, "verdict does not contain secret #%d", i - 2);
+        }
+        ig_string_free(verdict);
+        ig_gate_free(gate);
+    } else {
+        fprintf(stderr, "unknown mode or missing arguments: %s\n", mode);
+        return 100;
+    }
+    printf("# %d failure(s)\n", failures);
+    return failures;
+}

@@ -1,0 +1,157 @@
+//! The engine through the C ABI against the openQA simulator: one decision per change, at the
+//! last job; failures named; restarts re-decided; no decision on partial data; one decision across
+//! processes sharing a state directory.
+
+mod common;
+
+use common::{gate_config, CGate, OpenQa};
+use incident_gate::ffi::ig_status;
+use std::time::Duration;
+
+/// A deterministic shuffle (no rand dependency for tests).
+fn shuffle<T>(items: &mut [T], mut seed: u64) {
+    for i in (1..items.len()).rev() {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        items.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+}
+
+fn decisions_for(gate: &CGate, incident: u64) -> Vec<serde_json::Value> {
+    gate.decisions().into_iter().filter(|d| d["incident"] == incident).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shuffled_events_give_one_passed_decision_at_the_last_job() {
+    let qa = OpenQa::start().await;
+    let mut jobs: Vec<u64> = (0..6).map(|i| qa.incident_job(1001, 300101, &format!("mau-{i}"))).collect();
+    jobs.extend((0..4).map(|i| qa.aggregate_job("20261124-1", &[1001, 1002], &format!("regression-{i}"))));
+    shuffle(&mut jobs, 7);
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+
+    let (last, rest) = jobs.split_last().unwrap();
+    for job in rest {
+        let result = if job % 3 == 0 { "softfailed" } else { "passed" };
+        qa.sim.set_done(*job, result);
+        gate.job_done(*job, result);
+    }
+    gate.flushed();
+    assert!(decisions_for(&gate, 1001).is_empty(), "decided before the last job: {:?}", gate.decisions());
+    assert_eq!(gate.evaluate(1001).unwrap()["result"], "pending");
+
+    qa.sim.set_done(*last, "passed");
+    gate.job_done(*last, "passed");
+    gate.flushed();
+    let decided = decisions_for(&gate, 1001);
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["result"], "passed");
+    assert_eq!(decided[0]["request"], 300101);
+    // the same events again change nothing
+    for job in &jobs {
+        gate.job_done(*job, "passed");
+    }
+    gate.flushed();
+    assert_eq!(decisions_for(&gate, 1001).len(), 1);
+    let verdict = gate.evaluate(1001).unwrap();
+    assert_eq!(verdict["jobs"]["total"], 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_is_named_and_a_passing_restart_is_a_new_decision() {
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..3).map(|i| qa.incident_job(2001, 300201, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    for (i, job) in jobs.iter().enumerate() {
+        let result = if i == 1 { "failed" } else { "passed" };
+        qa.sim.set_done(*job, result);
+        gate.job_done(*job, result);
+    }
+    gate.flushed();
+    let decided = decisions_for(&gate, 2001);
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["result"], "failed");
+    let verdict = gate.evaluate(2001).unwrap();
+    assert_eq!(verdict["blocking"][0]["id"], jobs[1]);
+    assert_eq!(verdict["blocking"][0]["result"], "failed");
+
+    let (clone, event) = qa.sim.restart(jobs[1]).unwrap();
+    assert_eq!(gate.submit(&event.name, &event.data), ig_status::IG_OK);
+    gate.flushed();
+    assert_eq!(gate.evaluate(2001).unwrap()["result"], "pending");
+    qa.sim.set_done(clone, "passed");
+    gate.job_done(clone, "passed");
+    gate.flushed();
+    let decided = decisions_for(&gate, 2001);
+    assert_eq!(decided.len(), 2, "{decided:?}");
+    assert_eq!(decided[0]["result"], "passed", "newest first");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_decision_while_openqa_is_down_then_one_after_it_recovers() {
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..4).map(|i| qa.incident_job(3001, 300301, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    let (last, rest) = jobs.split_last().unwrap();
+    for job in rest {
+        qa.sim.set_done(*job, "passed");
+        gate.job_done(*job, "passed");
+    }
+    gate.flushed();
+    qa.sim.set_down(true);
+    qa.sim.set_done(*last, "passed");
+    gate.job_done(*last, "passed");
+    assert_eq!(gate.flush(Duration::from_millis(1500)), ig_status::IG_TIMEOUT, "the engine keeps retrying");
+    assert!(decisions_for(&gate, 3001).is_empty());
+    assert_eq!(gate.evaluate(3001), Err(ig_status::IG_UNAVAILABLE), "no verdict on partial data");
+    assert!(gate.status()["engine"]["api_errors"].as_u64().unwrap() > 0);
+    qa.sim.set_down(false);
+    gate.flushed();
+    let decided = decisions_for(&gate, 3001);
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["result"], "passed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gates_sharing_a_state_directory_record_one_decision() {
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..5).map(|i| qa.incident_job(4001, 300401, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let a = CGate::new(&gate_config(&qa.url(), state.path()));
+    let b = CGate::new(&gate_config(&qa.url(), state.path()));
+    for job in &jobs {
+        qa.sim.set_done(*job, "passed");
+        a.job_done(*job, "passed");
+        b.job_done(*job, "passed");
+    }
+    a.flushed();
+    b.flushed();
+    assert_eq!(decisions_for(&a, 4001).len(), 1);
+    let recorded: u64 = [&a, &b].iter().map(|g| g.status()["engine"]["decisions"].as_u64().unwrap()).sum();
+    let duplicates: u64 = [&a, &b].iter().map(|g| g.status()["engine"]["duplicate_decisions"].as_u64().unwrap()).sum();
+    assert_eq!(recorded, 1, "exactly one gate records the decision");
+    assert!(duplicates >= 1, "the other finds it recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_finished_without_an_event_is_found_by_reconciliation() {
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(5001, 300501, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = gate_config(&qa.url(), state.path());
+    cfg["reconcile_interval_s"] = 1.into();
+    let gate = CGate::new(&cfg);
+    qa.sim.set_done(jobs[0], "passed");
+    gate.job_done(jobs[0], "passed");
+    gate.flushed();
+    // job 1 is cancelled by openQA's stale-job detection: no event reaches us
+    qa.sim.cancel(jobs[1]);
+    let decided = common::eventually(Duration::from_secs(10), || {
+        let d = decisions_for(&gate, 5001);
+        (!d.is_empty()).then_some(d)
+    })
+    .await
+    .expect("reconciliation decides the incident");
+    assert_eq!(decided[0]["result"], "failed");
+}
