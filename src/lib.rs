@@ -6,4 +6,6 @@ pub mod config;
 pub mod decision;
 pub mod incident;
 pub mod openqa;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod verdict;
