@@ -854,16 +854,8 @@ impl Db {
                     None => true,
                 }),
             })
-            .filter(|j| {
-                states
-                    .as_ref()
-                    .is_none_or(|s| s.iter().any(|s| *s == j.state))
-            })
-            .filter(|j| {
-                results
-                    .as_ref()
-                    .is_none_or(|r| r.iter().any(|r| *r == j.result))
-            })
+            .filter(|j| states.as_ref().is_none_or(|s| s.contains(&j.state)))
+            .filter(|j| results.as_ref().is_none_or(|r| r.contains(&j.result)))
             .filter(|j| match params.get("scope") {
                 Some("current") => j.clone_id.is_none(),
                 Some("relevant") => {
@@ -882,7 +874,7 @@ impl Db {
                     .all(|(k, v)| self.has_setting(j.id, k, v))
             })
             .collect();
-        jobs.sort_by(|a, b| b.id.cmp(&a.id));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
         if params.get("latest").is_some() {
             let mut seen = HashSet::new();
             jobs.retain(|j| seen.insert(j.scenario()));
@@ -941,7 +933,7 @@ impl Db {
             })
             .filter(|j| groupid.is_none_or(|g| g.is_some() && g == j.group_id))
             .collect();
-        jobs.sort_by(|a, b| b.id.cmp(&a.id));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
         let mut seen = HashSet::new();
         jobs.retain(|j| seen.insert(j.scenario()));
         let wanted = |name: &str| -> Option<HashSet<String>> {
@@ -1000,7 +992,7 @@ impl Db {
                     .iter()
                     .filter(|r| r.key == key && r.value == value)
                     .collect();
-                matching.sort_by(|a, b| b.id.cmp(&a.id));
+                matching.sort_by_key(|r| std::cmp::Reverse(r.id));
                 matching.into_iter().take(rows).map(|r| r.job_id).collect()
             }
             (None, Some(element)) => {
