@@ -1,5 +1,6 @@
 //! The openQA client against the simulator (and a few tiny misbehaving servers): chunking,
 //! de-duplication, gone jobs, retries, errors that name the route, the in-flight limit, signing.
+#![cfg(feature = "sim")]
 
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -285,6 +286,17 @@ async fn refusals_are_not_retried_and_name_the_route() {
     assert_eq!(
         e.to_string(),
         "GET /api/v1/job_settings/jobs?key=RRID&list_value=SUSE%3AMaintenance%3A1%3A2: HTTP 400: Erroneous parameters (list_value invalid)"
+    );
+    // a refusal after a transient failure says how many attempts it took
+    sim.fail_next(1);
+    let e = c
+        .job_ids_by_list_setting("RRID", "x:y")
+        .await
+        .expect_err("400");
+    assert!(
+        e.to_string()
+            .contains(": HTTP 400 (after 2 attempts): Erroneous parameters"),
+        "{e}"
     );
 }
 

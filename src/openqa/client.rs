@@ -169,6 +169,8 @@ impl fmt::Debug for OpenQaClient {
 struct Reply {
     status: u16,
     body: Vec<u8>,
+    /// Attempts it took, this one included.
+    attempts: u32,
 }
 
 impl OpenQaClient {
@@ -338,7 +340,7 @@ impl OpenQaClient {
                 route,
                 status,
                 message: error_message(&reply.body),
-                attempts: 1,
+                attempts: reply.attempts,
             }),
         }
     }
@@ -357,7 +359,12 @@ impl OpenQaClient {
             attempt += 1;
             let outcome = self.send_once(path, query).await;
             let failure = match outcome {
-                Ok(reply) if reply.status < 500 => return Ok(reply),
+                Ok(reply) if reply.status < 500 => {
+                    return Ok(Reply {
+                        attempts: attempt,
+                        ..reply
+                    })
+                }
                 Ok(reply) => ApiError::Status {
                     route: route.to_string(),
                     status: reply.status,
@@ -415,6 +422,7 @@ impl OpenQaClient {
         Ok(Reply {
             status,
             body: body.to_vec(),
+            attempts: 1,
         })
     }
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -341,7 +341,10 @@ struct CommentRow {
 struct Db {
     groups: Vec<Group>,
     jobs: BTreeMap<u64, SimJob>,
+    /// All rows in insertion order (row ids ascending); rows are never deleted.
     settings: Vec<SettingRow>,
+    /// Positions in `settings` per job, so that rendering a job does not scan every row.
+    rows_by_job: HashMap<u64, Vec<usize>>,
     comments: Vec<CommentRow>,
     last_group: u64,
     last_job: u64,
@@ -385,7 +388,7 @@ impl Db {
     /// row order) and the computed NAME.
     fn settings_of(&self, job: &SimJob) -> Map<String, Value> {
         let mut joined: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        for row in self.settings.iter().filter(|r| r.job_id == job.id) {
+        for row in self.rows_of(job.id) {
             joined.entry(row.key.clone()).or_default().push(&row.value);
         }
         let mut map: Map<String, Value> = joined
@@ -497,8 +500,20 @@ impl Db {
         SimEvent::new(name, data, body)
     }
 
+    fn rows_of(&self, job_id: u64) -> impl Iterator<Item = &SettingRow> {
+        self.rows_by_job
+            .get(&job_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.settings.get(i))
+    }
+
     fn add_row(&mut self, job_id: u64, key: &str, value: &str) {
         self.last_row += 1;
+        self.rows_by_job
+            .entry(job_id)
+            .or_default()
+            .push(self.settings.len());
         self.settings.push(SettingRow {
             id: self.last_row,
             job_id,
@@ -691,9 +706,7 @@ impl Db {
         self.last_job += 1;
         let new_id = self.last_job;
         let rows: Vec<(String, String)> = self
-            .settings
-            .iter()
-            .filter(|r| r.job_id == id)
+            .rows_of(id)
             .map(|r| (r.key.clone(), r.value.clone()))
             .collect();
         for (k, v) in rows {
@@ -907,9 +920,8 @@ impl Db {
             let end = rest.find(':')?;
             is_word(&rest[..end]).then(|| &value[..end + 2])
         });
-        self.settings.iter().any(|r| {
-            r.job_id == job_id
-                && r.key == key
+        self.rows_of(job_id).any(|r| {
+            r.key == key
                 && match prefix {
                     Some(p) => r.value.starts_with(p),
                     None => r.value == value,
