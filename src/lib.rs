@@ -12,5 +12,7 @@ pub mod gate;
 pub mod incident;
 pub mod openqa;
 pub mod outbox;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
 pub mod verdict;

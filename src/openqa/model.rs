@@ -62,3 +62,15 @@ pub struct JobList {
 pub struct JobIds {
     pub jobs: Vec<u64>,
 }
+
+/// A job group as `GET /api/v1/job_groups` lists it (openQA sends more fields; these are the ones
+/// incident-gate uses to name and ignore groups).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobGroup {
+    pub id: u64,
+    pub name: String,
+    #[serde(default)]
+    pub parent_id: Option<u64>,
+    #[serde(default)]
+    pub description: Option<String>,
+}

@@ -1,0 +1,561 @@
+//! A typed client for the read routes of openQA's REST API that the verdict needs.
+//!
+//! Reads are public on openQA, but requests are signed anyway when a key and secret are configured
+//! (the server ignores bad credentials on read routes, so signing never hurts). Every request goes
+//! through one semaphore so that a burst of events cannot open more than `concurrency` connections
+//! to the web UI; transient failures (connection errors, timeouts, 5xx) are retried with exponential
+//! backoff, everything else is reported at once with the route that failed.
+
+use crate::config::{Config, Secret};
+use crate::openqa::auth;
+use crate::openqa::model::{Comment, Job, JobEnvelope, JobGroup, JobIds, JobList};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+/// Ids per `GET /api/v1/jobs?ids=` request: keeps the request line far below Mojolicious' 8 KiB
+/// limit even for 10-digit ids (each costs up to 13 bytes with its `%2C`).
+pub const IDS_PER_REQUEST: usize = 100;
+
+/// The `limit` sent with `job_settings/jobs?value=`: openQA caps exact-value lookups at
+/// `generic_default_limit` rows unless asked for more, and silently clamps to `generic_max_limit`.
+pub const SETTINGS_VALUE_LIMIT: usize = 10_000;
+
+/// Route shown in errors is cut here: an `ids=` query of a full chunk says nothing more after that.
+const ROUTE_SHOWN_MAX: usize = 160;
+
+/// How often and how patiently transient failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Delay before the first retry; doubled before each further one.
+    pub base_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 3,
+            base_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A failed openQA API call. `route` is `METHOD /path?query` relative to the configured openQA URL;
+/// no variant ever carries a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The client cannot be built from the configuration.
+    Config(String),
+    /// No HTTP answer (connection refused, reset, timeout), after `attempts` attempts.
+    Transport {
+        route: String,
+        detail: String,
+        attempts: u32,
+    },
+    /// An HTTP status that is not success (and not a 404 the caller treats as "gone").
+    Status {
+        route: String,
+        status: u16,
+        message: String,
+        attempts: u32,
+    },
+    /// A success status whose body is not what the route returns.
+    Malformed { route: String, detail: String },
+}
+
+impl ApiError {
+    pub fn route(&self) -> Option<&str> {
+        match self {
+            ApiError::Config(_) => None,
+            ApiError::Transport { route, .. }
+            | ApiError::Status { route, .. }
+            | ApiError::Malformed { route, .. } => Some(route),
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Worth trying again later: the service was unreachable or failed, rather than refusing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Transport { .. } => true,
+            ApiError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tries = |n: u32| {
+            if n > 1 {
+                format!(" (after {n} attempts)")
+            } else {
+                String::new()
+            }
+        };
+        match self {
+            ApiError::Config(msg) => write!(f, "openQA client: {msg}"),
+            ApiError::Transport {
+                route,
+                detail,
+                attempts,
+            } => {
+                write!(f, "{route}: no response{}: {detail}", tries(*attempts))
+            }
+            ApiError::Status {
+                route,
+                status,
+                message,
+                attempts,
+            } => {
+                write!(f, "{route}: HTTP {status}{}", tries(*attempts))?;
+                if !message.is_empty() {
+                    write!(f, ": {message}")?;
+                }
+                Ok(())
+            }
+            ApiError::Malformed { route, detail } => write!(f, "{route}: malformed body: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+struct Inner {
+    http: reqwest::Client,
+    /// The configured openQA URL without a trailing slash; routes are appended to it.
+    base: String,
+    /// The path part of `base` (e.g. `/openqa` behind a proxy): openQA signs it with the route.
+    base_path: String,
+    credentials: Option<(String, Secret)>,
+    limiter: Semaphore,
+    concurrency: usize,
+    requests: AtomicU64,
+}
+
+/// The openQA REST client. Cheap to clone: clones share the connection pool, the in-flight limit
+/// and the request counter.
+#[derive(Clone)]
+pub struct OpenQaClient {
+    inner: Arc<Inner>,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for OpenQaClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenQaClient")
+            .field("base", &crate::config::redact_url(&self.inner.base))
+            .field("signed", &self.inner.credentials.is_some())
+            .field("concurrency", &self.inner.concurrency)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// A response that arrived (any status), with its body read.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+    /// Attempts it took, this one included.
+    attempts: u32,
+}
+
+impl OpenQaClient {
+    pub fn new(config: &Config) -> Result<Self, ApiError> {
+        let base = config.openqa_url.trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base)
+            .map_err(|e| ApiError::Config(format!("openqa_url is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ApiError::Config(
+                "openqa_url must be an http:// or https:// URL".into(),
+            ));
+        }
+        let base_path = parsed.path().trim_end_matches('/').to_string();
+        let credentials = match (&config.openqa_api_key, &config.openqa_api_secret) {
+            (Some(key), Some(secret)) if !key.is_empty() && !secret.is_empty() => {
+                Some((key.clone(), secret.clone()))
+            }
+            _ => None,
+        };
+        let concurrency = config.concurrency.max(1);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.http_timeout_s.max(1)))
+            .connect_timeout(Duration::from_secs(config.http_timeout_s.clamp(1, 10)))
+            .user_agent(concat!("incident-gate/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(concurrency)
+            .build()
+            .map_err(|e| ApiError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(OpenQaClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                base_path,
+                credentials,
+                limiter: Semaphore::new(concurrency),
+                concurrency,
+                requests: AtomicU64::new(0),
+            }),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// The same client with another retry policy (tests use fewer and shorter retries).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// HTTP requests sent so far by this client and its clones, retries included.
+    pub fn requests_made(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// `GET /api/v1/jobs/<id>`; `Ok(None)` when openQA answers 404 (the job was deleted or never existed).
+    pub async fn job(&self, id: u64) -> Result<Option<Job>, ApiError> {
+        let path = format!("/api/v1/jobs/{id}");
+        let Some(envelope) = self.get_json::<JobEnvelope>(&path, &[], true).await? else {
+            return Ok(None);
+        };
+        Ok(Some(envelope.job))
+    }
+
+    /// `GET /api/v1/jobs?ids=...` for each chunk of [`IDS_PER_REQUEST`] distinct ids, chunks fetched
+    /// concurrently (bounded by `concurrency`). Jobs that no longer exist are simply absent; the
+    /// result is sorted by id. No request at all for an empty list: `GET /api/v1/jobs` without `ids`
+    /// would list every job of the instance.
+    pub async fn jobs(&self, ids: &[u64]) -> Result<Vec<Job>, ApiError> {
+        let mut seen = HashSet::with_capacity(ids.len());
+        let unique: Vec<u64> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
+        let chunks: Vec<String> = unique
+            .chunks(IDS_PER_REQUEST)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        let lists: Vec<Vec<Job>> = stream::iter(chunks)
+            .map(|ids| async move {
+                let list = self
+                    .get_json::<JobList>("/api/v1/jobs", &[("ids", ids.as_str())], false)
+                    .await?;
+                Ok::<_, ApiError>(list.map(|l| l.jobs).unwrap_or_default())
+            })
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect()
+            .await?;
+        let mut jobs: Vec<Job> = lists.into_iter().flatten().collect();
+        jobs.sort_by_key(|j| j.id);
+        jobs.dedup_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    /// Ids of the jobs with setting `key` exactly equal to `value`, newest first, each once.
+    /// The key is matched literally (no globs with `value=`).
+    pub async fn job_ids_by_setting(&self, key: &str, value: &str) -> Result<Vec<u64>, ApiError> {
+        let limit = SETTINGS_VALUE_LIMIT.to_string();
+        let query = [("key", key), ("value", value), ("limit", limit.as_str())];
+        let ids = self.job_settings_jobs(&query).await?;
+        if ids.len() >= SETTINGS_VALUE_LIMIT {
+            // openQA cut the list: older jobs are missing and the caller cannot tell otherwise.
+            tracing::warn!(
+                key,
+                rows = ids.len(),
+                "job_settings/jobs hit its row limit; older jobs may be missing"
+            );
+        }
+        Ok(dedupe(ids))
+    }
+
+    /// Ids of the jobs whose setting `key` (may contain `*` globs) is a comma-separated list with
+    /// `list_value` as one whole element, newest first, each once. openQA only looks at its most
+    /// recent `job_settings_max_recent_jobs` (default 20000) jobs for this query.
+    pub async fn job_ids_by_list_setting(
+        &self,
+        key: &str,
+        list_value: &str,
+    ) -> Result<Vec<u64>, ApiError> {
+        let ids = self
+            .job_settings_jobs(&[("key", key), ("list_value", list_value)])
+            .await?;
+        Ok(dedupe(ids))
+    }
+
+    async fn job_settings_jobs(&self, query: &[(&str, &str)]) -> Result<Vec<u64>, ApiError> {
+        let list = self
+            .get_json::<JobIds>("/api/v1/job_settings/jobs", query, false)
+            .await?;
+        Ok(list.map(|l| l.jobs).unwrap_or_default())
+    }
+
+    /// `GET /api/v1/jobs/<id>/comments`, oldest first; a job that is gone has no comments.
+    pub async fn comments(&self, job_id: u64) -> Result<Vec<Comment>, ApiError> {
+        let path = format!("/api/v1/jobs/{job_id}/comments");
+        Ok(self
+            .get_json::<Vec<Comment>>(&path, &[], true)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// `GET /api/v1/job_groups`: every job group.
+    pub async fn job_groups(&self) -> Result<Vec<JobGroup>, ApiError> {
+        Ok(self
+            .get_json::<Vec<JobGroup>>("/api/v1/job_groups", &[], false)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// GETs `path?query` and decodes a 200 body as `T`. A 404 is `Ok(None)` when `not_found_is_none`.
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        not_found_is_none: bool,
+    ) -> Result<Option<T>, ApiError> {
+        let query = auth::encode_query(query);
+        let route = shown_route("GET", path, &query);
+        let reply = self.send_with_retries(path, &query, &route).await?;
+        match reply.status {
+            200..=299 => decode(&route, &reply.body).map(Some),
+            404 if not_found_is_none => Ok(None),
+            status => Err(ApiError::Status {
+                route,
+                status,
+                message: error_message(&reply.body),
+                attempts: reply.attempts,
+            }),
+        }
+    }
+
+    /// Sends one GET, retrying transient failures. Returns every answer that is not a 5xx; a 5xx
+    /// that persists and a transport failure that persists become errors.
+    async fn send_with_retries(
+        &self,
+        path: &str,
+        query: &str,
+        route: &str,
+    ) -> Result<Reply, ApiError> {
+        let attempts = self.retry.retries + 1;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = self.send_once(path, query).await;
+            let failure = match outcome {
+                Ok(reply) if reply.status < 500 => {
+                    return Ok(Reply {
+                        attempts: attempt,
+                        ..reply
+                    })
+                }
+                Ok(reply) => ApiError::Status {
+                    route: route.to_string(),
+                    status: reply.status,
+                    message: error_message(&reply.body),
+                    attempts: attempt,
+                },
+                Err(detail) => ApiError::Transport {
+                    route: route.to_string(),
+                    detail,
+                    attempts: attempt,
+                },
+            };
+            if attempt >= attempts {
+                return Err(failure);
+            }
+            let delay = self
+                .retry
+                .base_delay
+                .saturating_mul(1 << (attempt - 1).min(16));
+            tracing::debug!(error = %failure, delay_ms = delay.as_millis() as u64, "openQA request failed, retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One HTTP exchange under the in-flight limit; the permit is released before any backoff.
+    async fn send_once(&self, path: &str, query: &str) -> Result<Reply, String> {
+        let inner = &*self.inner;
+        // The semaphore lives as long as the client and is never closed.
+        let _permit = inner
+            .limiter
+            .acquire()
+            .await
+            .map_err(|_| "client is shutting down".to_string())?;
+        let mut url = format!("{}{path}", inner.base);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        let mut request = inner.http.get(&url).header("Accept", "application/json");
+        if let Some((key, secret)) = &inner.credentials {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let signed_path = format!("{}{path}", inner.base_path);
+            for (name, value) in auth::auth_headers(key, secret.expose(), &signed_path, query, now)
+            {
+                request = request.header(name, value);
+            }
+        }
+        inner.requests.fetch_add(1, Ordering::Relaxed);
+        let response = request.send().await.map_err(describe)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(describe)?;
+        Ok(Reply {
+            status,
+            body: body.to_vec(),
+            attempts: 1,
+        })
+    }
+}
+
+fn dedupe(ids: Vec<u64>) -> Vec<u64> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.into_iter().filter(|id| seen.insert(*id)).collect()
+}
+
+fn shown_route(method: &str, path: &str, query: &str) -> String {
+    let mut route = if query.is_empty() {
+        format!("{method} {path}")
+    } else {
+        format!("{method} {path}?{query}")
+    };
+    if route.len() > ROUTE_SHOWN_MAX {
+        let mut cut = ROUTE_SHOWN_MAX;
+        while !route.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        route.truncate(cut);
+        route.push_str("...");
+    }
+    route
+}
+
+fn decode<T: DeserializeOwned>(route: &str, body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Malformed {
+        route: route.to_string(),
+        detail: format!("{e} (body starts with {:?})", snippet(body)),
+    })
+}
+
+/// openQA's `{"error": ...}` text when the body has one, else the start of the body.
+fn error_message(body: &[u8]) -> String {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(serde_json::Value::String(e)) = map.get("error") {
+            return e.trim_end().chars().take(300).collect();
+        }
+    }
+    snippet(body)
+}
+
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(80)])
+        .trim()
+        .to_string()
+}
+
+/// A reqwest error as text without the URL (which could carry user info) but with its causes,
+/// since "error sending request" alone does not say whether the connection was refused or timed out.
+fn describe(e: reqwest::Error) -> String {
+    let timeout = e.is_timeout();
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if timeout && !text.contains("timed out") {
+        text.push_str(" (timed out)");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_in_errors_are_short_and_named() {
+        let ids: Vec<String> = (1000..1100).map(|i| i.to_string()).collect();
+        let q = auth::encode_query(&[("ids", ids.join(","))]);
+        let r = shown_route("GET", "/api/v1/jobs", &q);
+        assert!(
+            r.starts_with("GET /api/v1/jobs?ids=1000%2C1001")
+                && r.ends_with("...")
+                && r.len() < 170,
+            "{r}"
+        );
+        let e = ApiError::Malformed {
+            route: "GET /api/v1/jobs?ids=1%2C2".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "GET /api/v1/jobs?ids=1%2C2: malformed body: x"
+        );
+        let e = ApiError::Status {
+            route: "GET /api/v1/jobs/1".into(),
+            status: 503,
+            message: String::new(),
+            attempts: 4,
+        };
+        assert_eq!(
+            e.to_string(),
+            "GET /api/v1/jobs/1: HTTP 503 (after 4 attempts)"
+        );
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn error_messages_prefer_openqa_error_text() {
+        assert_eq!(
+            error_message(
+                br#"{"error":"Erroneous parameters (result invalid)\n","error_status":400}"#
+            ),
+            "Erroneous parameters (result invalid)"
+        );
+        assert_eq!(
+            error_message(b"<html>Bad Gateway</html>"),
+            "<html>Bad Gateway</html>"
+        );
+    }
+
+    #[test]
+    fn config_errors() {
+        let config = Config {
+            openqa_url: "not a url".into(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            OpenQaClient::new(&config),
+            Err(ApiError::Config(_))
+        ));
+        let config = Config {
+            openqa_url: "http://openqa.example.com/prefix/".into(),
+            ..Config::default()
+        };
+        let client = OpenQaClient::new(&config).expect("client");
+        assert_eq!(client.inner.base_path, "/prefix");
+        assert_eq!(client.inner.base, "http://openqa.example.com/prefix");
+    }
+}
