@@ -5,5 +5,8 @@
 pub mod config;
 pub mod decision;
 pub mod incident;
+pub mod obs;
 pub mod openqa;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod verdict;
