@@ -10,8 +10,10 @@
 //! and `Debug` shows the user, the algorithm and the public fingerprint only.
 
 use base64::Engine;
+use rsa::signature::{SignatureEncoding, Signer};
 use ssh_encoding::{Decode, Encode};
-use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
+use ssh_key::private::RsaKeypair;
+use ssh_key::{Algorithm, HashAlg, LineEnding, Mpint, PrivateKey, PublicKey, Signature, SshSig};
 use std::fmt;
 use std::path::Path;
 
@@ -155,10 +157,13 @@ impl SshSigner {
     /// The raw SSHSIG blob over `message` (what `ssh-keygen -Y sign` armors). RSA keys sign with
     /// rsa-sha2-512: OpenSSH refuses SHA-1 `ssh-rsa` signatures.
     pub fn sign_blob(&self, namespace: &str, message: &[u8]) -> Result<Vec<u8>, SshSigError> {
-        let sig = self
-            .key
-            .sign(namespace, HashAlg::Sha512, message)
-            .map_err(|e| SshSigError::Sign(e.to_string()))?;
+        let sig = match self.key.key_data().rsa() {
+            Some(pair) => sign_rsa(pair, self.key.public_key(), namespace, message)?,
+            None => self
+                .key
+                .sign(namespace, HashAlg::Sha512, message)
+                .map_err(|e| SshSigError::Sign(e.to_string()))?,
+        };
         let mut blob = Vec::new();
         sig.encode(&mut blob)
             .map_err(|e| SshSigError::Sign(e.to_string()))?;
@@ -174,6 +179,50 @@ impl SshSigner {
             self.user
         ))
     }
+}
+
+/// SSHSIG with an RSA key, rsa-sha2-512, done with the rsa crate: ssh-key 0.6.7's own conversion
+/// of the key passes the prime p twice, which the rsa crate rightly rejects.
+fn sign_rsa(
+    pair: &RsaKeypair,
+    public: &PublicKey,
+    namespace: &str,
+    message: &[u8],
+) -> Result<SshSig, SshSigError> {
+    let sign_err = |what: &str| SshSigError::Sign(format!("RSA key: {what}"));
+    let int = |m: &Mpint| {
+        m.as_positive_bytes()
+            .map(rsa::BigUint::from_bytes_be)
+            .ok_or_else(|| sign_err("bad integer"))
+    };
+    let key = rsa::RsaPrivateKey::from_components(
+        int(&pair.public.n)?,
+        int(&pair.public.e)?,
+        int(&pair.private.d)?,
+        vec![int(&pair.private.p)?, int(&pair.private.q)?],
+    )
+    // the rsa crate's messages describe the check that failed, not the numbers
+    .map_err(|e| sign_err(&e.to_string()))?;
+    let signed = SshSig::signed_data(namespace, HashAlg::Sha512, message)
+        .map_err(|e| SshSigError::Sign(e.to_string()))?;
+    let raw = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key)
+        .try_sign(&signed)
+        .map_err(|e| sign_err(&e.to_string()))?
+        .to_vec();
+    let signature = Signature::new(
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        },
+        raw,
+    )
+    .map_err(|e| SshSigError::Sign(e.to_string()))?;
+    SshSig::new(
+        public.key_data().clone(),
+        namespace,
+        HashAlg::Sha512,
+        signature,
+    )
+    .map_err(|e| SshSigError::Sign(e.to_string()))
 }
 
 /// The armored form (`-----BEGIN SSH SIGNATURE-----`) of a raw blob, as `ssh-keygen -Y verify`

@@ -2,7 +2,7 @@
 //! order varies between server versions (and the docs' own examples are not schema-valid), so a
 //! tolerant tree with "find the child named X" lookups beats a strict serde mapping here.
 
-use quick_xml::escape::{escape, resolve_predefined_entity};
+use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
@@ -112,9 +112,20 @@ pub fn parse(xml: &str) -> Result<Element, String> {
     }
 }
 
-/// Escapes text for an element body or a double-quoted attribute.
+/// Escapes text for an element body or a double-quoted attribute the way OBS's Builder
+/// templates do: `&`, `<`, `>` and `"`, apostrophes left alone (error bodies compare byte-exact).
 pub fn esc(s: &str) -> String {
-    escape(s).into_owned()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// OBS's error and success body: `<status code=".."><summary>..</summary></status>`.

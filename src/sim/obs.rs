@@ -188,6 +188,8 @@ struct Inner {
     checks: BTreeMap<u64, Vec<SimCheck>>,
     sessions: HashMap<String, String>,
     down: bool,
+    /// (method, path prefix, status, times left): answers to fake before the real route runs.
+    failures: Vec<(String, String, u16, usize)>,
     log: Vec<Received>,
 }
 
@@ -363,6 +365,15 @@ impl ObsSim {
         self.shared.lock().down = down;
     }
 
+    /// The next `times` calls of `method` on a path starting with `path_prefix` answer `status`
+    /// (5xx as a proxy's HTML page, others as an OBS error body) instead of being served.
+    pub fn fail_next(&self, method: &str, path_prefix: &str, status: u16, times: usize) {
+        self.shared
+            .lock()
+            .failures
+            .push((method.into(), path_prefix.into(), status, times));
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.shared.lock().log.clone()
     }
@@ -419,6 +430,14 @@ fn json_response<T: Serialize>(value: &T) -> Response {
     resp
 }
 
+fn proxy_error(status: StatusCode) -> Response {
+    let page = format!("<html><body><h1>{status}</h1></body></html>");
+    let mut r = (status, page).into_response();
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    r
+}
+
 struct Login {
     user: String,
     how: &'static str,
@@ -463,7 +482,7 @@ fn authenticate(
     cfg: &ObsSimConfig,
     inner: &mut Inner,
     headers: &HeaderMap,
-) -> Result<Login, Response> {
+) -> Result<Login, Box<Response>> {
     if let SimAuth::None { login } = &cfg.auth {
         return Ok(Login {
             user: login.clone(),
@@ -480,11 +499,11 @@ fn authenticate(
                 set_cookie: None,
             });
         }
-        return Err(unauthorized(
+        return Err(Box::new(unauthorized(
             cfg,
             "anonymous_user",
             "Anonymous user is not allowed here - please login",
-        ));
+        )));
     }
     let value = authorization.unwrap_or_default();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
@@ -504,11 +523,11 @@ fn authenticate(
                     set_cookie: Some(session),
                 })
             } else {
-                Err(unauthorized(
+                Err(Box::new(unauthorized(
                     cfg,
                     "authentication_required",
                     &format!("Unknown user '{u}' or invalid password"),
-                ))
+                )))
             }
         }
         SimAuth::Signature {
@@ -533,14 +552,18 @@ fn authenticate(
                         set_cookie: Some(session),
                     })
                 }
-                Err(e) => Err(unauthorized(cfg, "authentication_required", &e.to_string())),
+                Err(e) => Err(Box::new(unauthorized(
+                    cfg,
+                    "authentication_required",
+                    &e.to_string(),
+                ))),
             }
         }
-        _ => Err(unauthorized(
+        _ => Err(Box::new(unauthorized(
             cfg,
             "authentication_required",
             &format!("Authentication scheme {scheme} is not accepted here"),
-        )),
+        ))),
     }
 }
 
@@ -561,15 +584,32 @@ async fn handle(
         // control calls are not traffic of the system under test: not logged
         return control_route(&mut inner, &method, control, &query, &body_text);
     }
+    let injected = inner
+        .failures
+        .iter_mut()
+        .find(|(m, prefix, _, left)| {
+            *left > 0 && *m == method.as_str() && path.starts_with(prefix.as_str())
+        })
+        .map(|f| {
+            f.3 -= 1;
+            f.2
+        });
     let (resp, how) = if inner.down {
-        let mut r = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "<html><body><h1>503 Service Unavailable</h1></body></html>",
-        )
-            .into_response();
-        r.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
-        (r, "-")
+        (proxy_error(StatusCode::SERVICE_UNAVAILABLE), "-")
+    } else if let Some(status) = injected {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            (proxy_error(status), "-")
+        } else {
+            (
+                error(
+                    status,
+                    "injected_failure",
+                    "failure injected by the simulator",
+                ),
+                "-",
+            )
+        }
     } else if method == Method::GET && path.starts_with("/status_reports/") {
         // the one route OBS serves without a login
         (
@@ -578,7 +618,7 @@ async fn handle(
         )
     } else {
         match authenticate(&shared.cfg, &mut inner, &headers) {
-            Err(r) => (r, "-"),
+            Err(r) => (*r, "-"),
             Ok(login) => {
                 let mut r = api_route(
                     &shared.cfg,
@@ -632,14 +672,14 @@ fn api_route(
     match (method.clone(), segments.as_slice()) {
         (Method::GET, ["request", id]) => match lookup_request(inner, id) {
             Ok((n, r)) => xml_response(StatusCode::OK, render_request(n, r)),
-            Err(resp) => resp,
+            Err(resp) => *resp,
         },
         (Method::POST, ["request", id]) => match param(query, "cmd") {
             Some("changereviewstate") => change_review_state(cfg, inner, id, query, body, login),
             cmd => {
                 // OBS checks the request before the command
                 if let Err(resp) = lookup_request(inner, id) {
-                    return resp;
+                    return *resp;
                 }
                 let cmd = cmd.unwrap_or("");
                 error(
@@ -659,13 +699,13 @@ fn api_route(
     }
 }
 
-fn lookup_request<'a>(inner: &'a Inner, id: &str) -> Result<(u64, &'a SimRequest), Response> {
+fn lookup_request<'a>(inner: &'a Inner, id: &str) -> Result<(u64, &'a SimRequest), Box<Response>> {
     let not_found = || {
-        error(
+        Box::new(error(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("Couldn't find request with id '{id}'"),
-        )
+        ))
     };
     let n: u64 = id.parse().map_err(|_| not_found())?;
     inner.requests.get(&n).map(|r| (n, r)).ok_or_else(not_found)
@@ -726,7 +766,7 @@ fn change_review_state(
 ) -> Response {
     let n = match lookup_request(inner, id) {
         Ok((n, _)) => n,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let by_user = param(query, "by_user").filter(|s| !s.is_empty());
     let by_group = param(query, "by_group").filter(|s| !s.is_empty());
