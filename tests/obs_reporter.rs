@@ -1025,3 +1025,68 @@ async fn simulator_follows_the_comment_and_status_report_rules() {
     assert_eq!(status, 422);
     assert_eq!(body, fixture("status-422-invalid_check.xml"));
 }
+
+#[tokio::test]
+async fn simulator_http_control_routes() {
+    use reqwest::Method;
+    let sim = start(ObsSimConfig::default()).await;
+    let http = reqwest::Client::new();
+    let url = sim.url();
+    let spec = r#"{"state":"review","reviews":[{"state":"new","by_group":"qam-openqa"}],"action_type":"maintenance_release"}"#;
+    let resp = http
+        .put(format!("{url}/_sim/requests/{RR}"))
+        .body(spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(our_review(&sim).state, "new");
+    done(
+        &deliver(
+            &anonymous(&sim),
+            &config(&sim, ReviewPolicy::AcceptOnpass),
+            &decision(Outcome::Passed, Some(RR), &[1]),
+        )
+        .await,
+    );
+    let state: serde_json::Value = http
+        .get(format!("{url}/_sim/requests/{RR}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["state"], "new");
+    assert_eq!(state["reviews"][0]["state"], "accepted");
+    assert_eq!(state["comments"].as_array().unwrap().len(), 1);
+    let log: serde_json::Value = http
+        .get(format!("{url}/_sim/log"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(log.as_array().unwrap().len() >= 3, "{log}");
+    http.post(format!("{url}/_sim/down?on=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw(&sim, Method::GET, &format!("/request/{RR}"), "")
+            .await
+            .0,
+        503
+    );
+    http.post(format!("{url}/_sim/down?on=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw(&sim, Method::GET, &format!("/request/{RR}"), "")
+            .await
+            .0,
+        200
+    );
+}

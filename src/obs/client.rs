@@ -584,6 +584,38 @@ mod tests {
     }
 
     #[test]
+    fn oscrc_fills_only_what_the_config_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let rc = dir.path().join("oscrc");
+        std::fs::write(
+            &rc,
+            "[https://api.example.org/]\nuser = alice\npass = from-oscrc\n",
+        )
+        .unwrap();
+        // the only test in this binary that reads OSC_CONFIG
+        std::env::set_var("OSC_CONFIG", &rc);
+        let mut cfg = Config {
+            obs_url: "https://api.example.org".into(),
+            ..Config::default()
+        };
+        let c = Credentials::from_config(&cfg);
+        assert_eq!(c.user.as_deref(), Some("alice"));
+        assert_eq!(c.password.as_ref().map(|p| p.expose()), Some("from-oscrc"));
+        // our own user with our own key: oscrc is not even read for them
+        cfg.obs_user = Some("bot".into());
+        cfg.obs_ssh_key = Some("/keys/bot".into());
+        let c = Credentials::from_config(&cfg);
+        assert_eq!(
+            (c.user.as_deref(), c.password.is_none()),
+            (Some("bot"), true)
+        );
+        // another user than oscrc's: its password is not borrowed
+        cfg.obs_ssh_key = None;
+        assert!(Credentials::from_config(&cfg).password.is_none());
+        std::env::remove_var("OSC_CONFIG");
+    }
+
+    #[test]
     fn credentials_need_a_user() {
         let creds = Credentials {
             user: None,
