@@ -132,6 +132,13 @@ impl SshSigner {
                 path: source.to_string(),
             });
         }
+        if let Some(pair) = key.key_data().rsa() {
+            // an inconsistent RSA key shows now, at startup, not at IBS's first challenge
+            rsa_private_key(pair).map_err(|reason| SshSigError::InvalidKey {
+                path: source.to_string(),
+                reason,
+            })?;
+        }
         match key.algorithm() {
             Algorithm::Ed25519 | Algorithm::Rsa { .. } => {}
             other => {
@@ -183,6 +190,22 @@ impl SshSigner {
 
 /// SSHSIG with an RSA key, rsa-sha2-512, done with the rsa crate: ssh-key 0.6.7's own conversion
 /// of the key passes the prime p twice, which the rsa crate rightly rejects.
+fn rsa_private_key(pair: &RsaKeypair) -> Result<rsa::RsaPrivateKey, String> {
+    let int = |m: &Mpint| {
+        m.as_positive_bytes()
+            .map(rsa::BigUint::from_bytes_be)
+            .ok_or_else(|| "a key component is not a positive integer".to_string())
+    };
+    rsa::RsaPrivateKey::from_components(
+        int(&pair.public.n)?,
+        int(&pair.public.e)?,
+        int(&pair.private.d)?,
+        vec![int(&pair.private.p)?, int(&pair.private.q)?],
+    )
+    // the rsa crate's messages describe the check that failed, not the numbers
+    .map_err(|e| e.to_string())
+}
+
 fn sign_rsa(
     pair: &RsaKeypair,
     public: &PublicKey,
@@ -190,19 +213,7 @@ fn sign_rsa(
     message: &[u8],
 ) -> Result<SshSig, SshSigError> {
     let sign_err = |what: &str| SshSigError::Sign(format!("RSA key: {what}"));
-    let int = |m: &Mpint| {
-        m.as_positive_bytes()
-            .map(rsa::BigUint::from_bytes_be)
-            .ok_or_else(|| sign_err("bad integer"))
-    };
-    let key = rsa::RsaPrivateKey::from_components(
-        int(&pair.public.n)?,
-        int(&pair.public.e)?,
-        int(&pair.private.d)?,
-        vec![int(&pair.private.p)?, int(&pair.private.q)?],
-    )
-    // the rsa crate's messages describe the check that failed, not the numbers
-    .map_err(|e| sign_err(&e.to_string()))?;
+    let key = rsa_private_key(pair).map_err(|e| sign_err(&e))?;
     let signed = SshSig::signed_data(namespace, HashAlg::Sha512, message)
         .map_err(|e| SshSigError::Sign(e.to_string()))?;
     let raw = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key)
