@@ -1,3 +1,5 @@
-//! Simulators of the external services, for the tests, the Perl tests and `incident-gate demo`.
+//! Simulators of the services incident-gate talks to (openQA, OBS/IBS), for the tests, the Perl
+//! tests and `incident-gate demo`.
 
+pub mod obs;
 pub mod openqa;
