@@ -8,8 +8,10 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     // tests/abi.rs compiles a C program with the `cc` crate, which wants the target triple
     println!("cargo:rustc-env=IG_TARGET={}", std::env::var("TARGET").unwrap_or_default());
-    let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
+    let crate_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let config =
+        cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("incident_gate.h");
     let bindings = cbindgen::Builder::new()
         .with_config(config)

@@ -300,7 +300,10 @@ fn coerce_strings(map: &mut serde_json::Map<String, serde_json::Value>) -> Resul
                 Err(_) => return Err(ConfigError(format!("config key `{key}`: expected a whole number"))),
             },
             Some(Value::Array(_)) => Value::Array(
-                text.split([',', ' ']).filter(|s| !s.is_empty()).map(|s| Value::from(s.to_string())).collect(),
+                text.split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::from(s.to_string()))
+                    .collect(),
             ),
             _ => continue,
         };

@@ -55,6 +55,8 @@ struct IncidentState {
     /// Jobs still pending at the last evaluation. While one of them has not reported, the
     /// incident is pending for sure and an event about another job needs no API call.
     waiting_on: Option<HashSet<u64>>,
+    /// Jobs reported finished while an evaluation ran: it may have seen them still running.
+    finished_meanwhile: HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -268,7 +270,10 @@ impl Core {
                 Err(e) if !self.is_shutting_down() => {
                     // Never drop events: keep them until openQA answers again.
                     self.stats.api_errors.fetch_add(1, Relaxed);
-                    tracing::warn!("cannot look up jobs of {} events, retrying in {delay:?}: {e}", batch.len());
+                    tracing::warn!(
+                        "cannot look up jobs of {} events, retrying in {delay:?}: {e}",
+                        batch.len()
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -302,7 +307,8 @@ impl Core {
         }
         let still_waiting = state.waiting_on.as_ref().is_some_and(|w| !w.is_empty());
         if state.running {
-            state.again = true;
+            state.finished_meanwhile.extend(finished.iter().copied());
+            state.again |= must;
         } else if must || !still_waiting {
             state.running = true;
             self.spawn_evaluation(incident);
@@ -348,7 +354,13 @@ impl Core {
                 let go_on = {
                     let mut incidents = core.incidents.lock().unwrap_or_else(|p| p.into_inner());
                     let state = incidents.entry(incident).or_default();
-                    if let Ok(waiting) = outcome {
+                    let meanwhile = std::mem::take(&mut state.finished_meanwhile);
+                    if let Ok(mut waiting) = outcome {
+                        if let Some(w) = &mut waiting {
+                            w.retain(|j| !meanwhile.contains(j));
+                            // everything it waited on finished during the evaluation: look again
+                            state.again |= w.is_empty();
+                        }
                         state.waiting_on = waiting;
                     }
                     let go_on = !core.is_shutting_down() && (retry || state.again);
@@ -374,7 +386,8 @@ impl Core {
         let verdict = self.evaluate(incident).await?;
         if verdict.result == Outcome::Pending {
             self.store.mark_pending(incident)?;
-            let pending = verdict.notes.iter().filter(|n| n.counts && n.state != "done" && n.state != "cancelled");
+            let pending =
+                verdict.notes.iter().filter(|n| n.counts && n.state != "done" && n.state != "cancelled");
             return Ok(Some(pending.map(|n| n.id).collect()));
         }
         let decision = Decision::new(verdict, &self.cfg.openqa_url);

@@ -4,8 +4,8 @@
 #![allow(non_camel_case_types)]
 
 use crate::config::Config;
-use crate::gate::{Gate, SubmitError};
 use crate::events::Rejection;
+use crate::gate::{Gate, SubmitError};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};

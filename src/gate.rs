@@ -66,7 +66,8 @@ impl Gate {
     }
 
     pub fn submit_event(&self, event: Event) -> Result<(), SubmitError> {
-        let (tx, core) = self.with_running(|r| (r.tx.clone(), r.core.clone())).map_err(SubmitError::Unavailable)?;
+        let (tx, core) =
+            self.with_running(|r| (r.tx.clone(), r.core.clone())).map_err(SubmitError::Unavailable)?;
         core.count_queued(1);
         match tx.try_send(event) {
             Ok(()) => {
@@ -84,7 +85,8 @@ impl Gate {
     /// The current verdict of an incident, straight from openQA (no side effects). Blocks.
     pub fn evaluate(&self, incident: u64) -> Result<crate::verdict::Verdict, String> {
         let (handle, core) = self.with_running(|r| (r.runtime_handle(), r.core.clone()))?;
-        let evaluate = move || handle.block_on(async move { core.evaluate(incident).await.map_err(|e| e.to_string()) });
+        let evaluate =
+            move || handle.block_on(async move { core.evaluate(incident).await.map_err(|e| e.to_string()) });
         if tokio::runtime::Handle::try_current().is_err() {
             return evaluate();
         }
@@ -184,7 +186,12 @@ impl Drop for Gate {
             }
             running.core.shutdown();
             if let Some(rt) = running.runtime.take() {
-                rt.shutdown_timeout(Duration::from_secs(2));
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    // dropped by a Rust caller inside its own runtime, where blocking is forbidden
+                    rt.shutdown_background();
+                } else {
+                    rt.shutdown_timeout(Duration::from_secs(2));
+                }
             }
         }
     }

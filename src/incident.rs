@@ -17,9 +17,7 @@ pub fn parse_build(build: &str) -> Option<u64> {
     let parts: Vec<&str> = rest.split(':').collect();
     match parts.as_slice() {
         [incident, package] if !package.is_empty() => incident.parse().ok(),
-        [kind, incident, package] if !kind.is_empty() && !package.is_empty() => {
-            incident.parse().ok()
-        }
+        [kind, incident, package] if !kind.is_empty() && !package.is_empty() => incident.parse().ok(),
         _ => None,
     }
 }
@@ -34,9 +32,7 @@ pub fn is_test_issues_key(key: &str) -> bool {
 }
 
 /// Every incident a job with these settings tests.
-pub fn incidents_of<'a>(
-    settings: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> BTreeSet<u64> {
+pub fn incidents_of<'a>(settings: impl IntoIterator<Item = (&'a String, &'a String)>) -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
     for (key, value) in settings {
         match key.as_str() {

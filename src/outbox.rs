@@ -2,8 +2,10 @@
 //! Any process sharing the state directory may deliver an item; leases keep them from colliding.
 
 use crate::amqp::publish::Publisher;
+use crate::config::Config;
 use crate::decision::Delivery;
 use crate::engine::Core;
+use crate::obs::client::ObsClient;
 use crate::store::{OutboxItem, Sink};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,27 +20,38 @@ pub fn spawn_dispatchers(core: &Arc<Core>) {
 }
 
 enum Deliverer {
-    Amqp(Publisher),
+    Amqp(Box<Publisher>),
+    Obs(Result<ObsClient, String>, Arc<Config>),
 }
 
 impl Deliverer {
     async fn close(&mut self) {
         match self {
             Deliverer::Amqp(p) => p.close().await,
+            Deliverer::Obs(..) => {}
         }
     }
 
     async fn deliver(&mut self, item: &OutboxItem) -> Delivery {
         match self {
             Deliverer::Amqp(p) => p.deliver(&item.decision).await,
+            Deliverer::Obs(Ok(client), cfg) => {
+                crate::obs::reporter::deliver(client, cfg, &item.decision).await
+            }
+            Deliverer::Obs(Err(e), _) => Delivery::Retry(format!("IBS client: {e}")),
         }
     }
 }
 
 fn deliverer(core: &Core, sink: Sink) -> Deliverer {
     match sink {
-        Sink::Amqp => Deliverer::Amqp(Publisher::new(core.config().clone())),
-        Sink::Obs => todo!("TEMP"),
+        Sink::Amqp => Deliverer::Amqp(Box::new(Publisher::new(core.config().clone()))),
+        // A client that cannot be built (unreadable key …) fails every delivery with a clear
+        // message and keeps the items queued until the configuration is fixed.
+        Sink::Obs => Deliverer::Obs(
+            ObsClient::from_config(core.config()).map_err(|e| e.to_string()),
+            core.config().clone(),
+        ),
     }
 }
 
@@ -106,7 +119,9 @@ async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -
     let outcome = deliverer.deliver(item).await;
     match &outcome {
         Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
-        Delivery::Final(m) => tracing::info!("incident {incident} → {}: nothing more to do: {m}", sink.as_str()),
+        Delivery::Final(m) => {
+            tracing::info!("incident {incident} → {}: nothing more to do: {m}", sink.as_str())
+        }
         Delivery::Retry(m) => tracing::warn!(
             "incident {incident} → {}: attempt {} failed, will retry: {m}",
             sink.as_str(),

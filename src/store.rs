@@ -140,8 +140,14 @@ impl Store {
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO decisions (key, incident, request, result, decided_at, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![d.key, d.verdict.incident as i64, d.verdict.request.map(|r| r as i64),
-                    d.verdict.result.as_str(), d.decided_at, body],
+            params![
+                d.key,
+                d.verdict.incident as i64,
+                d.verdict.request.map(|r| r as i64),
+                d.verdict.result.as_str(),
+                d.decided_at,
+                body
+            ],
         )? == 1;
         if inserted {
             for sink in sinks {
@@ -165,14 +171,16 @@ impl Store {
                     AND lease_until <= ?3 ORDER BY id LIMIT ?4)
                  RETURNING id, attempts, key",
             )?;
-            let it = stmt.query_map(params![now + LEASE_S * 1000, sink.as_str(), now, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
+            let it = stmt
+                .query_map(params![now + LEASE_S * 1000, sink.as_str(), now, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
             it.collect::<Result<_, _>>()?
         };
         let mut items = Vec::with_capacity(rows.len());
         for (id, attempts, key) in rows {
-            let body: String = tx.query_row("SELECT body FROM decisions WHERE key = ?1", [&key], |r| r.get(0))?;
+            let body: String =
+                tx.query_row("SELECT body FROM decisions WHERE key = ?1", [&key], |r| r.get(0))?;
             let decision = serde_json::from_str(&body)
                 .map_err(|e| StoreError(format!("decision {key} is unreadable: {e}")))?;
             items.push(OutboxItem { id, sink, attempts, decision });
@@ -246,7 +254,8 @@ impl Store {
     /// Pending incidents not evaluated for `older_than_ms`.
     pub fn stale_pending(&self, older_than_ms: i64) -> Result<Vec<u64>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT incident FROM pending WHERE checked_at <= ?1 ORDER BY incident")?;
+        let mut stmt =
+            conn.prepare("SELECT incident FROM pending WHERE checked_at <= ?1 ORDER BY incident")?;
         let rows = stmt.query_map([now_ms() - older_than_ms], |r| r.get::<_, i64>(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect())
     }
@@ -272,7 +281,8 @@ impl Store {
             })
         })?;
         let mut out = rows.collect::<Result<Vec<_>, _>>()?;
-        let mut stmt = conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY sink")?;
+        let mut stmt =
+            conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY sink")?;
         for row in &mut out {
             let it = stmt.query_map([&row.key], |r| {
                 Ok(DeliveryRow { sink: r.get(0)?, state: r.get(1)?, attempts: r.get(2)?, outcome: r.get(3)? })

@@ -121,9 +121,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 fn lists_incident(job: &Job, incident: u64) -> bool {
-    job.settings
-        .iter()
-        .any(|(k, v)| is_test_issues_key(k) && parse_issue_list(v).any(|i| i == incident))
+    job.settings.iter().any(|(k, v)| is_test_issues_key(k) && parse_issue_list(v).any(|i| i == incident))
 }
 
 /// Aggregate builds are `YYYYMMDD-N`; compare them as numbers so `20261124-10` beats `-9`.
@@ -253,7 +251,8 @@ pub fn acceptable_for(comments: &[Comment], incident: u64) -> Option<String> {
             let rest = &c.text[at + TAG.len()..];
             let digits = rest.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(rest.len());
             let reason = rest[digits..].strip_prefix(':')?;
-            (rest[..digits].parse() == Ok(incident)).then(|| reason.lines().next().unwrap_or("").trim().to_string())
+            (rest[..digits].parse() == Ok(incident))
+                .then(|| reason.lines().next().unwrap_or("").trim().to_string())
         })
     })
 }

@@ -38,14 +38,17 @@ fn header_functions() -> BTreeSet<String> {
     header
         .lines()
         .filter(|l| !l.trim_start().starts_with("//") && l.contains('('))
-        .filter_map(|l| l.split('(').next()?.split_whitespace().last().map(|s| s.trim_start_matches('*').to_string()))
+        .filter_map(|l| {
+            l.split('(').next()?.split_whitespace().last().map(|s| s.trim_start_matches('*').to_string())
+        })
         .filter(|name| name.starts_with("ig_"))
         .collect()
 }
 
 #[test]
 fn the_library_exports_exactly_the_header_functions() {
-    let out = Command::new("nm").args(["-D", "--defined-only"]).arg(cdylib()).output().expect("nm (binutils)");
+    let out =
+        Command::new("nm").args(["-D", "--defined-only"]).arg(cdylib()).output().expect("nm (binutils)");
     assert!(out.status.success());
     let exported: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -160,6 +163,7 @@ async fn status_and_errors_never_show_secrets() {
     cfg["openqa_api_secret"] = "S3cr3t-openQA-8f2a".into();
     cfg["obs_password"] = "S3cr3t-obs-77x".into();
     cfg["amqp_url"] = "amqp://gate:S3cr3t-amqp-q9@127.0.0.1:9/%2f".into();
-    let secrets: Vec<String> = ["S3cr3t-openQA-8f2a", "S3cr3t-obs-77x", "S3cr3t-amqp-q9"].map(String::from).to_vec();
+    let secrets: Vec<String> =
+        ["S3cr3t-openQA-8f2a", "S3cr3t-obs-77x", "S3cr3t-amqp-q9"].map(String::from).to_vec();
     tokio::task::spawn_blocking(move || run_c("secrets", &cfg, &secrets)).await.unwrap();
 }

@@ -129,7 +129,8 @@ async fn two_gates_sharing_a_state_directory_record_one_decision() {
     b.flushed();
     assert_eq!(decisions_for(&a, 4001).len(), 1);
     let recorded: u64 = [&a, &b].iter().map(|g| g.status()["engine"]["decisions"].as_u64().unwrap()).sum();
-    let duplicates: u64 = [&a, &b].iter().map(|g| g.status()["engine"]["duplicate_decisions"].as_u64().unwrap()).sum();
+    let duplicates: u64 =
+        [&a, &b].iter().map(|g| g.status()["engine"]["duplicate_decisions"].as_u64().unwrap()).sum();
     assert_eq!(recorded, 1, "exactly one gate records the decision");
     assert!(duplicates >= 1, "the other finds it recorded");
 }

@@ -22,7 +22,9 @@ fn decision(result: Outcome, request: Option<u64>, job_ids: &[u64]) -> Decision 
             .take(2)
             .map(|&id| BlockingJob {
                 id,
-                name: format!("sle-15-SP6-Server-DVD-Incidents-x86_64-Build:12345:openssl-mau|extratests{id}@64bit"),
+                name: format!(
+                    "sle-15-SP6-Server-DVD-Incidents-x86_64-Build:12345:openssl-mau|extratests{id}@64bit"
+                ),
                 result: "failed".into(),
                 group: "Maintenance: SLE 15 SP6 Incidents".into(),
                 url: format!("https://openqa.example.com/tests/{id}"),
@@ -31,25 +33,14 @@ fn decision(result: Outcome, request: Option<u64>, job_ids: &[u64]) -> Decision 
     } else {
         vec![]
     };
-    let total = if result == Outcome::NoJobs {
-        0
-    } else {
-        job_ids.len() as u64
-    };
+    let total = if result == Outcome::NoJobs { 0 } else { job_ids.len() as u64 };
     let failed = blocking.len() as u64;
     let verdict = Verdict {
         incident: 12345,
         request,
         rrid: request.map(|r| format!("SUSE:Maintenance:12345:{r}")),
         result,
-        jobs: Counts {
-            total,
-            passed: total - failed,
-            softfailed: 0,
-            failed,
-            accepted: 0,
-            pending: 0,
-        },
+        jobs: Counts { total, passed: total - failed, softfailed: 0, failed, accepted: 0, pending: 0 },
         blocking,
         job_ids: job_ids.to_vec(),
         notes: vec![],
@@ -78,10 +69,8 @@ fn anonymous(sim: &ObsSim) -> ObsClient {
 /// A request in review with our open review and a second open one, so accepting ours keeps it in
 /// review (unless `only_ours`).
 fn request(sim: &ObsSim, only_ours: bool) {
-    let mut reviews = vec![
-        SimReview::user("maintenance-coordinator").with_state("accepted"),
-        SimReview::group(GROUP),
-    ];
+    let mut reviews =
+        vec![SimReview::user("maintenance-coordinator").with_state("accepted"), SimReview::group(GROUP)];
     if !only_ours {
         reviews.push(SimReview::group("qam-manual"));
     }
@@ -89,17 +78,11 @@ fn request(sim: &ObsSim, only_ours: bool) {
 }
 
 fn our_review(sim: &ObsSim) -> SimReview {
-    sim.reviews(RR)
-        .into_iter()
-        .find(|r| r.by_group.as_deref() == Some(GROUP))
-        .unwrap()
+    sim.reviews(RR).into_iter().find(|r| r.by_group.as_deref() == Some(GROUP)).unwrap()
 }
 
 fn review_changes(sim: &ObsSim) -> usize {
-    sim.received()
-        .iter()
-        .filter(|r| r.method == "POST" && r.query.contains("cmd=changereviewstate"))
-        .count()
+    sim.received().iter().filter(|r| r.method == "POST" && r.query.contains("cmd=changereviewstate")).count()
 }
 
 fn writes(sim: &ObsSim) -> usize {
@@ -127,17 +110,12 @@ async fn accept_onpass_accepts_a_passed_decision() {
     let d = decision(Outcome::Passed, Some(RR), &[1, 2, 3]);
     let cfg = config(&sim, ReviewPolicy::AcceptOnpass);
     let text = done(&deliver(&anonymous(&sim), &cfg, &d).await).to_string();
-    assert!(
-        text.contains("accepted the qam-openqa review") && text.contains("comment posted"),
-        "{text}"
-    );
+    assert!(text.contains("accepted the qam-openqa review") && text.contains("comment posted"), "{text}");
     let review = our_review(&sim);
     assert_eq!(review.state, "accepted");
     assert_eq!(review.who.as_deref(), Some("incident-gate"));
     assert!(
-        review
-            .comment
-            .starts_with("openQA: all 3 relevant jobs of incident 12345 passed"),
+        review.comment.starts_with("openQA: all 3 relevant jobs of incident 12345 passed"),
         "{}",
         review.comment
     );
@@ -154,23 +132,11 @@ async fn last_review_accepted_makes_the_request_new_not_accepted() {
     let sim = start(ObsSimConfig::default()).await;
     request(&sim, true);
     let cfg = config(&sim, ReviewPolicy::AcceptDecline);
-    done(
-        &deliver(
-            &anonymous(&sim),
-            &cfg,
-            &decision(Outcome::Passed, Some(RR), &[1]),
-        )
-        .await,
-    );
+    done(&deliver(&anonymous(&sim), &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await);
     assert_eq!(sim.request_state(RR).as_deref(), Some("new"));
     // a repeat finds the review closed and touches nothing
     sim.clear_received();
-    let again = deliver(
-        &anonymous(&sim),
-        &cfg,
-        &decision(Outcome::Passed, Some(RR), &[1]),
-    )
-    .await;
+    let again = deliver(&anonymous(&sim), &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
     assert!(final_(&again).contains("already accepted"), "{again:?}");
     assert_eq!(writes(&sim), 0);
 }
@@ -180,15 +146,8 @@ async fn accept_onpass_only_comments_a_failed_decision() {
     let sim = start(ObsSimConfig::default()).await;
     request(&sim, false);
     let d = decision(Outcome::Failed, Some(RR), &[4711, 4712, 4713]);
-    let text = done(
-        &deliver(
-            &anonymous(&sim),
-            &config(&sim, ReviewPolicy::AcceptOnpass),
-            &d,
-        )
-        .await,
-    )
-    .to_string();
+    let text =
+        done(&deliver(&anonymous(&sim), &config(&sim, ReviewPolicy::AcceptOnpass), &d).await).to_string();
     assert!(!text.contains("review"), "{text}");
     assert_eq!(our_review(&sim).state, "new");
     assert_eq!(sim.request_state(RR).as_deref(), Some("review"));
@@ -196,14 +155,8 @@ async fn accept_onpass_only_comments_a_failed_decision() {
     let comments = sim.comments(RR);
     assert_eq!(comments.len(), 1);
     let body = &comments[0].text;
-    assert!(
-        body.contains("| [4711](https://openqa.example.com/tests/4711) |"),
-        "{body}"
-    );
-    assert!(
-        body.contains("openssl-mau&#124;extratests4711&#64;64bit"),
-        "{body}"
-    );
+    assert!(body.contains("| [4711](https://openqa.example.com/tests/4711) |"), "{body}");
+    assert!(body.contains("openssl-mau&#124;extratests4711&#64;64bit"), "{body}");
     assert_eq!(parse_marker(body).unwrap().state, "failed");
 }
 
@@ -212,22 +165,13 @@ async fn accept_decline_declines_a_failed_decision_with_the_report() {
     let sim = start(ObsSimConfig::default()).await;
     request(&sim, false);
     let d = decision(Outcome::Failed, Some(RR), &[4711, 4712]);
-    let text = done(
-        &deliver(
-            &anonymous(&sim),
-            &config(&sim, ReviewPolicy::AcceptDecline),
-            &d,
-        )
-        .await,
-    )
-    .to_string();
+    let text =
+        done(&deliver(&anonymous(&sim), &config(&sim, ReviewPolicy::AcceptDecline), &d).await).to_string();
     assert!(text.contains("declined the qam-openqa review"), "{text}");
     let review = our_review(&sim);
     assert_eq!(review.state, "declined");
     assert!(
-        review
-            .comment
-            .contains("| [4712](https://openqa.example.com/tests/4712) |"),
+        review.comment.contains("| [4712](https://openqa.example.com/tests/4712) |"),
         "{}",
         review.comment
     );
@@ -256,30 +200,12 @@ async fn comment_policy_never_changes_a_review() {
     let sim = start(ObsSimConfig::default()).await;
     request(&sim, false);
     let cfg = config(&sim, ReviewPolicy::Comment);
-    done(
-        &deliver(
-            &anonymous(&sim),
-            &cfg,
-            &decision(Outcome::Passed, Some(RR), &[1, 2]),
-        )
-        .await,
-    );
-    done(
-        &deliver(
-            &anonymous(&sim),
-            &cfg,
-            &decision(Outcome::Failed, Some(RR), &[1, 2]),
-        )
-        .await,
-    );
+    done(&deliver(&anonymous(&sim), &cfg, &decision(Outcome::Passed, Some(RR), &[1, 2])).await);
+    done(&deliver(&anonymous(&sim), &cfg, &decision(Outcome::Failed, Some(RR), &[1, 2])).await);
     assert_eq!(review_changes(&sim), 0);
     assert_eq!(our_review(&sim).state, "new");
     let comments = sim.comments(RR);
-    assert_eq!(
-        comments.len(),
-        1,
-        "the failed comment replaced the passed one"
-    );
+    assert_eq!(comments.len(), 1, "the failed comment replaced the passed one");
     assert_eq!(parse_marker(&comments[0].text).unwrap().state, "failed");
 }
 
@@ -288,28 +214,13 @@ async fn dry_run_touches_nothing() {
     let sim = start(ObsSimConfig::default()).await;
     request(&sim, false);
     let cfg = config(&sim, ReviewPolicy::DryRun);
-    let d = deliver(
-        &anonymous(&sim),
-        &cfg,
-        &decision(Outcome::Passed, Some(RR), &[1]),
-    )
-    .await;
+    let d = deliver(&anonymous(&sim), &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
     assert!(
-        final_(&d).starts_with(
-            "dry-run: would comment on request 300001 and accept the qam-openqa review"
-        ),
+        final_(&d).starts_with("dry-run: would comment on request 300001 and accept the qam-openqa review"),
         "{d:?}"
     );
-    let d = deliver(
-        &anonymous(&sim),
-        &cfg,
-        &decision(Outcome::Failed, Some(RR), &[1]),
-    )
-    .await;
-    assert!(
-        final_(&d).starts_with("dry-run: would comment on request 300001"),
-        "{d:?}"
-    );
+    let d = deliver(&anonymous(&sim), &cfg, &decision(Outcome::Failed, Some(RR), &[1])).await;
+    assert!(final_(&d).starts_with("dry-run: would comment on request 300001"), "{d:?}");
     assert!(sim.received().is_empty(), "{:?}", sim.received());
 }
 
@@ -319,12 +230,8 @@ async fn no_jobs_never_approves_or_declines() {
     request(&sim, false);
     for policy in [ReviewPolicy::AcceptOnpass, ReviewPolicy::AcceptDecline] {
         done(
-            &deliver(
-                &anonymous(&sim),
-                &config(&sim, policy),
-                &decision(Outcome::NoJobs, Some(RR), &[]),
-            )
-            .await,
+            &deliver(&anonymous(&sim), &config(&sim, policy), &decision(Outcome::NoJobs, Some(RR), &[]))
+                .await,
         );
     }
     assert_eq!(review_changes(&sim), 0);
@@ -339,20 +246,14 @@ async fn requests_out_of_review_are_final_and_untouched() {
     let sim = start(ObsSimConfig::default()).await;
     let cfg = config(&sim, ReviewPolicy::AcceptDecline);
     let c = anonymous(&sim);
-    for (state, superseded_by) in [
-        ("accepted", None),
-        ("revoked", None),
-        ("superseded", Some(300002)),
-        ("declined", None),
-    ] {
+    for (state, superseded_by) in
+        [("accepted", None), ("revoked", None), ("superseded", Some(300002)), ("declined", None)]
+    {
         request(&sim, false);
         sim.set_request_state(RR, state, superseded_by);
         let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
         let text = final_(&d);
-        assert!(
-            text.contains(&format!("request 300001 is {state}")),
-            "{text}"
-        );
+        assert!(text.contains(&format!("request 300001 is {state}")), "{text}");
         if state == "superseded" {
             assert!(text.contains("by 300002"), "{text}");
         }
@@ -361,28 +262,17 @@ async fn requests_out_of_review_are_final_and_untouched() {
     sim.create_request(
         RR,
         "review",
-        vec![
-            SimReview::group(GROUP).with_state("declined"),
-            SimReview::group("x"),
-        ],
+        vec![SimReview::group(GROUP).with_state("declined"), SimReview::group("x")],
         "maintenance_release",
     );
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
     assert!(final_(&d).contains("review is already declined"), "{d:?}");
-    sim.create_request(
-        RR,
-        "review",
-        vec![SimReview::group("qam-manual")],
-        "maintenance_release",
-    );
+    sim.create_request(RR, "review", vec![SimReview::group("qam-manual")], "maintenance_release");
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
     assert!(final_(&d).contains("has no qam-openqa review"), "{d:?}");
     // unknown request: OBS's 404 not_found, final
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(999), &[1])).await;
-    assert!(
-        final_(&d).contains("404 not_found: Couldn't find request with id '999'"),
-        "{d:?}"
-    );
+    assert!(final_(&d).contains("404 not_found: Couldn't find request with id '999'"), "{d:?}");
     assert_eq!(writes(&sim), 0, "{:?}", sim.received());
     // no request id at all: nothing is even asked
     sim.clear_received();
@@ -393,11 +283,8 @@ async fn requests_out_of_review_are_final_and_untouched() {
 
 #[tokio::test]
 async fn identical_decisions_post_once_and_changed_ones_replace_the_comment() {
-    let sim = start(ObsSimConfig::new(SimAuth::Basic {
-        user: "bot".into(),
-        password: PASSWORD.into(),
-    }))
-    .await;
+    let sim =
+        start(ObsSimConfig::new(SimAuth::Basic { user: "bot".into(), password: PASSWORD.into() })).await;
     request(&sim, false);
     let foreign = sim.add_comment(
         RR,
@@ -407,11 +294,7 @@ async fn identical_decisions_post_once_and_changed_ones_replace_the_comment() {
     let other = sim.add_comment(RR, "maintainer", "please test quickly");
     let c = client(
         &sim,
-        Credentials {
-            user: Some("bot".into()),
-            password: Some(Secret::new(PASSWORD)),
-            ssh_key: None,
-        },
+        Credentials { user: Some("bot".into()), password: Some(Secret::new(PASSWORD)), ssh_key: None },
     );
     let cfg = config(&sim, ReviewPolicy::AcceptOnpass);
 
@@ -430,11 +313,7 @@ async fn identical_decisions_post_once_and_changed_ones_replace_the_comment() {
     assert!(done(&deliver(&c, &cfg, &changed).await).contains("comment replaced"));
     assert_eq!(sim.count("DELETE", "/comment/"), 1);
     assert_eq!(sim.count("POST", "/comments/request/"), 1);
-    let ours: Vec<_> = sim
-        .comments(RR)
-        .into_iter()
-        .filter(|c| c.who == "bot")
-        .collect();
+    let ours: Vec<_> = sim.comments(RR).into_iter().filter(|c| c.who == "bot").collect();
     assert_eq!(ours.len(), 1);
     assert_eq!(parse_marker(&ours[0].text).unwrap().key, changed.key);
     // other people's comments stay, even one quoting our marker
@@ -444,15 +323,8 @@ async fn identical_decisions_post_once_and_changed_ones_replace_the_comment() {
     // and then it passes: accepted, comment replaced once more
     let passed = decision(Outcome::Passed, Some(RR), &[4711, 4801]);
     let text = done(&deliver(&c, &cfg, &passed).await).to_string();
-    assert!(
-        text.contains("comment replaced") && text.contains("accepted"),
-        "{text}"
-    );
-    let ours: Vec<_> = sim
-        .comments(RR)
-        .into_iter()
-        .filter(|c| c.who == "bot")
-        .collect();
+    assert!(text.contains("comment replaced") && text.contains("accepted"), "{text}");
+    let ours: Vec<_> = sim.comments(RR).into_iter().filter(|c| c.who == "bot").collect();
     assert_eq!(ours.len(), 1);
     assert_eq!(parse_marker(&ours[0].text).unwrap().state, "passed");
 }
@@ -487,17 +359,10 @@ async fn a_fault_between_comment_and_review_converges_without_duplicates() {
     let d = decision(Outcome::Passed, Some(RR), &[1, 2]);
     sim.fail_next("POST", "/request/", 502, 1);
     assert!(matches!(deliver(&c, &cfg, &d).await, Delivery::Retry(_)));
-    assert_eq!(
-        sim.comments(RR).len(),
-        1,
-        "the comment went out before the review failed"
-    );
+    assert_eq!(sim.comments(RR).len(), 1, "the comment went out before the review failed");
     assert_eq!(our_review(&sim).state, "new");
     let text = done(&deliver(&c, &cfg, &d).await).to_string();
-    assert!(
-        text.contains("comment up to date") && text.contains("accepted"),
-        "{text}"
-    );
+    assert!(text.contains("comment up to date") && text.contains("accepted"), "{text}");
     assert_eq!(sim.comments(RR).len(), 1);
     assert_eq!(sim.count("POST", "/comments/request/"), 1);
 }
@@ -509,11 +374,7 @@ async fn connection_refused_is_retry() {
     drop(sim);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let c = ObsClient::new(&url, Credentials::default(), Duration::from_secs(2)).unwrap();
-    let cfg = Config {
-        obs_url: url.clone(),
-        http_timeout_s: 2,
-        ..Config::default()
-    };
+    let cfg = Config { obs_url: url.clone(), http_timeout_s: 2, ..Config::default() };
     match deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await {
         Delivery::Retry(msg) => assert!(msg.contains("cannot reach OBS"), "{msg}"),
         other => panic!("expected Retry, got {other:?}"),
@@ -523,18 +384,13 @@ async fn connection_refused_is_retry() {
 #[tokio::test]
 async fn review_permission_and_comment_refusals_are_final_and_readable() {
     let mut cfg_sim = ObsSimConfig::default();
-    cfg_sim
-        .groups
-        .insert(GROUP.into(), vec!["someone-else".into()]);
+    cfg_sim.groups.insert(GROUP.into(), vec!["someone-else".into()]);
     let sim = start(cfg_sim).await;
     request(&sim, false);
     let c = anonymous(&sim);
-    let d = deliver(
-        &c,
-        &config(&sim, ReviewPolicy::AcceptOnpass),
-        &decision(Outcome::Passed, Some(RR), &[1]),
-    )
-    .await;
+    let d =
+        deliver(&c, &config(&sim, ReviewPolicy::AcceptOnpass), &decision(Outcome::Passed, Some(RR), &[1]))
+            .await;
     let text = final_(&d);
     assert!(
         text.contains("403 review_change_state_no_permission: review state change for group qam-openqa is not permitted for incident-gate"),
@@ -553,10 +409,7 @@ async fn review_permission_and_comment_refusals_are_final_and_readable() {
     )
     .await;
     let text = done(&d);
-    assert!(
-        text.contains("accepted") && text.contains("create_comment_not_authorized"),
-        "{text}"
-    );
+    assert!(text.contains("accepted") && text.contains("create_comment_not_authorized"), "{text}");
     // with nothing else to do, the refusal is final
     request(&sim, false);
     sim.lock_comments(RR, true);
@@ -576,41 +429,18 @@ async fn status_reports_are_best_effort() {
     let mut cfg = config(&sim, ReviewPolicy::AcceptOnpass);
     cfg.obs_status_report = true;
     // maintenance_release requests get OBS's 404: not available, still done
-    let text = done(
-        &deliver(
-            &anonymous(&sim),
-            &cfg,
-            &decision(Outcome::Passed, Some(RR), &[1]),
-        )
-        .await,
-    )
-    .to_string();
-    assert!(
-        text.contains("status reports not available here") && text.contains("accepted"),
-        "{text}"
-    );
+    let text =
+        done(&deliver(&anonymous(&sim), &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await).to_string();
+    assert!(text.contains("status reports not available here") && text.contains("accepted"), "{text}");
 
     sim.create_request(300010, "review", vec![SimReview::group(GROUP)], "submit");
-    let text = done(
-        &deliver(
-            &anonymous(&sim),
-            &cfg,
-            &decision(Outcome::Failed, Some(300010), &[7]),
-        )
-        .await,
-    )
-    .to_string();
-    assert!(
-        text.contains("status check openqa set to failure"),
-        "{text}"
-    );
+    let text = done(&deliver(&anonymous(&sim), &cfg, &decision(Outcome::Failed, Some(300010), &[7])).await)
+        .to_string();
+    assert!(text.contains("status check openqa set to failure"), "{text}");
     let checks = sim.checks(300010);
     assert_eq!(checks.len(), 1);
     assert_eq!(checks[0].state, "failure");
-    assert_eq!(
-        checks[0].url,
-        "https://openqa.example.com/tests?match=:12345:"
-    );
+    assert_eq!(checks[0].url, "https://openqa.example.com/tests?match=:12345:");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -623,11 +453,7 @@ fn keygen(dir: &Path, kind: &str) -> PathBuf {
         .arg(&path)
         .output()
         .expect("ssh-keygen must be installed (openssh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     path
 }
 
@@ -650,11 +476,8 @@ fn key_lines(key: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn basic_auth_works_and_a_wrong_password_is_final_and_readable() {
-    let sim = start(ObsSimConfig::new(SimAuth::Basic {
-        user: "bot".into(),
-        password: PASSWORD.into(),
-    }))
-    .await;
+    let sim =
+        start(ObsSimConfig::new(SimAuth::Basic { user: "bot".into(), password: PASSWORD.into() })).await;
     request(&sim, false);
     let mut cfg = config(&sim, ReviewPolicy::AcceptOnpass);
     cfg.obs_user = Some("bot".into());
@@ -662,11 +485,7 @@ async fn basic_auth_works_and_a_wrong_password_is_final_and_readable() {
     let c = ObsClient::from_config(&cfg).unwrap();
     done(&deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await);
     assert_eq!(our_review(&sim).who.as_deref(), Some("bot"));
-    assert!(
-        sim.received().iter().all(|r| r.auth == "basic"),
-        "{:?}",
-        sim.received()
-    );
+    assert!(sim.received().iter().all(|r| r.auth == "basic"), "{:?}", sim.received());
 
     let wrong = "wrong-S3CRET";
     let mut bad_cfg = cfg.clone();
@@ -677,20 +496,11 @@ async fn basic_auth_works_and_a_wrong_password_is_final_and_readable() {
         Delivery::Final(t) => t.clone(),
         other => panic!("expected Final, got {other:?}"),
     };
-    assert!(
-        text.contains("401 authentication_required: Unknown user 'bot' or invalid password"),
-        "{text}"
-    );
+    assert!(text.contains("401 authentication_required: Unknown user 'bot' or invalid password"), "{text}");
     let err = bad.get_request(RR).await.unwrap_err();
     assert!(!err.is_retryable());
     assert_no_secret(
-        &[
-            text,
-            err.to_string(),
-            format!("{err:?}"),
-            format!("{bad:?}"),
-            format!("{bad_cfg:?}"),
-        ],
+        &[text, err.to_string(), format!("{err:?}"), format!("{bad:?}"), format!("{bad_cfg:?}")],
         &[PASSWORD.into(), wrong.into()],
     );
     // without any credentials OBS says who is missing
@@ -705,27 +515,20 @@ async fn signature_round(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), kind);
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let sim = start(ObsSimConfig::new(
-        SimAuth::signature("bot", &public, "Use your SSH key").unwrap(),
-    ))
-    .await;
+    let sim = start(ObsSimConfig::new(SimAuth::signature("bot", &public, "Use your SSH key").unwrap())).await;
     request(&sim, false);
     let mut cfg = config(&sim, ReviewPolicy::AcceptDecline);
     cfg.obs_user = Some("bot".into());
     cfg.obs_ssh_key = Some(key.clone());
     let c = ObsClient::from_config(&cfg).unwrap();
-    let text =
-        done(&deliver(&c, &cfg, &decision(Outcome::Failed, Some(RR), &[4711])).await).to_string();
+    let text = done(&deliver(&c, &cfg, &decision(Outcome::Failed, Some(RR), &[4711])).await).to_string();
     assert!(text.contains("declined"), "{text}");
     assert_eq!(our_review(&sim).who.as_deref(), Some("bot"));
     // challenged once, signed once, then the session cookie carries every later call
     let auths: Vec<String> = sim.received().iter().map(|r| r.auth.clone()).collect();
     assert_eq!(auths[0], "-", "{auths:?}");
     assert_eq!(auths[1], "signature", "{auths:?}");
-    assert!(
-        auths[2..].iter().all(|a| a == "cookie") && auths.len() >= 4,
-        "{auths:?}"
-    );
+    assert!(auths[2..].iter().all(|a| a == "cookie") && auths.len() >= 4, "{auths:?}");
     // an expired session is answered with a fresh signature
     sim.expire_sessions();
     sim.clear_received();
@@ -740,39 +543,23 @@ async fn signature_round(kind: &str) {
     let mut bad_cfg = cfg.clone();
     bad_cfg.obs_ssh_key = Some(other.clone());
     let bad = ObsClient::from_config(&bad_cfg).unwrap();
-    let d = deliver(
-        &bad,
-        &bad_cfg,
-        &decision(Outcome::Failed, Some(RR), &[4711, 1]),
-    )
-    .await;
+    let d = deliver(&bad, &bad_cfg, &decision(Outcome::Failed, Some(RR), &[4711, 1])).await;
     let text = final_(&d).to_string();
     assert!(
-        text.contains(
-            "401 authentication_required: SSH signature rejected: signed by a different key"
-        ),
+        text.contains("401 authentication_required: SSH signature rejected: signed by a different key"),
         "{text}"
     );
     let err = bad.get_request(RR).await.unwrap_err();
     let mut secrets = key_lines(&key);
     secrets.extend(key_lines(&other));
     assert_no_secret(
-        &[
-            text,
-            err.to_string(),
-            format!("{err:?}"),
-            format!("{bad:?}"),
-            format!("{c:?}"),
-        ],
+        &[text, err.to_string(), format!("{err:?}"), format!("{bad:?}"), format!("{c:?}")],
         &secrets,
     );
 
     // a signature challenge without a configured key says what to configure
     let e = anonymous(&sim).get_request(RR).await.unwrap_err();
-    assert!(
-        e.to_string().contains("configure obs_user and obs_ssh_key"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("configure obs_user and obs_ssh_key"), "{e}");
 }
 
 #[tokio::test]
@@ -795,16 +582,9 @@ async fn an_encrypted_key_is_refused_at_startup() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let creds = Credentials {
-        user: Some("bot".into()),
-        password: None,
-        ssh_key: Some(key.clone()),
-    };
+    let creds = Credentials { user: Some("bot".into()), password: None, ssh_key: Some(key.clone()) };
     let e = ObsClient::new("http://127.0.0.1:9", creds, Duration::from_secs(1)).unwrap_err();
-    assert!(
-        matches!(e, ObsError::Auth(_)) && e.to_string().contains("passphrase"),
-        "{e}"
-    );
+    assert!(matches!(e, ObsError::Auth(_)) && e.to_string().contains("passphrase"), "{e}");
     assert_no_secret(&[e.to_string()], &key_lines(&key));
 }
 
@@ -812,11 +592,8 @@ async fn an_encrypted_key_is_refused_at_startup() {
 // the simulator keeps OBS's rules (RULES.md section 1-3) and bodies (fixtures/obs/derived)
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/tests/fixtures/obs/derived/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read_to_string(format!("{}/tests/fixtures/obs/derived/{name}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
 }
 
 async fn raw(
@@ -832,10 +609,7 @@ async fn raw(
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    let code = resp
-        .headers()
-        .get("x-opensuse-errorcode")
-        .map(|v| v.to_str().unwrap().to_string());
+    let code = resp.headers().get("x-opensuse-errorcode").map(|v| v.to_str().unwrap().to_string());
     (status, code, resp.text().await.unwrap())
 }
 
@@ -852,13 +626,7 @@ async fn simulator_follows_the_review_rules() {
     let accept = format!("/request/{RR}?cmd=changereviewstate&newstate=accepted&by_group={GROUP}");
 
     let (status, _, body) = raw(&sim, Method::POST, &accept, "ok").await;
-    assert_eq!(
-        (status, body.as_str()),
-        (
-            200,
-            "<status code=\"ok\">\n  <summary>Ok</summary>\n</status>\n"
-        )
-    );
+    assert_eq!((status, body.as_str()), (200, "<status code=\"ok\">\n  <summary>Ok</summary>\n</status>\n"));
     // the same change again while in review: harmless
     assert_eq!(raw(&sim, Method::POST, &accept, "ok").await.0, 200);
     assert_eq!(sim.request_state(RR).as_deref(), Some("review"));
@@ -889,58 +657,38 @@ async fn simulator_follows_the_review_rules() {
     )
     .await;
     assert_eq!(status, 404);
-    assert_eq!(
-        body,
-        fixture("status-404-request_not_modifiable-bad-newstate.xml")
-    );
+    assert_eq!(body, fixture("status-404-request_not_modifiable-bad-newstate.xml"));
 
     // the last open review accepted: the request is `new`, and accepting again is not modifiable
-    let manual =
-        format!("/request/{RR}?cmd=changereviewstate&newstate=accepted&by_group=qam-manual");
+    let manual = format!("/request/{RR}?cmd=changereviewstate&newstate=accepted&by_group=qam-manual");
     let mut cfg_members = ObsSimConfig::default();
-    cfg_members
-        .groups
-        .insert("qam-manual".into(), vec!["incident-gate".into()]);
+    cfg_members.groups.insert("qam-manual".into(), vec!["incident-gate".into()]);
     let sim2 = start(cfg_members).await;
     sim2.create_request(
         RR,
         "review",
-        vec![
-            SimReview::group(GROUP).with_state("accepted"),
-            SimReview::group("qam-manual"),
-        ],
+        vec![SimReview::group(GROUP).with_state("accepted"), SimReview::group("qam-manual")],
         "maintenance_release",
     );
     assert_eq!(raw(&sim2, Method::POST, &manual, "").await.0, 200);
     assert_eq!(sim2.request_state(RR).as_deref(), Some("new"));
     let (status, code, body) = raw(&sim2, Method::POST, &accept, "again").await;
-    assert_eq!(
-        (status, code.as_deref()),
-        (404, Some("request_not_modifiable"))
-    );
+    assert_eq!((status, code.as_deref()), (404, Some("request_not_modifiable")));
     assert_eq!(body, fixture("status-404-request_not_modifiable-state.xml"));
 
     // not a member of the group
     let (status, _, body) = raw(&sim, Method::POST, &manual, "").await;
     assert_eq!(status, 403);
     assert!(
-        body.contains(
-            "review state change for group qam-manual is not permitted for incident-gate"
-        ),
+        body.contains("review state change for group qam-manual is not permitted for incident-gate"),
         "{body}"
     );
 
     // declined requests: 403 for everyone but admins
     sim.set_request_state(RR, "declined", None);
     let (status, code, body) = raw(&sim, Method::POST, &accept, "").await;
-    assert_eq!(
-        (status, code.as_deref()),
-        (403, Some("review_change_state_no_permission"))
-    );
-    assert_eq!(
-        body,
-        fixture("status-403-review_change_state_no_permission-state.xml")
-    );
+    assert_eq!((status, code.as_deref()), (403, Some("review_change_state_no_permission")));
+    assert_eq!(body, fixture("status-403-review_change_state_no_permission-state.xml"));
 
     let (status, _, body) = raw(&sim, Method::GET, "/request/120", "").await;
     assert_eq!(status, 404);
@@ -951,31 +699,18 @@ async fn simulator_follows_the_review_rules() {
 async fn simulator_follows_the_comment_and_status_report_rules() {
     use reqwest::Method;
     let sim = start(ObsSimConfig::default()).await;
-    sim.create_request(
-        RR,
-        "review",
-        vec![SimReview::group(GROUP)],
-        "maintenance_release",
-    );
+    sim.create_request(RR, "review", vec![SimReview::group(GROUP)], "maintenance_release");
     let (status, _, body) = raw(&sim, Method::POST, &format!("/comments/request/{RR}"), "  ").await;
     assert_eq!(status, 400);
     assert_eq!(body, fixture("status-400-invalid_record-empty-comment.xml"));
-    let (status, _, body) = raw(
-        &sim,
-        Method::POST,
-        &format!("/comments/request/{RR}"),
-        &"x".repeat(65_536),
-    )
-    .await;
+    let (status, _, body) =
+        raw(&sim, Method::POST, &format!("/comments/request/{RR}"), &"x".repeat(65_536)).await;
     assert_eq!(status, 400);
     assert!(body.contains("Body is too long (maximum is 65535 characters)"));
     let foreign = sim.add_comment(RR, "someone", "hello");
     let (status, _, body) = raw(&sim, Method::DELETE, &format!("/comment/{foreign}"), "").await;
     assert_eq!(status, 403);
-    assert_eq!(
-        body,
-        fixture("status-403-delete_comment_not_authorized.xml")
-    );
+    assert_eq!(body, fixture("status-403-delete_comment_not_authorized.xml"));
     assert_eq!(raw(&sim, Method::DELETE, "/comment/999", "").await.0, 404);
     let comments = anonymous(&sim).comments(RR).await.unwrap();
     assert_eq!(comments.len(), 1);
@@ -983,45 +718,22 @@ async fn simulator_follows_the_comment_and_status_report_rules() {
     assert!(comments[0].when.ends_with(" UTC"));
 
     let check = "<check name=\"openqa\"><state>success</state><short_description>All openQA jobs passed</short_description><url>https://openqa.example.com/tests/overview?build=12345</url></check>";
-    let (status, _, body) = raw(
-        &sim,
-        Method::POST,
-        &format!("/status_reports/requests/{RR}/reports"),
-        check,
-    )
-    .await;
+    let (status, _, body) =
+        raw(&sim, Method::POST, &format!("/status_reports/requests/{RR}/reports"), check).await;
     assert_eq!(status, 404);
-    assert_eq!(
-        body,
-        fixture("status-404-status_report-not-a-submit-request.xml")
-    );
+    assert_eq!(body, fixture("status-404-status_report-not-a-submit-request.xml"));
     sim.create_request(RR, "review", vec![SimReview::group(GROUP)], "submit");
-    let (status, _, body) = raw(
-        &sim,
-        Method::POST,
-        &format!("/status_reports/requests/{RR}/reports"),
-        check,
-    )
-    .await;
+    let (status, _, body) =
+        raw(&sim, Method::POST, &format!("/status_reports/requests/{RR}/reports"), check).await;
     assert_eq!(status, 200);
     assert_eq!(body, fixture("check-response-after-post.xml"));
-    let (status, _, body) = raw(
-        &sim,
-        Method::POST,
-        &format!("/status_reports/requests/{RR}/reports"),
-        "",
-    )
-    .await;
+    let (status, _, body) =
+        raw(&sim, Method::POST, &format!("/status_reports/requests/{RR}/reports"), "").await;
     assert_eq!(status, 404);
     assert_eq!(body, fixture("status-404-empty_body-check.xml"));
     let bad = "<check name=\"openqa\"><state>done</state></check>";
-    let (status, _, body) = raw(
-        &sim,
-        Method::POST,
-        &format!("/status_reports/requests/{RR}/reports"),
-        bad,
-    )
-    .await;
+    let (status, _, body) =
+        raw(&sim, Method::POST, &format!("/status_reports/requests/{RR}/reports"), bad).await;
     assert_eq!(status, 422);
     assert_eq!(body, fixture("status-422-invalid_check.xml"));
 }
@@ -1033,12 +745,7 @@ async fn simulator_http_control_routes() {
     let http = reqwest::Client::new();
     let url = sim.url();
     let spec = r#"{"state":"review","reviews":[{"state":"new","by_group":"qam-openqa"}],"action_type":"maintenance_release"}"#;
-    let resp = http
-        .put(format!("{url}/_sim/requests/{RR}"))
-        .body(spec)
-        .send()
-        .await
-        .unwrap();
+    let resp = http.put(format!("{url}/_sim/requests/{RR}")).body(spec).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(our_review(&sim).state, "new");
     done(
@@ -1049,44 +756,16 @@ async fn simulator_http_control_routes() {
         )
         .await,
     );
-    let state: serde_json::Value = http
-        .get(format!("{url}/_sim/requests/{RR}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state: serde_json::Value =
+        http.get(format!("{url}/_sim/requests/{RR}")).send().await.unwrap().json().await.unwrap();
     assert_eq!(state["state"], "new");
     assert_eq!(state["reviews"][0]["state"], "accepted");
     assert_eq!(state["comments"].as_array().unwrap().len(), 1);
-    let log: serde_json::Value = http
-        .get(format!("{url}/_sim/log"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: serde_json::Value =
+        http.get(format!("{url}/_sim/log")).send().await.unwrap().json().await.unwrap();
     assert!(log.as_array().unwrap().len() >= 3, "{log}");
-    http.post(format!("{url}/_sim/down?on=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        raw(&sim, Method::GET, &format!("/request/{RR}"), "")
-            .await
-            .0,
-        503
-    );
-    http.post(format!("{url}/_sim/down?on=0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        raw(&sim, Method::GET, &format!("/request/{RR}"), "")
-            .await
-            .0,
-        200
-    );
+    http.post(format!("{url}/_sim/down?on=1")).send().await.unwrap();
+    assert_eq!(raw(&sim, Method::GET, &format!("/request/{RR}"), "").await.0, 503);
+    http.post(format!("{url}/_sim/down?on=0")).send().await.unwrap();
+    assert_eq!(raw(&sim, Method::GET, &format!("/request/{RR}"), "").await.0, 200);
 }

@@ -14,19 +14,12 @@ const USER: &str = "qam-openqa-bot";
 fn keygen(dir: &Path, kind: &str, passphrase: &str) -> PathBuf {
     let path = dir.join(format!("id_{kind}"));
     let mut cmd = Command::new("ssh-keygen");
-    cmd.args(["-q", "-t", kind, "-N", passphrase, "-C", "test", "-f"])
-        .arg(&path);
+    cmd.args(["-q", "-t", kind, "-N", passphrase, "-C", "test", "-f"]).arg(&path);
     if kind == "rsa" {
         cmd.args(["-b", "3072"]);
     }
-    let out = cmd
-        .output()
-        .expect("ssh-keygen must be installed (openssh)");
-    assert!(
-        out.status.success(),
-        "ssh-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.output().expect("ssh-keygen must be installed (openssh)");
+    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
     path
 }
 
@@ -60,11 +53,7 @@ fn openssh_verify(
         .unwrap();
     child.stdin.take().unwrap().write_all(message).unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -79,19 +68,13 @@ fn openssh_sign(dir: &Path, private: &Path, namespace: &str, message: &[u8]) -> 
         .arg(&msg)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::read_to_string(dir.join("to-sign.sig")).unwrap()
 }
 
 fn blob_of_header(header: &str) -> Vec<u8> {
     let auth = sshsig::parse_authorization(header).unwrap();
-    base64::engine::general_purpose::STANDARD
-        .decode(auth.signature)
-        .unwrap()
+    base64::engine::general_purpose::STANDARD.decode(auth.signature).unwrap()
 }
 
 fn check_kind(kind: &str) {
@@ -107,10 +90,7 @@ fn check_kind(kind: &str) {
         "{header}"
     );
     let blob = blob_of_header(&header);
-    assert!(
-        blob.starts_with(b"SSHSIG"),
-        "raw blob, not the armored text"
-    );
+    assert!(blob.starts_with(b"SSHSIG"), "raw blob, not the armored text");
     let armored = sshsig::armor(&blob).unwrap();
     assert!(armored.starts_with("-----BEGIN SSH SIGNATURE-----"));
     let message = sshsig::signing_string(created);
@@ -123,21 +103,10 @@ fn check_kind(kind: &str) {
         assert!(out.contains("RSA"), "{out}");
     }
     // ... and rejects it for another message or another namespace
-    let (ok, _) = openssh_verify(
-        dir.path(),
-        &key,
-        REALM,
-        format!("(created): {}", created + 1).as_bytes(),
-        &armored,
-    );
+    let (ok, _) =
+        openssh_verify(dir.path(), &key, REALM, format!("(created): {}", created + 1).as_bytes(), &armored);
     assert!(!ok, "tampered message verified");
-    let (ok, _) = openssh_verify(
-        dir.path(),
-        &key,
-        "other-realm",
-        message.as_bytes(),
-        &armored,
-    );
+    let (ok, _) = openssh_verify(dir.path(), &key, "other-realm", message.as_bytes(), &armored);
     assert!(!ok, "wrong namespace verified");
 
     // our verifier agrees
@@ -157,9 +126,7 @@ fn check_kind(kind: &str) {
     // and accepts what OpenSSH itself signs (the form osc sends)
     let theirs = openssh_sign(dir.path(), &key, REALM, message.as_bytes());
     let body: String = theirs.lines().filter(|l| !l.starts_with("-----")).collect();
-    let their_blob = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .unwrap();
+    let their_blob = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
     sshsig::verify_blob(&pk, REALM, message.as_bytes(), &their_blob).unwrap();
 }
 
@@ -180,10 +147,7 @@ fn encrypted_and_broken_keys_are_clear_errors_without_key_material() {
     let e = SshSigner::from_file(USER, &key).unwrap_err();
     assert!(matches!(e, SshSigError::Encrypted { .. }), "{e:?}");
     let text = e.to_string();
-    assert!(
-        text.contains("passphrase") && text.contains("id_ed25519"),
-        "{text}"
-    );
+    assert!(text.contains("passphrase") && text.contains("id_ed25519"), "{text}");
     let pem = std::fs::read_to_string(&key).unwrap();
     for line in pem.lines().filter(|l| !l.starts_with("-----")) {
         assert!(!text.contains(line) && !format!("{e:?}").contains(line));
@@ -205,8 +169,5 @@ fn encrypted_and_broken_keys_are_clear_errors_without_key_material() {
     let shown = format!("{signer:?}");
     let pem = std::fs::read_to_string(&ok).unwrap();
     let secret_line = pem.lines().nth(3).unwrap();
-    assert!(
-        !shown.contains(secret_line) && shown.contains(USER),
-        "{shown}"
-    );
+    assert!(!shown.contains(secret_line) && shown.contains(USER), "{shown}");
 }

@@ -16,25 +16,15 @@ const KEY: &str = "0A0A0A0A0A0A0A0A";
 const SECRET: &str = "0B0B0B0B0B0B0B0B";
 
 fn config(url: &str) -> Config {
-    Config {
-        openqa_url: url.to_string(),
-        concurrency: 4,
-        http_timeout_s: 5,
-        ..Config::default()
-    }
+    Config { openqa_url: url.to_string(), concurrency: 4, http_timeout_s: 5, ..Config::default() }
 }
 
 fn quick() -> RetryPolicy {
-    RetryPolicy {
-        retries: 3,
-        base_delay: Duration::from_millis(10),
-    }
+    RetryPolicy { retries: 3, base_delay: Duration::from_millis(10) }
 }
 
 fn client(url: &str) -> OpenQaClient {
-    OpenQaClient::new(&config(url))
-        .expect("client")
-        .with_retry(quick())
+    OpenQaClient::new(&config(url)).expect("client").with_retry(quick())
 }
 
 fn signing_client(url: &str, secret: &str) -> OpenQaClient {
@@ -43,16 +33,12 @@ fn signing_client(url: &str, secret: &str) -> OpenQaClient {
         openqa_api_secret: Some(Secret::new(secret)),
         ..config(url)
     };
-    OpenQaClient::new(&config)
-        .expect("client")
-        .with_retry(quick())
+    OpenQaClient::new(&config).expect("client").with_retry(quick())
 }
 
 /// Serves `app` on a free loopback port; returns its base URL.
 async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -89,20 +75,17 @@ fn scenario(sim: &OpenQaSim) {
 }
 
 #[tokio::test]
-async fn jobs_come_in_chunks_of_100_without_duplicates() {
+async fn jobs_come_in_chunks_of_500_without_duplicates() {
     let sim = start().await;
-    for i in 0..250 {
+    for i in 0..1250 {
         sim.create_job(&[("TEST", &format!("t{i}")), ("BUILD", "b")], None);
     }
     let c = client(&sim.url());
-    let mut ids: Vec<u64> = (1..=250).collect();
-    ids.extend((1..=250).rev());
+    let mut ids: Vec<u64> = (1..=1250).collect();
+    ids.extend((1..=1250).rev());
     let jobs = c.jobs(&ids).await.expect("jobs");
-    assert_eq!(
-        jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
-        (1..=250).collect::<Vec<_>>()
-    );
-    assert_eq!(c.requests_made(), 3, "250 distinct ids = 3 requests");
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), (1..=1250).collect::<Vec<_>>());
+    assert_eq!(c.requests_made(), 3, "1250 distinct ids = 3 requests");
     assert_eq!(sim.requests(), 3);
     assert_eq!(jobs[0].setting("TEST"), "t0");
 
@@ -123,14 +106,8 @@ async fn single_jobs_comments_and_groups() {
     let c = client(&sim.url());
 
     let job = c.job(4).await.expect("job 4").expect("exists");
-    assert_eq!(
-        (job.state.as_str(), job.result.as_str(), job.clone_id),
-        ("done", "failed", Some(clone))
-    );
-    assert_eq!(
-        job.group.as_deref(),
-        Some("Maintenance: SLE 15 SP6 Updates")
-    );
+    assert_eq!((job.state.as_str(), job.result.as_str(), job.clone_id), ("done", "failed", Some(clone)));
+    assert_eq!(job.group.as_deref(), Some("Maintenance: SLE 15 SP6 Updates"));
     assert_eq!(job.setting("RRID"), "SUSE:Maintenance:12345:300001");
     let job = c.job(clone).await.expect("clone").expect("exists");
     assert_eq!((job.state.as_str(), job.origin_id), ("scheduled", Some(4)));
@@ -138,23 +115,13 @@ async fn single_jobs_comments_and_groups() {
 
     let comments = c.comments(1).await.expect("comments");
     assert_eq!(comments.len(), 1);
-    assert_eq!(
-        comments[0].text,
-        "@review:acceptable_for:incident_12345:bsc#1 known"
-    );
+    assert_eq!(comments[0].text, "@review:acceptable_for:incident_12345:bsc#1 known");
     assert!(c.comments(2).await.expect("none").is_empty());
-    assert!(c
-        .comments(999)
-        .await
-        .expect("a gone job has no comments")
-        .is_empty());
+    assert!(c.comments(999).await.expect("a gone job has no comments").is_empty());
 
     let groups = c.job_groups().await.expect("groups");
     assert_eq!(groups.len(), 1);
-    assert_eq!(
-        (groups[0].id, groups[0].name.as_str()),
-        (1, "Maintenance: SLE 15 SP6 Updates")
-    );
+    assert_eq!((groups[0].id, groups[0].name.as_str()), (1, "Maintenance: SLE 15 SP6 Updates"));
 }
 
 #[tokio::test]
@@ -165,56 +132,27 @@ async fn settings_lookups_list_each_job_once() {
     let c = client(&sim.url());
 
     // openQA lists a job once per matching settings row ...
-    let raw: serde_json::Value = reqwest::get(format!(
-        "{}/api/v1/job_settings/jobs?key=*_TEST_ISSUES&list_value=12346",
-        sim.url()
-    ))
-    .await
-    .expect("raw")
-    .json()
-    .await
-    .expect("json");
+    let raw: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/job_settings/jobs?key=*_TEST_ISSUES&list_value=12346", sim.url()))
+            .await
+            .expect("raw")
+            .json()
+            .await
+            .expect("json");
     assert_eq!(raw, serde_json::json!({"jobs": [3, 3, 2, 2, 1, 1]}));
     // ... the client once, newest first
-    assert_eq!(
-        c.job_ids_by_list_setting("*_TEST_ISSUES", "12346")
-            .await
-            .expect("ids"),
-        vec![3, 2, 1]
-    );
+    assert_eq!(c.job_ids_by_list_setting("*_TEST_ISSUES", "12346").await.expect("ids"), vec![3, 2, 1]);
     // `*` also finds INCIDENT_ID=12345 (a one-element list) on the incident jobs and the clone
+    assert_eq!(c.job_ids_by_list_setting("*", "12345").await.expect("ids"), vec![6, 5, 4, 3, 2, 1]);
+    assert_eq!(c.job_ids_by_list_setting("OS_TEST_ISSUES", "1234").await.expect("ids"), Vec::<u64>::new());
+    assert_eq!(c.job_ids_by_setting("INCIDENT_ID", "12345").await.expect("ids"), vec![6, 5, 4]);
     assert_eq!(
-        c.job_ids_by_list_setting("*", "12345").await.expect("ids"),
-        vec![6, 5, 4, 3, 2, 1]
-    );
-    assert_eq!(
-        c.job_ids_by_list_setting("OS_TEST_ISSUES", "1234")
-            .await
-            .expect("ids"),
-        Vec::<u64>::new()
-    );
-    assert_eq!(
-        c.job_ids_by_setting("INCIDENT_ID", "12345")
-            .await
-            .expect("ids"),
+        c.job_ids_by_setting("RRID", "SUSE:Maintenance:12345:300001").await.expect("ids"),
         vec![6, 5, 4]
     );
+    assert_eq!(c.job_ids_by_setting("TEST_ISSUES[]", "12346").await.expect("ids"), vec![3, 2, 1]);
     assert_eq!(
-        c.job_ids_by_setting("RRID", "SUSE:Maintenance:12345:300001")
-            .await
-            .expect("ids"),
-        vec![6, 5, 4]
-    );
-    assert_eq!(
-        c.job_ids_by_setting("TEST_ISSUES[]", "12346")
-            .await
-            .expect("ids"),
-        vec![3, 2, 1]
-    );
-    assert_eq!(
-        c.job_ids_by_setting("BUILD", ":12345:openssl")
-            .await
-            .expect("ids"),
+        c.job_ids_by_setting("BUILD", ":12345:openssl").await.expect("ids"),
         Vec::<u64>::new(),
         "a column"
     );
@@ -248,38 +186,25 @@ async fn a_lasting_outage_is_an_error_naming_the_route() {
     sim.set_down(true);
     let started = Instant::now();
     let e = c.job(1).await.expect_err("down");
-    assert!(
-        started.elapsed() >= Duration::from_millis(700),
-        "backoff 100+200+400 ms"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(700), "backoff 100+200+400 ms");
     assert_eq!(c.requests_made(), 4);
     assert_eq!(e.status(), Some(503));
     assert!(e.is_transient());
     assert_eq!(e.to_string(), "GET /api/v1/jobs/1: HTTP 503 (after 4 attempts): <html><body><h1>503 Service Unavailable</h1></body></html>");
-    let e = c
-        .job_ids_by_list_setting("*_TEST_ISSUES", "12345")
-        .await
-        .expect_err("down");
+    let e = c.job_ids_by_list_setting("*_TEST_ISSUES", "12345").await.expect_err("down");
     assert!(
-        e.to_string().starts_with(
-            "GET /api/v1/job_settings/jobs?key=*_TEST_ISSUES&list_value=12345: HTTP 503"
-        ),
+        e.to_string()
+            .starts_with("GET /api/v1/job_settings/jobs?key=*_TEST_ISSUES&list_value=12345: HTTP 503"),
         "{e}"
     );
-    assert!(
-        !format!("{e} {e:?} {c:?}").contains("S3CRET"),
-        "no secret in errors or Debug"
-    );
+    assert!(!format!("{e} {e:?} {c:?}").contains("S3CRET"), "no secret in errors or Debug");
 }
 
 #[tokio::test]
 async fn refusals_are_not_retried_and_name_the_route() {
     let sim = start().await;
     let c = client(&sim.url());
-    let e = c
-        .job_ids_by_list_setting("RRID", "SUSE:Maintenance:1:2")
-        .await
-        .expect_err("400");
+    let e = c.job_ids_by_list_setting("RRID", "SUSE:Maintenance:1:2").await.expect_err("400");
     assert_eq!(c.requests_made(), 1);
     assert_eq!(e.status(), Some(400));
     assert!(!e.is_transient());
@@ -289,65 +214,32 @@ async fn refusals_are_not_retried_and_name_the_route() {
     );
     // a refusal after a transient failure says how many attempts it took
     sim.fail_next(1);
-    let e = c
-        .job_ids_by_list_setting("RRID", "x:y")
-        .await
-        .expect_err("400");
-    assert!(
-        e.to_string()
-            .contains(": HTTP 400 (after 2 attempts): Erroneous parameters"),
-        "{e}"
-    );
+    let e = c.job_ids_by_list_setting("RRID", "x:y").await.expect_err("400");
+    assert!(e.to_string().contains(": HTTP 400 (after 2 attempts): Erroneous parameters"), "{e}");
 }
 
 #[tokio::test]
 async fn malformed_bodies_name_the_route() {
     let app = Router::new()
-        .route(
-            "/api/v1/jobs",
-            get(|| async { "<html>this is not JSON</html>" }),
-        )
-        .route(
-            "/api/v1/jobs/{id}",
-            get(|| async { r#"{"job":{"id":"one"}}"# }),
-        )
-        .route(
-            "/api/v1/job_settings/jobs",
-            get(|| async { r#"{"jobs":[1,"2"]}"# }),
-        )
+        .route("/api/v1/jobs", get(|| async { "<html>this is not JSON</html>" }))
+        .route("/api/v1/jobs/{id}", get(|| async { r#"{"job":{"id":"one"}}"# }))
+        .route("/api/v1/job_settings/jobs", get(|| async { r#"{"jobs":[1,"2"]}"# }))
         .route(
             "/api/v1/job_groups",
-            get(|| async {
-                (
-                    StatusCode::FORBIDDEN,
-                    r#"{"error":"no","error_status":403}"#,
-                )
-            }),
+            get(|| async { (StatusCode::FORBIDDEN, r#"{"error":"no","error_status":403}"#) }),
         );
     let url = serve(app).await;
     let c = client(&url);
     let e = c.jobs(&[1, 2]).await.expect_err("garbage");
     assert!(matches!(e, ApiError::Malformed { .. }));
-    assert!(
-        e.to_string()
-            .starts_with("GET /api/v1/jobs?ids=1%2C2: malformed body: "),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("GET /api/v1/jobs?ids=1%2C2: malformed body: "), "{e}");
     assert!(e.to_string().contains("<html>this is not JSON"), "{e}");
     let e = c.job(1).await.expect_err("wrong type");
+    assert!(e.to_string().starts_with("GET /api/v1/jobs/1: malformed body: invalid type"), "{e}");
+    let e = c.job_ids_by_setting("INCIDENT_ID", "1").await.expect_err("wrong type");
     assert!(
         e.to_string()
-            .starts_with("GET /api/v1/jobs/1: malformed body: invalid type"),
-        "{e}"
-    );
-    let e = c
-        .job_ids_by_setting("INCIDENT_ID", "1")
-        .await
-        .expect_err("wrong type");
-    assert!(
-        e.to_string().starts_with(
-            "GET /api/v1/job_settings/jobs?key=INCIDENT_ID&value=1&limit=10000: malformed body"
-        ),
+            .starts_with("GET /api/v1/job_settings/jobs?key=INCIDENT_ID&value=1&limit=10000: malformed body"),
         "{e}"
     );
     let e = c.job_groups().await.expect_err("403");
@@ -363,24 +255,11 @@ async fn unreachable_and_slow_servers() {
     };
     let c = OpenQaClient::new(&config(&format!("http://127.0.0.1:{port}")))
         .expect("client")
-        .with_retry(RetryPolicy {
-            retries: 2,
-            base_delay: Duration::from_millis(5),
-        });
+        .with_retry(RetryPolicy { retries: 2, base_delay: Duration::from_millis(5) });
     let e = c.job(1).await.expect_err("refused");
-    assert!(
-        matches!(e, ApiError::Transport { attempts: 3, .. }),
-        "{e:?}"
-    );
-    assert!(
-        e.to_string()
-            .starts_with("GET /api/v1/jobs/1: no response (after 3 attempts): "),
-        "{e}"
-    );
-    assert!(
-        !e.to_string().contains(&port.to_string()),
-        "no URL in the message: {e}"
-    );
+    assert!(matches!(e, ApiError::Transport { attempts: 3, .. }), "{e:?}");
+    assert!(e.to_string().starts_with("GET /api/v1/jobs/1: no response (after 3 attempts): "), "{e}");
+    assert!(!e.to_string().contains(&port.to_string()), "no URL in the message: {e}");
     assert_eq!(c.requests_made(), 3);
 
     let slow = serve(Router::new().fallback(|| async {
@@ -388,23 +267,14 @@ async fn unreachable_and_slow_servers() {
         "{}"
     }))
     .await;
-    let config = Config {
-        http_timeout_s: 1,
-        ..config(&slow)
-    };
+    let config = Config { http_timeout_s: 1, ..config(&slow) };
     let c = OpenQaClient::new(&config)
         .expect("client")
-        .with_retry(RetryPolicy {
-            retries: 0,
-            base_delay: Duration::ZERO,
-        });
+        .with_retry(RetryPolicy { retries: 0, base_delay: Duration::ZERO });
     let started = Instant::now();
     let e = c.job(1).await.expect_err("timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(
-        matches!(e, ApiError::Transport { .. }) && e.to_string().contains("timed out"),
-        "{e}"
-    );
+    assert!(matches!(e, ApiError::Transport { .. }) && e.to_string().contains("timed out"), "{e}");
 }
 
 #[tokio::test]
@@ -425,12 +295,9 @@ async fn in_flight_requests_stay_within_the_limit() {
         }),
     ))
     .await;
-    let config = Config {
-        concurrency: 2,
-        ..config(&url)
-    };
+    let config = Config { concurrency: 2, ..config(&url) };
     let c = OpenQaClient::new(&config).expect("client");
-    let ids: Vec<u64> = (1..=600).collect();
+    let ids: Vec<u64> = (1..=3000).collect();
     // two callers at once share the one limit
     let other = c.clone();
     let (a, b) = tokio::join!(c.jobs(&ids), other.jobs(&ids));
@@ -451,15 +318,9 @@ async fn requests_are_signed_as_openqa_checks_them() {
     let c = signing_client(&sim.url(), SECRET);
     // commas, colons, brackets and globs in queries: signed in the form the server re-encodes them to
     assert_eq!(c.jobs(&[1, 2, 3]).await.expect("jobs").len(), 3);
-    c.job_ids_by_setting("RRID", "SUSE:Maintenance:12345:300001")
-        .await
-        .expect("rrid");
-    c.job_ids_by_setting("TEST_ISSUES[]", "12345")
-        .await
-        .expect("brackets");
-    c.job_ids_by_list_setting("*_TEST_ISSUES", "12345")
-        .await
-        .expect("glob");
+    c.job_ids_by_setting("RRID", "SUSE:Maintenance:12345:300001").await.expect("rrid");
+    c.job_ids_by_setting("TEST_ISSUES[]", "12345").await.expect("brackets");
+    c.job_ids_by_list_setting("*_TEST_ISSUES", "12345").await.expect("glob");
     c.job(1).await.expect("job");
     c.comments(1).await.expect("comments");
     c.job_groups().await.expect("groups");

@@ -36,11 +36,7 @@ struct Captured {
 }
 
 fn backticked(s: &str) -> Vec<String> {
-    s.split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect()
+    s.split('`').skip(1).step_by(2).map(str::to_string).collect()
 }
 
 fn index() -> Vec<Captured> {
@@ -67,17 +63,12 @@ fn index() -> Vec<Captured> {
 }
 
 fn captured(name: &str) -> Captured {
-    index()
-        .into_iter()
-        .find(|c| c.file == name)
-        .unwrap_or_else(|| panic!("{name} is not in INDEX.md"))
+    index().into_iter().find(|c| c.file == name).unwrap_or_else(|| panic!("{name} is not in INDEX.md"))
 }
 
 /// Digits become 0: two times compare equal when they have the same format.
 fn time_shape(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_digit() { '0' } else { c })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_digit() { '0' } else { c }).collect()
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -94,11 +85,7 @@ fn kind(v: &Value) -> &'static str {
 
 fn compare(path: &str, expected: &Value, actual: &Value, errors: &mut Vec<String>) {
     if kind(expected) != kind(actual) {
-        errors.push(format!(
-            "{path}: {} expected, got {} ({actual})",
-            kind(expected),
-            kind(actual)
-        ));
+        errors.push(format!("{path}: {} expected, got {} ({actual})", kind(expected), kind(actual)));
         return;
     }
     match (expected, actual) {
@@ -115,12 +102,9 @@ fn compare(path: &str, expected: &Value, actual: &Value, errors: &mut Vec<String
                 let (ev, av) = (&e[*k], &a[*k]);
                 let sub = format!("{path}/{k}");
                 match (ev, av) {
-                    (Value::String(es), Value::String(as_))
-                        if TIME_FIELDS.contains(&k.as_str()) =>
-                    {
+                    (Value::String(es), Value::String(as_)) if TIME_FIELDS.contains(&k.as_str()) => {
                         if time_shape(es) != time_shape(as_) {
-                            errors
-                                .push(format!("{sub}: time {as_:?} is not formatted like {es:?}"));
+                            errors.push(format!("{sub}: time {as_:?} is not formatted like {es:?}"));
                         }
                     }
                     _ => compare(&sub, ev, av, errors),
@@ -129,20 +113,14 @@ fn compare(path: &str, expected: &Value, actual: &Value, errors: &mut Vec<String
         }
         (Value::Array(e), Value::Array(a)) => {
             if e.len() != a.len() {
-                errors.push(format!(
-                    "{path}: {} elements expected, got {}: {actual}",
-                    e.len(),
-                    a.len()
-                ));
+                errors.push(format!("{path}: {} elements expected, got {}: {actual}", e.len(), a.len()));
                 return;
             }
             for (i, (ev, av)) in e.iter().zip(a).enumerate() {
                 compare(&format!("{path}[{i}]"), ev, av, errors);
             }
         }
-        _ if expected != actual => {
-            errors.push(format!("{path}: expected {expected}, got {actual}"))
-        }
+        _ if expected != actual => errors.push(format!("{path}: expected {expected}, got {actual}")),
         _ => {}
     }
 }
@@ -150,11 +128,7 @@ fn compare(path: &str, expected: &Value, actual: &Value, errors: &mut Vec<String
 fn assert_same(what: &str, expected: &Value, actual: &Value) {
     let mut errors = Vec::new();
     compare("", expected, actual, &mut errors);
-    assert!(
-        errors.is_empty(),
-        "{what} differs from the real openQA:\n  {}",
-        errors.join("\n  ")
-    );
+    assert!(errors.is_empty(), "{what} differs from the real openQA:\n  {}", errors.join("\n  "));
 }
 
 struct Http {
@@ -164,10 +138,7 @@ struct Http {
 
 impl Http {
     fn new(sim: &OpenQaSim) -> Http {
-        Http {
-            client: reqwest::Client::new(),
-            base: sim.url(),
-        }
+        Http { client: reqwest::Client::new(), base: sim.url() }
     }
 
     async fn send(
@@ -178,13 +149,10 @@ impl Http {
         headers: &[(&str, String)],
     ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = self
-            .client
-            .request(method, format!("{}{target}", self.base));
+        let mut request = self.client.request(method, format!("{}{target}", self.base));
         if let Some(body) = form {
-            request = request
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(body.to_string());
+            request =
+                request.header("Content-Type", "application/x-www-form-urlencoded").body(body.to_string());
         }
         for (name, value) in headers {
             request = request.header(*name, value);
@@ -192,22 +160,15 @@ impl Http {
         let response = request.send().await.expect("simulator answers");
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
-        let body = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{target}: not JSON ({e}): {text}"));
+        let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{target}: not JSON ({e}): {text}"));
         (status, body)
     }
 
     /// Replays a captured request and compares the answer with the captured one.
     async fn check(&self, name: &str) {
         let c = captured(name);
-        let (status, body) = self
-            .send(&c.method, &c.target, c.form.as_deref(), &[])
-            .await;
-        assert_eq!(
-            status, c.status,
-            "{name}: {} {} answered {status}: {body}",
-            c.method, c.target
-        );
+        let (status, body) = self.send(&c.method, &c.target, c.form.as_deref(), &[]).await;
+        assert_eq!(status, c.status, "{name}: {} {} answered {status}: {body}", c.method, c.target);
         assert_same(name, &fixture(name), &body);
     }
 
@@ -270,13 +231,7 @@ fn scenario_jobs() -> Vec<Vec<(&'static str, &'static str)>> {
         incident("12345", "mau-webserver", "x86_64", "64bit", g1),
         incident("12345", "mau-extratests", "aarch64", "aarch64", g1),
         incident("12345", "mau-bind", "x86_64", "64bit", g1),
-        incident(
-            "12345",
-            "mau-filesystem",
-            "x86_64",
-            "64bit",
-            ("_GROUP", DEVEL),
-        ),
+        incident("12345", "mau-filesystem", "x86_64", "64bit", ("_GROUP", DEVEL)),
         incident("12346", "qam-minimal", "x86_64", "64bit", g1),
         incident("12346", "mau-extratests", "x86_64", "64bit", g1),
         aggregate("mau-qam-regression"),
@@ -289,16 +244,11 @@ const ACCEPTABLE: &str = "@review:acceptable_for:incident_12345:bsc#1234567 know
 const REASON: &str = "backend died: QEMU exited unexpectedly";
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn signed(path: &str, query: &str) -> Vec<(&'static str, String)> {
-    auth::auth_headers(KEY, SECRET, path, query, now())
-        .into_iter()
-        .collect()
+    auth::auth_headers(KEY, SECRET, path, query, now()).into_iter().collect()
 }
 
 /// Lines of a .jsonl fixture.
@@ -321,17 +271,9 @@ fn assert_events_match_capture(events: &[SimEvent]) {
     for (i, ((event, w), a)) in events.iter().zip(&webui).zip(&amqp).enumerate() {
         let line = i + 1;
         assert_eq!(event.name, w["event"], "line {line}");
-        assert_eq!(
-            event.data, w["args"][0][3],
-            "line {line}: in-process data of {}",
-            event.name
-        );
+        assert_eq!(event.data, w["args"][0][3], "line {line}: in-process data of {}", event.name);
         assert_eq!(event.routing_key("suse"), a["routing_key"], "line {line}");
-        assert_same(
-            &format!("line {line}: AMQP body of {}", event.name),
-            &a["body"],
-            &event.amqp_body,
-        );
+        assert_same(&format!("line {line}: AMQP body of {}", event.name), &a["body"], &event.amqp_body);
     }
 }
 
@@ -342,29 +284,16 @@ async fn simulator_answers_like_the_captured_openqa() {
 
     // Groups 1-3 and jobs 1-11, through the HTTP write routes.
     for name in ["incidents", "devel", "updates"] {
-        http.check(&format!("post-job_groups-create-{name}.json"))
-            .await;
+        http.check(&format!("post-job_groups-create-{name}.json")).await;
     }
     let jobs = scenario_jobs();
-    assert_eq!(
-        Some(auth::encode_query(&jobs[0])),
-        captured("post-jobs-create.json").form
-    );
-    assert_eq!(
-        Some(auth::encode_query(&jobs[8])),
-        captured("post-jobs-create-aggregate.json").form
-    );
+    assert_eq!(Some(auth::encode_query(&jobs[0])), captured("post-jobs-create.json").form);
+    assert_eq!(Some(auth::encode_query(&jobs[8])), captured("post-jobs-create-aggregate.json").form);
     for (i, settings) in jobs.iter().enumerate() {
-        let body = http
-            .post("/api/v1/jobs", &auth::encode_query(settings))
-            .await;
+        let body = http.post("/api/v1/jobs", &auth::encode_query(settings)).await;
         match i {
             0 => assert_same("job 1 created", &fixture("post-jobs-create.json"), &body),
-            8 => assert_same(
-                "job 9 created",
-                &fixture("post-jobs-create-aggregate.json"),
-                &body,
-            ),
+            8 => assert_same("job 9 created", &fixture("post-jobs-create-aggregate.json"), &body),
             _ => assert_eq!(body, serde_json::json!({"id": i + 1})),
         }
     }
@@ -374,8 +303,7 @@ async fn simulator_answers_like_the_captured_openqa() {
     http.check("post-jobs-set_done-failed.json").await;
     http.check("post-jobs-set_done-softfailed.json").await;
     http.check("post-jobs-set_done-invalid-result.json").await;
-    http.check("post-jobs-set_done-failed-with-reason.json")
-        .await;
+    http.check("post-jobs-set_done-failed-with-reason.json").await;
     http.post("/api/v1/jobs/7/set_done", "result=passed").await;
     http.post("/api/v1/jobs/9/set_done", "result=passed").await;
     http.post("/api/v1/jobs/10/set_done", "result=failed").await;
@@ -384,15 +312,11 @@ async fn simulator_answers_like_the_captured_openqa() {
     // Restart 2 -> clone 12, looked at while 12 is still scheduled.
     http.check("post-jobs-restart.json").await;
     http.check("get-job-clone-scheduled.json").await;
-    http.check("get-job-follow-original-while-clone-scheduled.json")
-        .await;
+    http.check("get-job-follow-original-while-clone-scheduled.json").await;
     let (status, again) = http.send("POST", "/api/v1/jobs/2/restart", None, &[]).await;
     assert_eq!(
         (status, &again["errors"][0]),
-        (
-            200,
-            &serde_json::json!("Specified job 2 has already been cloned as 12")
-        )
+        (200, &serde_json::json!("Specified job 2 has already been cloned as 12"))
     );
 
     http.post("/api/v1/jobs/12/set_done", "result=passed").await;
@@ -400,10 +324,7 @@ async fn simulator_answers_like_the_captured_openqa() {
     http.check("post-jobs-comment.json").await;
 
     // Every "final state" read.
-    let early = [
-        "get-job-clone-scheduled.json",
-        "get-job-follow-original-while-clone-scheduled.json",
-    ];
+    let early = ["get-job-clone-scheduled.json", "get-job-follow-original-while-clone-scheduled.json"];
     let reads: Vec<Captured> = index()
         .into_iter()
         .filter(|c| c.file.starts_with("get-") && !early.contains(&c.file.as_str()))
@@ -418,92 +339,36 @@ async fn simulator_answers_like_the_captured_openqa() {
     sim.require_api_key(KEY, SECRET);
     let q = auth::encode_query(&[("text", "auth test query")]);
     let headers = signed("/api/v1/jobs/3/comments", &q);
-    let (status, body) = http
-        .send(
-            "POST",
-            &format!("/api/v1/jobs/3/comments?{q}"),
-            None,
-            &headers,
-        )
-        .await;
+    let (status, body) = http.send("POST", &format!("/api/v1/jobs/3/comments?{q}"), None, &headers).await;
     assert_eq!((status, body), (200, serde_json::json!({"id": 2})));
     let headers = signed("/api/v1/jobs/3/comments", "");
-    let (status, body) = http
-        .send(
-            "POST",
-            "/api/v1/jobs/3/comments?text=auth+test+query2",
-            None,
-            &headers,
-        )
-        .await;
+    let (status, body) =
+        http.send("POST", "/api/v1/jobs/3/comments?text=auth+test+query2", None, &headers).await;
     assert_eq!(
         (status, body),
-        (
-            403,
-            serde_json::json!({"error": "unknown error (wrong secret?)", "error_status": 403})
-        )
+        (403, serde_json::json!({"error": "unknown error (wrong secret?)", "error_status": 403}))
     );
-    let (status, body) = http
-        .send(
-            "POST",
-            "/api/v1/jobs/3/comments",
-            Some("text=auth+test+form"),
-            &headers,
-        )
-        .await;
+    let (status, body) =
+        http.send("POST", "/api/v1/jobs/3/comments", Some("text=auth+test+form"), &headers).await;
     assert_eq!((status, body), (200, serde_json::json!({"id": 3})));
-    let (status, body) = http
-        .send("POST", "/api/v1/jobs/3/comments", Some("text=x"), &[])
-        .await;
-    assert_eq!(
-        (status, body),
-        (
-            403,
-            serde_json::json!({"error": "no api key", "error_status": 403})
-        )
-    );
+    let (status, body) = http.send("POST", "/api/v1/jobs/3/comments", Some("text=x"), &[]).await;
+    assert_eq!((status, body), (403, serde_json::json!({"error": "no api key", "error_status": 403})));
     // sent with a raw `:`, signed in the form the server re-encodes it to
-    let headers = signed(
-        "/api/v1/jobs/3/comments",
-        &auth::encode_query(&[("text", "auth:colon")]),
-    );
-    let (status, body) = http
-        .send(
-            "POST",
-            "/api/v1/jobs/3/comments?text=auth:colon",
-            None,
-            &headers,
-        )
-        .await;
+    let headers = signed("/api/v1/jobs/3/comments", &auth::encode_query(&[("text", "auth:colon")]));
+    let (status, body) = http.send("POST", "/api/v1/jobs/3/comments?text=auth:colon", None, &headers).await;
     assert_eq!((status, body), (200, serde_json::json!({"id": 4})));
 
     // Phase 2: the last pending jobs finish.
     let headers = signed("/api/v1/jobs/3/set_done", "");
-    let (status, body) = http
-        .send(
-            "POST",
-            "/api/v1/jobs/3/set_done",
-            Some("result=passed"),
-            &headers,
-        )
-        .await;
+    let (status, body) = http.send("POST", "/api/v1/jobs/3/set_done", Some("result=passed"), &headers).await;
     assert_eq!(status, 200);
-    assert_same(
-        "phase2 set_done",
-        &fixture("phase2-post-jobs-set_done-last-of-build.json"),
-        &body,
-    );
+    assert_same("phase2 set_done", &fixture("phase2-post-jobs-set_done-last-of-build.json"), &body);
     for id in [8, 11] {
         let target = format!("/api/v1/jobs/{id}/set_done");
-        let (status, _) = http
-            .send("POST", &target, Some("result=passed"), &signed(&target, ""))
-            .await;
+        let (status, _) = http.send("POST", &target, Some("result=passed"), &signed(&target, "")).await;
         assert_eq!(status, 200);
     }
-    for c in index()
-        .into_iter()
-        .filter(|c| c.file.starts_with("phase2-get-"))
-    {
+    for c in index().into_iter().filter(|c| c.file.starts_with("phase2-get-")) {
         http.check(&c.file).await;
     }
 
@@ -516,14 +381,7 @@ async fn simulator_answers_like_the_captured_openqa() {
 async fn control_api_emits_the_captured_events() {
     let sim = start().await;
     let mut events = Vec::new();
-    assert_eq!(
-        [
-            sim.create_group(INCIDENTS),
-            sim.create_group(DEVEL),
-            sim.create_group(UPDATES)
-        ],
-        [1, 2, 3]
-    );
+    assert_eq!([sim.create_group(INCIDENTS), sim.create_group(DEVEL), sim.create_group(UPDATES)], [1, 2, 3]);
     for settings in scenario_jobs() {
         let (id, event) = sim.try_create_job(&settings, None).expect("job");
         assert_eq!(event.data["id"], serde_json::json!(id));
@@ -541,10 +399,7 @@ async fn control_api_emits_the_captured_events() {
     let (clone, restart) = sim.restart(2).expect("restart");
     assert_eq!(clone, 12);
     push(Some(restart));
-    assert!(
-        sim.restart(2).is_none(),
-        "a cloned job is not restarted twice"
-    );
+    assert!(sim.restart(2).is_none(), "a cloned job is not restarted twice");
     push(sim.set_done(12, "passed"));
     push(sim.cancel(5));
     push(sim.comment(10, ACCEPTABLE));
@@ -555,27 +410,17 @@ async fn control_api_emits_the_captured_events() {
         push(sim.set_done(id, "passed"));
     }
     assert_events_match_capture(&events);
-    assert_eq!(
-        sim.events(),
-        events,
-        "the event log holds what the calls returned"
-    );
+    assert_eq!(sim.events(), events, "the event log holds what the calls returned");
 
     let http = Http::new(&sim);
-    for c in index()
-        .into_iter()
-        .filter(|c| c.file.starts_with("phase2-get-"))
-    {
+    for c in index().into_iter().filter(|c| c.file.starts_with("phase2-get-")) {
         http.check(&c.file).await;
     }
     let snapshot = sim.jobs_snapshot();
     assert_eq!(snapshot.len(), 12);
     assert_eq!(snapshot[1].clone_id, Some(12));
     assert_eq!(snapshot[11].origin_id, Some(2));
-    assert_eq!(
-        (snapshot[4].state.as_str(), snapshot[4].result.as_str()),
-        ("cancelled", "user_cancelled")
-    );
+    assert_eq!((snapshot[4].state.as_str(), snapshot[4].result.as_str()), ("cancelled", "user_cancelled"));
 }
 
 #[tokio::test]
@@ -586,23 +431,14 @@ async fn simulator_switches_and_counts() {
     let id = sim.create_job(&[("TEST", "t"), ("BUILD", "b")], 1);
     let before = sim.requests();
     sim.set_down(true);
-    let response = reqwest::get(format!("{}/api/v1/jobs/{id}", sim.url()))
-        .await
-        .expect("answer");
+    let response = reqwest::get(format!("{}/api/v1/jobs/{id}", sim.url())).await.expect("answer");
     assert_eq!(response.status().as_u16(), 503);
     sim.set_down(false);
     sim.fail_next(1);
-    let response = reqwest::get(format!("{}/api/v1/job_groups", sim.url()))
-        .await
-        .expect("answer");
+    let response = reqwest::get(format!("{}/api/v1/job_groups", sim.url())).await.expect("answer");
     assert_eq!(response.status().as_u16(), 503);
-    let (status, body) = http
-        .send("GET", &format!("/api/v1/jobs/{id}"), None, &[])
-        .await;
-    assert_eq!(
-        (status, &body["job"]["group_id"]),
-        (200, &serde_json::json!(1))
-    );
+    let (status, body) = http.send("GET", &format!("/api/v1/jobs/{id}"), None, &[]).await;
+    assert_eq!((status, &body["job"]["group_id"]), (200, &serde_json::json!(1)));
     assert_eq!(sim.requests() - before, 3);
 
     // a subscriber sees events as they happen
@@ -613,36 +449,18 @@ async fn simulator_switches_and_counts() {
     assert_eq!(event.amqp_body["remaining"], serde_json::json!(0));
 
     // the writes refuse what openQA refuses
-    let (status, body) = http
-        .send("POST", "/api/v1/jobs", Some("DISTRI=sle"), &[])
-        .await;
-    assert_eq!(
-        (status, body["error_status"].clone()),
-        (400, serde_json::json!(400))
-    );
+    let (status, body) = http.send("POST", "/api/v1/jobs", Some("DISTRI=sle"), &[]).await;
+    assert_eq!((status, body["error_status"].clone()), (400, serde_json::json!(400)));
     let (status, _) = http.send("POST", "/api/v1/jobs/99/cancel", None, &[]).await;
     assert_eq!(status, 404);
-    let (status, body) = http
-        .send(
-            "POST",
-            &format!("/api/v1/jobs/{id}/comments"),
-            Some("text="),
-            &[],
-        )
-        .await;
+    let (status, body) = http.send("POST", &format!("/api/v1/jobs/{id}/comments"), Some("text="), &[]).await;
     assert_eq!(
         (status, body["error"].clone()),
-        (
-            400,
-            serde_json::json!("Erroneous parameters (text invalid)")
-        )
+        (400, serde_json::json!("Erroneous parameters (text invalid)"))
     );
     let (status, body) = http.send("GET", "/api/v1/jobs?scope=all", None, &[]).await;
     assert_eq!(
         (status, body["error"].clone()),
-        (
-            400,
-            serde_json::json!("Erroneous parameters (scope invalid)")
-        )
+        (400, serde_json::json!("Erroneous parameters (scope invalid)"))
     );
 }

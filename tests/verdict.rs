@@ -22,34 +22,39 @@ fn verdict(incident: u64, jobs: &[Job], comments: &[(u64, &str)]) -> Verdict {
 
 /// An incident job of incident 100, request `rr`.
 fn inc(id: u64, test: &str, rr: u64, state: &str, result: &str) -> Job {
-    job(id, test, state, result, "Maintenance: SLE 15 SP6 Incidents", &[
-        ("INCIDENT_ID", "100"),
-        ("RRID", &format!("SUSE:Maintenance:100:{rr}")),
-        ("BUILD", ":100:openssl"),
-        ("FLAVOR", "Server-DVD-Incidents"),
-    ])
+    job(
+        id,
+        test,
+        state,
+        result,
+        "Maintenance: SLE 15 SP6 Incidents",
+        &[
+            ("INCIDENT_ID", "100"),
+            ("RRID", &format!("SUSE:Maintenance:100:{rr}")),
+            ("BUILD", ":100:openssl"),
+            ("FLAVOR", "Server-DVD-Incidents"),
+        ],
+    )
 }
 
 /// An aggregate job of build `build` listing incidents `issues`.
 fn agg(id: u64, test: &str, build: &str, issues: &str, state: &str, result: &str) -> Job {
-    job(id, test, state, result, "Maintenance: SLE 15 SP6 Updates", &[
-        ("OS_TEST_ISSUES", issues),
-        ("BUILD", build),
-        ("FLAVOR", "Server-DVD-Updates"),
-    ])
+    job(
+        id,
+        test,
+        state,
+        result,
+        "Maintenance: SLE 15 SP6 Updates",
+        &[("OS_TEST_ISSUES", issues), ("BUILD", build), ("FLAVOR", "Server-DVD-Updates")],
+    )
 }
 
 fn job(id: u64, test: &str, state: &str, result: &str, group: &str, extra: &[(&str, &str)]) -> Job {
-    let mut settings: std::collections::BTreeMap<String, String> = [
-        ("DISTRI", "sle"),
-        ("VERSION", "15-SP6"),
-        ("ARCH", "x86_64"),
-        ("MACHINE", "64bit"),
-        ("TEST", test),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut settings: std::collections::BTreeMap<String, String> =
+        [("DISTRI", "sle"), ("VERSION", "15-SP6"), ("ARCH", "x86_64"), ("MACHINE", "64bit"), ("TEST", test)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     for (k, v) in extra {
         settings.insert(k.to_string(), v.to_string());
     }
@@ -225,7 +230,9 @@ fn globs() {
 }
 
 fn fixture_jobs(name: &str) -> Vec<Job> {
-    let text = std::fs::read_to_string(format!("{}/tests/fixtures/openqa/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let text =
+        std::fs::read_to_string(format!("{}/tests/fixtures/openqa/{name}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
     serde_json::from_str::<JobList>(&text).unwrap().jobs
 }
 
@@ -237,16 +244,17 @@ fn fixture_comments() -> Vec<(u64, &'static str)> {
 fn real_openqa_data_before_and_after_the_last_jobs() {
     let (groups, url) = rules();
     let rules = Rules { ignore_groups: &groups, openqa_url: url };
-    let comments: HashMap<u64, Vec<Comment>> = fixture_comments()
-        .into_iter()
-        .map(|(id, t)| (id, vec![Comment { id: 1, text: t.into() }]))
-        .collect();
+    let comments: HashMap<u64, Vec<Comment>> =
+        fixture_comments().into_iter().map(|(id, t)| (id, vec![Comment { id: 1, text: t.into() }])).collect();
 
     // jobs 3 and 11 still scheduled
     let v = decide(12345, &fixture_jobs("get-jobs-ids-all.json"), &comments, &rules);
     assert_eq!(v.result, Outcome::Pending);
     assert_eq!(v.job_ids, vec![1, 3, 4, 5, 9, 10, 11, 12]);
-    assert_eq!((v.jobs.pending, v.jobs.passed, v.jobs.softfailed, v.jobs.accepted, v.jobs.failed), (2, 3, 1, 1, 1));
+    assert_eq!(
+        (v.jobs.pending, v.jobs.passed, v.jobs.softfailed, v.jobs.accepted, v.jobs.failed),
+        (2, 3, 1, 1, 1)
+    );
     assert_eq!(v.request, Some(300001));
 
     // phase 2: every job finished; job 5 was cancelled, so 12345 fails on it alone

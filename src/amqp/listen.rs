@@ -64,9 +64,14 @@ async fn subscribe(cfg: &Config) -> Result<(Connection, Consumer), String> {
     ch.basic_qos(BATCH as u16, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
     if cfg.amqp_declare_exchange {
         let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        ch.exchange_declare(cfg.amqp_exchange.as_str().into(), ExchangeKind::Topic, options, FieldTable::default())
-            .await
-            .map_err(|e| format!("cannot declare exchange {}: {e}", cfg.amqp_exchange))?;
+        ch.exchange_declare(
+            cfg.amqp_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot declare exchange {}: {e}", cfg.amqp_exchange))?;
     }
     let options = QueueDeclareOptions { durable: cfg.amqp_queue_durable, ..Default::default() };
     ch.queue_declare(cfg.amqp_queue.as_str().into(), options, FieldTable::default())

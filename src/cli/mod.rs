@@ -24,7 +24,8 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
     });
     let mut map = serde_json::Map::new();
     if let Some(path) = &path {
-        let ini = ini::Ini::load_from_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let ini =
+            ini::Ini::load_from_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let section = ini
             .section(Some(SECTION))
             .ok_or_else(|| format!("{} has no [{SECTION}] section", path.display()))?;
@@ -124,7 +125,10 @@ pub async fn check(core: Arc<Core>, incident: u64, json: bool) -> Result<u8, Str
     println!("jobs:");
     for n in &verdict.notes {
         let mark = if n.counts { "counts " } else { "ignored" };
-        println!("  {mark} {:>8} {:<9} {:<14} {:<9} {}  — {}", n.id, n.role, n.result, n.state, n.name, n.why);
+        println!(
+            "  {mark} {:>8} {:<9} {:<14} {:<9} {}  — {}",
+            n.id, n.role, n.result, n.state, n.name, n.why
+        );
     }
     Ok(exit_code(verdict.result))
 }

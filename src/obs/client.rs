@@ -20,11 +20,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObsError {
     /// OBS (or a proxy in front of it) answered with an error status.
-    Http {
-        status: u16,
-        code: Option<String>,
-        summary: String,
-    },
+    Http { status: u16, code: Option<String>, summary: String },
     /// No answer: DNS, refused connection, TLS, timeout, connection dropped mid-body.
     Connection(String),
     /// An answer we cannot read (not the XML we expect).
@@ -61,11 +57,7 @@ impl ObsError {
 impl fmt::Display for ObsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ObsError::Http {
-                status,
-                code,
-                summary,
-            } => {
+            ObsError::Http { status, code, summary } => {
                 write!(f, "OBS answered {status}")?;
                 if let Some(code) = code {
                     write!(f, " {code}")?;
@@ -113,16 +105,11 @@ impl Request {
 
     /// The open review of `group`, if any.
     pub fn open_review_for_group(&self, group: &str) -> Option<&Review> {
-        self.reviews
-            .iter()
-            .find(|r| r.state == "new" && r.by_group.as_deref() == Some(group))
+        self.reviews.iter().find(|r| r.state == "new" && r.by_group.as_deref() == Some(group))
     }
 
     pub fn review_for_group(&self, group: &str) -> Option<&Review> {
-        self.reviews
-            .iter()
-            .rev()
-            .find(|r| r.by_group.as_deref() == Some(group))
+        self.reviews.iter().rev().find(|r| r.by_group.as_deref() == Some(group))
     }
 }
 
@@ -185,8 +172,7 @@ impl Credentials {
             password: cfg.obs_password.clone().filter(|p| !p.is_empty()),
             ssh_key: cfg.obs_ssh_key.clone(),
         };
-        let complete =
-            creds.user.is_some() && (creds.password.is_some() || creds.ssh_key.is_some());
+        let complete = creds.user.is_some() && (creds.password.is_some() || creds.ssh_key.is_some());
         if complete {
             return creds;
         }
@@ -235,29 +221,18 @@ impl fmt::Debug for ObsClient {
 
 impl ObsClient {
     pub fn from_config(cfg: &Config) -> Result<ObsClient, ObsError> {
-        Self::new(
-            &cfg.obs_url,
-            Credentials::from_config(cfg),
-            Duration::from_secs(cfg.http_timeout_s),
-        )
+        Self::new(&cfg.obs_url, Credentials::from_config(cfg), Duration::from_secs(cfg.http_timeout_s))
     }
 
-    pub fn new(
-        base_url: &str,
-        creds: Credentials,
-        timeout: Duration,
-    ) -> Result<ObsClient, ObsError> {
+    pub fn new(base_url: &str, creds: Credentials, timeout: Duration) -> Result<ObsClient, ObsError> {
         let user = creds.user.filter(|u| !u.is_empty());
         if user.is_none() && (creds.password.is_some() || creds.ssh_key.is_some()) {
-            return Err(ObsError::Auth(
-                "a password or SSH key is configured but no user (obs_user)".into(),
-            ));
+            return Err(ObsError::Auth("a password or SSH key is configured but no user (obs_user)".into()));
         }
         // the key is loaded now so that a bad key file shows at startup, not at the first 401
         let signer = match (&creds.ssh_key, &user) {
             (Some(path), Some(user)) => Some(Arc::new(
-                SshSigner::from_file(user.clone(), path)
-                    .map_err(|e| ObsError::Auth(e.to_string()))?,
+                SshSigner::from_file(user.clone(), path).map_err(|e| ObsError::Auth(e.to_string()))?,
             )),
             _ => None,
         };
@@ -329,9 +304,8 @@ impl ObsClient {
                 .filter_map(|v| v.to_str().ok())
                 .find_map(signature_realm);
             if let (Some(realm), Some(signer)) = (realm.as_ref(), self.signer.as_ref()) {
-                let value = signer
-                    .authorization(realm, now_unix())
-                    .map_err(|e| ObsError::Auth(e.to_string()))?;
+                let value =
+                    signer.authorization(realm, now_unix()).map_err(|e| ObsError::Auth(e.to_string()))?;
                 let mut value = HeaderValue::from_str(&value).map_err(|_| {
                     ObsError::Auth("the signature header is not valid HTTP (user name?)".into())
                 })?;
@@ -345,19 +319,15 @@ impl ObsClient {
                 let text = resp.text().await.unwrap_or_default();
                 let mut err = http_error(StatusCode::UNAUTHORIZED, None, &text);
                 if let ObsError::Http { summary, .. } = &mut err {
-                    summary.push_str(
-                        " (the server wants an SSH signature: configure obs_user and obs_ssh_key)",
-                    );
+                    summary
+                        .push_str(" (the server wants an SSH signature: configure obs_user and obs_ssh_key)");
                 }
                 return Err(err);
             }
         }
         let status = resp.status();
-        let code = resp
-            .headers()
-            .get("x-opensuse-errorcode")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let code =
+            resp.headers().get("x-opensuse-errorcode").and_then(|v| v.to_str().ok()).map(str::to_string);
         let text = resp.text().await.map_err(|e| connection_error(&what, e))?;
         if status.is_success() {
             Ok(text)
@@ -367,9 +337,7 @@ impl ObsClient {
     }
 
     pub async fn get_request(&self, id: u64) -> Result<Request, ObsError> {
-        let body = self
-            .call(Method::GET, &format!("/request/{id}"), &[], None)
-            .await?;
+        let body = self.call(Method::GET, &format!("/request/{id}"), &[], None).await?;
         parse_request(&body).map_err(ObsError::Malformed)
     }
 
@@ -381,38 +349,26 @@ impl ObsClient {
         group: &str,
         message: &str,
     ) -> Result<(), ObsError> {
-        let query = [
-            ("cmd", "changereviewstate"),
-            ("newstate", newstate.as_str()),
-            ("by_group", group),
-        ];
+        let query = [("cmd", "changereviewstate"), ("newstate", newstate.as_str()), ("by_group", group)];
         // the body, not the `comment` parameter: messages can be long, and OBS takes the body
         // whenever the parameter is blank
         let body = Some((message.to_string(), "text/plain; charset=utf-8"));
-        self.call(Method::POST, &format!("/request/{id}"), &query, body)
-            .await
-            .map(drop)
+        self.call(Method::POST, &format!("/request/{id}"), &query, body).await.map(drop)
     }
 
     pub async fn comments(&self, id: u64) -> Result<Vec<ObsComment>, ObsError> {
-        let body = self
-            .call(Method::GET, &format!("/comments/request/{id}"), &[], None)
-            .await?;
+        let body = self.call(Method::GET, &format!("/comments/request/{id}"), &[], None).await?;
         parse_comments(&body).map_err(ObsError::Malformed)
     }
 
     /// OBS answers a plain `ok` without the new comment's id: list again to learn it.
     pub async fn post_comment(&self, id: u64, markdown: &str) -> Result<(), ObsError> {
         let body = Some((markdown.to_string(), "text/plain; charset=utf-8"));
-        self.call(Method::POST, &format!("/comments/request/{id}"), &[], body)
-            .await
-            .map(drop)
+        self.call(Method::POST, &format!("/comments/request/{id}"), &[], body).await.map(drop)
     }
 
     pub async fn delete_comment(&self, comment_id: u64) -> Result<(), ObsError> {
-        self.call(Method::DELETE, &format!("/comment/{comment_id}"), &[], None)
-            .await
-            .map(drop)
+        self.call(Method::DELETE, &format!("/comment/{comment_id}"), &[], None).await.map(drop)
     }
 
     pub async fn post_status_report(
@@ -431,19 +387,13 @@ impl ObsClient {
             esc(url)
         );
         let path = format!("/status_reports/requests/{id}/reports");
-        self.call(Method::POST, &path, &[], Some((body, "application/xml")))
-            .await
-            .map(drop)
+        self.call(Method::POST, &path, &[], Some((body, "application/xml"))).await.map(drop)
     }
 }
 
 fn connection_error(what: &str, e: reqwest::Error) -> ObsError {
     let e = e.without_url();
-    let mut msg = if e.is_timeout() {
-        format!("{what}: timed out")
-    } else {
-        format!("{what}: {e}")
-    };
+    let mut msg = if e.is_timeout() { format!("{what}: timed out") } else { format!("{what}: {e}") };
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         msg.push_str(&format!(": {s}"));
@@ -455,29 +405,15 @@ fn connection_error(what: &str, e: reqwest::Error) -> ObsError {
 /// An error answer as OBS renders it (`<status code><summary>`), or whatever a proxy sent.
 pub fn http_error(status: StatusCode, header_code: Option<String>, body: &str) -> ObsError {
     let (code, summary) = match xml::parse_status(body) {
-        Some((code, summary)) => (
-            header_code.or(Some(code).filter(|c| !c.is_empty())),
-            summary,
-        ),
-        None => (
-            header_code,
-            status.canonical_reason().unwrap_or("").to_string(),
-        ),
+        Some((code, summary)) => (header_code.or(Some(code).filter(|c| !c.is_empty())), summary),
+        None => (header_code, status.canonical_reason().unwrap_or("").to_string()),
     };
-    ObsError::Http {
-        status: status.as_u16(),
-        code,
-        summary,
-    }
+    ObsError::Http { status: status.as_u16(), code, summary }
 }
 
 fn parse_u64(el: &Element, attr: &str) -> Result<u64, String> {
-    let raw = el
-        .attr(attr)
-        .ok_or_else(|| format!("<{}> has no {attr}", el.name))?;
-    raw.trim()
-        .parse()
-        .map_err(|_| format!("<{}> {attr}={raw:?} is not a number", el.name))
+    let raw = el.attr(attr).ok_or_else(|| format!("<{}> has no {attr}", el.name))?;
+    raw.trim().parse().map_err(|_| format!("<{}> {attr}={raw:?} is not a number", el.name))
 }
 
 pub fn parse_request(body: &str) -> Result<Request, String> {
@@ -503,10 +439,7 @@ pub fn parse_request(body: &str) -> Result<Request, String> {
                 comment: r.child("comment").map(|c| c.text.clone()),
             })
             .collect(),
-        action_types: root
-            .children_named("action")
-            .filter_map(|a| opt(a, "type"))
-            .collect(),
+        action_types: root.children_named("action").filter_map(|a| opt(a, "type")).collect(),
     })
 }
 
@@ -571,11 +504,7 @@ mod tests {
         assert_eq!(e.code(), Some("review_change_state_no_permission"));
         assert_eq!(e.to_string(), "OBS answered 403 review_change_state_no_permission: review state change for group qam-openqa is not permitted for someuser");
         assert!(!e.is_retryable());
-        let e = http_error(
-            StatusCode::BAD_GATEWAY,
-            None,
-            "<html><body>proxy</body></html>",
-        );
+        let e = http_error(StatusCode::BAD_GATEWAY, None, "<html><body>proxy</body></html>");
         assert_eq!(e.to_string(), "OBS answered 502: Bad Gateway");
         assert!(e.is_retryable());
         assert!(http_error(StatusCode::TOO_MANY_REQUESTS, None, "").is_retryable());
@@ -587,17 +516,10 @@ mod tests {
     fn oscrc_fills_only_what_the_config_lacks() {
         let dir = tempfile::tempdir().unwrap();
         let rc = dir.path().join("oscrc");
-        std::fs::write(
-            &rc,
-            "[https://api.example.org/]\nuser = alice\npass = from-oscrc\n",
-        )
-        .unwrap();
+        std::fs::write(&rc, "[https://api.example.org/]\nuser = alice\npass = from-oscrc\n").unwrap();
         // the only test in this binary that reads OSC_CONFIG
         std::env::set_var("OSC_CONFIG", &rc);
-        let mut cfg = Config {
-            obs_url: "https://api.example.org".into(),
-            ..Config::default()
-        };
+        let mut cfg = Config { obs_url: "https://api.example.org".into(), ..Config::default() };
         let c = Credentials::from_config(&cfg);
         assert_eq!(c.user.as_deref(), Some("alice"));
         assert_eq!(c.password.as_ref().map(|p| p.expose()), Some("from-oscrc"));
@@ -605,10 +527,7 @@ mod tests {
         cfg.obs_user = Some("bot".into());
         cfg.obs_ssh_key = Some("/keys/bot".into());
         let c = Credentials::from_config(&cfg);
-        assert_eq!(
-            (c.user.as_deref(), c.password.is_none()),
-            (Some("bot"), true)
-        );
+        assert_eq!((c.user.as_deref(), c.password.is_none()), (Some("bot"), true));
         // another user than oscrc's: its password is not borrowed
         cfg.obs_ssh_key = None;
         assert!(Credentials::from_config(&cfg).password.is_none());
@@ -617,18 +536,11 @@ mod tests {
 
     #[test]
     fn credentials_need_a_user() {
-        let creds = Credentials {
-            user: None,
-            password: Some(Secret::new("pw")),
-            ssh_key: None,
-        };
+        let creds = Credentials { user: None, password: Some(Secret::new("pw")), ssh_key: None };
         let e = ObsClient::new("http://127.0.0.1:1", creds, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, ObsError::Auth(_)) && !e.to_string().contains("pw"));
-        let creds = Credentials {
-            user: Some("bot".into()),
-            password: Some(Secret::new("pw-S3CRET")),
-            ssh_key: None,
-        };
+        let creds =
+            Credentials { user: Some("bot".into()), password: Some(Secret::new("pw-S3CRET")), ssh_key: None };
         let c = ObsClient::new("http://127.0.0.1:1/", creds, Duration::from_secs(1)).unwrap();
         assert_eq!(c.base_url(), "http://127.0.0.1:1");
         assert!(!format!("{c:?}").contains("S3CRET"));

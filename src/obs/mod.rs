@@ -8,7 +8,5 @@ pub mod reporter;
 pub mod sshsig;
 pub mod xml;
 
-pub use client::{
-    CheckState, Credentials, ObsClient, ObsComment, ObsError, Request, Review, ReviewDecision,
-};
+pub use client::{CheckState, Credentials, ObsClient, ObsComment, ObsError, Request, Review, ReviewDecision};
 pub use reporter::deliver;

@@ -43,9 +43,7 @@ impl fmt::Display for OscrcError {
 impl std::error::Error for OscrcError {}
 
 fn home() -> Option<PathBuf> {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
 }
 
 /// The oscrc osc itself would read, if any exists.
@@ -57,10 +55,7 @@ pub fn config_path() -> Option<PathBuf> {
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .or_else(|| home().map(|h| h.join(".config")));
-    let candidates = [
-        xdg.map(|x| x.join("osc/oscrc")),
-        home().map(|h| h.join(".oscrc")),
-    ];
+    let candidates = [xdg.map(|x| x.join("osc/oscrc")), home().map(|h| h.join(".oscrc"))];
     candidates.into_iter().flatten().find(|p| p.is_file())
 }
 
@@ -77,13 +72,7 @@ pub fn read(path: &Path, api_url: &str) -> Result<Option<OscCredentials>, OscrcE
         Ok(t) => t,
         // OSC_CONFIG may name a file that does not exist yet; osc would create it
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(OscrcError(format!(
-                "cannot read {}: {}",
-                path.display(),
-                e.kind()
-            )))
-        }
+        Err(e) => return Err(OscrcError(format!("cannot read {}: {}", path.display(), e.kind()))),
     };
     let mut creds = credentials(&text, api_url, home().as_deref());
     if let Some(c) = creds.as_mut() {
@@ -111,21 +100,13 @@ pub fn normalize_url(url: &str) -> String {
 pub fn credentials(text: &str, api_url: &str, home: Option<&Path>) -> Option<OscCredentials> {
     let want = normalize_url(api_url);
     let sections = parse_ini(text);
-    let (_, keys) = sections
-        .iter()
-        .find(|(name, _)| normalize_url(name) == want)?;
+    let (_, keys) = sections.iter().find(|(name, _)| normalize_url(name) == want)?;
     let get = |k: &str| {
-        keys.iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
+        keys.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty())
     };
     if get("pass").is_none() && get("passx").is_some() {
         // passx is bz2-obfuscated; decoding it would need a compression crate for a legacy form
-        tracing::warn!(
-            "oscrc section {api_url}: `passx` is not supported, store `pass` or an sshkey"
-        );
+        tracing::warn!("oscrc section {api_url}: `passx` is not supported, store `pass` or an sshkey");
     }
     Some(OscCredentials {
         user: get("user"),
@@ -203,10 +184,7 @@ mod tests {
         let c = credentials(OSCRC, "https://API.suse.de/", Some(home)).unwrap();
         assert_eq!(c.user.as_deref(), Some("bot"));
         assert!(c.pass.is_none());
-        assert_eq!(
-            c.sshkey.as_deref(),
-            Some(Path::new("/home/me/.ssh/id_ed25519"))
-        );
+        assert_eq!(c.sshkey.as_deref(), Some(Path::new("/home/me/.ssh/id_ed25519")));
         let c = credentials(OSCRC, "https://obs.example.com/", Some(home)).unwrap();
         assert_eq!(c.user.as_deref(), Some("carol"));
         assert_eq!(c.sshkey.as_deref(), Some(Path::new("/home/me/keys/obs")));
@@ -226,9 +204,6 @@ mod tests {
         std::fs::write(&path, OSCRC).unwrap();
         let c = read(&path, "https://api.suse.de").unwrap().unwrap();
         assert_eq!(c.source, path);
-        assert_eq!(
-            read(&dir.path().join("nope"), "https://api.suse.de"),
-            Ok(None)
-        );
+        assert_eq!(read(&dir.path().join("nope"), "https://api.suse.de"), Ok(None));
     }
 }

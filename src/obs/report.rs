@@ -31,14 +31,8 @@ pub struct Marker {
 
 pub fn marker_line(decision: &Decision) -> String {
     let v = &decision.verdict;
-    let rr = v
-        .request
-        .map_or_else(|| "none".to_string(), |r| r.to_string());
-    format!(
-        "{MARKER_START}state={} rr={rr} key={}{MARKER_END}",
-        v.result.as_str(),
-        decision.key
-    )
+    let rr = v.request.map_or_else(|| "none".to_string(), |r| r.to_string());
+    format!("{MARKER_START}state={} rr={rr} key={}{MARKER_END}", v.result.as_str(), decision.key)
 }
 
 /// The marker in a comment's text, wherever it is (OBS may strip or reflow surrounding text).
@@ -54,11 +48,7 @@ pub fn parse_marker(text: &str) -> Option<Marker> {
             _ => {}
         }
     }
-    Some(Marker {
-        state: state?,
-        rr,
-        key: key.filter(|k| !k.is_empty())?,
-    })
+    Some(Marker { state: state?, rr, key: key.filter(|k| !k.is_empty())? })
 }
 
 /// Text from openQA made inert for Markdown and OBS's mention/link pre-processing, on one line.
@@ -90,8 +80,8 @@ pub fn escape_url(url: &str) -> String {
     let mut out = String::with_capacity(url.len());
     for c in url.chars() {
         match c {
-            ' ' | '(' | ')' | '<' | '>' | '"' | '\'' | '|' | '[' | ']' | '`' | '\\' | '@' | '*'
-            | '_' | '~' => {
+            ' ' | '(' | ')' | '<' | '>' | '"' | '\'' | '|' | '[' | ']' | '`' | '\\' | '@' | '*' | '_'
+            | '~' => {
                 let mut buf = [0u8; 4];
                 for b in c.encode_utf8(&mut buf).bytes() {
                     out.push_str(&format!("%{b:02X}"));
@@ -125,10 +115,7 @@ fn counts_line(decision: &Decision) -> String {
         parts.push(format!("{} softfailed", j.softfailed));
     }
     if j.accepted > 0 {
-        parts.push(format!(
-            "{} failed but acceptable for this incident",
-            j.accepted
-        ));
+        parts.push(format!("{} failed but acceptable for this incident", j.accepted));
     }
     if j.failed > 0 {
         parts.push(format!("{} failed", j.failed));
@@ -151,19 +138,14 @@ pub fn summary_line(decision: &Decision) -> String {
     let v = &decision.verdict;
     let j = &v.jobs;
     match v.result {
-        Outcome::Passed => format!(
-            "openQA: all {} relevant jobs of incident {} passed",
-            j.total, v.incident
-        ),
-        Outcome::Failed => format!(
-            "openQA: {} of {} relevant jobs of incident {} failed",
-            j.failed, j.total, v.incident
-        ),
+        Outcome::Passed => format!("openQA: all {} relevant jobs of incident {} passed", j.total, v.incident),
+        Outcome::Failed => {
+            format!("openQA: {} of {} relevant jobs of incident {} failed", j.failed, j.total, v.incident)
+        }
         Outcome::NoJobs => format!("openQA: no jobs found for incident {}", v.incident),
-        Outcome::Pending => format!(
-            "openQA: {} of {} jobs of incident {} still running",
-            j.pending, j.total, v.incident
-        ),
+        Outcome::Pending => {
+            format!("openQA: {} of {} jobs of incident {} still running", j.pending, j.total, v.incident)
+        }
     }
 }
 
@@ -185,9 +167,7 @@ pub fn render_comment(decision: &Decision) -> String {
         request_label(decision)
     ));
     if v.result == Outcome::NoJobs {
-        head.push_str(
-            "openQA has no relevant jobs for this incident, so it cannot vouch for it.\n\n",
-        );
+        head.push_str("openQA has no relevant jobs for this incident, so it cannot vouch for it.\n\n");
     } else {
         head.push_str(&counts_line(decision));
         head.push_str("\n\n");
@@ -195,14 +175,8 @@ pub fn render_comment(decision: &Decision) -> String {
 
     let mut tail = String::new();
     let overview = escape_url(&overview_url(&decision.openqa, v.incident));
-    tail.push_str(&format!(
-        "[All openQA jobs of incident {}]({overview})\n\n",
-        v.incident
-    ));
-    tail.push_str(&format!(
-        "Decided by incident-gate at {}.\n",
-        escape_markdown(&decision.decided_at)
-    ));
+    tail.push_str(&format!("[All openQA jobs of incident {}]({overview})\n\n", v.incident));
+    tail.push_str(&format!("Decided by incident-gate at {}.\n", escape_markdown(&decision.decided_at)));
 
     let mut table = String::new();
     if !v.blocking.is_empty() {
@@ -218,11 +192,7 @@ pub fn render_comment(decision: &Decision) -> String {
         {
             escape_url(&job.url)
         } else {
-            escape_url(&format!(
-                "{}/tests/{}",
-                decision.openqa.trim_end_matches('/'),
-                job.id
-            ))
+            escape_url(&format!("{}/tests/{}", decision.openqa.trim_end_matches('/'), job.id))
         };
         let row = format!(
             "| [{}]({url}) | {} | {} | {} |\n",
@@ -239,9 +209,7 @@ pub fn render_comment(decision: &Decision) -> String {
     }
     let hidden = v.blocking.len() - shown;
     if hidden > 0 {
-        table.push_str(&format!(
-            "\n... and {hidden} more blocking jobs, see openQA.\n"
-        ));
+        table.push_str(&format!("\n... and {hidden} more blocking jobs, see openQA.\n"));
     }
     if !table.is_empty() {
         table.push('\n');
@@ -279,14 +247,7 @@ mod tests {
             request: Some(300001),
             rrid: Some("SUSE:Maintenance:12345:300001".into()),
             result,
-            jobs: Counts {
-                total: 40 + failed,
-                passed: 39,
-                softfailed: 1,
-                failed,
-                accepted: 0,
-                pending: 0,
-            },
+            jobs: Counts { total: 40 + failed, passed: 39, softfailed: 1, failed, accepted: 0, pending: 0 },
             blocking,
             job_ids: vec![1, 2, 3],
             notes: vec![],
@@ -314,14 +275,8 @@ mod tests {
             "x&#64;64bit \\*y\\* \\_z\\_ \\`c\\` \\[l\\]\\(u\\) &lt;b&gt;&amp;"
         );
         assert_eq!(escape_markdown("line\nbreak\0nul"), "line breaknul");
-        assert_eq!(
-            escape_url("https://o/t?a=b c&d=(e)|@"),
-            "https://o/t?a=b%20c&d=%28e%29%7C%40"
-        );
-        assert_eq!(
-            escape_url("https://o/tests/4711#step/x/1"),
-            "https://o/tests/4711#step/x/1"
-        );
+        assert_eq!(escape_url("https://o/t?a=b c&d=(e)|@"), "https://o/t?a=b%20c&d=%28e%29%7C%40");
+        assert_eq!(escape_url("https://o/tests/4711#step/x/1"), "https://o/tests/4711#step/x/1");
     }
 
     #[test]
@@ -335,18 +290,17 @@ mod tests {
         );
         let body = render_comment(&d);
         assert!(
-            body.starts_with(&format!(
-                "<!-- incident-gate state=failed rr=300001 key={} -->\n",
-                d.key
-            )),
+            body.starts_with(&format!("<!-- incident-gate state=failed rr=300001 key={} -->\n", d.key)),
             "{body}"
         );
         assert!(body.contains("| [4711](https://openqa.example.com/tests/4711) | sle-15-SP6-Server-DVD-Incidents-x86\\_64-Build:12345:openssl-mau&#124;extratests&#64;64bit | failed | Maintenance: SLE 15 SP6 Incidents |"), "{body}");
+        assert!(body.contains("41 relevant openQA jobs: 39 passed, 1 softfailed, 1 failed."), "{body}");
         assert!(
-            body.contains("41 relevant openQA jobs: 39 passed, 1 softfailed, 1 failed."),
+            body.contains(
+                "[All openQA jobs of incident 12345](https://openqa.example.com/tests?match=:12345:)"
+            ),
             "{body}"
         );
-        assert!(body.contains("[All openQA jobs of incident 12345](https://openqa.example.com/tests?match=:12345:)"), "{body}");
         // every table row has exactly five pipes: no cell spilled
         for line in body.lines().filter(|l| l.starts_with("| [")) {
             assert_eq!(line.matches('|').count(), 5, "{line}");
@@ -357,35 +311,23 @@ mod tests {
     fn passed_and_no_jobs() {
         let d = decision(Outcome::Passed, vec![]);
         let body = render_comment(&d);
-        assert!(
-            body.contains("**openQA: incident 12345 passed**") && !body.contains("| Job |"),
-            "{body}"
-        );
-        assert!(review_message(&d).starts_with(
-            "openQA: all 40 relevant jobs of incident 12345 passed. Details: https://"
-        ));
+        assert!(body.contains("**openQA: incident 12345 passed**") && !body.contains("| Job |"), "{body}");
+        assert!(review_message(&d)
+            .starts_with("openQA: all 40 relevant jobs of incident 12345 passed. Details: https://"));
         let d = decision(Outcome::NoJobs, vec![]);
         assert!(render_comment(&d).contains("has no openQA jobs"));
     }
 
     #[test]
     fn ten_thousand_blocking_jobs_stay_under_the_limit() {
-        let jobs: Vec<BlockingJob> = (0..10_000)
-            .map(|i| job(100_000 + i, &format!("{}|{}", "n@me".repeat(60), i)))
-            .collect();
+        let jobs: Vec<BlockingJob> =
+            (0..10_000).map(|i| job(100_000 + i, &format!("{}|{}", "n@me".repeat(60), i))).collect();
         let d = decision(Outcome::Failed, jobs);
         let body = render_comment(&d);
-        assert!(
-            body.len() < OBS_MAX_BODY && body.chars().count() < OBS_MAX_BODY,
-            "{}",
-            body.len()
-        );
+        assert!(body.len() < OBS_MAX_BODY && body.chars().count() < OBS_MAX_BODY, "{}", body.len());
         let shown = body.lines().filter(|l| l.starts_with("| [")).count();
         assert!(shown > 10, "{shown}");
-        assert!(
-            body.contains(&format!("... and {} more blocking jobs", 10_000 - shown)),
-            "{body}"
-        );
+        assert!(body.contains(&format!("... and {} more blocking jobs", 10_000 - shown)), "{body}");
         assert!(body.contains("[All openQA jobs of incident 12345]"));
         assert_eq!(parse_marker(&body).unwrap().key, d.key);
         // one absurd name cannot blow the budget either
@@ -397,24 +339,9 @@ mod tests {
     fn markers_parse() {
         let d = decision(Outcome::Failed, vec![]);
         let m = parse_marker(&format!("text before\n{}\nafter", marker_line(&d))).unwrap();
-        assert_eq!(
-            m,
-            Marker {
-                state: "failed".into(),
-                rr: Some(300001),
-                key: d.key.clone()
-            }
-        );
-        assert_eq!(
-            parse_marker("<!-- incident-gate state=passed rr=none key=k -->")
-                .unwrap()
-                .rr,
-            None
-        );
-        assert_eq!(
-            parse_marker("<!-- incident-gate state=passed rr=1 -->"),
-            None
-        );
+        assert_eq!(m, Marker { state: "failed".into(), rr: Some(300001), key: d.key.clone() });
+        assert_eq!(parse_marker("<!-- incident-gate state=passed rr=none key=k -->").unwrap().rr, None);
+        assert_eq!(parse_marker("<!-- incident-gate state=passed rr=1 -->"), None);
         assert_eq!(parse_marker("<!-- ReviewBot state=done -->"), None);
         assert_eq!(parse_marker("<!-- incident-gate state=passed key=k"), None);
     }

@@ -30,10 +30,7 @@ pub fn plan(policy: ReviewPolicy, result: Outcome) -> Plan {
         // no_jobs proves nothing either way: it never approves and never declines
         _ => None,
     };
-    Plan {
-        review,
-        comment: policy != ReviewPolicy::DryRun,
-    }
+    Plan { review, comment: policy != ReviewPolicy::DryRun }
 }
 
 fn describe(plan: Plan, group: &str, rr: u64) -> String {
@@ -72,19 +69,12 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
         ));
     };
     if !v.result.is_final() {
-        return Delivery::Final(format!(
-            "incident {}: verdict still pending, nothing to report",
-            v.incident
-        ));
+        return Delivery::Final(format!("incident {}: verdict still pending, nothing to report", v.incident));
     }
     if cfg.review_policy == ReviewPolicy::DryRun {
         // what the default policy would have done, without even reading the request
         let would = describe(plan(ReviewPolicy::AcceptOnpass, v.result), group, rr);
-        tracing::info!(
-            incident = v.incident,
-            request = rr,
-            "dry-run: would {would}"
-        );
+        tracing::info!(incident = v.incident, request = rr, "dry-run: would {would}");
         return Delivery::Final(format!("dry-run: would {would} ({})", v.result.as_str()));
     }
     let plan = plan(cfg.review_policy, v.result);
@@ -94,14 +84,8 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
         Err(e) => return failed(&format!("reading request {rr}"), &e),
     };
     if !request.is_in_review() {
-        let by = request
-            .superseded_by
-            .map(|s| format!(" by {s}"))
-            .unwrap_or_default();
-        return Delivery::Final(format!(
-            "request {rr} is {}{by}: nothing to do",
-            request.state
-        ));
+        let by = request.superseded_by.map(|s| format!(" by {s}")).unwrap_or_default();
+        return Delivery::Final(format!("request {rr} is {}{by}: nothing to do", request.state));
     }
     if request.open_review_for_group(group).is_none() {
         let why = match request.review_for_group(group) {
@@ -136,21 +120,12 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
         };
         match client.change_review(rr, newstate, group, &message).await {
             Ok(()) => {
-                tracing::info!(
-                    incident = v.incident,
-                    request = rr,
-                    "{past} the {group} review"
-                );
+                tracing::info!(incident = v.incident, request = rr, "{past} the {group} review");
                 done.push(format!("{past} the {group} review"));
             }
             // request_not_modifiable, review_not_found, review_change_state_no_permission and the
             // like will answer the same forever
-            Err(e) => {
-                return failed(
-                    &format!("request {rr}: cannot {verb} the {group} review"),
-                    &e,
-                )
-            }
+            Err(e) => return failed(&format!("request {rr}: cannot {verb} the {group} review"), &e),
         }
     }
     let mut text = format!("request {rr}: {}", done.join("; "));
@@ -166,11 +141,7 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
 
 /// Makes our comment on the request say `decision`: keep it when it already does, else remove
 /// our earlier ones and post anew (OBS cannot edit a comment through the API).
-async fn sync_comment(
-    client: &ObsClient,
-    rr: u64,
-    decision: &Decision,
-) -> Result<String, ObsError> {
+async fn sync_comment(client: &ObsClient, rr: u64, decision: &Decision) -> Result<String, ObsError> {
     let comments = client.comments(rr).await?;
     let me = client.user();
     let ours: Vec<_> = comments
@@ -178,11 +149,7 @@ async fn sync_comment(
         .filter(|c| me.is_none_or(|u| c.who == u))
         .filter_map(|c| parse_marker(&c.text).map(|m| (c, m)))
         .collect();
-    let keep = ours
-        .iter()
-        .rev()
-        .find(|(_, m)| m.key == decision.key)
-        .map(|(c, _)| c.id);
+    let keep = ours.iter().rev().find(|(_, m)| m.key == decision.key).map(|(c, _)| c.id);
     let mut removed = 0;
     for (c, _) in ours.iter().filter(|(c, _)| Some(c.id) != keep) {
         match client.delete_comment(c.id).await {
@@ -199,18 +166,9 @@ async fn sync_comment(
             "comment up to date".to_string()
         });
     }
-    client
-        .post_comment(rr, &report::render_comment(decision))
-        .await?;
-    tracing::info!(
-        request = rr,
-        "posted the incident-gate comment, replacing {removed}"
-    );
-    Ok(if removed > 0 {
-        "comment replaced".to_string()
-    } else {
-        "comment posted".to_string()
-    })
+    client.post_comment(rr, &report::render_comment(decision)).await?;
+    tracing::info!(request = rr, "posted the incident-gate comment, replacing {removed}");
+    Ok(if removed > 0 { "comment replaced".to_string() } else { "comment posted".to_string() })
 }
 
 /// Optional and best effort: OBS only takes reports for submit requests and from maintainers of
@@ -224,10 +182,7 @@ async fn status_report(client: &ObsClient, rr: u64, decision: &Decision) -> Stri
     };
     let url = report::overview_url(&decision.openqa, decision.verdict.incident);
     let description = report::summary_line(decision);
-    match client
-        .post_status_report(rr, CHECK_NAME, state, &description, &url)
-        .await
-    {
+    match client.post_status_report(rr, CHECK_NAME, state, &description, &url).await {
         Ok(()) => format!("status check {CHECK_NAME} set to {}", state.as_str()),
         Err(e) if matches!(e.status(), Some(403 | 404)) => {
             tracing::info!(request = rr, "status reports not available here: {e}");
@@ -248,15 +203,9 @@ mod tests {
     fn plans_per_policy() {
         use ReviewPolicy::*;
         let p = |pol, res| plan(pol, res).review;
-        assert_eq!(
-            p(AcceptOnpass, Outcome::Passed),
-            Some(ReviewDecision::Accepted)
-        );
+        assert_eq!(p(AcceptOnpass, Outcome::Passed), Some(ReviewDecision::Accepted));
         assert_eq!(p(AcceptOnpass, Outcome::Failed), None);
-        assert_eq!(
-            p(AcceptDecline, Outcome::Failed),
-            Some(ReviewDecision::Declined)
-        );
+        assert_eq!(p(AcceptDecline, Outcome::Failed), Some(ReviewDecision::Declined));
         assert_eq!(p(AcceptDecline, Outcome::NoJobs), None);
         assert_eq!(p(Comment, Outcome::Passed), None);
         assert_eq!(p(DryRun, Outcome::Passed), None);

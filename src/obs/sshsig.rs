@@ -26,9 +26,7 @@ pub fn signing_string(created: u64) -> String {
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,16 +66,10 @@ impl fmt::Display for SshSigError {
                  use a key without one that only the service user can read"
             ),
             SshSigError::InvalidKey { path, reason } => {
-                write!(
-                    f,
-                    "SSH key {path} is not a usable OpenSSH private key: {reason}"
-                )
+                write!(f, "SSH key {path} is not a usable OpenSSH private key: {reason}")
             }
             SshSigError::UnsupportedKey { algorithm } => {
-                write!(
-                    f,
-                    "SSH key type {algorithm} is not supported (use ed25519 or RSA)"
-                )
+                write!(f, "SSH key type {algorithm} is not supported (use ed25519 or RSA)")
             }
             SshSigError::Sign(why) => write!(f, "SSH signing failed: {why}"),
             SshSigError::Verify(why) => write!(f, "SSH signature rejected: {why}"),
@@ -98,10 +90,7 @@ impl fmt::Debug for SshSigner {
         f.debug_struct("SshSigner")
             .field("user", &self.user)
             .field("algorithm", &self.key.algorithm().as_str())
-            .field(
-                "fingerprint",
-                &self.key.fingerprint(HashAlg::Sha256).to_string(),
-            )
+            .field("fingerprint", &self.key.fingerprint(HashAlg::Sha256).to_string())
             .finish()
     }
 }
@@ -109,48 +98,31 @@ impl fmt::Debug for SshSigner {
 impl SshSigner {
     pub fn from_file(user: impl Into<String>, path: &Path) -> Result<SshSigner, SshSigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| SshSigError::ReadKey {
-            path: shown.clone(),
-            reason: e.kind().to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SshSigError::ReadKey { path: shown.clone(), reason: e.kind().to_string() })?;
         Self::from_openssh(user, &text, &shown)
     }
 
     /// `source` names the key in errors (a path, or "inline key").
-    pub fn from_openssh(
-        user: impl Into<String>,
-        pem: &str,
-        source: &str,
-    ) -> Result<SshSigner, SshSigError> {
+    pub fn from_openssh(user: impl Into<String>, pem: &str, source: &str) -> Result<SshSigner, SshSigError> {
         let key = PrivateKey::from_openssh(pem).map_err(|e| SshSigError::InvalidKey {
             path: source.to_string(),
             // ssh_key's messages name the failing step ("format encoding error"), never key bytes
             reason: e.to_string(),
         })?;
         if key.is_encrypted() {
-            return Err(SshSigError::Encrypted {
-                path: source.to_string(),
-            });
+            return Err(SshSigError::Encrypted { path: source.to_string() });
         }
         if let Some(pair) = key.key_data().rsa() {
             // an inconsistent RSA key shows now, at startup, not at IBS's first challenge
-            rsa_private_key(pair).map_err(|reason| SshSigError::InvalidKey {
-                path: source.to_string(),
-                reason,
-            })?;
+            rsa_private_key(pair)
+                .map_err(|reason| SshSigError::InvalidKey { path: source.to_string(), reason })?;
         }
         match key.algorithm() {
             Algorithm::Ed25519 | Algorithm::Rsa { .. } => {}
-            other => {
-                return Err(SshSigError::UnsupportedKey {
-                    algorithm: other.as_str().to_string(),
-                })
-            }
+            other => return Err(SshSigError::UnsupportedKey { algorithm: other.as_str().to_string() }),
         }
-        Ok(SshSigner {
-            user: user.into(),
-            key,
-        })
+        Ok(SshSigner { user: user.into(), key })
     }
 
     pub fn user(&self) -> &str {
@@ -172,8 +144,7 @@ impl SshSigner {
                 .map_err(|e| SshSigError::Sign(e.to_string()))?,
         };
         let mut blob = Vec::new();
-        sig.encode(&mut blob)
-            .map_err(|e| SshSigError::Sign(e.to_string()))?;
+        sig.encode(&mut blob).map_err(|e| SshSigError::Sign(e.to_string()))?;
         Ok(blob)
     }
 
@@ -220,38 +191,25 @@ fn sign_rsa(
         .try_sign(&signed)
         .map_err(|e| sign_err(&e.to_string()))?
         .to_vec();
-    let signature = Signature::new(
-        Algorithm::Rsa {
-            hash: Some(HashAlg::Sha512),
-        },
-        raw,
-    )
-    .map_err(|e| SshSigError::Sign(e.to_string()))?;
-    SshSig::new(
-        public.key_data().clone(),
-        namespace,
-        HashAlg::Sha512,
-        signature,
-    )
-    .map_err(|e| SshSigError::Sign(e.to_string()))
+    let signature = Signature::new(Algorithm::Rsa { hash: Some(HashAlg::Sha512) }, raw)
+        .map_err(|e| SshSigError::Sign(e.to_string()))?;
+    SshSig::new(public.key_data().clone(), namespace, HashAlg::Sha512, signature)
+        .map_err(|e| SshSigError::Sign(e.to_string()))
 }
 
 /// The armored form (`-----BEGIN SSH SIGNATURE-----`) of a raw blob, as `ssh-keygen -Y verify`
 /// reads it from a file.
 pub fn armor(blob: &[u8]) -> Result<String, SshSigError> {
     let sig = decode_blob(blob)?;
-    sig.to_pem(LineEnding::LF)
-        .map_err(|e| SshSigError::Sign(e.to_string()))
+    sig.to_pem(LineEnding::LF).map_err(|e| SshSigError::Sign(e.to_string()))
 }
 
 fn decode_blob(blob: &[u8]) -> Result<SshSig, SshSigError> {
     let mut reader = blob;
-    let sig = SshSig::decode(&mut reader)
-        .map_err(|e| SshSigError::Verify(format!("not an SSHSIG blob: {e}")))?;
+    let sig =
+        SshSig::decode(&mut reader).map_err(|e| SshSigError::Verify(format!("not an SSHSIG blob: {e}")))?;
     if !reader.is_empty() {
-        return Err(SshSigError::Verify(
-            "trailing bytes after the SSHSIG blob".into(),
-        ));
+        return Err(SshSigError::Verify("trailing bytes after the SSHSIG blob".into()));
     }
     Ok(sig)
 }
@@ -297,20 +255,13 @@ pub fn parse_authorization(value: &str) -> Result<SignatureAuthorization, SshSig
     if !scheme.eq_ignore_ascii_case("signature") {
         return Err(bad("not the Signature scheme"));
     }
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| params.iter().find(|(name, _)| name.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
     let created = get("created").ok_or_else(|| bad("no created"))?;
     Ok(SignatureAuthorization {
         key_id: get("keyId").ok_or_else(|| bad("no keyId"))?,
         algorithm: get("algorithm").unwrap_or_default(),
         headers: get("headers").unwrap_or_default(),
-        created: created
-            .parse()
-            .map_err(|_| bad("created is not a unix timestamp"))?,
+        created: created.parse().map_err(|_| bad("created is not a unix timestamp"))?,
         signature: get("signature").ok_or_else(|| bad("no signature"))?,
     })
 }
@@ -327,16 +278,10 @@ pub fn verify_authorization(
 ) -> Result<(), SshSigError> {
     let auth = parse_authorization(value)?;
     if auth.key_id != user {
-        return Err(SshSigError::Verify(format!(
-            "unknown keyId {:?}",
-            auth.key_id
-        )));
+        return Err(SshSigError::Verify(format!("unknown keyId {:?}", auth.key_id)));
     }
     if auth.algorithm != "ssh" {
-        return Err(SshSigError::Verify(format!(
-            "algorithm {:?} is not ssh",
-            auth.algorithm
-        )));
+        return Err(SshSigError::Verify(format!("algorithm {:?} is not ssh", auth.algorithm)));
     }
     if auth.headers != SIGNED_HEADERS {
         return Err(SshSigError::Verify(format!(
@@ -353,12 +298,7 @@ pub fn verify_authorization(
     let blob = base64::engine::general_purpose::STANDARD
         .decode(auth.signature.as_bytes())
         .map_err(|_| SshSigError::Verify("signature is not base64".into()))?;
-    verify_blob(
-        public_key,
-        realm,
-        signing_string(auth.created).as_bytes(),
-        &blob,
-    )
+    verify_blob(public_key, realm, signing_string(auth.created).as_bytes(), &blob)
 }
 
 /// The realm of a `Signature` challenge among the challenges of one `WWW-Authenticate` value.
@@ -367,10 +307,7 @@ pub fn signature_realm(www_authenticate: &str) -> Option<String> {
         .into_iter()
         .find(|(scheme, _)| scheme.eq_ignore_ascii_case("signature"))
         .and_then(|(_, params)| {
-            params
-                .into_iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("realm"))
-                .map(|(_, v)| v)
+            params.into_iter().find(|(k, _)| k.eq_ignore_ascii_case("realm")).map(|(_, v)| v)
         })
 }
 
@@ -446,10 +383,7 @@ mod tests {
             Some("ibs")
         );
         assert_eq!(signature_realm(r#"basic realm="API login""#), None);
-        assert_eq!(
-            signature_realm(r#"Signature realm="a \"b\"""#).as_deref(),
-            Some(r#"a "b""#)
-        );
+        assert_eq!(signature_realm(r#"Signature realm="a \"b\"""#).as_deref(), Some(r#"a "b""#));
     }
 
     #[test]
@@ -457,28 +391,22 @@ mod tests {
         let s = ed25519();
         let now = 1_700_000_000;
         let h = s.authorization("realm", now).unwrap();
-        assert!(h.starts_with(r#"Signature keyId="bot",algorithm="ssh",headers="(created)",created=1700000000,signature=""#));
+        assert!(h.starts_with(
+            r#"Signature keyId="bot",algorithm="ssh",headers="(created)",created=1700000000,signature=""#
+        ));
         let pk = s.public_key().clone();
         verify_authorization(&h, "bot", &pk, "realm", now + 10, 300).unwrap();
         let err = |h: &str, user: &str, realm: &str, at: u64| {
             verify_authorization(h, user, &pk, realm, at, 300).unwrap_err()
         };
-        assert!(err(&h, "bot", "other", now)
-            .to_string()
-            .contains("namespace"));
+        assert!(err(&h, "bot", "other", now).to_string().contains("namespace"));
         assert!(err(&h, "eve", "realm", now).to_string().contains("keyId"));
-        assert!(err(&h, "bot", "realm", now + 301)
-            .to_string()
-            .contains("away"));
+        assert!(err(&h, "bot", "realm", now + 301).to_string().contains("away"));
         let forged = h.replace("created=1700000000", "created=1700000001");
-        assert!(err(&forged, "bot", "realm", now)
-            .to_string()
-            .contains("does not match"));
+        assert!(err(&forged, "bot", "realm", now).to_string().contains("does not match"));
         let other = ed25519();
         let h2 = other.authorization("realm", now).unwrap();
-        assert!(err(&h2, "bot", "realm", now)
-            .to_string()
-            .contains("different key"));
+        assert!(err(&h2, "bot", "realm", now).to_string().contains("different key"));
     }
 
     #[test]
@@ -488,23 +416,13 @@ mod tests {
         let s = SshSigner::from_openssh("bot", &pem, "k").unwrap();
         let shown = format!("{s:?}");
         let body: String = pem.lines().nth(1).unwrap().chars().take(20).collect();
-        assert!(
-            !shown.contains(&body) && shown.contains("SHA256:"),
-            "{shown}"
-        );
+        assert!(!shown.contains(&body) && shown.contains("SHA256:"), "{shown}");
         let broken = pem.replace(&body, "AAAAAAAAAAAAAAAAAAAA");
         if let Err(e) = SshSigner::from_openssh("bot", &broken, "k") {
             assert!(!e.to_string().contains(&body));
         }
-        let enc = key
-            .encrypt(&mut rand_core::OsRng, "pw")
-            .unwrap()
-            .to_openssh(LineEnding::LF)
-            .unwrap();
+        let enc = key.encrypt(&mut rand_core::OsRng, "pw").unwrap().to_openssh(LineEnding::LF).unwrap();
         let e = SshSigner::from_openssh("bot", &enc, "/keys/id").unwrap_err();
-        assert!(
-            matches!(e, SshSigError::Encrypted { .. }) && e.to_string().contains("passphrase"),
-            "{e}"
-        );
+        assert!(matches!(e, SshSigError::Encrypted { .. }) && e.to_string().contains("passphrase"), "{e}");
     }
 }

@@ -17,10 +17,7 @@ pub struct Element {
 
 impl Element {
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn child(&self, name: &str) -> Option<&Element> {
@@ -33,9 +30,7 @@ impl Element {
 
     /// `<name>` as an attribute or, failing that, as the text of a child element (OBS reads both).
     pub fn field(&self, name: &str) -> Option<String> {
-        self.attr(name)
-            .map(str::to_string)
-            .or_else(|| self.child(name).map(|c| c.text.clone()))
+        self.attr(name).map(str::to_string).or_else(|| self.child(name).map(|c| c.text.clone()))
     }
 }
 
@@ -45,16 +40,10 @@ fn start_element(e: &BytesStart) -> Result<Element, String> {
     for a in e.attributes() {
         let a = a.map_err(|err| format!("bad attribute in <{name}>: {err}"))?;
         let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
-        let value = a
-            .unescape_value()
-            .map_err(|err| format!("bad attribute {key} in <{name}>: {err}"))?;
+        let value = a.unescape_value().map_err(|err| format!("bad attribute {key} in <{name}>: {err}"))?;
         attrs.push((key, value.into_owned()));
     }
-    Ok(Element {
-        name,
-        attrs,
-        ..Element::default()
-    })
+    Ok(Element { name, attrs, ..Element::default() })
 }
 
 /// Parses a whole document into its root element.
@@ -83,8 +72,7 @@ pub fn parse(xml: &str) -> Result<Element, String> {
             }
             Event::Text(t) => {
                 if let Some(top) = stack.last_mut() {
-                    top.text
-                        .push_str(&t.xml_content().map_err(|e| e.to_string())?);
+                    top.text.push_str(&t.xml_content().map_err(|e| e.to_string())?);
                 }
             }
             Event::CData(t) => {
@@ -135,20 +123,13 @@ pub fn parse_status(body: &str) -> Option<(String, String)> {
         return None;
     }
     let code = root.attr("code").unwrap_or_default().to_string();
-    let summary = root
-        .child("summary")
-        .map(|s| s.text.trim().to_string())
-        .unwrap_or_default();
+    let summary = root.child("summary").map(|s| s.text.trim().to_string()).unwrap_or_default();
     Some((code, summary))
 }
 
 /// The body OBS's `render_error` produces (see fixtures/obs/derived).
 pub fn status_body(code: &str, summary: &str) -> String {
-    format!(
-        "<status code=\"{}\">\n  <summary>{}</summary>\n</status>\n",
-        esc(code),
-        esc(summary)
-    )
+    format!("<status code=\"{}\">\n  <summary>{}</summary>\n</status>\n", esc(code), esc(summary))
 }
 
 #[cfg(test)]
@@ -157,7 +138,10 @@ mod tests {
 
     #[test]
     fn entities_cdata_and_nesting() {
-        let root = parse("<?xml version=\"1.0\"?><a x=\"1 &amp; 2\"><b>t &lt;&#64;&#x41;&gt;<![CDATA[<c>]]></b><c/></a>").unwrap();
+        let root = parse(
+            "<?xml version=\"1.0\"?><a x=\"1 &amp; 2\"><b>t &lt;&#64;&#x41;&gt;<![CDATA[<c>]]></b><c/></a>",
+        )
+        .unwrap();
         assert_eq!(root.attr("x"), Some("1 & 2"));
         assert_eq!(root.child("b").unwrap().text, "t <@A><c>");
         assert!(root.child("c").is_some());
@@ -168,10 +152,7 @@ mod tests {
     #[test]
     fn status_bodies_round_trip() {
         let body = status_body("review_not_found", "Review not found");
-        assert_eq!(
-            parse_status(&body),
-            Some(("review_not_found".into(), "Review not found".into()))
-        );
+        assert_eq!(parse_status(&body), Some(("review_not_found".into(), "Review not found".into())));
         assert_eq!(parse_status("<html>Bad gateway</html>"), None);
     }
 }

@@ -22,9 +22,7 @@ pub fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for &b in s.as_bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(b as char),
             b' ' => out.push('+'),
             _ => {
                 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -46,16 +44,16 @@ pub fn form_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(|&b| hex_val(b)),
-                bytes.get(i + 2).and_then(|&b| hex_val(b)),
-            ) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 2;
+            b'%' => {
+                match (bytes.get(i + 1).and_then(|&b| hex_val(b)), bytes.get(i + 2).and_then(|&b| hex_val(b)))
+                {
+                    (Some(hi), Some(lo)) => {
+                        out.push(hi << 4 | lo);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
                 }
-                _ => out.push(b'%'),
-            },
+            }
             b => out.push(b),
         }
         i += 1;
@@ -136,11 +134,7 @@ pub fn auth_headers(
 ) -> [(&'static str, String); 3] {
     let microtime = unix_seconds.to_string();
     let hash = hmac_hex(secret, &signed_message(path, canonical_query, &microtime));
-    [
-        (HEADER_KEY, key.to_string()),
-        (HEADER_MICROTIME, microtime),
-        (HEADER_HASH, hash),
-    ]
+    [(HEADER_KEY, key.to_string()), (HEADER_MICROTIME, microtime), (HEADER_HASH, hash)]
 }
 
 /// Why openQA refused a request's credentials, in the order openQA checks them.
@@ -205,10 +199,7 @@ pub fn verify(
             client_time: microtime.to_string(),
         });
     }
-    let expected = hmac_hex(
-        &secret,
-        &signed_message(path, &canonical_query(raw_query), microtime),
-    );
+    let expected = hmac_hex(&secret, &signed_message(path, &canonical_query(raw_query), microtime));
     // A plain comparison is enough for a simulator; openQA uses secure_compare on the hex strings.
     if presented.hash == Some(expected.as_str()) {
         Ok(())
@@ -228,18 +219,12 @@ mod tests {
     #[test]
     fn known_answer_vectors() {
         for (message, hash) in [
-            (
-                "/api/v1/auth1795541675",
-                "5b94034cbf218ee9d977b90701629d1608674b33",
-            ),
+            ("/api/v1/auth1795541675", "5b94034cbf218ee9d977b90701629d1608674b33"),
             (
                 "/api/v1/jobs/3/comments?text=auth+test+query1795541679",
                 "20407fd18f04fe6714bffffdf85e1d47c44523b2",
             ),
-            (
-                "/api/v1/auth?key=TEST_ISSUES%5B%5D1795541688",
-                "d74f4d7bba3db8411b57a3d300a679c280c7ce1c",
-            ),
+            ("/api/v1/auth?key=TEST_ISSUES%5B%5D1795541688", "d74f4d7bba3db8411b57a3d300a679c280c7ce1c"),
         ] {
             assert_eq!(hmac_hex(SECRET, message), hash, "{message}");
         }
@@ -264,11 +249,7 @@ mod tests {
         assert_eq!(form_decode("%zz%4"), "%zz%4");
         assert_eq!(
             parse_query("a=1&&b&c=x=y"),
-            vec![
-                ("a".into(), "1".into()),
-                ("b".into(), "".into()),
-                ("c".into(), "x=y".into())
-            ]
+            vec![("a".into(), "1".into()), ("b".into(), "".into()), ("c".into(), "x=y".into())]
         );
         assert_eq!(
             encode_query(&[("key", "RRID"), ("value", "SUSE:Maintenance:1:2")]),
@@ -301,18 +282,11 @@ mod tests {
     fn http_date(s: &str) -> Option<i64> {
         let parts: Vec<&str> = s.split_whitespace().collect();
         let month_name = *parts.get(2)?;
-        let month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ]
-        .iter()
-        .position(|m| *m == month_name)?
+        let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+            .iter()
+            .position(|m| *m == month_name)?
             + 1;
-        let rfc = format!(
-            "{}-{month:02}-{:0>2}T{}Z",
-            parts.get(3)?,
-            parts.get(1)?,
-            parts.get(4)?
-        );
+        let rfc = format!("{}-{month:02}-{:0>2}T{}Z", parts.get(3)?, parts.get(1)?, parts.get(4)?);
         let t = humantime::parse_rfc3339(&rfc).ok()?;
         Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
     }
@@ -333,9 +307,7 @@ mod tests {
                 server_time: None,
                 error: None,
             };
-            let (request, response) = section
-                .split_once("Response:")
-                .expect("case has a response");
+            let (request, response) = section.split_once("Response:").expect("case has a response");
             for line in request.lines() {
                 // the headers as sent, not the backticked summary lines after the request block
                 if line.contains('`') && !line.starts_with("Signed message:") {
@@ -411,13 +383,7 @@ mod tests {
                 microtime: c.microtime.as_deref(),
                 hash: c.hash.as_deref(),
             };
-            let got = verify(
-                |k| (k == KEY).then(|| SECRET.to_string()),
-                path,
-                raw_query,
-                presented,
-                now,
-            );
+            let got = verify(|k| (k == KEY).then(|| SECRET.to_string()), path, raw_query, presented, now);
             let public_read = c.method == "GET" && !path.ends_with("/auth");
             match (c.status, &got) {
                 (200, Ok(())) => {
@@ -444,51 +410,17 @@ mod tests {
         let h = auth_headers(KEY, SECRET, "/api/v1/auth", &q, 1795541688);
         assert_eq!(h[0], (HEADER_KEY, KEY.to_string()));
         assert_eq!(h[1], (HEADER_MICROTIME, "1795541688".to_string()));
-        assert_eq!(
-            h[2],
-            (
-                HEADER_HASH,
-                "d74f4d7bba3db8411b57a3d300a679c280c7ce1c".to_string()
-            )
-        );
-        let ok = PresentedAuth {
-            key: Some(KEY),
-            microtime: Some(&h[1].1),
-            hash: Some(&h[2].1),
-        };
-        assert_eq!(
-            verify(
-                |_| Some(SECRET.into()),
-                "/api/v1/auth",
-                &q,
-                ok,
-                1795541688.0
-            ),
-            Ok(())
-        );
+        assert_eq!(h[2], (HEADER_HASH, "d74f4d7bba3db8411b57a3d300a679c280c7ce1c".to_string()));
+        let ok = PresentedAuth { key: Some(KEY), microtime: Some(&h[1].1), hash: Some(&h[2].1) };
+        assert_eq!(verify(|_| Some(SECRET.into()), "/api/v1/auth", &q, ok, 1795541688.0), Ok(()));
         // a raw `[]` in the sent query is re-encoded by the server before it checks
         assert_eq!(
-            verify(
-                |_| Some(SECRET.into()),
-                "/api/v1/auth",
-                "key=TEST_ISSUES[]",
-                ok,
-                1795541688.0
-            ),
+            verify(|_| Some(SECRET.into()), "/api/v1/auth", "key=TEST_ISSUES[]", ok, 1795541688.0),
             Ok(())
         );
         assert_eq!(
-            verify(
-                |_| Some(SECRET.into()),
-                "/api/v1/auth",
-                &q,
-                ok,
-                1795541688.0 + 301.0
-            ),
-            Err(AuthFailure::TimestampMismatch {
-                server_time: 1795541989,
-                client_time: "1795541688".into()
-            })
+            verify(|_| Some(SECRET.into()), "/api/v1/auth", &q, ok, 1795541688.0 + 301.0),
+            Err(AuthFailure::TimestampMismatch { server_time: 1795541989, client_time: "1795541688".into() })
         );
     }
 }

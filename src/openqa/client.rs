@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
-/// Ids per `GET /api/v1/jobs?ids=` request: keeps the request line far below Mojolicious' 8 KiB
-/// limit even for 10-digit ids (each costs up to 13 bytes with its `%2C`).
-pub const IDS_PER_REQUEST: usize = 100;
+/// Ids per `GET /api/v1/jobs?ids=` request: keeps the request line below Mojolicious' 8 KiB
+/// limit even for 10-digit ids (each costs up to 13 bytes with its `%2C`: 6.5 KiB).
+pub const IDS_PER_REQUEST: usize = 500;
 
 /// The `limit` sent with `job_settings/jobs?value=`: openQA caps exact-value lookups at
 /// `generic_default_limit` rows unless asked for more, and silently clamps to `generic_max_limit`.
@@ -40,10 +40,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            retries: 3,
-            base_delay: Duration::from_millis(100),
-        }
+        RetryPolicy { retries: 3, base_delay: Duration::from_millis(100) }
     }
 }
 
@@ -54,18 +51,9 @@ pub enum ApiError {
     /// The client cannot be built from the configuration.
     Config(String),
     /// No HTTP answer (connection refused, reset, timeout), after `attempts` attempts.
-    Transport {
-        route: String,
-        detail: String,
-        attempts: u32,
-    },
+    Transport { route: String, detail: String, attempts: u32 },
     /// An HTTP status that is not success (and not a 404 the caller treats as "gone").
-    Status {
-        route: String,
-        status: u16,
-        message: String,
-        attempts: u32,
-    },
+    Status { route: String, status: u16, message: String, attempts: u32 },
     /// A success status whose body is not what the route returns.
     Malformed { route: String, detail: String },
 }
@@ -108,19 +96,10 @@ impl fmt::Display for ApiError {
         };
         match self {
             ApiError::Config(msg) => write!(f, "openQA client: {msg}"),
-            ApiError::Transport {
-                route,
-                detail,
-                attempts,
-            } => {
+            ApiError::Transport { route, detail, attempts } => {
                 write!(f, "{route}: no response{}: {detail}", tries(*attempts))
             }
-            ApiError::Status {
-                route,
-                status,
-                message,
-                attempts,
-            } => {
+            ApiError::Status { route, status, message, attempts } => {
                 write!(f, "{route}: HTTP {status}{}", tries(*attempts))?;
                 if !message.is_empty() {
                     write!(f, ": {message}")?;
@@ -179,9 +158,7 @@ impl OpenQaClient {
         let parsed = reqwest::Url::parse(&base)
             .map_err(|e| ApiError::Config(format!("openqa_url is not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ApiError::Config(
-                "openqa_url must be an http:// or https:// URL".into(),
-            ));
+            return Err(ApiError::Config("openqa_url must be an http:// or https:// URL".into()));
         }
         let base_path = parsed.path().trim_end_matches('/').to_string();
         let credentials = match (&config.openqa_api_key, &config.openqa_api_secret) {
@@ -244,19 +221,11 @@ impl OpenQaClient {
         }
         let chunks: Vec<String> = unique
             .chunks(IDS_PER_REQUEST)
-            .map(|chunk| {
-                chunk
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
+            .map(|chunk| chunk.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
             .collect();
         let lists: Vec<Vec<Job>> = stream::iter(chunks)
             .map(|ids| async move {
-                let list = self
-                    .get_json::<JobList>("/api/v1/jobs", &[("ids", ids.as_str())], false)
-                    .await?;
+                let list = self.get_json::<JobList>("/api/v1/jobs", &[("ids", ids.as_str())], false).await?;
                 Ok::<_, ApiError>(list.map(|l| l.jobs).unwrap_or_default())
             })
             .buffer_unordered(self.inner.concurrency)
@@ -288,39 +257,25 @@ impl OpenQaClient {
     /// Ids of the jobs whose setting `key` (may contain `*` globs) is a comma-separated list with
     /// `list_value` as one whole element, newest first, each once. openQA only looks at its most
     /// recent `job_settings_max_recent_jobs` (default 20000) jobs for this query.
-    pub async fn job_ids_by_list_setting(
-        &self,
-        key: &str,
-        list_value: &str,
-    ) -> Result<Vec<u64>, ApiError> {
-        let ids = self
-            .job_settings_jobs(&[("key", key), ("list_value", list_value)])
-            .await?;
+    pub async fn job_ids_by_list_setting(&self, key: &str, list_value: &str) -> Result<Vec<u64>, ApiError> {
+        let ids = self.job_settings_jobs(&[("key", key), ("list_value", list_value)]).await?;
         Ok(dedupe(ids))
     }
 
     async fn job_settings_jobs(&self, query: &[(&str, &str)]) -> Result<Vec<u64>, ApiError> {
-        let list = self
-            .get_json::<JobIds>("/api/v1/job_settings/jobs", query, false)
-            .await?;
+        let list = self.get_json::<JobIds>("/api/v1/job_settings/jobs", query, false).await?;
         Ok(list.map(|l| l.jobs).unwrap_or_default())
     }
 
     /// `GET /api/v1/jobs/<id>/comments`, oldest first; a job that is gone has no comments.
     pub async fn comments(&self, job_id: u64) -> Result<Vec<Comment>, ApiError> {
         let path = format!("/api/v1/jobs/{job_id}/comments");
-        Ok(self
-            .get_json::<Vec<Comment>>(&path, &[], true)
-            .await?
-            .unwrap_or_default())
+        Ok(self.get_json::<Vec<Comment>>(&path, &[], true).await?.unwrap_or_default())
     }
 
     /// `GET /api/v1/job_groups`: every job group.
     pub async fn job_groups(&self) -> Result<Vec<JobGroup>, ApiError> {
-        Ok(self
-            .get_json::<Vec<JobGroup>>("/api/v1/job_groups", &[], false)
-            .await?
-            .unwrap_or_default())
+        Ok(self.get_json::<Vec<JobGroup>>("/api/v1/job_groups", &[], false).await?.unwrap_or_default())
     }
 
     /// GETs `path?query` and decodes a 200 body as `T`. A 404 is `Ok(None)` when `not_found_is_none`.
@@ -347,43 +302,26 @@ impl OpenQaClient {
 
     /// Sends one GET, retrying transient failures. Returns every answer that is not a 5xx; a 5xx
     /// that persists and a transport failure that persists become errors.
-    async fn send_with_retries(
-        &self,
-        path: &str,
-        query: &str,
-        route: &str,
-    ) -> Result<Reply, ApiError> {
+    async fn send_with_retries(&self, path: &str, query: &str, route: &str) -> Result<Reply, ApiError> {
         let attempts = self.retry.retries + 1;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let outcome = self.send_once(path, query).await;
             let failure = match outcome {
-                Ok(reply) if reply.status < 500 => {
-                    return Ok(Reply {
-                        attempts: attempt,
-                        ..reply
-                    })
-                }
+                Ok(reply) if reply.status < 500 => return Ok(Reply { attempts: attempt, ..reply }),
                 Ok(reply) => ApiError::Status {
                     route: route.to_string(),
                     status: reply.status,
                     message: error_message(&reply.body),
                     attempts: attempt,
                 },
-                Err(detail) => ApiError::Transport {
-                    route: route.to_string(),
-                    detail,
-                    attempts: attempt,
-                },
+                Err(detail) => ApiError::Transport { route: route.to_string(), detail, attempts: attempt },
             };
             if attempt >= attempts {
                 return Err(failure);
             }
-            let delay = self
-                .retry
-                .base_delay
-                .saturating_mul(1 << (attempt - 1).min(16));
+            let delay = self.retry.base_delay.saturating_mul(1 << (attempt - 1).min(16));
             tracing::debug!(error = %failure, delay_ms = delay.as_millis() as u64, "openQA request failed, retrying");
             tokio::time::sleep(delay).await;
         }
@@ -393,11 +331,7 @@ impl OpenQaClient {
     async fn send_once(&self, path: &str, query: &str) -> Result<Reply, String> {
         let inner = &*self.inner;
         // The semaphore lives as long as the client and is never closed.
-        let _permit = inner
-            .limiter
-            .acquire()
-            .await
-            .map_err(|_| "client is shutting down".to_string())?;
+        let _permit = inner.limiter.acquire().await.map_err(|_| "client is shutting down".to_string())?;
         let mut url = format!("{}{path}", inner.base);
         if !query.is_empty() {
             url.push('?');
@@ -405,13 +339,9 @@ impl OpenQaClient {
         }
         let mut request = inner.http.get(&url).header("Accept", "application/json");
         if let Some((key, secret)) = &inner.credentials {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let signed_path = format!("{}{path}", inner.base_path);
-            for (name, value) in auth::auth_headers(key, secret.expose(), &signed_path, query, now)
-            {
+            for (name, value) in auth::auth_headers(key, secret.expose(), &signed_path, query, now) {
                 request = request.header(name, value);
             }
         }
@@ -419,11 +349,7 @@ impl OpenQaClient {
         let response = request.send().await.map_err(describe)?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(describe)?;
-        Ok(Reply {
-            status,
-            body: body.to_vec(),
-            attempts: 1,
-        })
+        Ok(Reply { status, body: body.to_vec(), attempts: 1 })
     }
 }
 
@@ -433,11 +359,8 @@ fn dedupe(ids: Vec<u64>) -> Vec<u64> {
 }
 
 fn shown_route(method: &str, path: &str, query: &str) -> String {
-    let mut route = if query.is_empty() {
-        format!("{method} {path}")
-    } else {
-        format!("{method} {path}?{query}")
-    };
+    let mut route =
+        if query.is_empty() { format!("{method} {path}") } else { format!("{method} {path}?{query}") };
     if route.len() > ROUTE_SHOWN_MAX {
         let mut cut = ROUTE_SHOWN_MAX;
         while !route.is_char_boundary(cut) {
@@ -467,9 +390,7 @@ fn error_message(body: &[u8]) -> String {
 }
 
 fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(80)])
-        .trim()
-        .to_string()
+    String::from_utf8_lossy(&body[..body.len().min(80)]).trim().to_string()
 }
 
 /// A reqwest error as text without the URL (which could carry user info) but with its causes,
@@ -500,60 +421,35 @@ mod tests {
         let q = auth::encode_query(&[("ids", ids.join(","))]);
         let r = shown_route("GET", "/api/v1/jobs", &q);
         assert!(
-            r.starts_with("GET /api/v1/jobs?ids=1000%2C1001")
-                && r.ends_with("...")
-                && r.len() < 170,
+            r.starts_with("GET /api/v1/jobs?ids=1000%2C1001") && r.ends_with("...") && r.len() < 170,
             "{r}"
         );
-        let e = ApiError::Malformed {
-            route: "GET /api/v1/jobs?ids=1%2C2".into(),
-            detail: "x".into(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "GET /api/v1/jobs?ids=1%2C2: malformed body: x"
-        );
+        let e = ApiError::Malformed { route: "GET /api/v1/jobs?ids=1%2C2".into(), detail: "x".into() };
+        assert_eq!(e.to_string(), "GET /api/v1/jobs?ids=1%2C2: malformed body: x");
         let e = ApiError::Status {
             route: "GET /api/v1/jobs/1".into(),
             status: 503,
             message: String::new(),
             attempts: 4,
         };
-        assert_eq!(
-            e.to_string(),
-            "GET /api/v1/jobs/1: HTTP 503 (after 4 attempts)"
-        );
+        assert_eq!(e.to_string(), "GET /api/v1/jobs/1: HTTP 503 (after 4 attempts)");
         assert!(e.is_transient());
     }
 
     #[test]
     fn error_messages_prefer_openqa_error_text() {
         assert_eq!(
-            error_message(
-                br#"{"error":"Erroneous parameters (result invalid)\n","error_status":400}"#
-            ),
+            error_message(br#"{"error":"Erroneous parameters (result invalid)\n","error_status":400}"#),
             "Erroneous parameters (result invalid)"
         );
-        assert_eq!(
-            error_message(b"<html>Bad Gateway</html>"),
-            "<html>Bad Gateway</html>"
-        );
+        assert_eq!(error_message(b"<html>Bad Gateway</html>"), "<html>Bad Gateway</html>");
     }
 
     #[test]
     fn config_errors() {
-        let config = Config {
-            openqa_url: "not a url".into(),
-            ..Config::default()
-        };
-        assert!(matches!(
-            OpenQaClient::new(&config),
-            Err(ApiError::Config(_))
-        ));
-        let config = Config {
-            openqa_url: "http://openqa.example.com/prefix/".into(),
-            ..Config::default()
-        };
+        let config = Config { openqa_url: "not a url".into(), ..Config::default() };
+        assert!(matches!(OpenQaClient::new(&config), Err(ApiError::Config(_))));
+        let config = Config { openqa_url: "http://openqa.example.com/prefix/".into(), ..Config::default() };
         let client = OpenQaClient::new(&config).expect("client");
         assert_eq!(client.inner.base_path, "/prefix");
         assert_eq!(client.inner.base, "http://openqa.example.com/prefix");

@@ -48,8 +48,8 @@ pub enum SimAuth {
 impl SimAuth {
     /// Signature auth with a public key in OpenSSH form (`ssh-ed25519 AAAA... comment`).
     pub fn signature(user: &str, openssh_public_key: &str, realm: &str) -> Result<SimAuth, String> {
-        let public_key = PublicKey::from_openssh(openssh_public_key.trim())
-            .map_err(|e| format!("public key: {e}"))?;
+        let public_key =
+            PublicKey::from_openssh(openssh_public_key.trim()).map_err(|e| format!("public key: {e}"))?;
         Ok(SimAuth::Signature {
             user: user.to_string(),
             public_key: Box::new(public_key),
@@ -81,20 +81,13 @@ impl ObsSimConfig {
     /// The given auth, its login a member of `qam-openqa`.
     pub fn new(auth: SimAuth) -> ObsSimConfig {
         let groups = BTreeMap::from([("qam-openqa".to_string(), vec![auth.login().to_string()])]);
-        ObsSimConfig {
-            auth,
-            groups,
-            admins: Vec::new(),
-            status_reports_allowed: true,
-        }
+        ObsSimConfig { auth, groups, admins: Vec::new(), status_reports_allowed: true }
     }
 }
 
 impl Default for ObsSimConfig {
     fn default() -> Self {
-        ObsSimConfig::new(SimAuth::None {
-            login: "incident-gate".into(),
-        })
+        ObsSimConfig::new(SimAuth::None { login: "incident-gate".into() })
     }
 }
 
@@ -231,13 +224,7 @@ pub async fn start(cfg: ObsSimConfig) -> ObsSim {
 pub async fn try_start(cfg: ObsSimConfig) -> std::io::Result<ObsSim> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let shared = Arc::new(Shared {
-        cfg,
-        inner: Mutex::new(Inner {
-            next_comment: 1,
-            ..Inner::default()
-        }),
-    });
+    let shared = Arc::new(Shared { cfg, inner: Mutex::new(Inner { next_comment: 1, ..Inner::default() }) });
     let app = Router::new().fallback(handle).with_state(shared.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -248,11 +235,7 @@ pub async fn try_start(cfg: ObsSimConfig) -> std::io::Result<ObsSim> {
             tracing::warn!("OBS simulator stopped: {e}");
         }
     });
-    Ok(ObsSim {
-        url,
-        shared,
-        shutdown: Some(tx),
-    })
+    Ok(ObsSim { url, shared, shutdown: Some(tx) })
 }
 
 fn timestamp() -> String {
@@ -300,30 +283,15 @@ impl ObsSim {
     }
 
     pub fn request_state(&self, id: u64) -> Option<String> {
-        self.shared
-            .lock()
-            .requests
-            .get(&id)
-            .map(|r| r.state.clone())
+        self.shared.lock().requests.get(&id).map(|r| r.state.clone())
     }
 
     pub fn reviews(&self, id: u64) -> Vec<SimReview> {
-        self.shared
-            .lock()
-            .requests
-            .get(&id)
-            .map(|r| r.reviews.clone())
-            .unwrap_or_default()
+        self.shared.lock().requests.get(&id).map(|r| r.reviews.clone()).unwrap_or_default()
     }
 
     pub fn comments(&self, id: u64) -> Vec<SimComment> {
-        self.shared
-            .lock()
-            .comments
-            .values()
-            .filter(|c| c.request == id)
-            .cloned()
-            .collect()
+        self.shared.lock().comments.values().filter(|c| c.request == id).cloned().collect()
     }
 
     /// A comment by someone else (or by us, from an earlier run); returns its id.
@@ -331,16 +299,9 @@ impl ObsSim {
         let mut inner = self.shared.lock();
         let id = inner.next_comment;
         inner.next_comment += 1;
-        inner.comments.insert(
-            id,
-            SimComment {
-                id,
-                request,
-                who: who.into(),
-                when: comment_time(),
-                text: text.into(),
-            },
-        );
+        inner
+            .comments
+            .insert(id, SimComment { id, request, who: who.into(), when: comment_time(), text: text.into() });
         id
     }
 
@@ -352,12 +313,7 @@ impl ObsSim {
     }
 
     pub fn checks(&self, id: u64) -> Vec<SimCheck> {
-        self.shared
-            .lock()
-            .checks
-            .get(&id)
-            .cloned()
-            .unwrap_or_default()
+        self.shared.lock().checks.get(&id).cloned().unwrap_or_default()
     }
 
     /// While down, every API route answers 503 like a proxy in front of a dead backend.
@@ -368,10 +324,7 @@ impl ObsSim {
     /// The next `times` calls of `method` on a path starting with `path_prefix` answer `status`
     /// (5xx as a proxy's HTML page, others as an OBS error body) instead of being served.
     pub fn fail_next(&self, method: &str, path_prefix: &str, status: u16, times: usize) {
-        self.shared
-            .lock()
-            .failures
-            .push((method.into(), path_prefix.into(), status, times));
+        self.shared.lock().failures.push((method.into(), path_prefix.into(), status, times));
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -403,10 +356,7 @@ impl ObsSim {
 
 fn xml_response(status: StatusCode, body: String) -> Response {
     let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/xml; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
     resp
 }
 
@@ -425,16 +375,14 @@ fn ok() -> Response {
 fn json_response<T: Serialize>(value: &T) -> Response {
     let body = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
     let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 fn proxy_error(status: StatusCode) -> Response {
     let page = format!("<html><body><h1>{status}</h1></body></html>");
     let mut r = (status, page).into_response();
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
     r
 }
 
@@ -459,15 +407,10 @@ fn unauthorized(cfg: &ObsSimConfig, code: &str, summary: &str) -> Response {
 }
 
 fn session_from(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == SESSION_COOKIE).then(|| v.to_string())
-        })
+    headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == SESSION_COOKIE).then(|| v.to_string())
+    })
 }
 
 fn new_session(inner: &mut Inner, user: &str) -> String {
@@ -478,26 +421,14 @@ fn new_session(inner: &mut Inner, user: &str) -> String {
     id
 }
 
-fn authenticate(
-    cfg: &ObsSimConfig,
-    inner: &mut Inner,
-    headers: &HeaderMap,
-) -> Result<Login, Box<Response>> {
+fn authenticate(cfg: &ObsSimConfig, inner: &mut Inner, headers: &HeaderMap) -> Result<Login, Box<Response>> {
     if let SimAuth::None { login } = &cfg.auth {
-        return Ok(Login {
-            user: login.clone(),
-            how: "none",
-            set_cookie: None,
-        });
+        return Ok(Login { user: login.clone(), how: "none", set_cookie: None });
     }
     let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     if authorization.is_none() {
         if let Some(user) = session_from(headers).and_then(|s| inner.sessions.get(&s).cloned()) {
-            return Ok(Login {
-                user,
-                how: "cookie",
-                set_cookie: None,
-            });
+            return Ok(Login { user, how: "cookie", set_cookie: None });
         }
         return Err(Box::new(unauthorized(
             cfg,
@@ -517,11 +448,7 @@ fn authenticate(
             let (u, p) = decoded.split_once(':').unwrap_or((&decoded, ""));
             if u == user && p == password {
                 let session = new_session(inner, user);
-                Ok(Login {
-                    user: user.clone(),
-                    how: "basic",
-                    set_cookie: Some(session),
-                })
+                Ok(Login { user: user.clone(), how: "basic", set_cookie: Some(session) })
             } else {
                 Err(Box::new(unauthorized(
                     cfg,
@@ -530,33 +457,15 @@ fn authenticate(
                 )))
             }
         }
-        SimAuth::Signature {
-            user,
-            public_key,
-            realm,
-            max_skew_s,
-        } if scheme.eq_ignore_ascii_case("signature") => {
-            match sshsig::verify_authorization(
-                value,
-                user,
-                public_key,
-                realm,
-                now_unix(),
-                *max_skew_s,
-            ) {
+        SimAuth::Signature { user, public_key, realm, max_skew_s }
+            if scheme.eq_ignore_ascii_case("signature") =>
+        {
+            match sshsig::verify_authorization(value, user, public_key, realm, now_unix(), *max_skew_s) {
                 Ok(()) => {
                     let session = new_session(inner, user);
-                    Ok(Login {
-                        user: user.clone(),
-                        how: "signature",
-                        set_cookie: Some(session),
-                    })
+                    Ok(Login { user: user.clone(), how: "signature", set_cookie: Some(session) })
                 }
-                Err(e) => Err(Box::new(unauthorized(
-                    cfg,
-                    "authentication_required",
-                    &e.to_string(),
-                ))),
+                Err(e) => Err(Box::new(unauthorized(cfg, "authentication_required", &e.to_string()))),
             }
         }
         _ => Err(Box::new(unauthorized(
@@ -575,9 +484,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
-    let query: Vec<(String, String)> = Query::try_from_uri(&uri)
-        .map(|Query(q)| q)
-        .unwrap_or_default();
+    let query: Vec<(String, String)> = Query::try_from_uri(&uri).map(|Query(q)| q).unwrap_or_default();
     let body_text = String::from_utf8_lossy(&body).into_owned();
     let mut inner = shared.lock();
     if let Some(control) = path.strip_prefix("/_sim/") {
@@ -587,9 +494,7 @@ async fn handle(
     let injected = inner
         .failures
         .iter_mut()
-        .find(|(m, prefix, _, left)| {
-            *left > 0 && *m == method.as_str() && path.starts_with(prefix.as_str())
-        })
+        .find(|(m, prefix, _, left)| *left > 0 && *m == method.as_str() && path.starts_with(prefix.as_str()))
         .map(|f| {
             f.3 -= 1;
             f.2
@@ -601,38 +506,21 @@ async fn handle(
         if status.is_server_error() {
             (proxy_error(status), "-")
         } else {
-            (
-                error(
-                    status,
-                    "injected_failure",
-                    "failure injected by the simulator",
-                ),
-                "-",
-            )
+            (error(status, "injected_failure", "failure injected by the simulator"), "-")
         }
     } else if method == Method::GET && path.starts_with("/status_reports/") {
         // the one route OBS serves without a login
-        (
-            status_report_route(&shared.cfg, &mut inner, &method, &path, &body_text),
-            "none",
-        )
+        (status_report_route(&shared.cfg, &mut inner, &method, &path, &body_text), "none")
     } else {
         match authenticate(&shared.cfg, &mut inner, &headers) {
             Err(r) => (*r, "-"),
             Ok(login) => {
-                let mut r = api_route(
-                    &shared.cfg,
-                    &mut inner,
-                    &method,
-                    &path,
-                    &query,
-                    &body_text,
-                    &login.user,
-                );
+                let mut r =
+                    api_route(&shared.cfg, &mut inner, &method, &path, &query, &body_text, &login.user);
                 if let Some(session) = &login.set_cookie {
-                    if let Ok(v) = HeaderValue::from_str(&format!(
-                        "{SESSION_COOKIE}={session}; path=/; HttpOnly"
-                    )) {
+                    if let Ok(v) =
+                        HeaderValue::from_str(&format!("{SESSION_COOKIE}={session}; path=/; HttpOnly"))
+                    {
                         r.headers_mut().insert(SET_COOKIE, v);
                     }
                 }
@@ -653,10 +541,7 @@ async fn handle(
 }
 
 fn param<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 fn api_route(
@@ -701,11 +586,7 @@ fn api_route(
 
 fn lookup_request<'a>(inner: &'a Inner, id: &str) -> Result<(u64, &'a SimRequest), Box<Response>> {
     let not_found = || {
-        Box::new(error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("Couldn't find request with id '{id}'"),
-        ))
+        Box::new(error(StatusCode::NOT_FOUND, "not_found", &format!("Couldn't find request with id '{id}'")))
     };
     let n: u64 = id.parse().map_err(|_| not_found())?;
     inner.requests.get(&n).map(|r| (n, r)).ok_or_else(not_found)
@@ -719,10 +600,7 @@ fn render_request(id: u64, r: &SimRequest) -> String {
             esc(t)
         ));
     }
-    let superseded = r
-        .superseded_by
-        .map(|s| format!(" superseded_by=\"{s}\""))
-        .unwrap_or_default();
+    let superseded = r.superseded_by.map(|s| format!(" superseded_by=\"{s}\"")).unwrap_or_default();
     x.push_str(&format!(
         "  <state name=\"{}\" who=\"{}\" when=\"{}\" created=\"{}\"{superseded}>\n    <comment>{}</comment>\n  </state>\n",
         esc(&r.state),
@@ -771,21 +649,13 @@ fn change_review_state(
     let by_user = param(query, "by_user").filter(|s| !s.is_empty());
     let by_group = param(query, "by_group").filter(|s| !s.is_empty());
     let Some(req) = inner.requests.get_mut(&n) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("Couldn't find request with id '{id}'"),
-        );
+        return error(StatusCode::NOT_FOUND, "not_found", &format!("Couldn't find request with id '{id}'"));
     };
     if let Some(g) = by_group {
-        let known = cfg.groups.contains_key(g)
-            || req.reviews.iter().any(|r| r.by_group.as_deref() == Some(g));
+        let known =
+            cfg.groups.contains_key(g) || req.reviews.iter().any(|r| r.by_group.as_deref() == Some(g));
         if !known {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                &format!("Couldn't find Group '{g}'"),
-            );
+            return error(StatusCode::NOT_FOUND, "not_found", &format!("Couldn't find Group '{g}'"));
         }
     }
     let admin = cfg.admins.iter().any(|a| a == login);
@@ -814,10 +684,7 @@ fn change_review_state(
             }
         }
         if let Some(g) = by_group {
-            let member = cfg
-                .groups
-                .get(g)
-                .is_some_and(|m| m.iter().any(|u| u == login));
+            let member = cfg.groups.get(g).is_some_and(|m| m.iter().any(|u| u == login));
             if !member {
                 return error(
                     StatusCode::FORBIDDEN,
@@ -870,19 +737,11 @@ fn change_review_state(
         .rposition(|r| matches(r) && r.state != "accepted")
         .or_else(|| req.reviews.iter().rposition(matches));
     let Some(index) = index else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "review_not_found",
-            "Review not found",
-        );
+        return error(StatusCode::NOT_FOUND, "review_not_found", "Review not found");
     };
-    let comment = param(query, "comment")
-        .filter(|c| !c.trim().is_empty())
-        .unwrap_or(body)
-        .to_string();
+    let comment = param(query, "comment").filter(|c| !c.trim().is_empty()).unwrap_or(body).to_string();
     let review = &mut req.reviews[index];
-    if review.state == newstate && review.who.as_deref() == Some(login) && review.comment == comment
-    {
+    if review.state == newstate && review.who.as_deref() == Some(login) && review.comment == comment {
         return ok();
     }
     review.state = newstate.to_string();
@@ -902,11 +761,7 @@ fn change_review_state(
         req.state = computed.to_string();
         req.who = login.to_string();
         req.when = timestamp();
-        req.state_comment = if computed == "new" {
-            "All reviewers accepted request".into()
-        } else {
-            comment
-        };
+        req.state_comment = if computed == "new" { "All reviewers accepted request".into() } else { comment };
     }
     ok()
 }
@@ -938,13 +793,7 @@ fn bs_request_not_found() -> Response {
     )
 }
 
-fn create_comment(
-    cfg: &ObsSimConfig,
-    inner: &mut Inner,
-    id: &str,
-    body: &str,
-    login: &str,
-) -> Response {
+fn create_comment(cfg: &ObsSimConfig, inner: &mut Inner, id: &str, body: &str, login: &str) -> Response {
     let n = match id.parse::<u64>() {
         Ok(n) if inner.requests.contains_key(&n) => n,
         _ => return bs_request_not_found(),
@@ -968,35 +817,20 @@ fn create_comment(
         problems.push("Body must not contain null characters".to_string());
     }
     if !problems.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_record",
-            &problems.join("\\n"),
-        );
+        return error(StatusCode::BAD_REQUEST, "invalid_record", &problems.join("\\n"));
     }
     let cid = inner.next_comment;
     inner.next_comment += 1;
     inner.comments.insert(
         cid,
-        SimComment {
-            id: cid,
-            request: n,
-            who: login.into(),
-            when: comment_time(),
-            text: body.into(),
-        },
+        SimComment { id: cid, request: n, who: login.into(), when: comment_time(), text: body.into() },
     );
     ok()
 }
 
 fn delete_comment(cfg: &ObsSimConfig, inner: &mut Inner, id: &str, login: &str) -> Response {
-    let not_found = || {
-        error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("Couldn't find Comment with 'id'={id}"),
-        )
-    };
+    let not_found =
+        || error(StatusCode::NOT_FOUND, "not_found", &format!("Couldn't find Comment with 'id'={id}"));
     let Ok(n) = id.parse::<u64>() else {
         return not_found();
     };
@@ -1033,12 +867,10 @@ fn status_report_route(
     body: &str,
 ) -> Response {
     let number = path.trim_matches('/').split('/').nth(2).unwrap_or("");
-    let submit = number.parse::<u64>().ok().filter(|n| {
-        inner
-            .requests
-            .get(n)
-            .is_some_and(|r| r.action_types.iter().any(|t| t == "submit"))
-    });
+    let submit = number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| inner.requests.get(n).is_some_and(|r| r.action_types.iter().any(|t| t == "submit")));
     let Some(n) = submit else {
         return error(
             StatusCode::NOT_FOUND,
@@ -1048,11 +880,7 @@ fn status_report_route(
     };
     if *method == Method::GET {
         let Some(checks) = inner.checks.get(&n) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "Status report not found.",
-            );
+            return error(StatusCode::NOT_FOUND, "not_found", "Status report not found.");
         };
         let mut x = "<status_report>\n".to_string();
         for c in checks {
@@ -1065,24 +893,10 @@ fn status_report_route(
         return error(StatusCode::NOT_FOUND, "not_found", "Not found");
     }
     let parsed = xml::parse(body).ok();
-    let field = |k: &str| {
-        parsed
-            .as_ref()
-            .and_then(|el| el.field(k))
-            .map(|v| v.trim().to_string())
-    };
-    let (name, state, short, url) = (
-        field("name"),
-        field("state"),
-        field("short_description"),
-        field("url"),
-    );
+    let field = |k: &str| parsed.as_ref().and_then(|el| el.field(k)).map(|v| v.trim().to_string());
+    let (name, state, short, url) = (field("name"), field("state"), field("short_description"), field("url"));
     if name.is_none() && state.is_none() && short.is_none() && url.is_none() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "empty_body",
-            "Request body is empty!",
-        );
+        return error(StatusCode::NOT_FOUND, "empty_body", "Request body is empty!");
     }
     if !cfg.status_reports_allowed {
         return error(
@@ -1099,7 +913,9 @@ fn status_report_route(
     match state.as_deref() {
         None | Some("") => problems.push("State can't be blank".to_string()),
         Some("pending" | "error" | "failure" | "success") => {}
-        Some(other) => problems.push(format!("State State '{other}' is not a valid. Valid states are: pending, error, failure, success")),
+        Some(other) => problems.push(format!(
+            "State State '{other}' is not a valid. Valid states are: pending, error, failure, success"
+        )),
     }
     if !problems.is_empty() {
         return error(
@@ -1185,18 +1001,10 @@ fn control_route(
             json_response(&serde_json::json!({"ok": true}))
         }
         (Method::GET, ["requests", id]) => {
-            let Some(r) = id
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| inner.requests.get(&n).map(|r| (n, r)))
-            else {
+            let Some(r) = id.parse::<u64>().ok().and_then(|n| inner.requests.get(&n).map(|r| (n, r))) else {
                 return (StatusCode::NOT_FOUND, "no such request").into_response();
             };
-            let comments: Vec<&SimComment> = inner
-                .comments
-                .values()
-                .filter(|c| c.request == r.0)
-                .collect();
+            let comments: Vec<&SimComment> = inner.comments.values().filter(|c| c.request == r.0).collect();
             json_response(&serde_json::json!({
                 "id": r.0, "state": r.1.state, "reviews": r.1.reviews, "comments": comments,
                 "checks": inner.checks.get(&r.0),

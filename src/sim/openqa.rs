@@ -42,13 +42,9 @@ const RESULTS: &[&str] = &[
 ];
 /// Settings openQA keeps as columns of the jobs table: never rows of job_settings, so
 /// `job_settings/jobs` cannot find them.
-const COLUMNS: [&str; 7] = [
-    "DISTRI", "VERSION", "FLAVOR", "ARCH", "BUILD", "TEST", "MACHINE",
-];
+const COLUMNS: [&str; 7] = ["DISTRI", "VERSION", "FLAVOR", "ARCH", "BUILD", "TEST", "MACHINE"];
 /// What `latest=1` and the overview de-duplicate on.
-const SCENARIO: [&str; 7] = [
-    "DISTRI", "VERSION", "FLAVOR", "ARCH", "TEST", "MACHINE", "BUILD",
-];
+const SCENARIO: [&str; 7] = ["DISTRI", "VERSION", "FLAVOR", "ARCH", "TEST", "MACHINE", "BUILD"];
 const DEFAULT_PRIORITY: i64 = 50;
 /// The user every write is attributed to (the fixtures were captured as "Demo" with Fake auth).
 const USER: &str = "Demo";
@@ -86,12 +82,7 @@ impl SimEvent {
                 suffix.replace_range(i..=i, ".");
             }
         }
-        SimEvent {
-            name: name.to_string(),
-            data,
-            routing_suffix: suffix,
-            amqp_body,
-        }
+        SimEvent { name: name.to_string(), data, routing_suffix: suffix, amqp_body }
     }
 }
 
@@ -103,23 +94,14 @@ struct Refusal {
 }
 
 fn refuse<T>(status: u16, error: impl Into<String>) -> Result<T, Refusal> {
-    Err(Refusal {
-        status,
-        error: error.into(),
-    })
+    Err(Refusal { status, error: error.into() })
 }
 
 /// Mojolicious' validation error text: the failed parameters, sorted, `missing` or `invalid`.
 fn validation_error(failed: &mut [(&str, &str)]) -> Refusal {
     failed.sort();
-    let list: Vec<String> = failed
-        .iter()
-        .map(|(name, why)| format!("{name} {why}"))
-        .collect();
-    Refusal {
-        status: 400,
-        error: format!("Erroneous parameters ({})", list.join(", ")),
-    }
+    let list: Vec<String> = failed.iter().map(|(name, why)| format!("{name} {why}")).collect();
+    Refusal { status: 400, error: format!("Erroneous parameters ({})", list.join(", ")) }
 }
 
 /// Request parameters: query pairs, then form-body pairs, in order.
@@ -129,18 +111,10 @@ struct Params(Vec<(String, String)>);
 impl Params {
     /// The last value, as Mojolicious' `param` returns it.
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
     fn all(&self, name: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
     }
     /// openQA's list parameters (`ids`, `state`, `result`): one comma-separated value or repeats.
     fn list(&self, name: &str) -> Option<Vec<String>> {
@@ -163,10 +137,7 @@ fn is_num(s: &str) -> bool {
 
 /// SQL `LIKE` with openQA's `*` -> `%`: `%` any run, `_` any one character, the rest literal.
 fn like(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern
-        .chars()
-        .map(|c| if c == '*' { '%' } else { c })
-        .collect();
+    let p: Vec<char> = pattern.chars().map(|c| if c == '*' { '%' } else { c }).collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
@@ -189,10 +160,7 @@ fn like(pattern: &str, text: &str) -> bool {
 }
 
 fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// `2026-11-24T17:33:05Z`
@@ -214,9 +182,7 @@ fn comment_time(t: SystemTime) -> String {
 /// `PROJECT-` and digits, standing at the start, after whitespace or a comma. So
 /// `...incident_12345:bsc#1234567` has none (the `:` before it hides it), as the fixtures show.
 fn bugrefs(text: &str) -> Vec<String> {
-    const MARKERS: &[&str] = &[
-        "bsc", "boo", "bnc", "bgo", "bko", "brc", "poo", "kde", "fdo", "jsc", "lp",
-    ];
+    const MARKERS: &[&str] = &["bsc", "boo", "bnc", "bgo", "bko", "brc", "poo", "kde", "fdo", "jsc", "lp"];
     let mut refs = Vec::new();
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
@@ -244,13 +210,10 @@ fn bugrefs(text: &str) -> Vec<String> {
                 while j < chars.len() && chars[j].is_ascii_digit() {
                     j += 1;
                 }
-                let ends_clean = j == chars.len()
-                    || !(chars[j].is_alphanumeric() || chars[j] == '_' || chars[j] == '"');
+                let ends_clean =
+                    j == chars.len() || !(chars[j].is_alphanumeric() || chars[j] == '_' || chars[j] == '"');
                 if j > digits_start && ends_clean {
-                    refs.push(format!(
-                        "{m}#{}",
-                        chars[id_start..j].iter().collect::<String>()
-                    ));
+                    refs.push(format!("{m}#{}", chars[id_start..j].iter().collect::<String>()));
                     i = j;
                 }
                 break;
@@ -279,10 +242,7 @@ fn bugurl(bugref: &str) -> Option<String> {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[derive(Debug, Clone)]
@@ -361,11 +321,7 @@ impl Db {
         let mut parts = Vec::new();
         for c in ["DISTRI", "VERSION", "FLAVOR", "ARCH", "BUILD", "TEST"] {
             if let Some(v) = job.column(c) {
-                parts.push(if c == "BUILD" {
-                    format!("Build{v}")
-                } else {
-                    v.to_string()
-                });
+                parts.push(if c == "BUILD" { format!("Build{v}") } else { v.to_string() });
             }
         }
         let mut name = parts.join("-");
@@ -374,13 +330,7 @@ impl Db {
             name.push_str(m);
         }
         name.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "@._+:-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || "@._+:-".contains(c) { c } else { '_' })
             .collect()
     }
 
@@ -391,17 +341,12 @@ impl Db {
         for row in self.rows_of(job.id) {
             joined.entry(row.key.clone()).or_default().push(&row.value);
         }
-        let mut map: Map<String, Value> = joined
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v.join(","))))
-            .collect();
+        let mut map: Map<String, Value> =
+            joined.into_iter().map(|(k, v)| (k, Value::String(v.join(",")))).collect();
         for (k, v) in &job.columns {
             map.insert(k.clone(), Value::String(v.clone()));
         }
-        map.insert(
-            "NAME".into(),
-            Value::String(format!("{:08}-{}", job.id, self.job_name(job))),
-        );
+        map.insert("NAME".into(), Value::String(format!("{:08}-{}", job.id, self.job_name(job))));
         map
     }
 
@@ -438,10 +383,7 @@ impl Db {
 
     /// Pending jobs with the same BUILD (any group), what the AMQP plugin reports as `remaining`.
     fn remaining(&self, build: Option<&str>) -> usize {
-        self.jobs
-            .values()
-            .filter(|j| j.column("BUILD") == build && j.is_pending())
-            .count()
+        self.jobs.values().filter(|j| j.column("BUILD") == build && j.is_pending()).count()
     }
 
     /// The job's bug reference: the first one of its newest comment that has one.
@@ -461,10 +403,7 @@ impl Db {
         let Some(job) = self.jobs.get(&job_id) else {
             return Value::Object(body);
         };
-        body.insert(
-            "remaining".into(),
-            json!(self.remaining(job.column("BUILD"))),
-        );
+        body.insert("remaining".into(), json!(self.remaining(job.column("BUILD"))));
         let mut fill = |key: &str, value: Value| {
             if body.get(key).is_none_or(Value::is_null) {
                 body.insert(key.to_string(), value);
@@ -485,10 +424,7 @@ impl Db {
         }
         let settings = self.settings_of(job);
         for key in ["ISO", "HDD_1"] {
-            if let Some(v) = settings
-                .get(key)
-                .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-            {
+            if let Some(v) = settings.get(key).filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
                 fill(key, v.clone());
             }
         }
@@ -501,19 +437,12 @@ impl Db {
     }
 
     fn rows_of(&self, job_id: u64) -> impl Iterator<Item = &SettingRow> {
-        self.rows_by_job
-            .get(&job_id)
-            .into_iter()
-            .flatten()
-            .filter_map(|&i| self.settings.get(i))
+        self.rows_by_job.get(&job_id).into_iter().flatten().filter_map(|&i| self.settings.get(i))
     }
 
     fn add_row(&mut self, job_id: u64, key: &str, value: &str) {
         self.last_row += 1;
-        self.rows_by_job
-            .entry(job_id)
-            .or_default()
-            .push(self.settings.len());
+        self.rows_by_job.entry(job_id).or_default().push(self.settings.len());
         self.settings.push(SettingRow {
             id: self.last_row,
             job_id,
@@ -534,15 +463,9 @@ impl Db {
             return refuse(400, format!("Job group \"{name}\" already exists"));
         }
         self.last_group += 1;
-        self.groups.push(Group {
-            id: self.last_group,
-            name: name.to_string(),
-        });
+        self.groups.push(Group { id: self.last_group, name: name.to_string() });
         let id = self.last_group;
-        Ok((
-            json!({"changed_fields": {}, "errors_by_field": {}, "id": id, "warnings_by_field": {}}),
-            id,
-        ))
+        Ok((json!({"changed_fields": {}, "errors_by_field": {}, "id": id, "warnings_by_field": {}}), id))
     }
 
     /// `POST /api/v1/jobs`: parameter names are upper-cased, DISTRI/VERSION/FLAVOR/ARCH/BUILD/TEST/
@@ -560,21 +483,12 @@ impl Db {
             given.retain(|(existing, _)| *existing != key);
             given.push((key, v.clone()));
         }
-        let get = |key: &str| {
-            given
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |key: &str| given.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         if get("TEST").is_none_or(str::is_empty) {
             return refuse(400, "TEST field mandatory");
         }
         let group_id = match (get("_GROUP_ID"), get("_GROUP")) {
-            (Some(id), _) => match id
-                .parse::<u64>()
-                .ok()
-                .filter(|id| self.group(*id).is_some())
-            {
+            (Some(id), _) => match id.parse::<u64>().ok().filter(|id| self.group(*id).is_some()) {
                 Some(id) => Some(id),
                 None => return refuse(400, format!("Job group {id} does not exist")),
             },
@@ -589,18 +503,10 @@ impl Db {
         let id = self.last_job;
         let columns: BTreeMap<String, String> = COLUMNS
             .iter()
-            .filter_map(|c| {
-                get(c)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| (c.to_string(), v.to_string()))
-            })
+            .filter_map(|c| get(c).filter(|v| !v.is_empty()).map(|v| (c.to_string(), v.to_string())))
             .collect();
         let casedir_empty = get("CASEDIR").is_none_or(str::is_empty);
-        let priority = if casedir_empty {
-            DEFAULT_PRIORITY + 15
-        } else {
-            DEFAULT_PRIORITY
-        };
+        let priority = if casedir_empty { DEFAULT_PRIORITY + 15 } else { DEFAULT_PRIORITY };
         let mut rows: Vec<(String, String)> = Vec::new();
         for (k, v) in &given {
             if COLUMNS.contains(&k.as_str()) || k == "_GROUP_ID" || k == "_GROUP" {
@@ -613,10 +519,7 @@ impl Db {
             }
         }
         if get("WORKER_CLASS").is_none() {
-            rows.push((
-                "WORKER_CLASS".into(),
-                format!("qemu_{}", get("ARCH").unwrap_or("")),
-            ));
+            rows.push(("WORKER_CLASS".into(), format!("qemu_{}", get("ARCH").unwrap_or(""))));
         }
         if casedir_empty {
             rows.push((
@@ -644,10 +547,7 @@ impl Db {
             self.add_row(id, &k, &v);
         }
         // The event carries the creation parameters as given (incl. `_GROUP_ID`), not the stored settings.
-        let mut data: Map<String, Value> = given
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect();
+        let mut data: Map<String, Value> = given.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
         data.insert("id".into(), json!(id));
         let event = self.job_event("openqa_job_create", Value::Object(data), id);
         Ok((json!({"id": id}), event))
@@ -688,27 +588,18 @@ impl Db {
     /// Clones the job (openQA's restart): the clone gets the same settings and group, a new id and
     /// `origin_id`; the original gets `clone_id` and, if it was still pending, is cancelled as
     /// `user_restarted`. `id_as_sent` is the id as the URL spelled it: the event carries that string.
-    fn restart(
-        &mut self,
-        id: u64,
-        id_as_sent: &str,
-    ) -> Result<(Value, Option<(u64, SimEvent)>), Refusal> {
+    fn restart(&mut self, id: u64, id_as_sent: &str) -> Result<(Value, Option<(u64, SimEvent)>), Refusal> {
         let Some(old) = self.jobs.get(&id).cloned() else {
             return refuse(404, "Job does not exist");
         };
         if let Some(clone) = old.clone_id {
             let error = format!("Specified job {id} has already been cloned as {clone}");
-            return Ok((
-                json!({"errors": [error], "result": [], "test_url": []}),
-                None,
-            ));
+            return Ok((json!({"errors": [error], "result": [], "test_url": []}), None));
         }
         self.last_job += 1;
         let new_id = self.last_job;
-        let rows: Vec<(String, String)> = self
-            .rows_of(id)
-            .map(|r| (r.key.clone(), r.value.clone()))
-            .collect();
+        let rows: Vec<(String, String)> =
+            self.rows_of(id).map(|r| (r.key.clone(), r.value.clone())).collect();
         for (k, v) in rows {
             self.add_row(new_id, &k, &v);
         }
@@ -734,8 +625,7 @@ impl Db {
         let map = json!({ id_as_sent: new_id });
         let data = json!({"auto": 0, "id": id_as_sent, "result": map.clone()});
         let event = self.job_event("openqa_job_restart", data, id);
-        let response =
-            json!({"result": [map], "test_url": [{ id_as_sent: format!("/tests/{new_id}") }]});
+        let response = json!({"result": [map], "test_url": [{ id_as_sent: format!("/tests/{new_id}") }]});
         Ok((response, Some((new_id, event))))
     }
 
@@ -768,25 +658,12 @@ impl Db {
         self.last_comment += 1;
         let id = self.last_comment;
         let created = SystemTime::now();
-        self.comments.push(CommentRow {
-            id,
-            job_id,
-            text: text.to_string(),
-            user: USER.into(),
-            created,
-        });
+        self.comments.push(CommentRow { id, job_id, text: text.to_string(), user: USER.into(), created });
         let body = json!({
             "created": iso_z(created), "group_id": null, "id": id, "job_id": job_id,
             "parent_group_id": null, "text": text, "updated": iso_z(created), "user": USER,
         });
-        Ok((
-            id,
-            SimEvent::new(
-                "openqa_comment_create",
-                json!({"id": id, "job_id": job_id}),
-                body,
-            ),
-        ))
+        Ok((id, SimEvent::new("openqa_comment_create", json!({"id": id, "job_id": job_id}), body)))
     }
 
     // ---- reads --------------------------------------------------------------------------------
@@ -795,9 +672,7 @@ impl Db {
         let Some(mut job) = self.jobs.get(&id) else {
             return refuse(404, "Job does not exist");
         };
-        let follow = params
-            .get("follow")
-            .is_some_and(|v| !v.is_empty() && v != "0");
+        let follow = params.get("follow").is_some_and(|v| !v.is_empty() && v != "0");
         if follow {
             // a restarted job is found through its chain of clones; a cycle cannot arise here
             while let Some(next) = job.clone_id.and_then(|c| self.jobs.get(&c)) {
@@ -820,10 +695,7 @@ impl Db {
     /// `limit` picks the highest ids; the answer is sorted by id as TEXT.
     fn list_jobs(&self, params: &Params) -> Result<Value, Refusal> {
         let mut failed = Vec::new();
-        if params
-            .get("scope")
-            .is_some_and(|s| s != "current" && s != "relevant")
-        {
+        if params.get("scope").is_some_and(|s| s != "current" && s != "relevant") {
             failed.push(("scope", "invalid"));
         }
         for name in ["limit", "offset"] {
@@ -851,11 +723,8 @@ impl Db {
         let states = params.list("state");
         let results = params.list("result");
         let groupid = params.get("groupid").map(|g| g.parse::<u64>().ok());
-        let job_settings: Vec<(&str, &str)> = params
-            .all("job_setting")
-            .into_iter()
-            .filter_map(|s| s.split_once('='))
-            .collect();
+        let job_settings: Vec<(&str, &str)> =
+            params.all("job_setting").into_iter().filter_map(|s| s.split_once('=')).collect();
 
         let mut jobs: Vec<&SimJob> = self
             .jobs
@@ -872,34 +741,22 @@ impl Db {
             .filter(|j| match params.get("scope") {
                 Some("current") => j.clone_id.is_none(),
                 Some("relevant") => {
-                    let clone_pending = j
-                        .clone_id
-                        .and_then(|c| self.jobs.get(&c))
-                        .is_some_and(SimJob::is_pending);
+                    let clone_pending =
+                        j.clone_id.and_then(|c| self.jobs.get(&c)).is_some_and(SimJob::is_pending);
                     (j.clone_id.is_none() || clone_pending) && j.result != "obsoleted"
                 }
                 _ => true,
             })
             .filter(|j| groupid.is_none_or(|g| g.is_some() && g == j.group_id))
-            .filter(|j| {
-                job_settings
-                    .iter()
-                    .all(|(k, v)| self.has_setting(j.id, k, v))
-            })
+            .filter(|j| job_settings.iter().all(|(k, v)| self.has_setting(j.id, k, v)))
             .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
         if params.get("latest").is_some() {
             let mut seen = HashSet::new();
             jobs.retain(|j| seen.insert(j.scenario()));
         }
-        let offset = params
-            .get("offset")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let limit = params
-            .get("limit")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(GENERIC_DEFAULT_LIMIT);
+        let offset = params.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let limit = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(GENERIC_DEFAULT_LIMIT);
         let mut page: Vec<&SimJob> = jobs.into_iter().skip(offset).take(limit).collect();
         // openQA builds a hash keyed by id and walks `sort keys`: string order.
         page.sort_by_key(|j| j.id.to_string());
@@ -937,11 +794,7 @@ impl Db {
             .jobs
             .values()
             .filter(|j| {
-                COLUMNS.iter().all(|c| {
-                    params
-                        .get(&c.to_lowercase())
-                        .is_none_or(|v| j.column(c) == Some(v))
-                })
+                COLUMNS.iter().all(|c| params.get(&c.to_lowercase()).is_none_or(|v| j.column(c) == Some(v)))
             })
             .filter(|j| groupid.is_none_or(|g| g.is_some() && g == j.group_id))
             .collect();
@@ -950,13 +803,8 @@ impl Db {
         jobs.retain(|j| seen.insert(j.scenario()));
         let wanted = |name: &str| -> Option<HashSet<String>> {
             let values = params.all(name);
-            (!values.is_empty()).then(|| {
-                values
-                    .iter()
-                    .flat_map(|v| v.split(','))
-                    .map(str::to_string)
-                    .collect()
-            })
+            (!values.is_empty())
+                .then(|| values.iter().flat_map(|v| v.split(',')).map(str::to_string).collect())
         };
         let (states, results) = (wanted("state"), wanted("result"));
         let list: Vec<Value> = jobs
@@ -996,14 +844,9 @@ impl Db {
         let limit: Option<usize> = params.get("limit").and_then(|v| v.parse().ok());
         let jobs: Vec<u64> = match (value, list_value) {
             (Some(value), None) => {
-                let rows = limit
-                    .unwrap_or(GENERIC_DEFAULT_LIMIT)
-                    .min(GENERIC_MAX_LIMIT);
-                let mut matching: Vec<&SettingRow> = self
-                    .settings
-                    .iter()
-                    .filter(|r| r.key == key && r.value == value)
-                    .collect();
+                let rows = limit.unwrap_or(GENERIC_DEFAULT_LIMIT).min(GENERIC_MAX_LIMIT);
+                let mut matching: Vec<&SettingRow> =
+                    self.settings.iter().filter(|r| r.key == key && r.value == value).collect();
                 matching.sort_by_key(|r| std::cmp::Reverse(r.id));
                 matching.into_iter().take(rows).map(|r| r.job_id).collect()
             }
@@ -1015,30 +858,19 @@ impl Db {
                     .settings
                     .iter()
                     .filter(|r| {
-                        r.job_id > min_id
-                            && like(key, &r.key)
-                            && r.value.split(',').any(|e| e == element)
+                        r.job_id > min_id && like(key, &r.key) && r.value.split(',').any(|e| e == element)
                     })
                     .collect();
                 matching.sort_by(|a, b| b.job_id.cmp(&a.job_id).then(b.id.cmp(&a.id)));
                 matching.into_iter().map(|r| r.job_id).collect()
             }
-            _ => {
-                return refuse(
-                    400,
-                    "either \"value\" or \"list_value\" needs to be specified",
-                )
-            }
+            _ => return refuse(400, "either \"value\" or \"list_value\" needs to be specified"),
         };
         Ok(json!({ "jobs": jobs }))
     }
 
     fn comment_hash(&self, c: &CommentRow, render: bool) -> Value {
-        let rendered = if render {
-            json!(format!("<p>{}</p>\n", html_escape(&c.text)))
-        } else {
-            Value::Null
-        };
+        let rendered = if render { json!(format!("<p>{}</p>\n", html_escape(&c.text))) } else { Value::Null };
         json!({
             "bugrefs": bugrefs(&c.text), "created": comment_time(c.created), "id": c.id,
             "renderedMarkdown": rendered, "text": c.text, "updated": comment_time(c.created), "userName": c.user,
@@ -1049,9 +881,7 @@ impl Db {
         if !self.jobs.contains_key(&job_id) {
             return refuse(404, format!("Job {job_id} does not exist"));
         }
-        let render = params
-            .get("render_markdown")
-            .is_some_and(|v| !v.is_empty() && v != "0");
+        let render = params.get("render_markdown").is_some_and(|v| !v.is_empty() && v != "0");
         let list: Vec<Value> = self
             .comments
             .iter()
@@ -1065,11 +895,7 @@ impl Db {
         if !self.jobs.contains_key(&job_id) {
             return refuse(404, format!("Job {job_id} does not exist"));
         }
-        match self
-            .comments
-            .iter()
-            .find(|c| c.job_id == job_id && c.id == comment_id)
-        {
+        match self.comments.iter().find(|c| c.job_id == job_id && c.id == comment_id) {
             Some(c) => Ok(self.comment_hash(c, true)),
             None => refuse(404, format!("Comment {comment_id} does not exist")),
         }
@@ -1094,21 +920,14 @@ impl Db {
                 None => refuse(404, format!("Group {id} does not exist")),
             };
         }
-        Ok(Value::Array(
-            self.groups.iter().map(Self::group_hash).collect(),
-        ))
+        Ok(Value::Array(self.groups.iter().map(Self::group_hash).collect()))
     }
 
     fn group_jobs(&self, id: u64) -> Result<Value, Refusal> {
         if self.group(id).is_none() {
             return refuse(404, format!("Group {id} does not exist"));
         }
-        let mut ids: Vec<u64> = self
-            .jobs
-            .values()
-            .filter(|j| j.group_id == Some(id))
-            .map(|j| j.id)
-            .collect();
+        let mut ids: Vec<u64> = self.jobs.values().filter(|j| j.group_id == Some(id)).map(|j| j.id).collect();
         ids.sort_by_key(|id| id.to_string());
         Ok(json!({ "ids": ids }))
     }
@@ -1134,10 +953,7 @@ impl Shared {
     }
 
     fn emit(&self, event: &SimEvent) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event.clone());
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(event.clone());
         // Nobody listening is fine.
         let _ = self.events_tx.send(event.clone());
     }
@@ -1186,11 +1002,7 @@ pub async fn start_on(addr: SocketAddr) -> std::io::Result<OpenQaSim> {
             tracing::error!("openQA simulator stopped: {e}");
         }
     });
-    Ok(OpenQaSim {
-        shared,
-        addr,
-        server,
-    })
+    Ok(OpenQaSim { shared, addr, server })
 }
 
 impl OpenQaSim {
@@ -1228,10 +1040,8 @@ impl OpenQaSim {
         settings: &[(&str, &str)],
         group_id: impl Into<Option<u64>>,
     ) -> Result<(u64, SimEvent), String> {
-        let mut params: Vec<(String, String)> = settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut params: Vec<(String, String)> =
+            settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let names_group = settings
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("_GROUP_ID") || k.eq_ignore_ascii_case("_GROUP"));
@@ -1251,12 +1061,7 @@ impl OpenQaSim {
         self.set_done_with_reason(id, result, None)
     }
 
-    pub fn set_done_with_reason(
-        &self,
-        id: u64,
-        result: &str,
-        reason: Option<&str>,
-    ) -> Option<SimEvent> {
+    pub fn set_done_with_reason(&self, id: u64, result: &str, reason: Option<&str>) -> Option<SimEvent> {
         let mut params = vec![("result".to_string(), result.to_string())];
         if let Some(r) = reason {
             params.push(("reason".into(), r.into()));
@@ -1309,29 +1114,19 @@ impl OpenQaSim {
     /// (403 like openQA otherwise); reads stay public but their signatures are still checked and
     /// counted, see [`signatures`](Self::signatures).
     pub fn require_api_key(&self, key: &str, secret: &str) {
-        *self
-            .shared
-            .credentials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((key.into(), secret.into()));
+        *self.shared.credentials.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((key.into(), secret.into()));
     }
 
     /// (valid, invalid) signatures seen on requests that carried an `X-API-Key`, once a key is
     /// required.
     pub fn signatures(&self) -> (u64, u64) {
-        (
-            self.shared.signatures_ok.load(Ordering::SeqCst),
-            self.shared.signatures_bad.load(Ordering::SeqCst),
-        )
+        (self.shared.signatures_ok.load(Ordering::SeqCst), self.shared.signatures_bad.load(Ordering::SeqCst))
     }
 
     /// Every event emitted so far, oldest first.
     pub fn events(&self) -> Vec<SimEvent> {
-        self.shared
-            .events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Returns and forgets the events emitted so far.
@@ -1353,10 +1148,7 @@ impl OpenQaSim {
     /// Every job, by id.
     pub fn jobs_snapshot(&self) -> Vec<Job> {
         let db = self.shared.db();
-        db.jobs
-            .values()
-            .filter_map(|j| serde_json::from_value(Value::Object(db.job_hash(j))).ok())
-            .collect()
+        db.jobs.values().filter_map(|j| serde_json::from_value(Value::Object(db.job_hash(j))).ok()).collect()
     }
 }
 
@@ -1365,18 +1157,14 @@ impl OpenQaSim {
 fn json_response(status: u16, body: &Value) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json;charset=UTF-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
     response
 }
 
 fn error_response(r: &Refusal) -> Response {
-    json_response(
-        r.status,
-        &json!({"error": r.error, "error_status": r.status}),
-    )
+    json_response(r.status, &json!({"error": r.error, "error_status": r.status}))
 }
 
 fn reply(outcome: Result<Value, Refusal>) -> Response {
@@ -1387,10 +1175,7 @@ fn reply(outcome: Result<Value, Refusal>) -> Response {
 }
 
 fn not_found() -> Response {
-    error_response(&Refusal {
-        status: 404,
-        error: "Not found".into(),
-    })
+    error_response(&Refusal { status: 404, error: "Not found".into() })
 }
 
 /// openQA routes only match numeric ids (`[0-9]+`).
@@ -1410,19 +1195,13 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     sim.requests.fetch_add(1, Ordering::SeqCst);
-    let failing = sim
-        .fail_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
+    let failing =
+        sim.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     if failing || sim.down.load(Ordering::SeqCst) {
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "<html><body><h1>503 Service Unavailable</h1></body></html>\n",
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        let mut response =
+            (StatusCode::SERVICE_UNAVAILABLE, "<html><body><h1>503 Service Unavailable</h1></body></html>\n")
+                .into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
         return response;
     }
     let path = uri.path();
@@ -1433,9 +1212,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if method == Method::POST && is_form {
-        params
-            .0
-            .extend(auth::parse_query(&String::from_utf8_lossy(&body)));
+        params.0.extend(auth::parse_query(&String::from_utf8_lossy(&body)));
     }
 
     let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -1444,37 +1221,20 @@ async fn handle(
         microtime: header_str(auth::HEADER_MICROTIME),
         hash: header_str(auth::HEADER_HASH),
     };
-    let credentials = sim
-        .credentials
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let credentials = sim.credentials.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some((known_key, secret)) = credentials {
         let check = || {
-            auth::verify(
-                |k| (k == known_key).then(|| secret.clone()),
-                path,
-                raw_query,
-                presented,
-                now_unix(),
-            )
+            auth::verify(|k| (k == known_key).then(|| secret.clone()), path, raw_query, presented, now_unix())
         };
         if method != Method::GET {
             if let Err(failure) = check() {
                 sim.signatures_bad.fetch_add(1, Ordering::SeqCst);
-                return error_response(&Refusal {
-                    status: 403,
-                    error: failure.message(PEER_IP),
-                });
+                return error_response(&Refusal { status: 403, error: failure.message(PEER_IP) });
             }
             sim.signatures_ok.fetch_add(1, Ordering::SeqCst);
         } else if presented.key.is_some() {
             // Read routes ignore bad credentials, as openQA does; the counters let tests see them.
-            let counter = if check().is_ok() {
-                &sim.signatures_ok
-            } else {
-                &sim.signatures_bad
-            };
+            let counter = if check().is_ok() { &sim.signatures_ok } else { &sim.signatures_bad };
             counter.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -1498,22 +1258,16 @@ async fn handle(
             None => not_found(),
         },
         ["jobs", id, "set_done"] if post => match numeric(id) {
-            Some(id) => write(&sim, |db| {
-                db.set_done(id, &params).map(|(r, e)| (r, Some(e)))
-            }),
+            Some(id) => write(&sim, |db| db.set_done(id, &params).map(|(r, e)| (r, Some(e)))),
             None => not_found(),
         },
         ["jobs", id_as_sent, "restart"] if post => match numeric(id_as_sent) {
-            Some(id) => write(&sim, |db| {
-                db.restart(id, id_as_sent)
-                    .map(|(r, c)| (r, c.map(|(_, e)| e)))
-            }),
+            Some(id) => write(&sim, |db| db.restart(id, id_as_sent).map(|(r, c)| (r, c.map(|(_, e)| e)))),
             None => not_found(),
         },
         ["jobs", id, "cancel"] if post => match numeric(id) {
             Some(id) => write(&sim, |db| {
-                db.cancel(id, params.get("reason"))
-                    .map(|e| (json!({"result": null}), Some(e)))
+                db.cancel(id, params.get("reason")).map(|e| (json!({"result": null}), Some(e)))
             }),
             None => not_found(),
         },
@@ -1523,8 +1277,7 @@ async fn handle(
         },
         ["jobs", id, "comments"] if post => match numeric(id) {
             Some(id) => write(&sim, |db| {
-                db.comment(id, params.get("text"))
-                    .map(|(cid, e)| (json!({"id": cid}), Some(e)))
+                db.comment(id, params.get("text")).map(|(cid, e)| (json!({"id": cid}), Some(e)))
             }),
             None => not_found(),
         },
@@ -1534,9 +1287,7 @@ async fn handle(
         },
         ["job_settings", "jobs"] if get => reply(sim.db().job_settings_jobs(&params)),
         ["job_groups"] if get => reply(sim.db().groups_json(None)),
-        ["job_groups"] if post => {
-            write(&sim, |db| db.create_group(&params).map(|(r, _)| (r, None)))
-        }
+        ["job_groups"] if post => write(&sim, |db| db.create_group(&params).map(|(r, _)| (r, None))),
         ["job_groups", id] if get => match numeric(id) {
             Some(id) => reply(sim.db().groups_json(Some(id))),
             None => not_found(),
@@ -1550,10 +1301,7 @@ async fn handle(
 }
 
 /// Runs a write under the lock, emits its event after releasing it, renders the answer.
-fn write(
-    sim: &Shared,
-    op: impl FnOnce(&mut Db) -> Result<(Value, Option<SimEvent>), Refusal>,
-) -> Response {
+fn write(sim: &Shared, op: impl FnOnce(&mut Db) -> Result<(Value, Option<SimEvent>), Refusal>) -> Response {
     let outcome = op(&mut sim.db());
     match outcome {
         Ok((body, event)) => {
@@ -1587,24 +1335,15 @@ mod tests {
             bugrefs("@review:acceptable_for:incident_12345:bsc#1234567 known issue"),
             Vec::<String>::new()
         );
-        assert_eq!(
-            bugrefs("bsc#1234567 known, poo#42"),
-            vec!["bsc#1234567", "poo#42"]
-        );
+        assert_eq!(bugrefs("bsc#1234567 known, poo#42"), vec!["bsc#1234567", "poo#42"]);
         assert_eq!(bugrefs("see jsc#SLE-1234"), vec!["jsc#SLE-1234"]);
         assert_eq!(bugrefs("bsc#12x"), Vec::<String>::new());
-        assert_eq!(
-            bugurl("bsc#1").as_deref(),
-            Some("https://bugzilla.suse.com/show_bug.cgi?id=1")
-        );
+        assert_eq!(bugurl("bsc#1").as_deref(), Some("https://bugzilla.suse.com/show_bug.cgi?id=1"));
     }
 
     #[test]
     fn routing_suffixes() {
-        assert_eq!(
-            SimEvent::new("openqa_job_done", Value::Null, Value::Null).routing_suffix,
-            "job.done"
-        );
+        assert_eq!(SimEvent::new("openqa_job_done", Value::Null, Value::Null).routing_suffix, "job.done");
         assert_eq!(
             SimEvent::new("openqa_comment_create", Value::Null, Value::Null).routing_key("suse"),
             "suse.openqa.comment.create"

@@ -36,8 +36,11 @@ impl OpenQa {
 
     /// An incident job of `incident`, release request `request`.
     pub fn incident_job(&self, incident: u64, request: u64, test: &str) -> u64 {
-        let (build, rrid, id) =
-            (format!(":{incident}:pkg"), format!("SUSE:Maintenance:{incident}:{request}"), incident.to_string());
+        let (build, rrid, id) = (
+            format!(":{incident}:pkg"),
+            format!("SUSE:Maintenance:{incident}:{request}"),
+            incident.to_string(),
+        );
         self.sim.create_job(
             &[
                 ("DISTRI", "sle"),
@@ -76,7 +79,8 @@ impl OpenQa {
 
     /// An incident whose `n` jobs all finished with `result` (no events emitted).
     pub async fn finished_incident(&self, incident: u64, n: usize, result: &str) -> (u64, Vec<u64>) {
-        let jobs: Vec<u64> = (0..n).map(|i| self.incident_job(incident, 300000 + incident, &format!("t{i}"))).collect();
+        let jobs: Vec<u64> =
+            (0..n).map(|i| self.incident_job(incident, 300000 + incident, &format!("t{i}"))).collect();
         for j in &jobs {
             self.sim.set_done(*j, result);
         }
@@ -121,7 +125,10 @@ impl CGate {
         assert_eq!(self.flush(Duration::from_secs(60)), ig_status::IG_OK, "{}", last_error());
     }
 
-    fn take_string(&self, f: impl FnOnce(*mut *mut std::ffi::c_char) -> ig_status) -> Result<serde_json::Value, ig_status> {
+    fn take_string(
+        &self,
+        f: impl FnOnce(*mut *mut std::ffi::c_char) -> ig_status,
+    ) -> Result<serde_json::Value, ig_status> {
         let mut out = std::ptr::null_mut();
         let status = f(&mut out);
         if status != ig_status::IG_OK {
