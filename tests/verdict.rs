@@ -50,11 +50,18 @@ fn agg(id: u64, test: &str, build: &str, issues: &str, state: &str, result: &str
 }
 
 fn job(id: u64, test: &str, state: &str, result: &str, group: &str, extra: &[(&str, &str)]) -> Job {
-    let mut settings: std::collections::BTreeMap<String, String> =
-        [("DISTRI", "sle"), ("VERSION", "15-SP6"), ("ARCH", "x86_64"), ("MACHINE", "64bit"), ("TEST", test)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    let mut settings: std::collections::BTreeMap<String, String> = [
+        ("DISTRI", "sle"),
+        ("VERSION", "15-SP6"),
+        ("ARCH", "x86_64"),
+        ("MACHINE", "64bit"),
+        ("TEST", test),
+        ("FLAVOR", "Server-DVD-Incidents"),
+        ("BUILD", ":100:openssl"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     for (k, v) in extra {
         settings.insert(k.to_string(), v.to_string());
     }
@@ -192,8 +199,10 @@ fn trap_an_aggregate_build_from_yesterday_does_not_count() {
 
 #[test]
 fn trap_a_job_in_a_devel_group_is_ignored() {
-    let devel = job(2, "b", "done", "failed", "Maintenance: SLE 15 SP6 Devel", &[("INCIDENT_ID", "100")]);
-    let test_group = job(3, "c", "done", "failed", "Maintenance: Test", &[("INCIDENT_ID", "100")]);
+    let mut devel = inc(2, "b", 1, "done", "failed");
+    devel.group = Some("Maintenance: SLE 15 SP6 Devel".into());
+    let mut test_group = inc(3, "c", 1, "done", "failed");
+    test_group.group = Some("Maintenance: Test".into());
     let jobs = [inc(1, "a", 1, "done", "passed"), devel, test_group];
     let v = verdict(100, &jobs, &[]);
     assert_eq!((v.result, v.job_ids.clone()), (Outcome::Passed, vec![1]));
