@@ -21,9 +21,9 @@ struct Args {
     /// then /etc/openqa/openqa.ini if it has the section. INCIDENT_GATE_<KEY> variables override it.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
-    /// Log level filter (also RUST_LOG).
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    /// Log level filter (also RUST_LOG); default info, warn for the demo (it narrates itself).
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,8 +68,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let quiet = matches!(args.command, Command::Demo | Command::Bench { .. });
+        let default = if quiet { "warn" } else { "info" };
+        tracing_subscriber::EnvFilter::new(args.log.as_deref().unwrap_or(default))
+    });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

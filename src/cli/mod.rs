@@ -8,6 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod demo;
+mod world;
+
 pub const EXIT_CODES: &str = "Exit codes: 0 passed / done, 1 failed, 2 usage or configuration error, \
 3 openQA, IBS or the broker unavailable (retry later), 4 still pending, 5 no jobs for the incident.";
 
@@ -167,12 +170,43 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
     Ok(0)
 }
 
-pub async fn sim(_openqa_port: u16, _obs_port: u16) -> Result<u8, String> {
-    Err("sim: not built yet".into())
+/// Runs the simulators until SIGINT/SIGTERM, or until stdin closes when it is a pipe (so a test
+/// harness that dies takes them along).
+pub async fn sim(openqa_port: u16, obs_port: u16) -> Result<u8, String> {
+    let world = world::World::start(openqa_port, obs_port).await?;
+    let line = serde_json::json!({
+        "openqa": world.openqa.url(),
+        "obs": world.obs.url(),
+        "obs_user": world::OBS_USER,
+        "obs_password": world.obs_password,
+        "groups": {"incidents": world.incidents_group, "devel": world.devel_group, "updates": world.updates_group},
+    });
+    println!("{line}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = stdin_closed() => {}
+    }
+    Ok(0)
+}
+
+async fn stdin_closed() {
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    let is_pipe = unsafe { libc::fstat(0, &mut stat) } == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFIFO;
+    if !is_pipe {
+        return std::future::pending().await;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await.is_ok_and(|n| n > 0) {}
 }
 
 pub async fn demo() -> Result<u8, String> {
-    Err("demo: not built yet".into())
+    demo::run().await
 }
 
 pub async fn bench(_scale: f64) -> Result<u8, String> {

@@ -75,13 +75,15 @@ pub struct ObsSimConfig {
     pub admins: Vec<String>,
     /// Whether the caller may post status reports (upstream: maintainers of every target only).
     pub status_reports_allowed: bool,
+    /// Loopback port to listen on; 0 picks a free one.
+    pub port: u16,
 }
 
 impl ObsSimConfig {
     /// The given auth, its login a member of `qam-openqa`.
     pub fn new(auth: SimAuth) -> ObsSimConfig {
         let groups = BTreeMap::from([("qam-openqa".to_string(), vec![auth.login().to_string()])]);
-        ObsSimConfig { auth, groups, admins: Vec::new(), status_reports_allowed: true }
+        ObsSimConfig { auth, groups, admins: Vec::new(), status_reports_allowed: true, port: 0 }
     }
 }
 
@@ -222,7 +224,7 @@ pub async fn start(cfg: ObsSimConfig) -> ObsSim {
 }
 
 pub async fn try_start(cfg: ObsSimConfig) -> std::io::Result<ObsSim> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shared = Arc::new(Shared { cfg, inner: Mutex::new(Inner { next_comment: 1, ..Inner::default() }) });
     let app = Router::new().fallback(handle).with_state(shared.clone());

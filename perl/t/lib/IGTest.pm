@@ -163,11 +163,12 @@ sub obs_url ($self, $path) {
     return $url;
 }
 
+# A maintenance release request in review, waiting for qam-openqa (the simulator's control route).
 sub create_release_request ($self, $id) {
-    my $res = $self->ua->post($self->obs_url('/_sim/requests') => json =>
-          {id => $id, state => 'review', action => 'maintenance_release', reviews => [{by_group => 'qam-openqa', state => 'new'}]})
-      ->result;
-    die "OBS sim: POST /_sim/requests: " . $res->code . ' ' . $res->body . "\n" unless $res->is_success;
+    my $spec = {state => 'review', action_type => 'maintenance_release',
+        reviews => [{by_group => 'qam-openqa', state => 'new'}]};
+    my $res = $self->ua->put("$self->{obs}/_sim/requests/$id" => json => $spec)->result;
+    die "OBS sim: PUT /_sim/requests/$id: " . $res->code . ' ' . $res->body . "\n" unless $res->is_success;
 }
 
 # The request as OBS XML (Mojo::DOM).

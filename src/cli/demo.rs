@@ -1,0 +1,257 @@
+//! `incident-gate demo`: a maintenance day on the simulators and the real local RabbitMQ, shown
+//! step by step. It uses the same path as the openQA plugin: events into a gate.
+
+use super::world::{self, World};
+use incident_gate::config::Config;
+use incident_gate::gate::Gate;
+use incident_gate::sim::openqa::SimEvent;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+struct Demo {
+    world: World,
+    gate: Gate,
+    consumer: lapin::Consumer,
+    seen_decisions: HashSet<String>,
+    events: Vec<serde_json::Value>,
+    started: Instant,
+}
+
+const EXCHANGE: &str = "pubsub";
+const PACE: Duration = Duration::from_millis(250);
+
+fn say(started: Instant, text: &str) {
+    println!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
+}
+
+impl Demo {
+    fn step(&self, text: &str) {
+        println!();
+        say(self.started, &format!("── {text}"));
+    }
+
+    /// Hands openQA's event to the gate, as the plugin does, and shows what follows.
+    async fn event(&mut self, what: &str, event: Option<SimEvent>) -> Result<(), String> {
+        let event = event.ok_or_else(|| format!("the simulator refused: {what}"))?;
+        // a pace a person can follow; the gate itself answers within milliseconds
+        tokio::time::sleep(PACE).await;
+        say(self.started, &format!("openQA: {what}  → {} {}", event.name, event.data));
+        let submitted = Instant::now();
+        self.gate.submit(&event.name, &event.data.to_string()).map_err(|e| format!("{e:?}"))?;
+        self.settle(submitted).await
+    }
+
+    /// Waits for the gate and the outbox to settle, then prints new decisions, IBS actions and events.
+    async fn settle(&mut self, since: Instant) -> Result<(), String> {
+        let gate = &self.gate;
+        tokio::task::block_in_place(|| gate.flush(Duration::from_secs(30)))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.gate.status();
+            let engine = &status["engine"];
+            let backlog = &engine["outbox_backlog"];
+            if backlog["amqp"] == 0 && backlog["obs"] == 0 {
+                let decisions = engine["recent_decisions"].as_array().cloned().unwrap_or_default();
+                for d in decisions.iter().rev() {
+                    let key = d["key"].as_str().unwrap_or("").to_string();
+                    if !self.seen_decisions.insert(key) {
+                        continue;
+                    }
+                    say(
+                        self.started,
+                        &format!(
+                            "incident-gate: incident {} → {} (request {}), {} ms after the event",
+                            d["incident"],
+                            d["result"].as_str().unwrap_or("?").to_uppercase(),
+                            d["request"],
+                            since.elapsed().as_millis()
+                        ),
+                    );
+                    for delivery in d["deliveries"].as_array().into_iter().flatten() {
+                        let sink = if delivery["sink"] == "obs" { "IBS" } else { "AMQP" };
+                        say(
+                            self.started,
+                            &format!("    {sink}: {}", delivery["outcome"].as_str().unwrap_or("-")),
+                        );
+                    }
+                    if let Some(event) = world::next_event(&mut self.consumer, Duration::from_secs(5)).await {
+                        say(
+                            self.started,
+                            &format!(
+                                "    broker: suse.openqa.incident.done {{incident: {}, result: {}, blocking: {}}}",
+                                event["incident"],
+                                event["result"],
+                                event["blocking"].as_array().map_or(0, |b| b.len())
+                            ),
+                        );
+                        self.events.push(event);
+                    }
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the outbox did not drain: {backlog}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub async fn run() -> Result<u8, String> {
+    let started = Instant::now();
+    println!("incident-gate demo: one maintenance day on simulated openQA and IBS, real RabbitMQ\n");
+    let world = World::start(0, 0).await?;
+    let amqp = world::amqp_url();
+    let (_conn, consumer) = world::incident_done_consumer(&amqp, EXCHANGE).await?;
+    let state = std::env::temp_dir().join(format!("incident-gate-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let config = Config::from_value(world.gate_config(&state, &amqp, EXCHANGE)).map_err(|e| e.to_string())?;
+    say(
+        started,
+        &format!(
+            "openQA simulator {}  IBS simulator {}  broker {}",
+            world.openqa.url(),
+            world.obs.url(),
+            config.amqp_url.redacted()
+        ),
+    );
+    say(
+        started,
+        &format!(
+            "policy {:?}, review group {}, state {}",
+            config.review_policy,
+            config.review_group,
+            state.display()
+        ),
+    );
+    let gate = Gate::new(config);
+    let mut demo =
+        Demo { world, gate, consumer, seen_decisions: HashSet::new(), events: Vec::new(), started };
+    let result = play(&mut demo).await;
+    let _ = std::fs::remove_dir_all(&state);
+    result?;
+    summary(&demo);
+    Ok(0)
+}
+
+async fn play(d: &mut Demo) -> Result<(), String> {
+    let w = &d.world;
+    d.step("Morning: three release requests wait for the qam-openqa review on IBS");
+    for (rr, incident, package) in
+        [(300001, 12345, "openssl"), (300002, 12346, "curl"), (300003, 12400, "libxml2")]
+    {
+        w.release_request(rr);
+        say(d.started, &format!("IBS: request {rr} (SUSE:Maintenance:{incident}, {package}) in review"));
+    }
+    let openssl_extratests = w.incident_job(12345, 300001, "openssl", "mau-extratests", "x86_64");
+    let openssl_minimal = w.incident_job(12345, 300001, "openssl", "qam-minimal", "x86_64");
+    let openssl_aarch64 = w.incident_job(12345, 300001, "openssl", "mau-extratests", "aarch64");
+    let devel = w.openqa.create_job(
+        &[
+            ("DISTRI", "sle"),
+            ("VERSION", "15-SP6"),
+            ("FLAVOR", "Server-DVD-Incidents"),
+            ("ARCH", "x86_64"),
+            ("MACHINE", "64bit"),
+            ("TEST", "mau-filesystem"),
+            ("BUILD", ":12345:openssl"),
+            ("INCIDENT_ID", "12345"),
+            ("RRID", "SUSE:Maintenance:12345:300001"),
+        ],
+        w.devel_group,
+    );
+    let curl_minimal = w.incident_job(12346, 300002, "curl", "qam-minimal", "x86_64");
+    let curl_extratests = w.incident_job(12346, 300002, "curl", "mau-extratests", "x86_64");
+    let xml_minimal = w.incident_job(12400, 300003, "libxml2", "qam-minimal", "x86_64");
+    let all = [12345, 12346, 12400];
+    let agg_regression = w.aggregate_job("20261124-1", &all, "mau-qam-regression");
+    let agg_extratests = w.aggregate_job("20261124-1", &all, "mau-extratests");
+    say(d.started, "openQA: 7 incident jobs, 1 Devel-group job, aggregate build 20261124-1 (2 jobs) listing all three incidents");
+
+    d.step("Jobs finish, in no particular order");
+    let ev = w.openqa.set_done(openssl_extratests, "passed");
+    d.event("12345 mau-extratests passed", ev).await?;
+    let ev = d.world.openqa.set_done(curl_minimal, "passed");
+    d.event("12346 qam-minimal passed", ev).await?;
+    let ev = d.world.openqa.set_done(devel, "failed");
+    d.event("12345 mau-filesystem failed in the Devel group (ignored by policy)", ev).await?;
+    let ev = d.world.openqa.set_done(agg_regression, "passed");
+    d.event("aggregate mau-qam-regression passed", ev).await?;
+    let ev = d.world.openqa.set_done(openssl_aarch64, "softfailed");
+    d.event("12345 mau-extratests@aarch64 softfailed", ev).await?;
+
+    d.step("A failing aggregate job blocks every incident it tests");
+    let ev = d.world.openqa.set_done(agg_extratests, "failed");
+    d.event("aggregate mau-extratests FAILED", ev).await?;
+    let ev = d.world.openqa.set_done(curl_extratests, "passed");
+    d.event("12346 mau-extratests passed: the last job of 12346", ev).await?;
+    let ev = d.world.openqa.set_done(xml_minimal, "passed");
+    d.event("12400 qam-minimal passed: the last job of 12400", ev).await?;
+
+    d.step("A reviewer marks the aggregate failure as known for curl (12346) only");
+    let ev = d
+        .world
+        .openqa
+        .comment(agg_extratests, "@review:acceptable_for:incident_12346:bsc#1234567 known issue");
+    d.event("comment on the aggregate job", ev).await?;
+
+    d.step("openssl (12345): its last job fails, a restart passes");
+    let ev = d.world.openqa.set_done(openssl_minimal, "failed");
+    d.event("12345 qam-minimal FAILED: the last job of 12345", ev).await?;
+    let (clone, ev) = d.world.openqa.restart(openssl_minimal).ok_or("restart refused")?;
+    d.event(&format!("12345 qam-minimal restarted as job {clone}"), Some(ev)).await?;
+    let ev = d
+        .world
+        .openqa
+        .comment(agg_extratests, "@review:acceptable_for:incident_12345:bsc#1234567 known issue");
+    d.event("the aggregate failure is known for openssl (12345) too", ev).await?;
+    let ev = d.world.openqa.set_done(clone, "passed");
+    d.event(&format!("12345 qam-minimal (clone {clone}) passed"), ev).await?;
+    Ok(())
+}
+
+fn summary(d: &Demo) {
+    println!();
+    say(d.started, "── End of the day");
+    println!("\nEvents published on the broker (suse.openqa.incident.done):");
+    for e in &d.events {
+        let blocking: Vec<String> = e["blocking"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| format!("{} {}", b["id"], b["result"].as_str().unwrap_or("")))
+            .collect();
+        println!(
+            "  incident {} request {} {:<7} jobs {} blocking [{}] event_id {}",
+            e["incident"],
+            e["request"],
+            e["result"].as_str().unwrap_or(""),
+            e["jobs"],
+            blocking.join(", "),
+            e["event_id"].as_str().unwrap_or("")
+        );
+    }
+    println!("\nReview states on the simulated IBS:");
+    for rr in [300001, 300002, 300003] {
+        let reviews: Vec<String> = d
+            .world
+            .obs
+            .reviews(rr)
+            .iter()
+            .map(|r| format!("{}={}", r.by_group.as_deref().unwrap_or("?"), r.state))
+            .collect();
+        let comments = d.world.obs.comments(rr);
+        println!(
+            "  request {rr}: state {}, reviews [{}], {} comment(s) by incident-gate",
+            d.world.obs.request_state(rr).unwrap_or_default(),
+            reviews.join(", "),
+            comments.len()
+        );
+        if let Some(c) = comments.last() {
+            for line in c.text.lines().take(8) {
+                println!("      │ {line}");
+            }
+        }
+    }
+    println!("\nDone in {:.1}s.", d.started.elapsed().as_secs_f64());
+}

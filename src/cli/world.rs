@@ -1,0 +1,170 @@
+//! A small world for `sim`, `demo` and `bench`: the openQA and IBS simulators on loopback, the real
+//! local RabbitMQ, and a consumer of our `incident.done` events.
+
+use futures_util::StreamExt;
+use incident_gate::sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
+use incident_gate::sim::openqa::{self, OpenQaSim};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, Consumer};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const OBS_USER: &str = "incident-gate";
+
+pub struct World {
+    pub openqa: OpenQaSim,
+    pub obs: ObsSim,
+    pub obs_password: String,
+    pub incidents_group: u64,
+    pub devel_group: u64,
+    pub updates_group: u64,
+}
+
+fn password() -> String {
+    let mut bytes = [0u8; 12];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    hex::encode(bytes)
+}
+
+impl World {
+    pub async fn start(openqa_port: u16, obs_port: u16) -> Result<World, String> {
+        let openqa = openqa::start_on(SocketAddr::from(([127, 0, 0, 1], openqa_port)))
+            .await
+            .map_err(|e| format!("openQA simulator on port {openqa_port}: {e}"))?;
+        let obs_password = password();
+        let auth = SimAuth::Basic { user: OBS_USER.into(), password: obs_password.clone() };
+        let mut cfg = ObsSimConfig::new(auth);
+        cfg.port = obs_port;
+        let obs = incident_gate::sim::obs::try_start(cfg)
+            .await
+            .map_err(|e| format!("IBS simulator on port {obs_port}: {e}"))?;
+        let incidents_group = openqa.create_group("Maintenance: SLE 15 SP6 Incidents");
+        let devel_group = openqa.create_group("Maintenance: SLE 15 SP6 Devel");
+        let updates_group = openqa.create_group("Maintenance: SLE 15 SP6 Updates");
+        Ok(World { openqa, obs, obs_password, incidents_group, devel_group, updates_group })
+    }
+
+    /// The gate configuration for this world (JSON, as the plugin would pass it).
+    pub fn gate_config(
+        &self,
+        state_dir: &std::path::Path,
+        amqp_url: &str,
+        exchange: &str,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "openqa_url": self.openqa.url(),
+            "amqp_url": amqp_url,
+            "amqp_exchange": exchange,
+            "amqp_declare_exchange": true,
+            "obs_url": self.obs.url(),
+            "obs_user": OBS_USER,
+            "obs_password": self.obs_password,
+            "state_dir": state_dir,
+            "http_timeout_s": 10,
+        })
+    }
+
+    /// A release request in review with an open `qam-openqa` review.
+    pub fn release_request(&self, request: u64) {
+        self.obs.create_request(
+            request,
+            "review",
+            vec![SimReview::group("qam-openqa")],
+            "maintenance_release",
+        );
+    }
+
+    pub fn incident_job(&self, incident: u64, request: u64, package: &str, test: &str, arch: &str) -> u64 {
+        let machine = if arch == "aarch64" { "aarch64" } else { "64bit" };
+        let (build, rrid, id) = (
+            format!(":{incident}:{package}"),
+            format!("SUSE:Maintenance:{incident}:{request}"),
+            incident.to_string(),
+        );
+        let settings = [
+            ("DISTRI", "sle"),
+            ("VERSION", "15-SP6"),
+            ("FLAVOR", "Server-DVD-Incidents"),
+            ("ARCH", arch),
+            ("MACHINE", machine),
+            ("TEST", test),
+            ("BUILD", build.as_str()),
+            ("INCIDENT_ID", id.as_str()),
+            ("RRID", rrid.as_str()),
+            ("REPOHASH", "abc123"),
+        ];
+        self.openqa.create_job(&settings, self.incidents_group)
+    }
+
+    pub fn aggregate_job(&self, build: &str, incidents: &[u64], test: &str) -> u64 {
+        let issues: Vec<String> = incidents.iter().map(|i| i.to_string()).collect();
+        let issues = issues.join(",");
+        let settings = [
+            ("DISTRI", "sle"),
+            ("VERSION", "15-SP6"),
+            ("FLAVOR", "Server-DVD-Updates"),
+            ("ARCH", "x86_64"),
+            ("MACHINE", "64bit"),
+            ("TEST", test),
+            ("BUILD", build),
+            ("OS_TEST_ISSUES", issues.as_str()),
+            ("REPOHASH", "1732460000"),
+        ];
+        self.openqa.create_job(&settings, self.updates_group)
+    }
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// An exclusive queue bound to `#.incident.done` on `exchange` (declared as openQA would find it).
+pub async fn incident_done_consumer(url: &str, exchange: &str) -> Result<(Connection, Consumer), String> {
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| "RabbitMQ did not answer in 10 s".to_string())?
+    .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let options = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, options, FieldTable::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    ch.queue_bind(
+        q.name().clone(),
+        exchange.into(),
+        "#.incident.done".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "observer".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((conn, consumer))
+}
+
+/// The next `incident.done` body, or None after `timeout`.
+pub async fn next_event(consumer: &mut Consumer, timeout: Duration) -> Option<serde_json::Value> {
+    let delivery = tokio::time::timeout(timeout, consumer.next()).await.ok()??.ok()?;
+    let _ = delivery.ack(BasicAckOptions::default()).await;
+    serde_json::from_slice(&delivery.data).ok()
+}
