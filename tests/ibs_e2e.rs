@@ -1,0 +1,184 @@
+//! Reporting to IBS end to end: job events into a gate, decisions through the outbox, and what the
+//! IBS simulator ends up holding (request state, reviews, comments) for each review policy.
+
+mod common;
+
+use common::{CGate, OpenQa};
+use incident_gate::sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
+use std::time::Duration;
+
+const REQUEST: u64 = 300_777;
+
+struct Setup {
+    qa: OpenQa,
+    obs: ObsSim,
+    _state: tempfile::TempDir,
+    gate: CGate,
+}
+
+async fn setup(policy: &str, request_state: &str) -> Setup {
+    let qa = OpenQa::start().await;
+    let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-e2e-1".into() };
+    let obs = incident_gate::sim::obs::start(ObsSimConfig::new(auth)).await;
+    obs.create_request(REQUEST, request_state, vec![SimReview::group("qam-openqa")], "maintenance_release");
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = common::gate_config(&qa.url(), state.path());
+    cfg["report_obs"] = true.into();
+    cfg["obs_url"] = obs.url().into();
+    cfg["obs_user"] = "qam-bot".into();
+    cfg["obs_password"] = "pw-e2e-1".into();
+    cfg["review_policy"] = policy.into();
+    let gate = CGate::new(&cfg);
+    Setup { qa, obs, _state: state, gate }
+}
+
+impl Setup {
+    /// Runs an incident's three jobs to the end with `results` and waits until IBS was told.
+    async fn finish(&self, incident: u64, results: [&str; 3]) -> Vec<u64> {
+        let jobs: Vec<u64> = (0..3).map(|i| self.qa.incident_job(incident, REQUEST, &format!("t{i}"))).collect();
+        for (job, result) in jobs.iter().zip(results) {
+            self.qa.sim.set_done(*job, result);
+            self.gate.job_done(*job, result);
+        }
+        self.delivered().await;
+        jobs
+    }
+
+    /// Waits until the outbox holds nothing for IBS.
+    async fn delivered(&self) {
+        self.gate.flushed();
+        let done = common::eventually(Duration::from_secs(20), || {
+            let status = self.gate.status();
+            (status["engine"]["outbox_backlog"]["obs"] == 0).then_some(())
+        })
+        .await;
+        assert!(done.is_some(), "IBS delivery did not finish: {}", self.gate.status());
+    }
+
+    fn review(&self) -> String {
+        self.obs.reviews(REQUEST)[0].state.clone()
+    }
+
+    fn obs_outcome(&self) -> String {
+        let decisions = self.gate.decisions();
+        let obs = decisions[0]["deliveries"].as_array().unwrap().iter().find(|d| d["sink"] == "obs").unwrap().clone();
+        format!("{} {}", obs["state"].as_str().unwrap(), obs["outcome"].as_str().unwrap_or(""))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accept_onpass_accepts_a_pass_and_only_comments_a_failure() {
+    let s = setup("accept-onpass", "review").await;
+    let jobs = s.finish(7001, ["passed", "failed", "passed"]).await;
+    assert_eq!(s.review(), "new", "a failure is not declined under accept-onpass");
+    assert_eq!(s.obs.request_state(REQUEST).as_deref(), Some("review"));
+    let comments = s.obs.comments(REQUEST);
+    assert_eq!(comments.len(), 1);
+    assert!(comments[0].text.contains("failed"), "{}", comments[0].text);
+    assert!(comments[0].text.contains(&format!("/tests/{}", jobs[1])), "links the blocking job: {}", comments[0].text);
+
+    // the failed job is restarted and passes: a new decision accepts, the comment is replaced
+    let (clone, event) = s.qa.sim.restart(jobs[1]).unwrap();
+    s.gate.submit(&event.name, &event.data);
+    s.qa.sim.set_done(clone, "passed");
+    s.gate.job_done(clone, "passed");
+    s.delivered().await;
+    assert_eq!(s.review(), "accepted");
+    assert_eq!(s.obs.request_state(REQUEST).as_deref(), Some("new"), "all reviews accepted: the request is new");
+    let comments = s.obs.comments(REQUEST);
+    assert_eq!(comments.len(), 1, "replaced, not piled up");
+    assert!(comments[0].text.contains("passed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accept_decline_declines_a_failure_with_the_blocking_jobs() {
+    let s = setup("accept-decline", "review").await;
+    let jobs = s.finish(7002, ["passed", "passed", "failed"]).await;
+    assert_eq!(s.review(), "declined");
+    assert_eq!(s.obs.request_state(REQUEST).as_deref(), Some("declined"), "one declined review declines the request");
+    let review = &s.obs.reviews(REQUEST)[0];
+    assert!(review.comment.contains(&format!("/tests/{}", jobs[2])), "the reason names the job: {}", review.comment);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn comment_policy_never_changes_the_review() {
+    let s = setup("comment", "review").await;
+    s.finish(7003, ["passed", "passed", "passed"]).await;
+    assert_eq!(s.review(), "new");
+    assert_eq!(s.obs.comments(REQUEST).len(), 1);
+    assert!(s.obs.comments(REQUEST)[0].text.contains("passed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_touches_nothing_and_records_what_it_would_do() {
+    let s = setup("dry-run", "review").await;
+    s.finish(7004, ["passed", "passed", "passed"]).await;
+    assert_eq!(s.review(), "new");
+    assert!(s.obs.comments(REQUEST).is_empty());
+    assert_eq!(s.obs.count("POST", "/"), 0, "no write reached IBS");
+    let outcome = s.obs_outcome();
+    assert!(outcome.starts_with("final") && outcome.contains("dry-run"), "{outcome}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_out_of_review_are_left_alone_with_a_reason() {
+    for state in ["accepted", "revoked", "superseded"] {
+        let s = setup("accept-decline", state).await;
+        s.finish(7005, ["passed", "passed", "passed"]).await;
+        assert_eq!(s.obs.request_state(REQUEST).as_deref(), Some(state));
+        assert!(s.obs.comments(REQUEST).is_empty());
+        assert_eq!(s.obs.count("POST", "/"), 0, "{state}: nothing written");
+        let outcome = s.obs_outcome();
+        assert!(outcome.starts_with("final") && outcome.contains(state), "{state}: {outcome}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_identical_decision_posts_nothing_new() {
+    let s = setup("accept-onpass", "review").await;
+    let jobs = s.finish(7006, ["passed", "failed", "passed"]).await;
+    let writes = s.obs.count("POST", "/");
+    // a second process with its own state directory decides the same and reports again
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = common::gate_config(&s.qa.url(), state.path());
+    for key in ["obs_url", "obs_user", "obs_password", "review_policy", "report_obs"] {
+        cfg[key] = s.gate.status()["config"][key].clone();
+    }
+    cfg["obs_password"] = "pw-e2e-1".into();
+    let other = CGate::new(&cfg);
+    for job in &jobs {
+        other.job_done(*job, "passed");
+    }
+    other.flushed();
+    common::eventually(Duration::from_secs(20), || (other.status()["engine"]["outbox_backlog"]["obs"] == 0).then_some(()))
+        .await
+        .unwrap();
+    assert_eq!(other.decisions().len(), 1);
+    assert_eq!(s.obs.count("POST", "/"), writes, "the identical comment is found, nothing posted");
+    assert_eq!(s.obs.comments(REQUEST).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ibs_down_then_up_reports_exactly_once() {
+    let s = setup("accept-onpass", "review").await;
+    s.obs.set_down(true);
+    let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7007, REQUEST, &format!("t{i}"))).collect();
+    for job in &jobs {
+        s.qa.sim.set_done(*job, "passed");
+        s.gate.job_done(*job, "passed");
+    }
+    s.gate.flushed();
+    let retried = common::eventually(Duration::from_secs(10), || {
+        let d = s.gate.decisions();
+        let obs = d.first()?["deliveries"].as_array()?.iter().find(|x| x["sink"] == "obs")?.clone();
+        (obs["attempts"].as_u64()? >= 1 && obs["state"] == "queued").then_some(obs)
+    })
+    .await;
+    assert!(retried.is_some(), "a failed attempt stays queued: {}", s.gate.status());
+    assert_eq!(s.review(), "new");
+    s.obs.set_down(false);
+    s.delivered().await;
+    assert_eq!(s.review(), "accepted");
+    assert_eq!(s.obs.count("POST", "/request/"), 1, "the review was changed once");
+    assert_eq!(s.obs.comments(REQUEST).len(), 1);
+}
