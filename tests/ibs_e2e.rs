@@ -35,7 +35,8 @@ async fn setup(policy: &str, request_state: &str) -> Setup {
 impl Setup {
     /// Runs an incident's three jobs to the end with `results` and waits until IBS was told.
     async fn finish(&self, incident: u64, results: [&str; 3]) -> Vec<u64> {
-        let jobs: Vec<u64> = (0..3).map(|i| self.qa.incident_job(incident, REQUEST, &format!("t{i}"))).collect();
+        let jobs: Vec<u64> =
+            (0..3).map(|i| self.qa.incident_job(incident, REQUEST, &format!("t{i}"))).collect();
         for (job, result) in jobs.iter().zip(results) {
             self.qa.sim.set_done(*job, result);
             self.gate.job_done(*job, result);
@@ -61,7 +62,13 @@ impl Setup {
 
     fn obs_outcome(&self) -> String {
         let decisions = self.gate.decisions();
-        let obs = decisions[0]["deliveries"].as_array().unwrap().iter().find(|d| d["sink"] == "obs").unwrap().clone();
+        let obs = decisions[0]["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["sink"] == "obs")
+            .unwrap()
+            .clone();
         format!("{} {}", obs["state"].as_str().unwrap(), obs["outcome"].as_str().unwrap_or(""))
     }
 }
@@ -75,7 +82,11 @@ async fn accept_onpass_accepts_a_pass_and_only_comments_a_failure() {
     let comments = s.obs.comments(REQUEST);
     assert_eq!(comments.len(), 1);
     assert!(comments[0].text.contains("failed"), "{}", comments[0].text);
-    assert!(comments[0].text.contains(&format!("/tests/{}", jobs[1])), "links the blocking job: {}", comments[0].text);
+    assert!(
+        comments[0].text.contains(&format!("/tests/{}", jobs[1])),
+        "links the blocking job: {}",
+        comments[0].text
+    );
 
     // the failed job is restarted and passes: a new decision accepts, the comment is replaced
     let (clone, event) = s.qa.sim.restart(jobs[1]).unwrap();
@@ -84,7 +95,11 @@ async fn accept_onpass_accepts_a_pass_and_only_comments_a_failure() {
     s.gate.job_done(clone, "passed");
     s.delivered().await;
     assert_eq!(s.review(), "accepted");
-    assert_eq!(s.obs.request_state(REQUEST).as_deref(), Some("new"), "all reviews accepted: the request is new");
+    assert_eq!(
+        s.obs.request_state(REQUEST).as_deref(),
+        Some("new"),
+        "all reviews accepted: the request is new"
+    );
     let comments = s.obs.comments(REQUEST);
     assert_eq!(comments.len(), 1, "replaced, not piled up");
     assert!(comments[0].text.contains("passed"));
@@ -95,9 +110,17 @@ async fn accept_decline_declines_a_failure_with_the_blocking_jobs() {
     let s = setup("accept-decline", "review").await;
     let jobs = s.finish(7002, ["passed", "passed", "failed"]).await;
     assert_eq!(s.review(), "declined");
-    assert_eq!(s.obs.request_state(REQUEST).as_deref(), Some("declined"), "one declined review declines the request");
+    assert_eq!(
+        s.obs.request_state(REQUEST).as_deref(),
+        Some("declined"),
+        "one declined review declines the request"
+    );
     let review = &s.obs.reviews(REQUEST)[0];
-    assert!(review.comment.contains(&format!("/tests/{}", jobs[2])), "the reason names the job: {}", review.comment);
+    assert!(
+        review.comment.contains(&format!("/tests/{}", jobs[2])),
+        "the reason names the job: {}",
+        review.comment
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,9 +173,11 @@ async fn a_second_identical_decision_posts_nothing_new() {
         other.job_done(*job, "passed");
     }
     other.flushed();
-    common::eventually(Duration::from_secs(20), || (other.status()["engine"]["outbox_backlog"]["obs"] == 0).then_some(()))
-        .await
-        .unwrap();
+    common::eventually(Duration::from_secs(20), || {
+        (other.status()["engine"]["outbox_backlog"]["obs"] == 0).then_some(())
+    })
+    .await
+    .unwrap();
     assert_eq!(other.decisions().len(), 1);
     assert_eq!(s.obs.count("POST", "/"), writes, "the identical comment is found, nothing posted");
     assert_eq!(s.obs.comments(REQUEST).len(), 1);

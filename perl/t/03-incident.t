@@ -22,7 +22,7 @@ sub review_state { $sim->request($request)->at('review[by_group="qam-openqa"]')-
 
 $sim->create_release_request($request);
 is review_state(), 'new', 'the release request waits for the qam-openqa review';
-my $group = $sim->create_group('Maintenance: SLE 15 SP6 Incidents');
+my $group = $sim->{groups}{incidents} // $sim->create_group('Maintenance: SLE 15 SP6 Incidents');
 my @jobs = $sim->create_incident_jobs(incident => $incident, request => $request, group => $group,
     tests => [qw(mau-extratests qam-minimal mau-webserver)]);
 is scalar @jobs, 3, 'three incident jobs scheduled';

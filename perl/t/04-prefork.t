@@ -22,7 +22,7 @@ my ($incident, $request) = (12346, 300002);
 sub ours { grep { $_->{routing_key} eq "$prefix.openqa.incident.done" } @_ }
 
 $sim->create_release_request($request);
-my $group = $sim->create_group('Maintenance: SLE 15 SP6 Incidents');
+my $group = $sim->{groups}{incidents} // $sim->create_group('Maintenance: SLE 15 SP6 Incidents');
 my @jobs = $sim->create_incident_jobs(incident => $incident, request => $request, group => $group,
     tests => [qw(qam-minimal mau-extratests mau-bind)]);
 $sim->set_done($_, 'passed') for @jobs;
@@ -43,6 +43,7 @@ if (!$server) {
     $ENV{IG_TEST_OPENQA_INI} = $ini;
     $ENV{IG_TEST_LOG} = "$dir/app.log";
     # -c 1: a worker with an open connection accepts no other, so two clients reach two workers
+    open STDOUT, '>', '/dev/null' or die;
     exec $^X, (map {"-I$_"} "$FindBin::Bin/lib", "$FindBin::Bin/../lib"), app_script(), 'prefork', '-w', 2, '-c', 1,
       '-l', $url, '-P', "$dir/prefork.pid"
       or die "exec: $!";

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod bench;
 mod demo;
 mod world;
 
@@ -209,6 +210,6 @@ pub async fn demo() -> Result<u8, String> {
     demo::run().await
 }
 
-pub async fn bench(_scale: f64) -> Result<u8, String> {
-    Err("bench: not built yet".into())
+pub async fn bench(scale: f64) -> Result<u8, String> {
+    bench::run(scale).await
 }

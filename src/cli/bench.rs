@@ -1,0 +1,296 @@
+//! `incident-gate bench`: the figures in docs/performance.md. Everything runs on loopback: the
+//! simulators in this process, the gate behind its C ABI, the real local RabbitMQ.
+
+use super::world::{self, World};
+use incident_gate::ffi::{ig_gate, ig_gate_free, ig_gate_new, ig_gate_submit, ig_status};
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+struct CGate(*mut ig_gate);
+
+// The C ABI handle is thread-safe by contract (the plugin may call it from any thread).
+unsafe impl Send for CGate {}
+unsafe impl Sync for CGate {}
+
+impl CGate {
+    fn new(config: &serde_json::Value) -> Result<CGate, String> {
+        let c = CString::new(config.to_string()).map_err(|e| e.to_string())?;
+        let mut gate = std::ptr::null_mut();
+        match unsafe { ig_gate_new(c.as_ptr(), &mut gate) } {
+            ig_status::IG_OK => Ok(CGate(gate)),
+            other => Err(format!("ig_gate_new: {other:?}")),
+        }
+    }
+
+    fn submit(&self, name: &CString, data: &CString) -> ig_status {
+        unsafe { ig_gate_submit(self.0, name.as_ptr(), data.as_ptr()) }
+    }
+}
+
+impl Drop for CGate {
+    fn drop(&mut self) {
+        unsafe { ig_gate_free(self.0) };
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn state_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("incident-gate-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+pub async fn run(scale: f64) -> Result<u8, String> {
+    if !(0.01..=10.0).contains(&scale) {
+        return Err("--scale must be between 0.01 and 10".into());
+    }
+    println!(
+        "incident-gate bench (scale {scale}), {} cores\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    submit_cost().await?;
+    latency(((50.0 * scale).ceil() as usize).max(5)).await?;
+    day(scale).await?;
+    Ok(0)
+}
+
+/// Call cost: what one `ig_gate_submit` costs the caller (openQA's request thread).
+async fn submit_cost() -> Result<(), String> {
+    let world = World::start(0, 0).await?;
+    let dir = state_dir("submit");
+    let mut cfg = world.gate_config(&dir, &world::amqp_url(), "incident-gate-bench");
+    cfg["publish_amqp"] = false.into();
+    cfg["report_obs"] = false.into();
+    cfg["queue_capacity"] = 1_000_000.into();
+    let gate = CGate::new(&cfg)?;
+    let name = CString::new("openqa_job_done").map_err(|e| e.to_string())?;
+    const N: usize = 200_000;
+    let payloads: Vec<CString> = (0..N)
+        .map(|i| {
+            CString::new(format!(
+                r#"{{"id":{},"newbuild":null,"reason":null,"result":"passed"}}"#,
+                1_000_000 + i
+            ))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let timings = tokio::task::block_in_place(|| {
+        // the first call starts the engine: measured apart, it is a one-time cost per process
+        let first = Instant::now();
+        gate.submit(&name, &payloads[0]);
+        let first = first.elapsed();
+        let mut t = Vec::with_capacity(N);
+        for p in &payloads[1..] {
+            let start = Instant::now();
+            let status = gate.submit(&name, p);
+            t.push(start.elapsed());
+            if status != ig_status::IG_OK {
+                return Err(format!("submit: {status:?}"));
+            }
+        }
+        t.sort_unstable();
+        Ok((first, t))
+    })?;
+    let (first, t) = timings;
+    println!("## ig_gate_submit through the C ABI ({} calls, openqa_job_done)\n", t.len());
+    println!("| first call (starts the engine) | median | p99 | p99.9 | max |");
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| {} | {} | {} | {} | {} |\n",
+        micros(first),
+        micros(percentile(&t, 0.5)),
+        micros(percentile(&t, 0.99)),
+        micros(percentile(&t, 0.999)),
+        micros(*t.last().unwrap_or(&Duration::ZERO))
+    );
+    drop(gate);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Latency: from the last job's `set_done` event to the `incident.done` message consumed from the broker,
+/// and to the review accepted on the IBS simulator.
+async fn latency(incidents: usize) -> Result<(), String> {
+    let world = World::start(0, 0).await?;
+    let dir = state_dir("latency");
+    let exchange = format!("incident-gate-bench-{}", std::process::id());
+    let (_conn, mut consumer) = world::incident_done_consumer(&world::amqp_url(), &exchange).await?;
+    let cfg = world.gate_config(&dir, &world::amqp_url(), &exchange);
+    let gate = CGate::new(&cfg)?;
+    let name = CString::new("openqa_job_done").map_err(|e| e.to_string())?;
+    let (mut to_event, mut to_review) = (Vec::new(), Vec::new());
+    for n in 0..incidents as u64 {
+        let (incident, request) = (50_000 + n, 600_000 + n);
+        world.release_request(request);
+        let jobs: Vec<u64> = (0..10)
+            .map(|t| world.incident_job(incident, request, "pkg", &format!("t{t}"), "x86_64"))
+            .collect();
+        for job in &jobs {
+            let event = world.openqa.set_done(*job, "passed").ok_or("set_done refused")?;
+            if job == jobs.last().unwrap_or(&0) {
+                let data = CString::new(event.data.to_string()).map_err(|e| e.to_string())?;
+                let start = Instant::now();
+                gate.submit(&name, &data);
+                let body = world::next_event(&mut consumer, Duration::from_secs(30))
+                    .await
+                    .ok_or("no incident.done")?;
+                to_event.push(start.elapsed());
+                if body["incident"] != incident {
+                    return Err(format!("unexpected event {body}"));
+                }
+                while world.obs.reviews(request).first().map(|r| r.state.as_str()) != Some("accepted") {
+                    if start.elapsed() > Duration::from_secs(30) {
+                        return Err(format!("request {request} not accepted"));
+                    }
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                to_review.push(start.elapsed());
+            } else {
+                let data = CString::new(event.data.to_string()).map_err(|e| e.to_string())?;
+                gate.submit(&name, &data);
+            }
+        }
+    }
+    to_event.sort_unstable();
+    to_review.sort_unstable();
+    println!("## Last job's event → decision delivered ({incidents} incidents x 10 jobs)\n");
+    println!("| path | median | p99 | max |");
+    println!("| --- | --- | --- | --- |");
+    for (what, t) in [
+        ("`incident.done` consumed from RabbitMQ", &to_event),
+        ("review accepted on the IBS simulator", &to_review),
+    ] {
+        println!(
+            "| {what} | {} | {} | {} |",
+            millis(percentile(t, 0.5)),
+            millis(percentile(t, 0.99)),
+            millis(*t.last().unwrap_or(&Duration::ZERO))
+        );
+    }
+    println!();
+    drop(gate);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Throughput: a synthetic openQA day: every job finishes in shuffled order with an event.
+async fn day(scale: f64) -> Result<(), String> {
+    let incidents = ((300.0 * scale).round() as u64).max(10);
+    let per_incident = 40;
+    let builds = ((10.0 * scale).round() as u64).max(1);
+    let per_build = 400;
+    let world = World::start(0, 0).await?;
+    let dir = state_dir("day");
+    let exchange = format!("incident-gate-bench-day-{}", std::process::id());
+    let (_conn, mut consumer) = world::incident_done_consumer(&world::amqp_url(), &exchange).await?;
+    let mut cfg = world.gate_config(&dir, &world::amqp_url(), &exchange);
+    cfg["queue_capacity"] = 1_000_000.into();
+    let mut jobs = Vec::new();
+    for n in 0..incidents {
+        world.release_request(700_000 + n);
+        for t in 0..per_incident {
+            jobs.push(world.incident_job(80_000 + n, 700_000 + n, "pkg", &format!("t{t}"), "x86_64"));
+        }
+    }
+    let listed = (incidents / builds).max(1);
+    for b in 0..builds {
+        let covered: Vec<u64> = (0..listed).map(|k| 80_000 + b * listed + k).collect();
+        for t in 0..per_build {
+            jobs.push(world.aggregate_job(&format!("20261124-{}", b + 1), &covered, &format!("b{b}-t{t}")));
+        }
+    }
+    let mut seed = 7u64;
+    for i in (1..jobs.len()).rev() {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        jobs.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+    let events: Vec<CString> = jobs
+        .iter()
+        .map(|j| {
+            world.openqa.set_done(*j, "passed");
+            CString::new(format!(r#"{{"id":{j},"newbuild":null,"reason":null,"result":"passed"}}"#))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let gate = CGate::new(&cfg)?;
+    let name = CString::new("openqa_job_done").map_err(|e| e.to_string())?;
+    let requests_before = world.openqa.requests();
+    let start = Instant::now();
+    for e in &events {
+        if gate.submit(&name, e) != ig_status::IG_OK {
+            return Err("submit refused".into());
+        }
+    }
+    let submitted = start.elapsed();
+    let mut received = 0;
+    while received < incidents {
+        world::next_event(&mut consumer, Duration::from_secs(120))
+            .await
+            .ok_or("missing incident.done events")?;
+        received += 1;
+    }
+    let all_published = start.elapsed();
+    let mut accepted = 0;
+    while accepted < incidents {
+        accepted = (0..incidents)
+            .filter(|n| world.obs.reviews(700_000 + n).first().map(|r| r.state.as_str()) == Some("accepted"))
+            .count() as u64;
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err(format!("only {accepted} of {incidents} reviews accepted"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all_reported = start.elapsed();
+    let requests = world.openqa.requests() - requests_before;
+    println!(
+        "## A synthetic openQA day: {incidents} incidents x {per_incident} jobs + {builds} aggregate builds x {per_build} jobs\n"
+    );
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!("| job events | {} |", events.len());
+    println!(
+        "| submitting all events (C ABI) | {} ({:.0} events/s) |",
+        millis(submitted),
+        events.len() as f64 / submitted.as_secs_f64()
+    );
+    println!(
+        "| all {incidents} `incident.done` consumed | {} ({:.0} job events/s sustained end to end) |",
+        millis(all_published),
+        events.len() as f64 / all_published.as_secs_f64()
+    );
+    println!("| all {incidents} reviews accepted on IBS | {} |", millis(all_reported));
+    println!("| openQA requests | {requests} ({:.1} per decision) |", requests as f64 / incidents as f64);
+    println!(
+        "| peak RSS of the bench process (gate + both simulators + {} jobs) | {:.0} MiB |\n",
+        events.len(),
+        peak_rss_mib()
+    );
+    drop(gate);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
