@@ -42,10 +42,10 @@ my $server = fork // die "fork: $!";
 if (!$server) {
     $ENV{IG_TEST_OPENQA_INI} = $ini;
     $ENV{IG_TEST_LOG} = "$dir/app.log";
-    # -c 1: a worker with an open connection accepts no other, so two clients reach two workers
-    open STDOUT, '>', '/dev/null' or die;
-    exec $^X, (map {"-I$_"} "$FindBin::Bin/lib", "$FindBin::Bin/../lib"), app_script(), 'prefork', '-w', 2, '-c', 1,
-      '-l', $url, '-P', "$dir/prefork.pid"
+    # -c 1: a worker with an open connection accepts no other, so two clients reach two workers;
+    # -k/-i: the clients keep their connections (and so their workers) for the whole test
+    exec $^X, (map {"-I$_"} "$FindBin::Bin/lib", "$FindBin::Bin/../lib"), app_script(), 'prefork',
+      '-w', 2, '-c', 1, '-k', 300, '-i', 300, '-l', $url, '-P', "$dir/prefork.pid"
       or die "exec: $!";
 }
 my $stopped;
@@ -59,7 +59,7 @@ undef $probe;
 # two clients on two workers: each keeps its connection, so each stays with its worker
 my @clients;
 for (1 .. 20) {
-    my $ua = Mojo::UserAgent->new(request_timeout => 10, inactivity_timeout => 30);
+    my $ua = Mojo::UserAgent->new(request_timeout => 10, inactivity_timeout => 300);
     my $pid = ($ua->get("$url/pid")->res->json // {})->{pid} or next;
     push @clients, [$ua, $pid] unless grep { $_->[1] == $pid } @clients;
     last if @clients == 2;

@@ -1,0 +1,262 @@
+//! The `incident-gate` command as an operator runs it: exit codes, output, configuration from an
+//! INI file and the environment, and the standalone listener stopping cleanly.
+
+mod common;
+
+use common::OpenQa;
+use incident_gate::sim::obs::{ObsSimConfig, SimAuth, SimReview};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
+
+fn run(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("incident-gate runs")
+}
+
+fn env_for(openqa: &str, state: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("INCIDENT_GATE_OPENQA_URL", openqa.to_string()),
+        ("INCIDENT_GATE_STATE_DIR", state.display().to_string()),
+        ("INCIDENT_GATE_PUBLISH_AMQP", "false".into()),
+        ("INCIDENT_GATE_REPORT_OBS", "false".into()),
+        ("INCIDENT_GATE_HTTP_TIMEOUT_S", "3".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_explains_the_verdict_and_exits_with_it() {
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let env = env_for(&qa.url(), state.path());
+    let ok: Vec<u64> = (0..2).map(|i| qa.incident_job(8001, 1, &format!("t{i}"))).collect();
+    let bad = qa.incident_job(8002, 2, "broken");
+    let running = qa.incident_job(8003, 3, "slow");
+    for j in &ok {
+        qa.sim.set_done(*j, "passed");
+    }
+    qa.sim.set_done(bad, "failed");
+    let _ = running;
+
+    let out = tokio::task::spawn_blocking({
+        let env = env.clone();
+        move || {
+            (
+                run(&["check", "8001", "--json"], &env),
+                run(&["check", "8002"], &env),
+                run(&["check", "8003"], &env),
+                run(&["check", "8999"], &env),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let (passed, failed, pending, none) = out;
+    assert_eq!(passed.status.code(), Some(0), "{}", String::from_utf8_lossy(&passed.stderr));
+    let verdict: serde_json::Value = serde_json::from_slice(&passed.stdout).unwrap();
+    assert_eq!(verdict["result"], "passed");
+    assert_eq!(verdict["jobs"]["total"], 2);
+    assert_eq!(failed.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&failed.stdout);
+    assert!(text.contains(&format!("BLOCKING {bad} failed")), "{text}");
+    assert!(text.contains("broken"), "every job is listed with why: {text}");
+    assert_eq!(pending.status.code(), Some(4));
+    assert_eq!(none.status.code(), Some(5));
+    // check has no side effects: nothing was recorded
+    let status = run(&["status", "--json"], &env);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["recent_decisions"], serde_json::json!([]));
+
+    qa.sim.set_down(true);
+    let down = tokio::task::spawn_blocking(move || run(&["check", "8001"], &env)).await.unwrap();
+    assert_eq!(down.status.code(), Some(3), "openQA unavailable");
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("openQA"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hook_decides_reports_and_status_shows_it() {
+    let qa = OpenQa::start().await;
+    let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-cli-3".into() };
+    let obs = incident_gate::sim::obs::start(ObsSimConfig::new(auth)).await;
+    obs.create_request(310_001, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+    let jobs: Vec<u64> = (0..3).map(|i| qa.incident_job(8101, 310_001, &format!("t{i}"))).collect();
+    for j in &jobs {
+        qa.sim.set_done(*j, "passed");
+    }
+    let state = tempfile::tempdir().unwrap();
+    // configuration from an INI file (as in openqa.ini) with the secret from the environment
+    let ini = state.path().join("openqa.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[global]\nplugins = IncidentGate\n\n[incident_gate]\nopenqa_url = {}\nobs_url = {}\nobs_user = qam-bot\n\
+             state_dir = {}\npublish_amqp = false\n",
+            qa.url(),
+            obs.url(),
+            state.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let env = vec![("INCIDENT_GATE_OBS_PASSWORD", "pw-cli-3".to_string())];
+    let ini_arg = ini.display().to_string();
+    let job = jobs[2].to_string();
+    let (hook, status) = tokio::task::spawn_blocking(move || {
+        let hook = run(&["--config", &ini_arg, "hook", &job], &env);
+        (hook, run(&["--config", &ini_arg, "status"], &env))
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&hook.stdout);
+    assert_eq!(hook.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&hook.stderr));
+    assert!(stdout.contains("incident 8101: passed"), "{stdout}");
+    assert_eq!(obs.reviews(310_001)[0].state, "accepted", "the hook reported to IBS before exiting");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("incident 8101 request 310001 passed"), "{status}");
+    assert!(status.contains("obs done"), "{status}");
+    assert!(!status.contains("pw-cli-3"));
+}
+
+#[test]
+fn a_bad_configuration_is_exit_2_naming_the_key() {
+    let out = run(&["check", "1"], &[("INCIDENT_GATE_CONCURRENCY", "lots".into())]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("concurrency"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("x.ini");
+    std::fs::write(&ini, "[other]\na = b\n").unwrap();
+    let out = run(&["--config", ini.to_str().unwrap(), "status"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[incident_gate]"));
+    let help = run(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for word in ["listen", "hook", "check", "status", "sim", "demo", "bench", "Exit codes"] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+}
+
+#[test]
+fn sim_prints_its_urls_and_serves_until_stdin_closes() {
+    let mut child =
+        Command::new(BIN).arg("sim").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let urls: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let openqa = urls["openqa"].as_str().unwrap().to_string();
+    assert!(openqa.starts_with("http://127.0.0.1:"));
+    assert!(urls["obs"].as_str().unwrap().starts_with("http://127.0.0.1:"));
+    let addr = openqa.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /api/v1/job_groups HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut reply).unwrap();
+    assert!(reply.contains("Maintenance: SLE 15 SP6 Incidents"), "{reply}");
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sim did not stop when stdin closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_decides_from_openqa_messages_and_stops_cleanly_on_sigterm() {
+    use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(8201, 320_001, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let exchange = format!("ig-cli-listen-{}", std::process::id());
+    let mut env = env_for(&qa.url(), state.path());
+    env.extend([
+        ("INCIDENT_GATE_AMQP_URL", common::amqp_url()),
+        ("INCIDENT_GATE_AMQP_EXCHANGE", exchange.clone()),
+        ("INCIDENT_GATE_AMQP_DECLARE_EXCHANGE", "true".into()),
+        ("INCIDENT_GATE_AMQP_QUEUE", format!("{exchange}-q")),
+        ("INCIDENT_GATE_AMQP_QUEUE_DURABLE", "false".into()),
+    ]);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("listen").env_remove("INCIDENT_GATE_CONFIG").stdout(Stdio::null());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+
+    let conn = lapin::Connection::connect(&common::amqp_url(), Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, Default::default())
+        .await
+        .unwrap();
+    // the listener declares and binds its queue once it is up; messages before that go nowhere
+    let bound = async {
+        for _ in 0..200 {
+            if queue_bound(&exchange).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(bound.await, "the listener bound its queue");
+    for job in &jobs {
+        let event = qa.sim.set_done(*job, "passed").unwrap();
+        let body = serde_json::to_vec(&event.amqp_body).unwrap();
+        let key = event.routing_key("suse");
+        let options = BasicPublishOptions::default();
+        let confirm = ch
+            .basic_publish(exchange.as_str().into(), key.as_str().into(), options, &body, Default::default())
+            .await;
+        confirm.unwrap().await.unwrap();
+    }
+    let status_env = env.clone();
+    let decided = common::eventually(Duration::from_secs(20), || {
+        let out = run(&["status", "--json"], &status_env);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let decided = status["recent_decisions"].as_array()?.iter().find(|d| d["incident"] == 8201)?.clone();
+        Some(decided)
+    })
+    .await
+    .expect("the listener decided incident 8201");
+    assert_eq!(decided["result"], "passed");
+    let pid = child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "listen did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the listener's queue exists (a passive declare fails while it does not).
+async fn queue_bound(exchange: &str) -> bool {
+    let Ok(conn) = lapin::Connection::connect(&common::amqp_url(), Default::default()).await else {
+        return false;
+    };
+    let Ok(ch) = conn.create_channel().await else { return false };
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let ok =
+        ch.queue_declare(format!("{exchange}-q").as_str().into(), passive, Default::default()).await.is_ok();
+    let _ = conn.close(200, "".into()).await;
+    ok
+}
