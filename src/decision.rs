@@ -1,7 +1,7 @@
 //! A decision: a final verdict taken once per (incident, request, verdict, set of job ids), and the
 //! outcome of delivering it to one sink (the broker, IBS).
 
-use crate::verdict::{Outcome, Verdict};
+use crate::verdict::Verdict;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -69,11 +69,4 @@ pub enum Delivery {
     Final(String),
     /// A passing fault (connection, 5xx, broker refusal): try again later.
     Retry(String),
-}
-
-impl Outcome {
-    /// Decisions are taken on final verdicts only.
-    pub fn is_decidable(self) -> bool {
-        self.is_final()
-    }
 }

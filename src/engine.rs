@@ -380,15 +380,13 @@ impl Core {
         });
     }
 
-    /// One evaluation; a final verdict becomes a decision. Returns the jobs still pending.
-    async fn evaluate_and_decide(&self, incident: u64) -> Result<Option<HashSet<u64>>, EngineError> {
+    /// One evaluation; a final verdict becomes a decision (recorded once, queued for the sinks).
+    pub async fn decide(&self, incident: u64) -> Result<Verdict, EngineError> {
         self.stats.evaluations.fetch_add(1, Relaxed);
         let verdict = self.evaluate(incident).await?;
         if verdict.result == Outcome::Pending {
             self.store.mark_pending(incident)?;
-            let pending =
-                verdict.notes.iter().filter(|n| n.counts && n.state != "done" && n.state != "cancelled");
-            return Ok(Some(pending.map(|n| n.id).collect()));
+            return Ok(verdict);
         }
         let decision = Decision::new(verdict, &self.cfg.openqa_url);
         if self.store.record_decision(&decision, &self.sinks)? {
@@ -404,7 +402,17 @@ impl Core {
         } else {
             self.stats.duplicate_decisions.fetch_add(1, Relaxed);
         }
-        Ok(None)
+        Ok(decision.verdict)
+    }
+
+    /// `decide`, returning the jobs a pending incident still waits on.
+    async fn evaluate_and_decide(&self, incident: u64) -> Result<Option<HashSet<u64>>, EngineError> {
+        let verdict = self.decide(incident).await?;
+        Ok((verdict.result == Outcome::Pending).then(|| {
+            let pending =
+                verdict.notes.iter().filter(|n| n.counts && n.state != "done" && n.state != "cancelled");
+            pending.map(|n| n.id).collect()
+        }))
     }
 }
 
@@ -434,10 +442,4 @@ async fn reconcile(core: Arc<Core>) {
             Err(e) => tracing::warn!("reconciliation: {e}"),
         }
     }
-}
-
-/// Evaluates one incident now (for `ig_gate`-less callers such as `incident-gate hook`).
-pub async fn decide_now(core: &Arc<Core>, incident: u64) -> Result<Option<Decision>, EngineError> {
-    core.evaluate_and_decide(incident).await?;
-    Ok(core.store.latest_decision(incident)?)
 }

@@ -1,7 +1,7 @@
 //! The subcommands of `incident-gate`.
 
 use incident_gate::config::Config;
-use incident_gate::engine::{self, Core};
+use incident_gate::engine::Core;
 use incident_gate::incident::incidents_of;
 use incident_gate::verdict::{Outcome, Verdict};
 use std::path::Path;
@@ -84,11 +84,8 @@ pub async fn hook(core: Arc<Core>, job_id: u64) -> Result<u8, String> {
     }
     let mut worst = 0;
     for incident in incidents {
-        let verdict = core.evaluate(incident).await.map_err(|e| e.to_string())?;
+        let verdict = core.decide(incident).await.map_err(|e| e.to_string())?;
         println!("incident {incident}: {}", summary(&verdict));
-        if verdict.result.is_final() {
-            engine::decide_now(&core, incident).await.map_err(|e| e.to_string())?;
-        }
         worst = worst.max(exit_code(verdict.result));
     }
     let left = incident_gate::outbox::drain(&core, Duration::from_secs(30)).await;
