@@ -99,13 +99,19 @@ impl Selection<'_> {
 
 /// `*` and `?` globs as used for the ignored job groups.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    wildcard_match(pattern, text, '*', '?')
+}
+
+/// Wildcard matching with `many` for any run of characters and `one` for any single character
+/// (globs here, SQL `LIKE` in the openQA simulator).
+pub fn wildcard_match(pattern: &str, text: &str, many: char, one: char) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] != many && (p[pi] == one || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == many {
             star = Some(pi);
             mark = ti;
             pi += 1;
@@ -117,7 +123,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == many)
 }
 
 fn lists_incident(job: &Job, incident: u64) -> bool {

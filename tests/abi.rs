@@ -106,20 +106,10 @@ fn run_c(mode: &str, config: &serde_json::Value, extra: &[String]) -> String {
     stdout
 }
 
-fn config(openqa: &str, state: &Path) -> serde_json::Value {
-    serde_json::json!({
-        "openqa_url": openqa,
-        "state_dir": state,
-        "publish_amqp": false,
-        "report_obs": false,
-        "http_timeout_s": 5,
-    })
-}
-
 #[test]
 fn bad_input_gets_a_status_and_a_message() {
     let state = tempfile::tempdir().unwrap();
-    let out = run_c("bad-input", &config("http://127.0.0.1:9", state.path()), &[]);
+    let out = run_c("bad-input", &common::gate_config("http://127.0.0.1:9", state.path()), &[]);
     assert!(out.contains("new(unknown key)"), "{out}");
 }
 
@@ -127,7 +117,7 @@ fn bad_input_gets_a_status_and_a_message() {
 fn a_full_queue_is_a_status_and_counted() {
     let state = tempfile::tempdir().unwrap();
     // nothing listens on port 9: the engine keeps retrying the first events, the queue fills
-    let mut cfg = config("http://127.0.0.1:9", state.path());
+    let mut cfg = common::gate_config("http://127.0.0.1:9", state.path());
     cfg["queue_capacity"] = 3.into();
     run_c("queue-full", &cfg, &[]);
 }
@@ -137,7 +127,7 @@ async fn happy_path_and_fork_then_use() {
     let sim = common::OpenQa::start().await;
     let (incident, jobs) = sim.finished_incident(4242, 3, "passed").await;
     let state = tempfile::tempdir().unwrap();
-    let cfg = config(&sim.url(), state.path());
+    let cfg = common::gate_config(&sim.url(), state.path());
     let mut args = vec![incident.to_string()];
     args.extend(jobs.iter().map(|j| j.to_string()));
     let cfg2 = cfg.clone();
@@ -158,7 +148,7 @@ async fn happy_path_and_fork_then_use() {
 async fn status_and_errors_never_show_secrets() {
     let sim = common::OpenQa::start().await;
     let state = tempfile::tempdir().unwrap();
-    let mut cfg = config(&sim.url(), state.path());
+    let mut cfg = common::gate_config(&sim.url(), state.path());
     cfg["openqa_api_key"] = "0123456789ABCDEF".into();
     cfg["openqa_api_secret"] = "S3cr3t-openQA-8f2a".into();
     cfg["obs_password"] = "S3cr3t-obs-77x".into();

@@ -59,8 +59,8 @@ inactive_ok(write_ini({incident_gate => {library => $lib, review_policy => 'appr
     qr/config key `review_policy`/, 'an unknown review policy');
 
 subtest 'no secret in the log' => sub {
-    my $t = new_app(write_ini({incident_gate => {library => $lib, concurrency => 'many', obs_password => 'S3CRET-OBS',
-        amqp_url => 'amqp://u:S3CRET-MQ@localhost/'}}));
+    my $t = new_app(write_ini({incident_gate => {library => $lib, concurrency => 'many',
+        obs_password => 'S3CRET-OBS', amqp_url => 'amqp://u:S3CRET-MQ@localhost/'}}));
     my @lines = log_lines($t);
     ok scalar @lines, 'something was logged';
     ok !(grep {/S3CRET/} @lines), 'but no secret' or diag join "\n", @lines;

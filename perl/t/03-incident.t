@@ -73,7 +73,8 @@ $t->get_ok("/api/v1/incident_gate/incidents/$incident")->status_is(200)->json_is
   ->json_is('/jobs/passed' => 3)->json_is('/jobs/pending' => 0);
 $t->get_ok('/api/v1/incident_gate/status')->status_is(200)->json_is('/intake/accepted' => 3)
   ->json_is('/engine/decisions' => 1)->json_is('/engine/recent_decisions/0/incident' => $incident)
-  ->json_is('/engine/recent_decisions/0/result' => 'passed')->json_is('/engine/recent_decisions/0/key' => $msg->{message_id});
+  ->json_is('/engine/recent_decisions/0/result' => 'passed')
+  ->json_is('/engine/recent_decisions/0/key' => $msg->{message_id});
 
 subtest 'openQA going away: the verdict route answers 503, the app keeps serving' => sub {
     undef $sim;    # stops the simulators

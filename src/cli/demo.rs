@@ -4,6 +4,7 @@
 use super::world::{self, World};
 use incident_gate::config::Config;
 use incident_gate::gate::Gate;
+use incident_gate::sim;
 use incident_gate::sim::openqa::SimEvent;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -146,20 +147,8 @@ async fn play(d: &mut Demo) -> Result<(), String> {
     let openssl_extratests = w.incident_job(12345, 300001, "openssl", "mau-extratests", "x86_64");
     let openssl_minimal = w.incident_job(12345, 300001, "openssl", "qam-minimal", "x86_64");
     let openssl_aarch64 = w.incident_job(12345, 300001, "openssl", "mau-extratests", "aarch64");
-    let devel = w.openqa.create_job(
-        &[
-            ("DISTRI", "sle"),
-            ("VERSION", "15-SP6"),
-            ("FLAVOR", "Server-DVD-Incidents"),
-            ("ARCH", "x86_64"),
-            ("MACHINE", "64bit"),
-            ("TEST", "mau-filesystem"),
-            ("BUILD", ":12345:openssl"),
-            ("INCIDENT_ID", "12345"),
-            ("RRID", "SUSE:Maintenance:12345:300001"),
-        ],
-        w.devel_group,
-    );
+    let devel_settings = sim::incident_job_settings(12345, 300001, "openssl", "mau-filesystem", "x86_64");
+    let devel = w.openqa.create_job(&sim::borrowed(&devel_settings), w.devel_group);
     let curl_minimal = w.incident_job(12346, 300002, "curl", "qam-minimal", "x86_64");
     let curl_extratests = w.incident_job(12346, 300002, "curl", "mau-extratests", "x86_64");
     let xml_minimal = w.incident_job(12400, 300003, "libxml2", "qam-minimal", "x86_64");

@@ -2,6 +2,7 @@
 //! local RabbitMQ, and a consumer of our `incident.done` events.
 
 use futures_util::StreamExt;
+use incident_gate::sim;
 use incident_gate::sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
 use incident_gate::sim::openqa::{self, OpenQaSim};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -76,42 +77,13 @@ impl World {
     }
 
     pub fn incident_job(&self, incident: u64, request: u64, package: &str, test: &str, arch: &str) -> u64 {
-        let machine = if arch == "aarch64" { "aarch64" } else { "64bit" };
-        let (build, rrid, id) = (
-            format!(":{incident}:{package}"),
-            format!("SUSE:Maintenance:{incident}:{request}"),
-            incident.to_string(),
-        );
-        let settings = [
-            ("DISTRI", "sle"),
-            ("VERSION", "15-SP6"),
-            ("FLAVOR", "Server-DVD-Incidents"),
-            ("ARCH", arch),
-            ("MACHINE", machine),
-            ("TEST", test),
-            ("BUILD", build.as_str()),
-            ("INCIDENT_ID", id.as_str()),
-            ("RRID", rrid.as_str()),
-            ("REPOHASH", "abc123"),
-        ];
-        self.openqa.create_job(&settings, self.incidents_group)
+        let settings = sim::incident_job_settings(incident, request, package, test, arch);
+        self.openqa.create_job(&sim::borrowed(&settings), self.incidents_group)
     }
 
     pub fn aggregate_job(&self, build: &str, incidents: &[u64], test: &str) -> u64 {
-        let issues: Vec<String> = incidents.iter().map(|i| i.to_string()).collect();
-        let issues = issues.join(",");
-        let settings = [
-            ("DISTRI", "sle"),
-            ("VERSION", "15-SP6"),
-            ("FLAVOR", "Server-DVD-Updates"),
-            ("ARCH", "x86_64"),
-            ("MACHINE", "64bit"),
-            ("TEST", test),
-            ("BUILD", build),
-            ("OS_TEST_ISSUES", issues.as_str()),
-            ("REPOHASH", "1732460000"),
-        ];
-        self.openqa.create_job(&settings, self.updates_group)
+        let settings = sim::aggregate_job_settings(build, incidents, test);
+        self.openqa.create_job(&sim::borrowed(&settings), self.updates_group)
     }
 }
 

@@ -3,3 +3,52 @@
 
 pub mod obs;
 pub mod openqa;
+
+/// Settings of an incident job as SUSE's maintenance scheduling creates them (see
+/// tests/fixtures/openqa: `BUILD=:<incident>:<package>`, `INCIDENT_ID`, `RRID`).
+pub fn incident_job_settings(
+    incident: u64,
+    request: u64,
+    package: &str,
+    test: &str,
+    arch: &str,
+) -> Vec<(String, String)> {
+    let machine = if arch == "aarch64" { "aarch64" } else { "64bit" };
+    settings(&[
+        ("DISTRI", "sle"),
+        ("VERSION", "15-SP6"),
+        ("FLAVOR", "Server-DVD-Incidents"),
+        ("ARCH", arch),
+        ("MACHINE", machine),
+        ("TEST", test),
+        ("BUILD", &format!(":{incident}:{package}")),
+        ("INCIDENT_ID", &incident.to_string()),
+        ("RRID", &format!("SUSE:Maintenance:{incident}:{request}")),
+        ("REPOHASH", "abc123"),
+    ])
+}
+
+/// Settings of an aggregate job of `build` listing `incidents` in `OS_TEST_ISSUES`.
+pub fn aggregate_job_settings(build: &str, incidents: &[u64], test: &str) -> Vec<(String, String)> {
+    let issues: Vec<String> = incidents.iter().map(|i| i.to_string()).collect();
+    settings(&[
+        ("DISTRI", "sle"),
+        ("VERSION", "15-SP6"),
+        ("FLAVOR", "Server-DVD-Updates"),
+        ("ARCH", "x86_64"),
+        ("MACHINE", "64bit"),
+        ("TEST", test),
+        ("BUILD", build),
+        ("OS_TEST_ISSUES", &issues.join(",")),
+        ("REPOHASH", "1732460000"),
+    ])
+}
+
+fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// `create_job` takes borrowed pairs.
+pub fn borrowed(settings: &[(String, String)]) -> Vec<(&str, &str)> {
+    settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}

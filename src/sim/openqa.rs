@@ -137,26 +137,7 @@ fn is_num(s: &str) -> bool {
 
 /// SQL `LIKE` with openQA's `*` -> `%`: `%` any run, `_` any one character, the rest literal.
 fn like(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().map(|c| if c == '*' { '%' } else { c }).collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '_' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '%' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '%')
+    crate::verdict::wildcard_match(&pattern.replace('*', "%"), text, '%', '_')
 }
 
 fn now_unix() -> f64 {

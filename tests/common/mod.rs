@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use incident_gate::ffi::*;
+use incident_gate::sim;
 use incident_gate::sim::openqa::OpenQaSim;
 use std::ffi::{CStr, CString};
 use std::time::Duration;
@@ -36,45 +37,14 @@ impl OpenQa {
 
     /// An incident job of `incident`, release request `request`.
     pub fn incident_job(&self, incident: u64, request: u64, test: &str) -> u64 {
-        let (build, rrid, id) = (
-            format!(":{incident}:pkg"),
-            format!("SUSE:Maintenance:{incident}:{request}"),
-            incident.to_string(),
-        );
-        self.sim.create_job(
-            &[
-                ("DISTRI", "sle"),
-                ("VERSION", "15-SP6"),
-                ("FLAVOR", "Server-DVD-Incidents"),
-                ("ARCH", "x86_64"),
-                ("MACHINE", "64bit"),
-                ("TEST", test),
-                ("BUILD", &build),
-                ("INCIDENT_ID", &id),
-                ("RRID", &rrid),
-                ("REPOHASH", "abc123"),
-            ],
-            self.incidents_group,
-        )
+        let settings = sim::incident_job_settings(incident, request, "pkg", test, "x86_64");
+        self.sim.create_job(&sim::borrowed(&settings), self.incidents_group)
     }
 
     /// An aggregate job of `build` listing `incidents`.
     pub fn aggregate_job(&self, build: &str, incidents: &[u64], test: &str) -> u64 {
-        let issues: Vec<String> = incidents.iter().map(|i| i.to_string()).collect();
-        self.sim.create_job(
-            &[
-                ("DISTRI", "sle"),
-                ("VERSION", "15-SP6"),
-                ("FLAVOR", "Server-DVD-Updates"),
-                ("ARCH", "x86_64"),
-                ("MACHINE", "64bit"),
-                ("TEST", test),
-                ("BUILD", build),
-                ("OS_TEST_ISSUES", &issues.join(",")),
-                ("REPOHASH", "1732460000"),
-            ],
-            self.updates_group,
-        )
+        let settings = sim::aggregate_job_settings(build, incidents, test);
+        self.sim.create_job(&sim::borrowed(&settings), self.updates_group)
     }
 
     /// An incident whose `n` jobs all finished with `result` (no events emitted).

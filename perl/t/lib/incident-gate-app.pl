@@ -18,7 +18,8 @@ else { open my $null, '>', '/dev/null' or die; app->log->handle($null) }
 if (my $file = $ENV{IG_TEST_OPENQA_INI}) {
     my $ini = Config::IniFiles->new(-file => $file) or die "cannot read $file: @Config::IniFiles::errors\n";
     app->config->{ini_config} = $ini;
-    app->config->{global}{$_} = $ini->val(global => $_) for $ini->SectionExists('global') ? $ini->Parameters('global') : ();
+    my @global = $ini->SectionExists('global') ? $ini->Parameters('global') : ();
+    app->config->{global}{$_} = $ini->val(global => $_) for @global;
 }
 
 # openQA: push the plugin namespace, then `$app->plugin($_)` for each name in [global] plugins
@@ -32,7 +33,8 @@ app->defaults->{ig_test_seen} = \@seen;
 Mojo::IOLoop->next_tick(
     sub {
         for my $name (@OpenQA::WebAPI::Plugin::IncidentGate::EVENTS) {
-            OpenQA::Events->singleton->on($name => sub ($e, $args) { push @seen, [$name, eval { encode_json($args->[3]) } // "not encodable: $@"] });
+            OpenQA::Events->singleton->on(
+                $name => sub ($e, $args) { push @seen, [$name, eval { encode_json($args->[3]) } // "bad: $@"] });
         }
     });
 

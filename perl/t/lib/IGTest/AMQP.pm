@@ -17,7 +17,8 @@ sub new ($class, $url = $ENV{AMQP_URL} // 'amqp://guest:guest@127.0.0.1:5672/%2f
     my $u = Mojo::URL->new($url);
     my ($user, $pass) = map { url_unescape($_ // 'guest') } split /:/, ($u->userinfo // 'guest:guest'), 2;
     my $vhost = url_unescape(($u->path->to_string =~ s{^/}{}r)) || '/';
-    my $sock = IO::Socket::INET->new(PeerAddr => $u->host // '127.0.0.1', PeerPort => $u->port // 5672, Timeout => 5)
+    my ($host, $port) = ($u->host // '127.0.0.1', $u->port // 5672);
+    my $sock = IO::Socket::INET->new(PeerAddr => $host, PeerPort => $port, Timeout => 5)
       or die "cannot connect to AMQP at " . ($u->host // '') . ": $!\n";
     my $self = bless {sock => $sock, buf => ''}, $class;
     syswrite $sock, "AMQP\x00\x00\x09\x01";
@@ -67,7 +68,8 @@ sub _expect ($self, $channel, $class, @methods) {
     my $args = substr $payload, 4;
     if (($c == 10 || $c == 20) && $m == 40) {
         my ($code, $len) = unpack 'nC', $args;
-        die "AMQP: broker closed the " . ($c == 10 ? 'connection' : 'channel') . ": $code " . substr($args, 3, $len) . "\n";
+        my $what = $c == 10 ? 'connection' : 'channel';
+        die "AMQP: broker closed the $what: $code " . substr($args, 3, $len) . "\n";
     }
     die "AMQP: expected $class.@methods, got $c.$m\n" unless $c == $class && grep { $_ == $m } @methods;
     return wantarray ? ($m, $args) : $args;

@@ -40,7 +40,8 @@ sub _setup ($self, $app) {
     else { return 'no [' . SECTION . '] section in openqa.ini' }
 
     my $library = delete $settings{library} // $ENV{INCIDENT_GATE_LIBRARY} // (grep { -e } @LIBRARY_PATHS)[0]
-      // return 'libincident_gate.so not found (tried ' . join(', ', @LIBRARY_PATHS) . '; set library in [' . SECTION . '])';
+      // return 'libincident_gate.so not found (tried ' . join(', ', @LIBRARY_PATHS)
+      . '; set library in [' . SECTION . '])';
     $self->{lib} = eval { IncidentGate::FFI->new($library) } or return ($@ =~ s/\n\z//r);
 
     my $base_url = $config->{global} && $config->{global}{base_url};
