@@ -156,3 +156,23 @@ async fn a_job_that_finished_without_an_event_is_found_by_reconciliation() {
     .expect("reconciliation decides the incident");
     assert_eq!(decided[0]["result"], "failed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settle_window_folds_a_burst_into_one_evaluation() {
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..6).map(|i| qa.incident_job(6001, 300601, &format!("t{i}"))).collect();
+    for job in &jobs {
+        qa.sim.set_done(*job, "passed");
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = gate_config(&qa.url(), state.path());
+    cfg["settle_ms"] = 400.into();
+    let gate = CGate::new(&cfg);
+    for job in &jobs {
+        gate.job_done(*job, "passed");
+    }
+    gate.flushed();
+    let engine = &gate.status()["engine"];
+    assert_eq!(engine["evaluations"], 1, "{engine}");
+    assert_eq!(decisions_for(&gate, 6001).len(), 1);
+}
