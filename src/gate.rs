@@ -83,10 +83,32 @@ impl Gate {
     }
 
     /// The current verdict of an incident, straight from openQA (no side effects). Blocks.
+    /// Uses the running engine of this process, or else a throwaway runtime, so that evaluating
+    /// alone (the plugin does it in a short-lived child) never starts deliveries.
     pub fn evaluate(&self, incident: u64) -> Result<crate::verdict::Verdict, String> {
-        let (handle, core) = self.with_running(|r| (r.runtime_handle(), r.core.clone()))?;
-        let evaluate =
-            move || handle.block_on(async move { core.evaluate(incident).await.map_err(|e| e.to_string()) });
+        let running = {
+            let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            guard
+                .as_ref()
+                .filter(|r| r.pid == std::process::id())
+                .map(|r| (r.runtime_handle(), r.core.clone()))
+        };
+        let config = self.config.clone();
+        let evaluate = move || match running {
+            Some((handle, core)) => {
+                handle.block_on(async move { core.evaluate(incident).await }).map_err(|e| e.to_string())
+            }
+            None => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start a runtime: {e}"))?;
+                rt.block_on(async move {
+                    let core = Core::new(config).map_err(|e| e.to_string())?;
+                    core.evaluate(incident).await.map_err(|e| e.to_string())
+                })
+            }
+        };
         if tokio::runtime::Handle::try_current().is_err() {
             return evaluate();
         }
@@ -152,6 +174,15 @@ impl Gate {
     }
 
     fn start(&self, pid: u32) -> Result<Running, String> {
+        // Inside openQA nobody set up logging for us: warnings and decisions go to stderr (the web
+        // UI's journal). INCIDENT_GATE_LOG filters, like RUST_LOG. A no-op when a host set one up.
+        let filter = tracing_subscriber::EnvFilter::try_from_env("INCIDENT_GATE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("incident-gate")

@@ -113,8 +113,8 @@ sub _status ($self, $c) {
     $c->render(json => {error => $json}, status => 500);
 }
 
-# ig_gate_evaluate asks openQA and blocks: run it in a forked child (the library supports that) on
-# an evaluating-only gate, so the short-lived child never delivers, decides or reconciles.
+# ig_gate_evaluate asks openQA and blocks: run it in a forked child (the library supports that); a
+# gate that has not started its engine in the child only evaluates.
 sub _evaluate ($self, $c) {
     return if $self->_inactive($c);
     my $incident = $c->param('incident');
@@ -124,8 +124,7 @@ sub _evaluate ($self, $c) {
     $c->render_later;
     Mojo::IOLoop->subprocess->run_p(
         sub {
-            my %eval_only = (publish_amqp => 'false', report_obs => 'false', reconcile_interval_s => '31536000');
-            my ($gate, @failed) = $self->{lib}->gate(encode_json({%{decode_json($self->{config_json})}, %eval_only}));
+            my ($gate, @failed) = $self->{lib}->gate($self->{config_json});
             return @failed unless $gate;
             return $gate->evaluate($incident);
         }
