@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const BATCH: usize = 256;
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
 
 /// The routing-key patterns bound to our queue.
 pub fn binding_keys(cfg: &Config) -> Vec<String> {
@@ -35,9 +36,9 @@ pub fn parse_message(routing_key: &str, body: &[u8]) -> Result<Option<Event>, St
 
 /// Runs until `core.shutdown()`, reconnecting with backoff after any connection loss.
 pub async fn run(core: Arc<Core>) {
-    let mut delay = Duration::from_millis(500);
+    let mut delay = RECONNECT_MIN;
     while !core.is_shutting_down() {
-        match consume(&core).await {
+        match consume(&core, &mut delay).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!("AMQP listener: {e}; reconnecting in {delay:?}");
@@ -100,8 +101,11 @@ async fn subscribe(cfg: &Config) -> Result<(Connection, Consumer), String> {
     Ok((conn, consumer))
 }
 
-async fn consume(core: &Arc<Core>) -> Result<(), String> {
+/// Consumes until shutdown or an error; a successful subscription resets the reconnect `delay`,
+/// so a connection lost after hours of service is retried quickly again.
+async fn consume(core: &Arc<Core>, delay: &mut Duration) -> Result<(), String> {
     let (conn, mut consumer) = subscribe(core.config()).await?;
+    *delay = RECONNECT_MIN;
     tracing::info!("listening on queue {} for {:?}", core.config().amqp_queue, binding_keys(core.config()));
     loop {
         let first = tokio::select! {
