@@ -257,9 +257,42 @@ impl Broker {
     async fn delete_queue(&self, queue: &str) -> u32 {
         self.ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await.unwrap()
     }
+}
 
-    async fn delete_exchange(&self, exchange: &str) {
-        self.ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await.unwrap();
+/// Deletes the test's exchanges and queues when the test ends, also when it fails.
+struct Leftovers {
+    exchanges: Vec<String>,
+    queues: Vec<String>,
+}
+
+impl Leftovers {
+    fn new(exchanges: &[&str], queues: &[&str]) -> Leftovers {
+        let own = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        Leftovers { exchanges: own(exchanges), queues: own(queues) }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let (exchanges, queues) = (std::mem::take(&mut self.exchanges), std::mem::take(&mut self.queues));
+        // its own thread and runtime: drop cannot await, and the test's runtime may be unwinding
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let url = amqp_url();
+                let connect = Connection::connect(&url, ConnectionProperties::default());
+                let Ok(Ok(conn)) = tokio::time::timeout(WAIT, connect).await else { return };
+                let Ok(ch) = conn.create_channel().await else { return };
+                for x in exchanges {
+                    let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+                }
+                for q in queues {
+                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                let _ = conn.close(200, "".into()).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -380,6 +413,7 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_decision_is_one_persistent_confirmed_message_that_matches_the_schema() {
     let (exchange, prefix) = (unique("done"), unique("done-prefix"));
+    let _leftovers = Leftovers::new(&[&exchange], &[]);
     let broker = Broker::connect().await;
     broker.declare_exchange(&exchange).await;
     let mut consumer = broker.subscribe_done(&exchange).await;
@@ -412,14 +446,12 @@ async fn a_decision_is_one_persistent_confirmed_message_that_matches_the_schema(
         next_message(&mut consumer, Duration::from_millis(800)).await.is_none(),
         "one message per decision"
     );
-
-    drop(gate);
-    broker.delete_exchange(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn decisions_taken_while_the_connection_is_cut_arrive_after_it_is_restored() {
     let (exchange, prefix) = (unique("cut"), unique("cut-prefix"));
+    let _leftovers = Leftovers::new(&[&exchange], &[]);
     let broker = Broker::connect().await;
     broker.declare_exchange(&exchange).await;
     let mut consumer = broker.subscribe_done(&exchange).await;
@@ -453,6 +485,12 @@ async fn decisions_taken_while_the_connection_is_cut_arrive_after_it_is_restored
     })
     .await;
     assert_eq!(amqp_backlog(&gate), 3, "kept in the outbox while the broker is unreachable");
+    // retries back off (0.5 s, 1 s, 2 s …): at most 3 attempts in the first 1.5 s or so
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows = amqp_deliveries(&gate);
+    for key in &waiting {
+        assert!(rows[key]["attempts"].as_u64() <= Some(3), "retried without backing off: {}", rows[key]);
+    }
     assert!(next_message(&mut consumer, Duration::from_millis(200)).await.is_none());
 
     proxy.restore();
@@ -469,14 +507,12 @@ async fn decisions_taken_while_the_connection_is_cut_arrive_after_it_is_restored
     assert_eq!(incidents, HashSet::from([1202, 1203, 1204]));
     assert!(proxy.forwarded() > connections, "the gate reconnected");
     wait_until("the outbox is empty", || amqp_backlog(&gate) == 0).await;
-
-    drop(gate);
-    broker.delete_exchange(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_process_on_the_same_state_directory_delivers_what_the_stopped_one_could_not() {
     let (exchange, prefix) = (unique("restart"), unique("restart-prefix"));
+    let _leftovers = Leftovers::new(&[&exchange], &[]);
     let broker = Broker::connect().await;
     broker.declare_exchange(&exchange).await;
     let mut consumer = broker.subscribe_done(&exchange).await;
@@ -511,15 +547,13 @@ async fn a_new_process_on_the_same_state_directory_delivers_what_the_stopped_one
     assert_eq!(incidents, HashSet::from([1301, 1302, 1303]));
     assert!(bodies.iter().all(|b| b["result"] == "failed"));
     wait_until("B's outbox is empty", || amqp_backlog(&b) == 0).await;
-
-    drop(b);
-    broker.delete_exchange(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publish_the_broker_refuses_stays_queued_until_it_is_accepted() {
     // the exchange does not exist and the gate must not declare it (openQA's own setup)
     let (exchange, prefix) = (unique("refused"), unique("refused-prefix"));
+    let _leftovers = Leftovers::new(&[&exchange], &[]);
     let broker = Broker::connect().await;
     let qa = OpenQa::start().await;
     let state = tempfile::tempdir().unwrap();
@@ -542,9 +576,6 @@ async fn a_publish_the_broker_refuses_stays_queued_until_it_is_accepted() {
     let bodies = collect(&mut consumer, &prefix, &HashSet::from([key]), Duration::from_secs(15)).await;
     assert_eq!(bodies[0]["incident"], 1401);
     wait_until("the outbox is empty", || amqp_backlog(&gate) == 0).await;
-
-    drop(gate);
-    broker.delete_exchange(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -614,6 +645,7 @@ impl Listener {
 #[tokio::test(flavor = "multi_thread")]
 async fn openqa_job_messages_drive_a_decision_and_garbage_is_rejected_for_good() {
     let (exchange, prefix) = (unique("listen"), unique("listen-prefix"));
+    let _leftovers = Leftovers::new(&[&exchange], &[&format!("{exchange}-listen")]);
     let broker = Broker::connect().await;
     broker.declare_exchange(&exchange).await;
     let mut done = broker.subscribe_done(&exchange).await;
@@ -644,12 +676,12 @@ async fn openqa_job_messages_drive_a_decision_and_garbage_is_rejected_for_good()
     // every message was settled: acked, or rejected without requeue (a requeued one would be back
     // in the queue once the listener's channel is gone)
     assert_eq!(listener.stop(&broker).await, 0, "nothing left in or returned to the queue");
-    broker.delete_exchange(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_listener_reconnects_and_takes_what_was_queued_meanwhile() {
     let (exchange, prefix) = (unique("relisten"), unique("relisten-prefix"));
+    let _leftovers = Leftovers::new(&[&exchange], &[&format!("{exchange}-listen")]);
     let broker = Broker::connect().await;
     broker.declare_exchange(&exchange).await;
     let mut done = broker.subscribe_done(&exchange).await;
@@ -676,5 +708,27 @@ async fn the_listener_reconnects_and_takes_what_was_queued_meanwhile() {
     assert_eq!(body["result"], "passed");
     assert!(proxy.forwarded() > connections, "the listener reconnected");
     assert_eq!(listener.stop(&broker).await, 0);
-    broker.delete_exchange(&exchange).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_the_engine_could_not_take_before_shutdown_stays_on_the_broker() {
+    let (exchange, prefix) = (unique("untaken"), unique("untaken-prefix"));
+    let _leftovers = Leftovers::new(&[&exchange], &[&format!("{exchange}-listen")]);
+    let broker = Broker::connect().await;
+    broker.declare_exchange(&exchange).await;
+    let qa = OpenQa::start().await;
+    let job = qa.incident_job(1801, 301801, "t0");
+    let state = tempfile::tempdir().unwrap();
+    let listener = start_listener(&qa, state.path(), &amqp_url(), &exchange, &prefix).await;
+    broker.wait_for_consumers(&listener.queue, |n| n == 1).await;
+
+    // openQA is down: the engine cannot find the job's incidents and keeps the event waiting
+    let event = qa.sim.set_done(job, "passed").unwrap();
+    qa.sim.set_down(true);
+    broker.publish(&exchange, &event.routing_key(&prefix), event.amqp_body.to_string().as_bytes()).await;
+    let core = listener.core.clone();
+    wait_until("the engine tried to look the job up", || core.status()["api_errors"].as_u64() > Some(0))
+        .await;
+
+    assert_eq!(listener.stop(&broker).await, 1, "not acknowledged: back in the queue for the next start");
 }

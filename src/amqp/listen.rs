@@ -123,11 +123,18 @@ async fn consume(core: &Arc<Core>, delay: &mut Duration) -> Result<(), String> {
                 _ => break,
             }
         }
-        take_batch(core, batch).await?;
+        if !take_batch(core, batch).await? {
+            // closing returns the unacknowledged messages to the queue
+            let _ = conn.close(200, "shutting down".into()).await;
+            return Ok(());
+        }
     }
 }
 
-async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<(), String> {
+/// Rejects the malformed messages, hands the rest to the engine and acknowledges them; returns
+/// false, acknowledging nothing, when shutdown came first: the engine gives up on events it cannot
+/// look up yet (openQA unreachable) once it shuts down, so only the broker still has them.
+async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<bool, String> {
     let mut events = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
     for delivery in batch {
@@ -143,8 +150,11 @@ async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<(), String
         }
     }
     core.take_events(events).await;
+    if core.is_shutting_down() {
+        return Ok(false);
+    }
     for delivery in good {
         delivery.ack(BasicAckOptions::default()).await.map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(true)
 }
