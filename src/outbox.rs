@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::decision::Delivery;
 use crate::engine::Core;
 use crate::obs::client::ObsClient;
-use crate::store::{OutboxItem, Sink};
+use crate::store::{OutboxItem, Sink, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,22 +55,59 @@ fn deliverer(core: &Core, sink: Sink) -> Deliverer {
     }
 }
 
+/// How many items one round delivers before the dispatcher looks at shutdown again.
+const ROUND: usize = 16;
+
 /// Delivers what is due now; returns how many items were taken.
+///
+/// Items are leased one at a time, right before their delivery: a process that stops or dies
+/// holds at most the item it is delivering, never a batch it had not started (which another
+/// process, or this one restarted, would otherwise wait a whole lease for).
 async fn deliver_due(core: &Core, sink: Sink, deliverer: &mut Deliverer) -> usize {
-    let items = match core.store().take_due(sink, 16) {
-        Ok(items) => items,
-        Err(e) => {
-            tracing::warn!("outbox ({}): {e}", sink.as_str());
-            return 0;
-        }
-    };
-    for item in &items {
-        let outcome = deliver_one(deliverer, item, sink).await;
-        if let Err(e) = core.store().complete(item, &outcome) {
-            tracing::warn!("outbox ({}): cannot record delivery: {e}", sink.as_str());
+    let mut taken = 0;
+    while taken < ROUND && !core.is_shutting_down() {
+        let item = match core.store().take_due(sink, 1) {
+            Ok(mut items) => match items.pop() {
+                Some(item) => item,
+                None => break,
+            },
+            Err(e) => {
+                tracing::warn!("outbox ({}): {e}", sink.as_str());
+                break;
+            }
+        };
+        taken += 1;
+        let mut lease = Lease { store: core.store(), item: &item, settled: false };
+        let outcome = deliver_one(deliverer, &item, sink).await;
+        match core.store().complete(&item, &outcome) {
+            Ok(()) => lease.settled = true,
+            Err(e) => tracing::warn!("outbox ({}): cannot record delivery: {e}", sink.as_str()),
         }
     }
-    items.len()
+    taken
+}
+
+/// Hands an item back when its delivery does not finish: the dispatcher's future is dropped
+/// (the runtime shuts down with the gate) or its outcome cannot be recorded. Delivery is at least
+/// once: whatever the broker may have received carries the same `message_id` when sent again.
+struct Lease<'a> {
+    store: &'a Store,
+    item: &'a OutboxItem,
+    settled: bool,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            if let Err(e) = self.store.release(self.item) {
+                tracing::warn!(
+                    "outbox ({}): cannot release item {}: {e}",
+                    self.item.sink.as_str(),
+                    self.item.id
+                );
+            }
+        }
+    }
 }
 
 /// Delivers everything due, for short-lived processes (`incident-gate hook`); returns how many

@@ -50,6 +50,9 @@ pub struct OutboxItem {
     pub sink: Sink,
     pub attempts: u32,
     pub decision: Decision,
+    /// The lease this process holds on the item (its expiry, ms): identifies the lease for
+    /// `release`, so a process never drops a lease that expired and went to another process.
+    pub lease_until: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +165,7 @@ impl Store {
     /// Takes up to `limit` due items of `sink` for this process (a lease; see `LEASE_S`).
     pub fn take_due(&self, sink: Sink, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let now = now_ms();
+        let lease_until = now + LEASE_S * 1000;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let rows: Vec<(i64, u32, String)> = {
@@ -171,10 +175,9 @@ impl Store {
                     AND lease_until <= ?3 ORDER BY id LIMIT ?4)
                  RETURNING id, attempts, key",
             )?;
-            let it = stmt
-                .query_map(params![now + LEASE_S * 1000, sink.as_str(), now, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
+            let it = stmt.query_map(params![lease_until, sink.as_str(), now, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
             it.collect::<Result<_, _>>()?
         };
         let mut items = Vec::with_capacity(rows.len());
@@ -183,7 +186,7 @@ impl Store {
                 tx.query_row("SELECT body FROM decisions WHERE key = ?1", [&key], |r| r.get(0))?;
             let decision = serde_json::from_str(&body)
                 .map_err(|e| StoreError(format!("decision {key} is unreadable: {e}")))?;
-            items.push(OutboxItem { id, sink, attempts, decision });
+            items.push(OutboxItem { id, sink, attempts, decision, lease_until });
         }
         tx.commit()?;
         items.sort_by_key(|i| i.id);
@@ -211,6 +214,17 @@ impl Store {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// Gives up this process's lease on an item it took but did not deliver (shutting down in the
+    /// middle of a delivery): it is due again at once for any process, with no attempt counted.
+    /// A lease that expired and was taken by another process in the meantime stays untouched.
+    pub fn release(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE outbox SET lease_until = 0 WHERE id = ?1 AND state = 'queued' AND lease_until = ?2",
+            params![item.id, item.lease_until],
+        )?;
         Ok(())
     }
 
@@ -361,6 +375,28 @@ mod tests {
         let rows = a.recent_decisions(5).unwrap();
         assert_eq!(rows[0].deliveries[0].state, "done");
         assert_eq!(rows[0].deliveries[0].attempts, 2);
+    }
+
+    #[test]
+    fn a_released_lease_is_due_at_once_but_a_stale_release_takes_nothing_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+        a.record_decision(&decision(8, vec![1]), &[Sink::Amqp]).unwrap();
+        a.record_decision(&decision(9, vec![2]), &[Sink::Amqp]).unwrap();
+        let taken = a.take_due(Sink::Amqp, 1).unwrap();
+        assert_eq!(taken.len(), 1, "only what is asked for is leased");
+        let other = b.take_due(Sink::Amqp, 10).unwrap();
+        assert_eq!(other.len(), 1, "the item a never started is not blocked by a's lease");
+        assert_eq!(other[0].decision.verdict.incident, 9);
+        a.release(&taken[0]).unwrap();
+        // leases are told apart by their expiry (ms); a real stale release comes a lease later
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let again = b.take_due(Sink::Amqp, 10).unwrap();
+        assert_eq!(again.len(), 1, "released: due at once");
+        assert_eq!(again[0].decision.verdict.incident, 8);
+        assert_eq!(again[0].attempts, 0, "a release is no attempt");
+        a.release(&taken[0]).unwrap();
+        assert!(a.take_due(Sink::Amqp, 10).unwrap().is_empty(), "a's old lease cannot free b's");
     }
 
     #[test]

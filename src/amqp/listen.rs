@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const BATCH: usize = 256;
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
 
 /// The routing-key patterns bound to our queue.
 pub fn binding_keys(cfg: &Config) -> Vec<String> {
@@ -35,9 +36,9 @@ pub fn parse_message(routing_key: &str, body: &[u8]) -> Result<Option<Event>, St
 
 /// Runs until `core.shutdown()`, reconnecting with backoff after any connection loss.
 pub async fn run(core: Arc<Core>) {
-    let mut delay = Duration::from_millis(500);
+    let mut delay = RECONNECT_MIN;
     while !core.is_shutting_down() {
-        match consume(&core).await {
+        match consume(&core, &mut delay).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!("AMQP listener: {e}; reconnecting in {delay:?}");
@@ -100,8 +101,11 @@ async fn subscribe(cfg: &Config) -> Result<(Connection, Consumer), String> {
     Ok((conn, consumer))
 }
 
-async fn consume(core: &Arc<Core>) -> Result<(), String> {
+/// Consumes until shutdown or an error; a successful subscription resets the reconnect `delay`,
+/// so a connection lost after hours of service is retried quickly again.
+async fn consume(core: &Arc<Core>, delay: &mut Duration) -> Result<(), String> {
     let (conn, mut consumer) = subscribe(core.config()).await?;
+    *delay = RECONNECT_MIN;
     tracing::info!("listening on queue {} for {:?}", core.config().amqp_queue, binding_keys(core.config()));
     loop {
         let first = tokio::select! {
@@ -119,11 +123,18 @@ async fn consume(core: &Arc<Core>) -> Result<(), String> {
                 _ => break,
             }
         }
-        take_batch(core, batch).await?;
+        if !take_batch(core, batch).await? {
+            // closing returns the unacknowledged messages to the queue
+            let _ = conn.close(200, "shutting down".into()).await;
+            return Ok(());
+        }
     }
 }
 
-async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<(), String> {
+/// Rejects the malformed messages, hands the rest to the engine and acknowledges them; returns
+/// false, acknowledging nothing, when shutdown came first: the engine gives up on events it cannot
+/// look up yet (openQA unreachable) once it shuts down, so only the broker still has them.
+async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<bool, String> {
     let mut events = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
     for delivery in batch {
@@ -139,8 +150,11 @@ async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<(), String
         }
     }
     core.take_events(events).await;
+    if core.is_shutting_down() {
+        return Ok(false);
+    }
     for delivery in good {
         delivery.ack(BasicAckOptions::default()).await.map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(true)
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest one delivery takes, all steps together.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Publisher {
     cfg: Arc<Config>,
@@ -64,7 +66,13 @@ impl Publisher {
 
     /// Publishes one decision; `Done` only once the broker confirmed it.
     pub async fn deliver(&mut self, d: &Decision) -> Delivery {
-        match self.publish(d).await {
+        // Connecting and the confirm have their own timeouts; this also bounds the steps between
+        // (channel, confirm mode, exchange) on a link that stalls, so that a delivery always ends
+        // well within the outbox lease (60 s) and the item is retried rather than stuck.
+        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, self.publish(d))
+            .await
+            .unwrap_or_else(|_| Err("the broker did not answer in time".into()));
+        match attempt {
             Ok(()) => Delivery::Done(format!("published, confirmed by the broker (message_id {})", d.key)),
             Err(e) => {
                 self.link = None;
