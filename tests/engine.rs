@@ -8,14 +8,6 @@ use common::{gate_config, CGate, OpenQa};
 use incident_gate::ffi::ig_status;
 use std::time::Duration;
 
-/// A deterministic shuffle (no rand dependency for tests).
-fn shuffle<T>(items: &mut [T], mut seed: u64) {
-    for i in (1..items.len()).rev() {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        items.swap(i, (seed >> 33) as usize % (i + 1));
-    }
-}
-
 fn decisions_for(gate: &CGate, incident: u64) -> Vec<serde_json::Value> {
     gate.decisions().into_iter().filter(|d| d["incident"] == incident).collect()
 }
@@ -25,7 +17,7 @@ async fn shuffled_events_give_one_passed_decision_at_the_last_job() {
     let qa = OpenQa::start().await;
     let mut jobs: Vec<u64> = (0..6).map(|i| qa.incident_job(1001, 300101, &format!("mau-{i}"))).collect();
     jobs.extend((0..4).map(|i| qa.aggregate_job("20261124-1", &[1001, 1002], &format!("regression-{i}"))));
-    shuffle(&mut jobs, 7);
+    incident_gate::sim::shuffle(&mut jobs, 7);
     let state = tempfile::tempdir().unwrap();
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
 

@@ -34,11 +34,7 @@ async fn a_busy_day_decides_every_incident_once_with_few_requests() {
             jobs.push(qa.aggregate_job(&format!("20261124-{}", b + 1), &listed, &format!("agg{b}-t{t}")));
         }
     }
-    let mut seed = 42u64;
-    for i in (1..jobs.len()).rev() {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        jobs.swap(i, (seed >> 33) as usize % (i + 1));
-    }
+    incident_gate::sim::shuffle(&mut jobs, 42);
 
     let state = tempfile::tempdir().unwrap();
     let cfg = incident_gate::config::Config::from_value(gate_config(&qa.url(), state.path())).unwrap();

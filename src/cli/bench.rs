@@ -3,6 +3,7 @@
 
 use super::world::{self, World};
 use incident_gate::ffi::{ig_gate, ig_gate_free, ig_gate_new, ig_gate_submit, ig_status};
+use incident_gate::sim;
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -224,11 +225,7 @@ async fn day(scale: f64) -> Result<(), String> {
             jobs.push(world.aggregate_job(&format!("20261124-{}", b + 1), &covered, &format!("b{b}-t{t}")));
         }
     }
-    let mut seed = 7u64;
-    for i in (1..jobs.len()).rev() {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        jobs.swap(i, (seed >> 33) as usize % (i + 1));
-    }
+    sim::shuffle(&mut jobs, 7);
     let events: Vec<CString> = jobs
         .iter()
         .map(|j| {

@@ -52,3 +52,11 @@ fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 pub fn borrowed(settings: &[(String, String)]) -> Vec<(&str, &str)> {
     settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+/// A deterministic shuffle, so simulated days replay the same order (no rand dependency).
+pub fn shuffle<T>(items: &mut [T], mut seed: u64) {
+    for i in (1..items.len()).rev() {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        items.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+}
