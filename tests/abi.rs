@@ -11,16 +11,23 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// target/debug (or wherever cargo put this test binary), where the cdylib lives.
+/// target/debug, or wherever cargo put this test binary (in target/debug/deps).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
+/// The directory holding the cdylib built for this test run: `cargo test` leaves it in deps/ next
+/// to this test binary (only `cargo build` copies it up to target/debug).
+fn lib_dir() -> PathBuf {
+    let deps = target_dir().join("deps");
+    let dir = if deps.join("libincident_gate.so").exists() { deps } else { target_dir() };
+    assert!(dir.join("libincident_gate.so").exists(), "no libincident_gate.so in {}", dir.display());
+    dir
+}
+
 fn cdylib() -> PathBuf {
-    let lib = target_dir().join("libincident_gate.so");
-    assert!(lib.exists(), "{} is missing: cargo builds the cdylib with the tests", lib.display());
-    lib
+    lib_dir().join("libincident_gate.so")
 }
 
 #[test]
@@ -86,8 +93,8 @@ fn compile() -> PathBuf {
         .arg("-o")
         .arg(&out)
         .arg("-L")
-        .arg(target_dir())
-        .arg(format!("-Wl,-rpath,{}", target_dir().display()))
+        .arg(lib_dir())
+        .arg(format!("-Wl,-rpath,{}", lib_dir().display()))
         .arg("-lincident_gate")
         .status()
         .expect("the C compiler runs");
