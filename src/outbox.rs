@@ -136,6 +136,8 @@ async fn run(core: Arc<Core>, sink: Sink) {
             break;
         }
         if deliver_due(&core, sink, &mut deliverer).await > 0 {
+            // a later sink of the same decisions may be waiting for these
+            core.outbox_wake.notify_waiters();
             continue;
         }
         let wait = match core.store().next_due_in(sink) {

@@ -162,7 +162,9 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Takes up to `limit` due items of `sink` for this process (a lease; see `LEASE_S`).
+    /// Takes up to `limit` due items of `sink` for this process. A decision's sinks go in the order
+    /// they were queued (the event first, then IBS, DESIGN section 4): an item waits while an
+    /// earlier one of the same decision is still queued. Taking an item leases it (`LEASE_S`).
     pub fn take_due(&self, sink: Sink, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let now = now_ms();
         let lease_until = now + LEASE_S * 1000;
@@ -172,7 +174,10 @@ impl Store {
             let mut stmt = tx.prepare(
                 "UPDATE outbox SET lease_until = ?1 WHERE id IN (
                     SELECT id FROM outbox WHERE sink = ?2 AND state = 'queued' AND next_at <= ?3
-                    AND lease_until <= ?3 ORDER BY id LIMIT ?4)
+                    AND lease_until <= ?3 AND NOT EXISTS (
+                        SELECT 1 FROM outbox AS earlier WHERE earlier.key = outbox.key
+                        AND earlier.id < outbox.id AND earlier.state = 'queued')
+                    ORDER BY id LIMIT ?4)
                  RETURNING id, attempts, key",
             )?;
             let it = stmt.query_map(params![lease_until, sink.as_str(), now, limit as i64], |r| {
@@ -231,7 +236,9 @@ impl Store {
     /// Milliseconds until the next queued item of `sink` is due (None: nothing queued).
     pub fn next_due_in(&self, sink: Sink) -> Result<Option<i64>, StoreError> {
         let next: Option<i64> = self.conn().query_row(
-            "SELECT MIN(MAX(next_at, lease_until)) FROM outbox WHERE sink = ?1 AND state = 'queued'",
+            "SELECT MIN(MAX(next_at, lease_until)) FROM outbox WHERE sink = ?1 AND state = 'queued'
+             AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = outbox.key
+                             AND earlier.id < outbox.id AND earlier.state = 'queued')",
             [sink.as_str()],
             |r| r.get(0),
         )?;
@@ -353,6 +360,22 @@ mod tests {
         assert!(b.record_decision(&decision(1, vec![1, 3]), &[Sink::Amqp]).unwrap());
         assert_eq!(a.decision_count().unwrap(), 2);
         assert_eq!(a.backlog().unwrap().amqp, 2);
+    }
+
+    #[test]
+    fn ibs_waits_until_the_event_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.record_decision(&decision(8, vec![1]), &[Sink::Amqp, Sink::Obs]).unwrap();
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "the event goes first");
+        let amqp = s.take_due(Sink::Amqp, 10).unwrap();
+        s.complete(&amqp[0], &Delivery::Retry("broker down".into())).unwrap();
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "still waiting for the broker");
+        assert_eq!(s.next_due_in(Sink::Obs).unwrap(), None, "nothing of its own is due: no busy wait");
+        s.conn().execute("UPDATE outbox SET next_at = 0", []).unwrap();
+        let amqp = s.take_due(Sink::Amqp, 10).unwrap();
+        s.complete(&amqp[0], &Delivery::Done("confirmed".into())).unwrap();
+        assert_eq!(s.take_due(Sink::Obs, 10).unwrap().len(), 1);
     }
 
     #[test]
