@@ -366,6 +366,10 @@ impl Core {
                     let go_on = !core.is_shutting_down() && (retry || state.again);
                     state.again = false;
                     state.running = go_on;
+                    if !go_on && state.waiting_on.is_none() {
+                        // decided: the next event starts from scratch anyway, so keep no state
+                        incidents.remove(&incident);
+                    }
                     go_on
                 };
                 if !go_on {
