@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, Notify};
 pub enum EngineError {
     Api(ApiError),
     Store(crate::store::StoreError),
+    /// openQA answered, but not enough to decide on.
+    Incomplete(String),
 }
 
 impl fmt::Display for EngineError {
@@ -29,6 +31,7 @@ impl fmt::Display for EngineError {
         match self {
             EngineError::Api(e) => write!(f, "openQA: {e}"),
             EngineError::Store(e) => write!(f, "{e}"),
+            EngineError::Incomplete(why) => write!(f, "openQA: incomplete answer: {why}"),
         }
     }
 }
@@ -71,6 +74,12 @@ struct Stats {
 
 /// Caps the job → incidents cache; job settings never change, so entries never go stale.
 const JOB_CACHE_MAX: usize = 200_000;
+/// Jobs looked at to confirm that an incident still waits (see `check_waiting`).
+const WAITING_SAMPLE: usize = 8;
+/// How long `check_waiting` gathers incidents before asking openQA about them.
+const CHECK_GATHER: Duration = Duration::from_millis(100);
+/// Restarts of one job followed at most within one evaluation.
+const MAX_CLONE_ROUNDS: usize = 50;
 /// How many events one intake round takes from the queue at most.
 const INTAKE_BATCH: usize = 512;
 
@@ -84,6 +93,9 @@ pub struct Core {
     stats: Stats,
     /// Events taken from the queue but not processed, plus evaluations running or scheduled.
     busy: AtomicUsize,
+    /// Incidents for `check_waiting`, and its wake-up.
+    to_check: Mutex<HashSet<u64>>,
+    check_wake: Notify,
     /// Woken when a decision lands in the outbox.
     pub outbox_wake: Notify,
     shutdown: AtomicBool,
@@ -103,6 +115,7 @@ impl Core {
     /// events some other way (the AMQP listener).
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(reconcile(self.clone()));
+        tokio::spawn(checker(self.clone()));
         crate::outbox::spawn_dispatchers(self);
     }
 
@@ -123,6 +136,8 @@ impl Core {
             sinks,
             incidents: Mutex::default(),
             job_incidents: Mutex::default(),
+            to_check: Mutex::default(),
+            check_wake: Notify::new(),
             stats: Stats::default(),
             busy: AtomicUsize::new(0),
             outbox_wake: Notify::new(),
@@ -200,35 +215,9 @@ impl Core {
 
     /// The current verdict, straight from openQA; no side effects.
     pub async fn evaluate(&self, incident: u64) -> Result<Verdict, EngineError> {
-        let id = incident.to_string();
-        let ids_own = self.client.job_ids_by_setting("INCIDENT_ID", &id);
-        let ids_aggregate = self.client.job_ids_by_list_setting("*_TEST_ISSUES", &id);
-        let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
-        let mut ids: Vec<u64> = own.into_iter().chain(aggregate).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut jobs = self.client.jobs(&ids).await?;
-        // Follow clone chains whose newer jobs the settings query did not list (bounded).
-        for _ in 0..5 {
-            let known: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
-            let missing: Vec<u64> =
-                jobs.iter().filter_map(|j| j.clone_id).filter(|c| !known.contains(c)).collect();
-            if missing.is_empty() {
-                break;
-            }
-            jobs.extend(self.client.jobs(&missing).await?);
-        }
+        let (verdict, jobs) = evaluate(&self.client, &self.cfg, incident).await?;
         self.remember_jobs(&jobs);
-        let rules = Rules { ignore_groups: &self.cfg.ignore_groups, openqa_url: &self.cfg.openqa_url };
-        let selection = verdict::select(incident, &jobs, &rules);
-        let mut comments = HashMap::new();
-        let wanted = selection.needs_comments();
-        let fetched =
-            futures_util::future::try_join_all(wanted.iter().map(|&id| self.client.comments(id))).await?;
-        for (id, list) in wanted.into_iter().zip(fetched) {
-            comments.insert(id, list);
-        }
-        Ok(verdict::judge(&selection, &comments, &rules))
+        Ok(verdict)
     }
 
     fn remember_jobs(&self, jobs: &[Job]) {
@@ -288,33 +277,98 @@ impl Core {
                     finished.insert(*job);
                 }
                 for incident in map.get(job).into_iter().flatten() {
-                    // Restarts and comments can change a verdict without finishing a job.
-                    *touched.entry(*incident).or_default() |= !event.finishes_jobs();
+                    *touched.entry(*incident).or_default() |= event.forces_evaluation();
                 }
             }
         }
-        for (incident, must) in touched {
-            self.touch(incident, must, &finished);
+        let mut queued = 0;
+        {
+            let mut to_check = self.to_check.lock().unwrap_or_else(|p| p.into_inner());
+            for (incident, must) in touched {
+                if self.touch(incident, must, &finished) && to_check.insert(incident) {
+                    queued += 1;
+                }
+            }
+        }
+        if queued > 0 {
+            self.busy.fetch_add(queued, Relaxed);
+            self.check_wake.notify_one();
         }
     }
 
-    /// An event touched `incident`: evaluate it unless a job it waits on is still unreported.
-    fn touch(self: &Arc<Self>, incident: u64, must: bool, finished: &HashSet<u64>) {
+    /// Incidents that still wait on jobs whose events this process has not seen: under prefork
+    /// another process may have had them. Looks at a few of those jobs for every such incident in
+    /// one request, gathered over `CHECK_GATHER` so a stream of events costs few requests.
+    async fn check_waiting(self: &Arc<Self>) {
+        let incidents: Vec<u64> =
+            std::mem::take(&mut *self.to_check.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        let samples: Vec<(u64, Vec<u64>)> = {
+            let states = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+            incidents
+                .iter()
+                .map(|i| {
+                    let waiting = states.get(i).and_then(|s| s.waiting_on.as_ref());
+                    (
+                        *i,
+                        waiting.map(|w| w.iter().take(WAITING_SAMPLE).copied().collect()).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
+        let ids: Vec<u64> = samples.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        let unfinished: Option<HashSet<u64>> = match self.client.jobs(&ids).await {
+            Ok(jobs) => Some(jobs.iter().filter(|j| !j.is_final()).map(|j| j.id).collect()),
+            Err(e) => {
+                // evaluate instead: an evaluation retries until openQA answers
+                tracing::warn!("cannot look at the jobs {} incidents wait on: {e}", samples.len());
+                None
+            }
+        };
+        for (incident, sample) in &samples {
+            self.after_check(*incident, sample, unfinished.as_ref());
+        }
+        self.busy.fetch_sub(incidents.len(), Relaxed);
+    }
+
+    /// An event touched `incident`: evaluate it now, or answer true while its last evaluation
+    /// waits on jobs not reported finished here (see `check_waiting`).
+    fn touch(self: &Arc<Self>, incident: u64, must: bool, finished: &HashSet<u64>) -> bool {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if let Some(waiting) = &mut state.waiting_on {
             waiting.retain(|j| !finished.contains(j));
         }
-        let still_waiting = state.waiting_on.as_ref().is_some_and(|w| !w.is_empty());
+        let waiting = state.waiting_on.as_ref().is_some_and(|w| !w.is_empty());
         if state.running {
             state.finished_meanwhile.extend(finished.iter().copied());
             state.again |= must;
-        } else if must || !still_waiting {
+        } else if must || !waiting {
             state.running = true;
             self.spawn_evaluation(incident);
         } else {
-            self.stats.evaluations_skipped.fetch_add(1, Relaxed);
+            return true;
         }
+        false
+    }
+
+    /// After looking at `sample`: still waiting if one of them is unfinished, else evaluate.
+    fn after_check(self: &Arc<Self>, incident: u64, sample: &[u64], unfinished: Option<&HashSet<u64>>) {
+        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        let state = incidents.entry(incident).or_default();
+        if state.running {
+            return;
+        }
+        if let (Some(unfinished), Some(waiting)) = (unfinished, &mut state.waiting_on) {
+            waiting.retain(|j| !sample.contains(j) || unfinished.contains(j));
+            if !waiting.is_empty() && sample.iter().any(|j| unfinished.contains(j)) {
+                self.stats.evaluations_skipped.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        state.running = true;
+        self.spawn_evaluation(incident);
     }
 
     /// Schedules an evaluation regardless of what the incident waits on (reconciliation).
@@ -420,6 +474,48 @@ impl Core {
     }
 }
 
+/// An incident's current verdict from openQA, and the jobs it looked at. Needs no store, so a
+/// process that only evaluates (the plugin's verdict route, in a forked child) opens nothing else.
+pub async fn evaluate(
+    client: &OpenQaClient,
+    cfg: &Config,
+    incident: u64,
+) -> Result<(Verdict, Vec<Job>), EngineError> {
+    let id = incident.to_string();
+    let ids_own = client.job_ids_by_setting("INCIDENT_ID", &id);
+    let ids_aggregate = client.job_ids_by_list_setting("*_TEST_ISSUES", &id);
+    let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
+    let mut asked: HashSet<u64> = own.into_iter().chain(aggregate).collect();
+    let mut jobs = client.jobs(&asked.iter().copied().collect::<Vec<_>>()).await?;
+    // Follow clone chains the settings queries did not list. A clone that is gone (404) simply
+    // stays missing; one that is never reached means no verdict.
+    for round in 0.. {
+        let known: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
+        let missing: Vec<u64> = jobs
+            .iter()
+            .filter_map(|j| j.clone_id)
+            .filter(|c| !known.contains(c) && !asked.contains(c))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        if round == MAX_CLONE_ROUNDS {
+            return Err(EngineError::Incomplete(format!(
+                "clone chains longer than {MAX_CLONE_ROUNDS} restarts"
+            )));
+        }
+        asked.extend(&missing);
+        jobs.extend(client.jobs(&missing).await?);
+    }
+    let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &cfg.openqa_url };
+    let selection = verdict::select(incident, &jobs, &rules);
+    let wanted = selection.needs_comments();
+    let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;
+    let comments: HashMap<u64, _> = wanted.into_iter().zip(fetched).collect();
+    let verdict = verdict::judge(&selection, &comments, &rules);
+    Ok((verdict, jobs))
+}
+
 async fn intake(core: Arc<Core>, mut rx: mpsc::Receiver<Event>) {
     let mut batch = Vec::with_capacity(INTAKE_BATCH);
     loop {
@@ -431,6 +527,17 @@ async fn intake(core: Arc<Core>, mut rx: mpsc::Receiver<Event>) {
         core.stats.events.fetch_add(n as u64, Relaxed);
         core.take_events(std::mem::take(&mut batch)).await;
         core.busy.fetch_sub(n, Relaxed);
+    }
+}
+
+async fn checker(core: Arc<Core>) {
+    loop {
+        tokio::select! {
+            _ = core.check_wake.notified() => {}
+            _ = core.until_shutdown() => return,
+        }
+        tokio::time::sleep(CHECK_GATHER).await;
+        core.check_waiting().await;
     }
 }
 

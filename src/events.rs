@@ -78,6 +78,12 @@ impl Event {
     pub fn finishes_jobs(&self) -> bool {
         matches!(self.kind, EventKind::JobDone | EventKind::JobCancel | EventKind::JobUpdateResult)
     }
+
+    /// The event can change a verdict without a job finishing (a restart, a comment, a result
+    /// forced on a finished job): its incidents are evaluated whatever they wait on.
+    pub fn forces_evaluation(&self) -> bool {
+        !matches!(self.kind, EventKind::JobDone | EventKind::JobCancel)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

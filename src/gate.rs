@@ -104,8 +104,12 @@ impl Gate {
                     .build()
                     .map_err(|e| format!("cannot start a runtime: {e}"))?;
                 rt.block_on(async move {
-                    let core = Core::new(config).map_err(|e| e.to_string())?;
-                    core.evaluate(incident).await.map_err(|e| e.to_string())
+                    let client =
+                        crate::openqa::client::OpenQaClient::new(&config).map_err(|e| e.to_string())?;
+                    let (verdict, _) = crate::engine::evaluate(&client, &config, incident)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(verdict)
                 })
             }
         };

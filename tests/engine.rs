@@ -168,3 +168,25 @@ async fn a_settle_window_folds_a_burst_into_one_evaluation() {
     assert_eq!(engine["evaluations"], 1, "{engine}");
     assert_eq!(decisions_for(&gate, 6001).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_split_across_processes_still_decide_at_the_last_job() {
+    // openQA's prefork web UI hands each event to one worker: no gate sees them all
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..6).map(|i| qa.incident_job(6101, 300611, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gates = [
+        CGate::new(&gate_config(&qa.url(), state.path())),
+        CGate::new(&gate_config(&qa.url(), state.path())),
+    ];
+    for (i, job) in jobs.iter().enumerate() {
+        qa.sim.set_done(*job, "passed");
+        let gate = &gates[(i / 2) % 2]; // a, a, b, b, a, a: each gate waits on jobs the other saw
+        gate.job_done(*job, "passed");
+        gate.flushed();
+    }
+    gates.iter().for_each(CGate::flushed);
+    let decided = decisions_for(&gates[0], 6101);
+    assert_eq!(decided.len(), 1, "decided at the last job, not at the next reconciliation: {decided:?}");
+    assert_eq!(decided[0]["result"], "passed");
+}

@@ -244,12 +244,12 @@ impl OpenQaClient {
         let query = [("key", key), ("value", value), ("limit", limit.as_str())];
         let ids = self.job_settings_jobs(&query).await?;
         if ids.len() >= SETTINGS_VALUE_LIMIT {
-            // openQA cut the list: older jobs are missing and the caller cannot tell otherwise.
-            tracing::warn!(
-                key,
-                rows = ids.len(),
-                "job_settings/jobs hit its row limit; older jobs may be missing"
-            );
+            // openQA cut the list: older jobs are missing, and a verdict over them would be one
+            // on partial data.
+            return Err(ApiError::Malformed {
+                route: format!("GET /api/v1/job_settings/jobs?key={key}"),
+                detail: format!("{} rows, the most openQA answers: the list may be cut", ids.len()),
+            });
         }
         Ok(dedupe(ids))
     }
