@@ -281,7 +281,7 @@ impl Config {
 }
 
 /// INI files and the Perl plugin hand every value over as a string: read "true", "30" and
-/// "*Devel*, *Test*" as the type the key has. A string that does not parse stays a string, so
+/// "*Devel*, Maintenance: SLE 15 SP6 Test" (comma-separated) as the type the key has. A string that does not parse stays a string, so
 /// serde's error names the key.
 fn coerce_strings(map: &mut serde_json::Map<String, serde_json::Value>) -> Result<(), ConfigError> {
     use serde_json::Value;
@@ -299,8 +299,10 @@ fn coerce_strings(map: &mut serde_json::Map<String, serde_json::Value>) -> Resul
                 Ok(n) => Value::from(n),
                 Err(_) => return Err(ConfigError(format!("config key `{key}`: expected a whole number"))),
             },
+            // commas only: job group names contain spaces
             Some(Value::Array(_)) => Value::Array(
-                text.split([',', ' '])
+                text.split(',')
+                    .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .map(|s| Value::from(s.to_string()))
                     .collect(),
@@ -365,6 +367,8 @@ mod tests {
         .unwrap();
         assert_eq!((c.settle_ms, c.publish_amqp), (250, false));
         assert_eq!(c.ignore_groups, vec!["*Devel*", "*Staging*"]);
+        let c = Config::from_json(r#"{"ignore_groups":"Maintenance: SLE 15 SP6 Devel, Kernel *"}"#).unwrap();
+        assert_eq!(c.ignore_groups, vec!["Maintenance: SLE 15 SP6 Devel", "Kernel *"]);
         let e = Config::from_json(r#"{"concurrency":"many"}"#).unwrap_err();
         assert!(e.0.contains("`concurrency`"), "{e}");
         let e = Config::from_json(r#"{"report_obs":"maybe"}"#).unwrap_err();
