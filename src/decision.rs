@@ -60,6 +60,14 @@ pub fn decision_key(v: &Verdict) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// The key of a decision that repeats an earlier, no longer latest, one: `n` is how many decisions
+/// the incident had, the same in every process.
+pub fn salted_key(base: &str, n: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("{base}|{n}"));
+    hex::encode(&h.finalize()[..16])
+}
+
 /// What delivering a decision to a sink came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {

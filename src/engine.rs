@@ -446,8 +446,8 @@ impl Core {
             self.store.mark_pending(incident)?;
             return Ok(verdict);
         }
-        let decision = Decision::new(verdict, &self.cfg.openqa_url);
-        if self.store.record_decision(&decision, &self.sinks)? {
+        let mut decision = Decision::new(verdict, &self.cfg.openqa_url);
+        if self.store.record_decision(&mut decision, &self.sinks)? {
             self.stats.decisions.fetch_add(1, Relaxed);
             tracing::info!(
                 "incident {incident}: {} (request {:?}, {} jobs, decision {})",

@@ -36,7 +36,13 @@ impl Deliverer {
         match self {
             Deliverer::Amqp(p) => p.deliver(&item.decision).await,
             Deliverer::Obs(Ok(client), cfg) => {
-                crate::obs::reporter::deliver(client, cfg, &item.decision).await
+                // well inside the item's lease, so no other process takes it over meanwhile
+                let limit = Duration::from_secs(crate::store::LEASE_S as u64 / 2);
+                let report = crate::obs::reporter::deliver(client, cfg, &item.decision);
+                match tokio::time::timeout(limit, report).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Delivery::Retry(format!("IBS did not finish within {limit:?}")),
+                }
             }
             Deliverer::Obs(Err(e), _) => Delivery::Retry(format!("IBS client: {e}")),
         }
@@ -78,7 +84,10 @@ async fn deliver_due(core: &Core, sink: Sink, deliverer: &mut Deliverer) -> usiz
         };
         taken += 1;
         let mut lease = Lease { store: core.store(), item: &item, settled: false };
-        let outcome = deliver_one(deliverer, &item, sink).await;
+        let outcome = match superseded(core, &item, sink) {
+            Some(outcome) => outcome,
+            None => deliver_one(deliverer, &item, sink).await,
+        };
         match core.store().complete(&item, &outcome) {
             Ok(()) => lease.settled = true,
             Err(e) => tracing::warn!("outbox ({}): cannot record delivery: {e}", sink.as_str()),
@@ -151,6 +160,22 @@ async fn run(core: Arc<Core>, sink: Sink) {
         }
     }
     deliverer.close().await;
+}
+
+/// A report to IBS that a newer decision of the same incident replaced is not made: acting on it
+/// late (after backing off) could accept a review the newer decision answers otherwise. Events are
+/// history and are all published.
+fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
+    if sink != Sink::Obs {
+        return None;
+    }
+    match core.store().is_latest(item.decision.verdict.incident, &item.decision.key) {
+        Ok(true) => None,
+        Ok(false) => {
+            Some(Delivery::Final("superseded by a newer decision of this incident; not reported".into()))
+        }
+        Err(e) => Some(Delivery::Retry(e.to_string())),
+    }
 }
 
 async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {

@@ -86,7 +86,7 @@ pub struct Store {
 }
 
 /// How long a process owns an outbox item it took; after that another process may take it.
-const LEASE_S: i64 = 60;
+pub const LEASE_S: i64 = 60;
 const MAX_BACKOFF_MS: i64 = 30_000;
 
 pub fn now_ms() -> i64 {
@@ -110,7 +110,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS decisions (
-                key TEXT PRIMARY KEY, incident INTEGER NOT NULL, request INTEGER,
+                key TEXT PRIMARY KEY, base TEXT NOT NULL, incident INTEGER NOT NULL, request INTEGER,
                 result TEXT NOT NULL, decided_at TEXT NOT NULL, body TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS decisions_incident ON decisions(incident);
              CREATE TABLE IF NOT EXISTS outbox (
@@ -134,18 +134,39 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a decision and queues it for `sinks`, unless any process recorded it before.
-    /// Returns whether this call recorded it.
-    pub fn record_decision(&self, d: &Decision, sinks: &[Sink]) -> Result<bool, StoreError> {
-        let body = serde_json::to_string(d).map_err(|e| StoreError(e.to_string()))?;
+    /// Records a decision and queues it for `sinks`, unless it repeats the incident's latest
+    /// decision (whichever process recorded that). Returns whether this call recorded it.
+    ///
+    /// A verdict that comes back after another one (passed, failed, passed over the same jobs) is
+    /// a new decision: it gets a key of its own, derived so that every process derives the same.
+    pub fn record_decision(&self, d: &mut Decision, sinks: &[Sink]) -> Result<bool, StoreError> {
+        let base = crate::decision::decision_key(&d.verdict);
+        let incident = d.verdict.incident as i64;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let latest: Option<String> = tx
+            .query_row(
+                "SELECT base FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
+                [incident],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if latest.as_deref() == Some(base.as_str()) {
+            return Ok(false);
+        }
+        let seen: i64 =
+            tx.query_row("SELECT COUNT(*) FROM decisions WHERE incident = ?1", [incident], |r| r.get(0))?;
+        let taken: bool =
+            tx.query_row("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = ?1)", [&base], |r| r.get(0))?;
+        d.key = if taken { crate::decision::salted_key(&base, seen as u64) } else { base.clone() };
+        let body = serde_json::to_string(&*d).map_err(|e| StoreError(e.to_string()))?;
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO decisions (key, incident, request, result, decided_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR IGNORE INTO decisions (key, base, incident, request, result, decided_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 d.key,
-                d.verdict.incident as i64,
+                base,
+                incident,
                 d.verdict.request.map(|r| r as i64),
                 d.verdict.result.as_str(),
                 d.decided_at,
@@ -157,9 +178,22 @@ impl Store {
                 tx.execute("INSERT INTO outbox (key, sink) VALUES (?1, ?2)", params![d.key, sink.as_str()])?;
             }
         }
-        tx.execute("DELETE FROM pending WHERE incident = ?1", params![d.verdict.incident as i64])?;
+        tx.execute("DELETE FROM pending WHERE incident = ?1", [incident])?;
         tx.commit()?;
         Ok(inserted)
+    }
+
+    /// Whether `key` is the incident's latest decision (an older one must not act on IBS).
+    pub fn is_latest(&self, incident: u64, key: &str) -> Result<bool, StoreError> {
+        let latest: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT key FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
+                [incident as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(latest.as_deref() == Some(key))
     }
 
     /// Takes up to `limit` due items of `sink` for this process. A decision's sinks go in the order
@@ -212,10 +246,11 @@ impl Store {
             }
             Delivery::Retry(msg) => {
                 let next = now_ms() + backoff_ms(item.attempts);
+                // only while the lease is still ours: after it ran out another process may hold it
                 conn.execute(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2
-                     WHERE id = ?3",
-                    params![next, msg, item.id],
+                     WHERE id = ?3 AND lease_until = ?4",
+                    params![next, msg, item.id, item.lease_until],
                 )?;
             }
         }
@@ -355,18 +390,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
         let d = decision(1, vec![1, 2]);
-        assert!(a.record_decision(&d, &[Sink::Amqp, Sink::Obs]).unwrap());
-        assert!(!b.record_decision(&d, &[Sink::Amqp, Sink::Obs]).unwrap());
-        assert!(b.record_decision(&decision(1, vec![1, 3]), &[Sink::Amqp]).unwrap());
+        assert!(a.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs]).unwrap());
+        assert!(!b.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs]).unwrap());
+        assert!(b.record_decision(&mut decision(1, vec![1, 3]), &[Sink::Amqp]).unwrap());
         assert_eq!(a.decision_count().unwrap(), 2);
         assert_eq!(a.backlog().unwrap().amqp, 2);
+    }
+
+    #[test]
+    fn a_verdict_that_comes_back_is_a_new_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let passed = decision(9, vec![1, 2]);
+        let mut failed = decision(9, vec![1, 2]);
+        failed.verdict.result = crate::verdict::Outcome::Failed;
+        failed.key = crate::decision::decision_key(&failed.verdict);
+        let mut first = passed.clone();
+        assert!(s.record_decision(&mut first, &[Sink::Amqp]).unwrap());
+        assert!(s.record_decision(&mut failed.clone(), &[Sink::Amqp]).unwrap());
+        let mut again = passed.clone();
+        assert!(s.record_decision(&mut again, &[Sink::Amqp]).unwrap(), "passed again after failed");
+        assert_ne!(again.key, first.key, "a key of its own, so it is published and reported");
+        assert!(s.is_latest(9, &again.key).unwrap());
+        assert!(!s.is_latest(9, &first.key).unwrap());
+        assert!(!s.record_decision(&mut passed.clone(), &[Sink::Amqp]).unwrap(), "repeats the latest");
+        assert_eq!(s.backlog().unwrap().amqp, 3);
     }
 
     #[test]
     fn ibs_waits_until_the_event_is_published() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.record_decision(&decision(8, vec![1]), &[Sink::Amqp, Sink::Obs]).unwrap();
+        s.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp, Sink::Obs]).unwrap();
         assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "the event goes first");
         let amqp = s.take_due(Sink::Amqp, 10).unwrap();
         s.complete(&amqp[0], &Delivery::Retry("broker down".into())).unwrap();
@@ -382,7 +437,7 @@ mod tests {
     fn outbox_leases_retries_and_completes() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
-        a.record_decision(&decision(7, vec![1]), &[Sink::Amqp]).unwrap();
+        a.record_decision(&mut decision(7, vec![1]), &[Sink::Amqp]).unwrap();
         let taken = a.take_due(Sink::Amqp, 10).unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].decision.verdict.incident, 7);
@@ -404,8 +459,8 @@ mod tests {
     fn a_released_lease_is_due_at_once_but_a_stale_release_takes_nothing_away() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
-        a.record_decision(&decision(8, vec![1]), &[Sink::Amqp]).unwrap();
-        a.record_decision(&decision(9, vec![2]), &[Sink::Amqp]).unwrap();
+        a.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp]).unwrap();
+        a.record_decision(&mut decision(9, vec![2]), &[Sink::Amqp]).unwrap();
         let taken = a.take_due(Sink::Amqp, 1).unwrap();
         assert_eq!(taken.len(), 1, "only what is asked for is leased");
         let other = b.take_due(Sink::Amqp, 10).unwrap();
@@ -430,7 +485,7 @@ mod tests {
         s.mark_pending(6).unwrap();
         assert_eq!(s.stale_pending(0).unwrap(), vec![5, 6]);
         assert!(s.stale_pending(60_000).unwrap().is_empty());
-        s.record_decision(&decision(5, vec![1]), &[]).unwrap();
+        s.record_decision(&mut decision(5, vec![1]), &[]).unwrap();
         assert_eq!(s.pending().unwrap(), vec![6]);
     }
 

@@ -90,7 +90,7 @@ async fn accept_onpass_accepts_a_pass_and_only_comments_a_failure() {
 
     // the failed job is restarted and passes: a new decision accepts, the comment is replaced
     let (clone, event) = s.qa.sim.restart(jobs[1]).unwrap();
-    s.gate.submit(&event.name, &event.data);
+    assert_eq!(s.gate.submit(&event.name, &event.data), incident_gate::ffi::ig_status::IG_OK);
     s.qa.sim.set_done(clone, "passed");
     s.gate.job_done(clone, "passed");
     s.delivered().await;
@@ -206,4 +206,31 @@ async fn ibs_down_then_up_reports_exactly_once() {
     assert_eq!(s.review(), "accepted");
     assert_eq!(s.obs.count("POST", "/request/"), 1, "the review was changed once");
     assert_eq!(s.obs.comments(REQUEST).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decision_replaced_while_ibs_was_down_is_not_reported() {
+    let s = setup("accept-decline", "review").await;
+    s.obs.set_down(true);
+    let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7008, REQUEST, &format!("t{i}"))).collect();
+    for (job, result) in jobs.iter().zip(["passed", "failed", "passed"]) {
+        s.qa.sim.set_done(*job, result);
+        s.gate.job_done(*job, result);
+    }
+    s.gate.flushed();
+    // the failure is fixed before IBS comes back: restart, pass, a new decision
+    let (clone, event) = s.qa.sim.restart(jobs[1]).unwrap();
+    assert_eq!(s.gate.submit(&event.name, &event.data), incident_gate::ffi::ig_status::IG_OK);
+    s.qa.sim.set_done(clone, "passed");
+    s.gate.job_done(clone, "passed");
+    s.gate.flushed();
+    assert_eq!(s.gate.decisions().len(), 2);
+    s.obs.set_down(false);
+    s.delivered().await;
+    assert_eq!(s.review(), "accepted", "the stale failure must not decline the request");
+    let decisions = s.gate.decisions();
+    let stale =
+        decisions[1]["deliveries"].as_array().unwrap().iter().find(|d| d["sink"] == "obs").unwrap().clone();
+    assert_eq!(stale["state"], "final");
+    assert!(stale["outcome"].as_str().unwrap().contains("superseded"), "{stale}");
 }
