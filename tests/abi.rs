@@ -102,7 +102,8 @@ fn compile() -> PathBuf {
     out
 }
 
-fn run_c(mode: &str, config: &serde_json::Value, extra: &[String]) -> String {
+/// Runs one mode of the C program; answers its stdout and stderr (the library logs there).
+fn run_c(mode: &str, config: &serde_json::Value, extra: &[String]) -> (String, String) {
     let exe = compile_c_test();
     let out = Command::new(exe).arg(mode).arg(config.to_string()).args(extra).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -110,13 +111,13 @@ fn run_c(mode: &str, config: &serde_json::Value, extra: &[String]) -> String {
     assert!(out.status.success(), "abi_test {mode} failed:\n{stdout}\n{stderr}");
     assert!(!stdout.contains("not ok"), "{stdout}");
     assert!(stdout.matches("ok - ").count() >= 3, "too few checks ran:\n{stdout}");
-    stdout
+    (stdout, stderr.to_string())
 }
 
 #[test]
 fn bad_input_gets_a_status_and_a_message() {
     let state = tempfile::tempdir().unwrap();
-    let out = run_c("bad-input", &common::gate_config("http://127.0.0.1:9", state.path()), &[]);
+    let (out, _) = run_c("bad-input", &common::gate_config("http://127.0.0.1:9", state.path()), &[]);
     assert!(out.contains("new(unknown key)"), "{out}");
 }
 
@@ -140,9 +141,9 @@ async fn happy_path_and_fork_then_use() {
     let cfg2 = cfg.clone();
     let args2 = args.clone();
     tokio::task::spawn_blocking(move || {
-        let out = run_c("happy", &cfg2, &args2);
+        let (out, _) = run_c("happy", &cfg2, &args2);
         assert!(out.contains("verdict passed"), "{out}");
-        let out = run_c("fork", &cfg2, &args2);
+        let (out, _) = run_c("fork", &cfg2, &args2);
         assert!(out.contains("ok - the forked child succeeded"), "{out}");
         assert!(out.contains("ok - forked child: verdict passed"), "{out}");
         assert!(out.contains("ok - parent after fork: verdict passed"), "{out}");
@@ -154,13 +155,26 @@ async fn happy_path_and_fork_then_use() {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_and_errors_never_show_secrets() {
     let sim = common::OpenQa::start().await;
+    // a decision is taken, and its deliveries fail: the AMQP and IBS error paths run and log
+    let (incident, jobs) = sim.finished_incident(4343, 2, "passed").await;
     let state = tempfile::tempdir().unwrap();
     let mut cfg = common::gate_config(&sim.url(), state.path());
     cfg["openqa_api_key"] = "0123456789ABCDEF".into();
     cfg["openqa_api_secret"] = "S3cr3t-openQA-8f2a".into();
+    cfg["publish_amqp"] = true.into();
+    cfg["report_obs"] = true.into();
+    cfg["obs_url"] = "http://127.0.0.1:9".into();
+    cfg["obs_user"] = "bot".into();
     cfg["obs_password"] = "S3cr3t-obs-77x".into();
     cfg["amqp_url"] = "amqp://gate:S3cr3t-amqp-q9@127.0.0.1:9/%2f".into();
     let secrets: Vec<String> =
         ["S3cr3t-openQA-8f2a", "S3cr3t-obs-77x", "S3cr3t-amqp-q9"].map(String::from).to_vec();
-    tokio::task::spawn_blocking(move || run_c("secrets", &cfg, &secrets)).await.unwrap();
+    let mut args = vec![incident.to_string(), jobs[0].to_string()];
+    args.extend(secrets.iter().cloned());
+    let (stdout, stderr) = tokio::task::spawn_blocking(move || run_c("secrets", &cfg, &args)).await.unwrap();
+    assert!(stdout.contains("AMQP"), "the failed delivery shows in the status: {stdout}");
+    assert!(stderr.contains("amqp://gate:<redacted>@127.0.0.1:9"), "the log names the broker: {stderr}");
+    for secret in ["S3cr3t-openQA-8f2a", "S3cr3t-obs-77x", "S3cr3t-amqp-q9"] {
+        assert!(!stderr.contains(secret), "{secret} in the log: {stderr}");
+    }
 }
