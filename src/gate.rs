@@ -39,12 +39,21 @@ pub struct Gate {
     config: Arc<Config>,
     counters: Counters,
     running: Mutex<Option<Running>>,
+    start_failure: Mutex<Option<(Instant, String)>>,
 }
+
+/// How long a failed engine start is answered from memory before it is tried again.
+const START_RETRY: Duration = Duration::from_secs(30);
 
 impl Gate {
     /// Creates a gate; no thread, connection or file is touched until it is used.
     pub fn new(config: Config) -> Gate {
-        Gate { config: Arc::new(config), counters: Counters::default(), running: Mutex::new(None) }
+        Gate {
+            config: Arc::new(config),
+            counters: Counters::default(),
+            running: Mutex::new(None),
+            start_failure: Mutex::new(None),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -171,8 +180,24 @@ impl Gate {
             std::mem::forget(stale);
         }
         if guard.is_none() {
-            *guard = Some(self.start(pid)?);
-            self.counters.starts.fetch_add(1, Relaxed);
+            // A start that failed (state directory not writable …) is not retried on every event:
+            // each would build and tear down a runtime inside openQA's request.
+            let mut failed = self.start_failure.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, why)) = failed.as_ref().filter(|(at, _)| at.elapsed() < START_RETRY) {
+                let wait = START_RETRY.saturating_sub(at.elapsed()).as_secs();
+                return Err(format!("{why} (next try in {wait} s)"));
+            }
+            match self.start(pid) {
+                Ok(running) => {
+                    *failed = None;
+                    *guard = Some(running);
+                    self.counters.starts.fetch_add(1, Relaxed);
+                }
+                Err(why) => {
+                    *failed = Some((Instant::now(), why.clone()));
+                    return Err(why);
+                }
+            }
         }
         Ok(f(guard.as_ref().expect("started above")))
     }

@@ -190,3 +190,17 @@ async fn events_split_across_processes_still_decide_at_the_last_job() {
     assert_eq!(decided.len(), 1, "decided at the last job, not at the next reconciliation: {decided:?}");
     assert_eq!(decided[0]["result"], "passed");
 }
+
+#[test]
+fn an_engine_that_cannot_start_says_why_and_is_not_restarted_on_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "").unwrap();
+    let gate = CGate::new(&gate_config("http://127.0.0.1:9", &file.join("state")));
+    let data = serde_json::json!({"id": 1, "result": "passed"});
+    assert_eq!(gate.submit("openqa_job_done", &data), ig_status::IG_UNAVAILABLE);
+    assert!(common::last_error().contains("state directory"), "{}", common::last_error());
+    assert_eq!(gate.submit("openqa_job_done", &data), ig_status::IG_UNAVAILABLE);
+    assert!(common::last_error().contains("next try in"), "{}", common::last_error());
+    assert_eq!(gate.status()["engine_starts"], 0);
+}
