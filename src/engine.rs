@@ -548,7 +548,7 @@ async fn reconcile(core: Arc<Core>) {
             _ = tokio::time::sleep(interval) => {}
             _ = core.until_shutdown() => return,
         }
-        match core.store.stale_pending(interval.as_millis() as i64) {
+        match core.store.claim_stale_pending(interval.as_millis() as i64) {
             Ok(incidents) => incidents.into_iter().for_each(|i| core.schedule(i)),
             Err(e) => tracing::warn!("reconciliation: {e}"),
         }

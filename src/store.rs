@@ -307,17 +307,25 @@ impl Store {
         Ok(())
     }
 
-    /// Pending incidents not evaluated for `older_than_ms`.
-    pub fn stale_pending(&self, older_than_ms: i64) -> Result<Vec<u64>, StoreError> {
+    /// Pending incidents not evaluated for `older_than_ms`, claimed for this process: several
+    /// processes reconcile the same state directory, and each stale incident goes to one of them.
+    pub fn claim_stale_pending(&self, older_than_ms: i64) -> Result<Vec<u64>, StoreError> {
+        let now = now_ms();
         let conn = self.conn();
         let mut stmt =
-            conn.prepare("SELECT incident FROM pending WHERE checked_at <= ?1 ORDER BY incident")?;
-        let rows = stmt.query_map([now_ms() - older_than_ms], |r| r.get::<_, i64>(0))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect())
+            conn.prepare("UPDATE pending SET checked_at = ?1 WHERE checked_at <= ?2 RETURNING incident")?;
+        let rows = stmt.query_map([now, now - older_than_ms], |r| r.get::<_, i64>(0))?;
+        let mut incidents: Vec<u64> =
+            rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect();
+        incidents.sort_unstable();
+        Ok(incidents)
     }
 
     pub fn pending(&self) -> Result<Vec<u64>, StoreError> {
-        self.stale_pending(i64::MIN / 2)
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT incident FROM pending ORDER BY incident")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect())
     }
 
     /// The most recent decisions, newest first, with how their deliveries went.
@@ -483,8 +491,10 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         s.mark_pending(5).unwrap();
         s.mark_pending(6).unwrap();
-        assert_eq!(s.stale_pending(0).unwrap(), vec![5, 6]);
-        assert!(s.stale_pending(60_000).unwrap().is_empty());
+        let other = Store::open(dir.path()).unwrap();
+        assert_eq!(s.claim_stale_pending(0).unwrap(), vec![5, 6]);
+        assert!(other.claim_stale_pending(1_000).unwrap().is_empty(), "claimed by the first process");
+        assert!(s.claim_stale_pending(60_000).unwrap().is_empty());
         s.record_decision(&mut decision(5, vec![1]), &[]).unwrap();
         assert_eq!(s.pending().unwrap(), vec![6]);
     }
