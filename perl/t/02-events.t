@@ -3,12 +3,16 @@
 # them, nor the subscribers after the plugin; the event data stays untouched; nothing blocks.
 # openQA is not reachable here (port 9), so the gate keeps every event queued.
 use v5.20;
+use feature 'signatures';
+no warnings 'experimental::signatures';
 use warnings;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
 use IGTest qw(library write_ini new_app log_lines emit emit_args tempdir);
 use Mojo::File 'path';
+use Mojo::IOLoop::Server;
+use Mojo::Promise;
 use Mojo::JSON qw(decode_json encode_json);
 use Storable 'dclone';
 use Time::HiRes 'time';
@@ -110,6 +114,29 @@ subtest 'verdict route: bad input and openQA not answering' => sub {
       ->json_like('/error' => qr/\S/);
     $t->get_ok('/ping')->status_is(200);
     is_deeply [grep {/^\[error\]/} log_lines($t)], [], 'no error logged';
+};
+
+subtest 'verdict route: at most two evaluations at a time per worker' => sub {
+    # an openQA that accepts connections and never answers keeps evaluations busy
+    my @held;
+    my $port = Mojo::IOLoop::Server->generate_port;
+    my $hang = Mojo::IOLoop->server({address => '127.0.0.1', port => $port} => sub { push @held, $_[1] });
+    my $t = app_with(openqa_url => "http://127.0.0.1:$port", http_timeout_s => 1);
+    my @answers;
+    my @requests = map {
+        my $n = $_;
+        Mojo::Promise->timer(0.05 * $n)->then(sub { $t->ua->get_p('/api/v1/incident_gate/incidents/12345') })
+          ->then(sub ($tx) { push @answers, [$tx->res->code, $tx->res->json] });
+    } 0 .. 2;
+    Mojo::Promise->all(@requests)->wait;
+    is scalar @answers, 3, 'three answers';
+    my @busy = grep { ($_->[1]{error} // '') =~ /too many verdicts/ } @answers;
+    is scalar @busy, 1, 'the third request is turned away at once';
+    is $busy[0][0], 503, '... with 503';
+    is scalar(grep { ($_->[1]{status} // '') eq 'IG_UNAVAILABLE' } @answers), 2, 'the other two ran and found openQA unavailable';
+    $t->get_ok('/api/v1/incident_gate/incidents/12345')->status_is(503)->json_is('/status' => 'IG_UNAVAILABLE',
+        'once they finished, evaluations are taken again');
+    Mojo::IOLoop->remove($hang);
 };
 
 package Bomb {

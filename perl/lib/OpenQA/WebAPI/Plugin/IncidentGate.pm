@@ -13,6 +13,8 @@ our @EVENTS = map { "openqa_$_" } qw(job_done job_cancel job_restart jobs_restar
 our @LIBRARY_PATHS = map { "$_/incident-gate/libincident_gate.so" }
   qw(/usr/lib64 /usr/lib /usr/local/lib64 /usr/local/lib);
 use constant SECTION => 'incident_gate';
+# the verdict route is public and each evaluation is a forked child asking openQA: bound them
+use constant MAX_EVALUATIONS => 2;
 
 sub register ($self, $app, $conf = {}) {
     $self->{app} = $app;
@@ -121,6 +123,9 @@ sub _evaluate ($self, $c) {
     return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
       unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
     $incident = $1;
+    return $c->render(json => {error => 'too many verdicts are being evaluated, try again shortly'}, status => 503)
+      if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
+    $self->{evaluating}++;
     $c->render_later;
     Mojo::IOLoop->subprocess->run_p(
         sub {
@@ -138,7 +143,7 @@ sub _evaluate ($self, $c) {
         sub ($err) {
             $self->{app}->log->error("IncidentGate: evaluating incident $incident failed: $err");
             $c->render(json => {error => "evaluation failed: $err"}, status => 500);
-        });
+        })->finally(sub { $self->{evaluating}-- });
 }
 
 1;
