@@ -257,17 +257,18 @@ impl Config {
         Ok(())
     }
 
-    /// Reads the `[incident_gate]` section of an INI file (openqa.ini, or our own), where every
-    /// value is a string. Other sections are ignored.
-    pub fn from_ini_file(path: &std::path::Path, section: &str) -> Result<Config, ConfigError> {
+    /// The keys of one section of an INI file (openqa.ini, or our own) as strings, for
+    /// `from_value`; other sections are ignored.
+    pub fn ini_section(
+        path: &std::path::Path,
+        section: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
         let ini = ini::Ini::load_from_file(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         let props = ini
             .section(Some(section))
             .ok_or_else(|| ConfigError(format!("{} has no [{section}] section", path.display())))?;
-        let map: serde_json::Map<String, serde_json::Value> =
-            props.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
-        Self::from_value(serde_json::Value::Object(map))
+        Ok(props.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect())
     }
 
     /// The configuration as JSON with every secret redacted, for status output.
@@ -377,11 +378,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("openqa.ini");
         std::fs::write(&path, "[global]\nplugins = IncidentGate AMQP\n\n[incident_gate]\nopenqa_url = http://openqa.local\nreview_policy = comment\nreconcile_interval_s = 60\n").unwrap();
-        let c = Config::from_ini_file(&path, "incident_gate").unwrap();
+        let c = Config::from_value(Config::ini_section(&path, "incident_gate").unwrap().into()).unwrap();
         assert_eq!(c.openqa_url, "http://openqa.local");
         assert_eq!(c.review_policy, ReviewPolicy::Comment);
         assert_eq!(c.reconcile_interval_s, 60);
-        assert!(Config::from_ini_file(&path, "nope").unwrap_err().0.contains("[nope]"));
+        assert!(Config::ini_section(&path, "nope").unwrap_err().0.contains("[nope]"));
     }
 
     #[test]

@@ -302,11 +302,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn clear_pending(&self, incident: u64) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM pending WHERE incident = ?1", params![incident as i64])?;
-        Ok(())
-    }
-
     /// Pending incidents not evaluated for `older_than_ms`, claimed for this process: several
     /// processes reconcile the same state directory, and each stale incident goes to one of them.
     pub fn claim_stale_pending(&self, older_than_ms: i64) -> Result<Vec<u64>, StoreError> {

@@ -26,17 +26,10 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
         let has_section = std::fs::read_to_string(system).is_ok_and(|t| t.contains("[incident_gate]"));
         has_section.then(|| system.to_path_buf())
     });
-    let mut map = serde_json::Map::new();
-    if let Some(path) = &path {
-        let ini =
-            ini::Ini::load_from_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let section = ini
-            .section(Some(SECTION))
-            .ok_or_else(|| format!("{} has no [{SECTION}] section", path.display()))?;
-        for (k, v) in section.iter() {
-            map.insert(k.to_string(), v.into());
-        }
-    }
+    let mut map = match &path {
+        Some(path) => Config::ini_section(path, SECTION).map_err(|e| e.to_string())?,
+        None => serde_json::Map::new(),
+    };
     let defaults = serde_json::to_value(Config::default()).map_err(|e| e.to_string())?;
     for key in defaults.as_object().into_iter().flat_map(|o| o.keys()) {
         if let Ok(value) = std::env::var(format!("INCIDENT_GATE_{}", key.to_uppercase())) {
