@@ -8,7 +8,7 @@ use crate::decision::Decision;
 use crate::events::Event;
 use crate::incident::incidents_of;
 use crate::openqa::client::{ApiError, OpenQaClient};
-use crate::openqa::model::Job;
+use crate::openqa::model::{is_final_state, Job};
 use crate::store::{Sink, Store};
 use crate::verdict::{self, Outcome, Rules, Verdict};
 use std::collections::{HashMap, HashSet};
@@ -74,6 +74,8 @@ struct Stats {
 
 /// Caps the job → incidents cache; job settings never change, so entries never go stale.
 const JOB_CACHE_MAX: usize = 200_000;
+/// Decisions listed in status output.
+pub const RECENT_DECISIONS: usize = 20;
 /// Jobs looked at to confirm that an incident still waits (see `check_waiting`).
 const WAITING_SAMPLE: usize = 8;
 /// How long `check_waiting` gathers incidents before asking openQA about them.
@@ -196,9 +198,7 @@ impl Core {
 
     pub fn status(&self) -> serde_json::Value {
         let s = &self.stats;
-        let pending: Vec<u64> = self.store.pending().unwrap_or_default();
-        let recent = self.store.recent_decisions(20).unwrap_or_default();
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "events": s.events.load(Relaxed),
             "evaluations": s.evaluations.load(Relaxed),
             "evaluations_skipped": s.evaluations_skipped.load(Relaxed),
@@ -207,10 +207,16 @@ impl Core {
             "duplicate_decisions": s.duplicate_decisions.load(Relaxed),
             "openqa_requests": self.client.requests_made(),
             "busy": self.busy.load(Relaxed),
-            "pending_incidents": pending,
-            "outbox_backlog": self.store.backlog().ok(),
-            "recent_decisions": recent,
-        })
+        });
+        match self.store.summary(RECENT_DECISIONS) {
+            Ok(summary) => {
+                status["recent_decisions"] = serde_json::json!(summary.recent_decisions);
+                status["pending_incidents"] = serde_json::json!(summary.pending_incidents);
+                status["outbox_backlog"] = serde_json::json!(summary.outbox_backlog);
+            }
+            Err(e) => status["store_error"] = e.to_string().into(),
+        }
+        status
     }
 
     /// The current verdict, straight from openQA; no side effects.
@@ -467,8 +473,7 @@ impl Core {
     async fn evaluate_and_decide(&self, incident: u64) -> Result<Option<HashSet<u64>>, EngineError> {
         let verdict = self.decide(incident).await?;
         Ok((verdict.result == Outcome::Pending).then(|| {
-            let pending =
-                verdict.notes.iter().filter(|n| n.counts && n.state != "done" && n.state != "cancelled");
+            let pending = verdict.notes.iter().filter(|n| n.counts && !is_final_state(&n.state));
             pending.map(|n| n.id).collect()
         }))
     }

@@ -74,6 +74,14 @@ pub struct DeliveryRow {
     pub outcome: Option<String>,
 }
 
+/// What the state directory holds, for `ig_gate_status` and `incident-gate status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub recent_decisions: Vec<DecisionRow>,
+    pub pending_incidents: Vec<u64>,
+    pub outbox_backlog: Backlog,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Backlog {
     pub amqp: u64,
@@ -278,6 +286,14 @@ impl Store {
             |r| r.get(0),
         )?;
         Ok(next.map(|at| (at - now_ms()).max(0)))
+    }
+
+    pub fn summary(&self, recent: usize) -> Result<Summary, StoreError> {
+        Ok(Summary {
+            recent_decisions: self.recent_decisions(recent)?,
+            pending_incidents: self.pending()?,
+            outbox_backlog: self.backlog()?,
+        })
     }
 
     pub fn backlog(&self) -> Result<Backlog, StoreError> {

@@ -129,21 +129,19 @@ pub async fn check(core: Arc<Core>, incident: u64, json: bool) -> Result<u8, Str
 
 pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
     let store = core.store();
-    let decisions = store.recent_decisions(20).map_err(|e| e.to_string())?;
-    let pending = store.pending().map_err(|e| e.to_string())?;
-    let backlog = store.backlog().map_err(|e| e.to_string())?;
+    let summary = store.summary(incident_gate::engine::RECENT_DECISIONS).map_err(|e| e.to_string())?;
     if json {
-        let v = serde_json::json!({
-            "state": store.path(), "recent_decisions": decisions, "pending_incidents": pending, "outbox_backlog": backlog,
-        });
+        let mut v = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
+        v["state"] = store.path().display().to_string().into();
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         return Ok(0);
     }
+    let (backlog, pending) = (&summary.outbox_backlog, &summary.pending_incidents);
     println!("state: {}", store.path().display());
     println!("outbox backlog: {} AMQP, {} IBS", backlog.amqp, backlog.obs);
     println!("pending incidents: {pending:?}");
     println!("recent decisions:");
-    for d in decisions {
+    for d in summary.recent_decisions {
         let deliveries: Vec<String> = d
             .deliveries
             .iter()

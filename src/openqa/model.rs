@@ -3,6 +3,11 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// `done` and `cancelled` are final; every other state still changes.
+pub fn is_final_state(state: &str) -> bool {
+    matches!(state, "done" | "cancelled")
+}
+
 /// A job as `GET /api/v1/jobs/<id>` and `GET /api/v1/jobs?ids=` return it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
@@ -29,10 +34,9 @@ impl Job {
         self.settings.get(key).map(String::as_str).unwrap_or("")
     }
 
-    /// `done` and `cancelled` are final; every other state (scheduled, assigned, setup, running,
-    /// uploading) still changes.
+    /// Final: `done` or `cancelled` (scheduled, assigned, setup, running, uploading still change).
     pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "done" | "cancelled")
+        is_final_state(&self.state)
     }
 
     pub fn is_ok(&self) -> bool {
