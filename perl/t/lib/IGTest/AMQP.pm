@@ -81,6 +81,17 @@ sub declare_exchange ($self, $name) {
     $self->_expect(1, 40, 11);
 }
 
+# Tests share the broker: what they declared is deleted again.
+sub delete_exchange ($self, $name) {
+    $self->_method(1, 40, 20, pack('n', 0) . _s($name) . "\0");
+    $self->_expect(1, 40, 21);
+}
+
+sub delete_queue ($self, $name) {
+    $self->_method(1, 50, 40, pack('n', 0) . _s($name) . "\0");
+    $self->_expect(1, 50, 41);
+}
+
 # An exclusive, server-named queue bound to $exchange with $key; answers the queue name.
 sub bind_queue ($self, $exchange, $key) {
     $self->_method(1, 50, 10, pack('n', 0) . _s('') . pack('C', 0b0100) . pack('N', 0));
