@@ -13,10 +13,11 @@ use Exporter 'import';
 use Mojo::JSON qw(decode_json);
 use Test::More;
 use Time::HiRes qw(time sleep);
-use IGTest qw(start_sim unique);
+use IGTest qw(start_sim unique library);
+use IGTest::RealOpenQA;
 use IGTest::AMQP;
 
-our @EXPORT_OK = qw(new_world run_scenarios);
+our @EXPORT_OK = qw(new_world run_scenarios plugin_suite);
 
 # How long "nothing more arrives" is watched for. Decisions follow the last job within
 # milliseconds on loopback; this only has to outlast a slow CI machine.
@@ -301,6 +302,18 @@ my @SCENARIOS = (
     ],
 );
 
+# The plugin inside a real openQA web UI (`openqa daemon`, or prefork with $workers workers): every
+# scenario, decided from openQA's own in-process events.
+sub plugin_suite (%o) {
+    my $w = new_world(base => $o{base});
+    my $oq = IGTest::RealOpenQA->start(workers => $o{workers}, plugin => 1, exchange => $w->{exchange},
+        prefix => $w->{prefix}, ini => {incident_gate => {library => library(), %{$w->gate_section(undef)}}});
+    ok((grep { /IncidentGate: libincident_gate/ } $oq->log_lines), 'openQA loaded the plugin')
+      or diag join "\n", $oq->log_lines;
+    run_scenarios($w, $oq);
+    is_deeply [$oq->alarming_lines], [], 'openQA logged no errors';
+}
+
 # Runs every scenario as a subtest, numbering incidents from the world's base; then checks that
 # openQA itself stayed healthy.
 sub run_scenarios ($w, $oq, %o) {
@@ -308,7 +321,7 @@ sub run_scenarios ($w, $oq, %o) {
     for my $s (@SCENARIOS) {
         my ($name, $code) = @$s;
         $n += 10;
-        next if $o{only} && $name !~ $o{only};
+        next if $o{skip} && $name =~ $o{skip};
         subtest $name => sub { $code->($w, $oq, $n) };
     }
 }
