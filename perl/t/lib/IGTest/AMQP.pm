@@ -110,14 +110,15 @@ sub publish ($self, $exchange, $key, $body, $content_type = 'application/json') 
 
 # The next message on the bound queue within $timeout seconds, or undef:
 # {routing_key, exchange, body, content_type, delivery_mode, message_id}.
-sub get ($self, $timeout = 10) {
+# $interval: seconds between polls (the benchmark polls without pause).
+sub get ($self, $timeout = 10, $interval = 0.1) {
     my $deadline = time + $timeout;
     while (1) {
         $self->_method(1, 60, 70, pack('n', 0) . _s($self->{queue}) . "\1");    # no-ack
         my ($m, $args) = $self->_expect(1, 60, 71, 72);
         return $self->_content($args) if $m == 71;
         return undef if time >= $deadline;
-        sleep 0.1;
+        sleep $interval if $interval;
     }
 }
 
