@@ -207,6 +207,7 @@ my @SCENARIOS = (
             is scalar @m, 3, 'deleting the comment makes a new decision' or return;
             is $m[2]{json}{result}, 'failed', 'failed again';
             ok $w->await_comment($rr, qr/\b$a\b/), 'IBS is told which job fails';
+            ok $w->await_review($rr, 'new'), 'our accept is taken back: the review is open again';
         }
     ],
     [
