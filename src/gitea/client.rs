@@ -443,7 +443,7 @@ impl GiteaClient {
                     let err = GiteaError::Http {
                         route: route.clone(),
                         status: reply.status,
-                        message: self.scrub(&error_message(&reply.body)),
+                        message: self.scrub(&error_message(reply.status, &reply.body)),
                         attempts: attempt,
                     };
                     // the statuses qem-bot retries: the server refused before doing anything
@@ -561,14 +561,18 @@ fn decode<T: DeserializeOwned>(route: &str, body: &[u8]) -> Result<T, GiteaError
     })
 }
 
-/// Gitea's `{"message": ..., "url": ...}` error text, else the start of the body (a proxy's page).
-fn error_message(body: &[u8]) -> String {
+/// Gitea's `{"message": ..., "url": ...}` error text; for anything else (a proxy's HTML page) the
+/// status's reason, which says more than the start of the markup.
+fn error_message(status: u16, body: &[u8]) -> String {
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
         if let Some(serde_json::Value::String(m)) = map.get("message") {
             return m.trim().chars().take(300).collect();
         }
     }
-    snippet(body)
+    match reqwest::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()) {
+        Some(reason) => reason.to_string(),
+        None => snippet(body),
+    }
 }
 
 fn snippet(body: &[u8]) -> String {
@@ -634,11 +638,11 @@ mod tests {
             let e = GiteaError::Http { route: String::new(), status: s, message: String::new(), attempts: 4 };
             assert!(e.is_retryable(), "{s}");
         }
-        assert_eq!(
-            error_message(br#"{"message":"token is required","url":"https://src.suse.de/api/swagger"}"#),
-            "token is required"
-        );
-        assert_eq!(error_message(b"<html>Bad Gateway</html>"), "<html>Bad Gateway</html>");
+        let body = br#"{"message":"token is required","url":"https://src.suse.de/api/swagger"}"#;
+        assert_eq!(error_message(401, body), "token is required");
+        assert_eq!(error_message(502, b"<html><h1>502 Bad Gateway</h1></html>"), "Bad Gateway");
+        // a 403 without a body (editIssueComment's ctx.Status)
+        assert_eq!(error_message(403, b""), "Forbidden");
         assert_eq!(seg("products"), "products");
         assert_eq!(seg("a/b?c"), "a%2Fb%3Fc");
     }

@@ -108,8 +108,9 @@ fn cut(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// The 12 characters people quote a commit by.
 fn short(sha: &str) -> String {
-    escape_markdown(&cut(sha, 12))
+    escape_markdown(&sha.chars().take(12).collect::<String>())
 }
 
 /// The results comment. `head` is the PR's head when it is no longer the commit that was tested.
