@@ -591,8 +591,9 @@ fn paged(shared: &Shared, items: Vec<Value>, query: &[(String, String)], path: &
     let cfg = &shared.cfg;
     let limit = match param(query, "limit").and_then(|l| l.parse::<usize>().ok()) {
         Some(0) | None => cfg.default_paging_num,
-        Some(l) => l.min(cfg.max_response_items),
-    };
+        Some(l) => l,
+    }
+    .clamp(1, cfg.max_response_items.max(1));
     let page = param(query, "page").and_then(|p| p.parse::<usize>().ok()).filter(|p| *p > 0).unwrap_or(1);
     let total = items.len();
     let shown: Vec<Value> = items.into_iter().skip((page - 1) * limit).take(limit).collect();
