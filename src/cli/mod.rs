@@ -30,6 +30,8 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
         Some(path) => Config::ini_section(path, SECTION).map_err(|e| e.to_string())?,
         None => serde_json::Map::new(),
     };
+    // the plugin's own key (where to find the library) in the section both read
+    map.remove("library");
     let defaults = serde_json::to_value(Config::default()).map_err(|e| e.to_string())?;
     for key in defaults.as_object().into_iter().flat_map(|o| o.keys()) {
         if let Ok(value) = std::env::var(format!("INCIDENT_GATE_{}", key.to_uppercase())) {
