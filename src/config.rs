@@ -137,6 +137,18 @@ pub enum ReviewPolicy {
     DryRun,
 }
 
+impl ReviewPolicy {
+    /// As it is spelled in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewPolicy::AcceptOnpass => "accept-onpass",
+            ReviewPolicy::AcceptDecline => "accept-decline",
+            ReviewPolicy::Comment => "comment",
+            ReviewPolicy::DryRun => "dry-run",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -495,6 +507,14 @@ mod tests {
         assert!(shown.contains("http://bot:<redacted>@openqa.local/"), "{shown}");
         assert_eq!(link_base(&c.openqa_url), "http://openqa.local");
         assert_eq!(link_base("http://bot@openqa.local/x/"), "http://openqa.local/x");
+    }
+
+    #[test]
+    fn policies_are_named_as_configured() {
+        for name in ["accept-onpass", "accept-decline", "comment", "dry-run"] {
+            let c = Config::from_value(serde_json::json!({ "review_policy": name })).unwrap();
+            assert_eq!(c.review_policy.as_str(), name);
+        }
     }
 
     #[test]

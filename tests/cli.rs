@@ -111,8 +111,8 @@ async fn hook_decides_reports_and_status_shows_it() {
     let ini_arg = ini.display().to_string();
     let job = jobs[2].to_string();
     let (hook, status) = tokio::task::spawn_blocking(move || {
-        let hook = run(&["--config", &ini_arg, "hook", &job], &env);
-        (hook, run(&["--config", &ini_arg, "status"], &env))
+        let hook = run(&["hook", &job, "--config", &ini_arg], &env);
+        (hook, run(&["status", "--config", &ini_arg], &env))
     })
     .await
     .unwrap();
@@ -138,7 +138,7 @@ fn a_bad_configuration_is_exit_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let ini = dir.path().join("x.ini");
     std::fs::write(&ini, "[other]\na = b\n").unwrap();
-    let out = run(&["--config", ini.to_str().unwrap(), "status"], &[]);
+    let out = run(&["status", "--config", ini.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[incident_gate]"));
     let help = run(&["--help"], &[]);
