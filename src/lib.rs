@@ -10,6 +10,7 @@ pub mod events;
 pub mod ffi;
 pub mod gate;
 pub mod incident;
+pub mod log;
 pub mod obs;
 pub mod openqa;
 pub mod outbox;
