@@ -7,7 +7,7 @@ use warnings;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
-use IGTest qw(library app_script write_ini start_sim wait_for tempdir unique);
+use IGTest qw(library app_script write_ini start_sim wait_for tempdir unique OPERATOR);
 use IGTest::AMQP;
 use Mojo::IOLoop::Server;
 use Mojo::File;
@@ -89,7 +89,7 @@ ok wait_for(sub { $sim->request($request)->at('review[by_group="qam-openqa"]')->
 
 my ($decisions, @keys) = (0);
 for my $c (@clients) {
-    my $status = $c->[0]->get("$url/api/v1/incident_gate/status")->result->json;
+    my $status = $c->[0]->get("$url/api/v1/incident_gate/internals" => OPERATOR)->result->json;
     is $status->{pid}, $c->[1], "status of worker $c->[1]";
     is $status->{intake}{accepted}, $sent{$c->[1]}, '... took the events it got';
     cmp_ok $status->{engine}{evaluations}, '>=', 1, '... evaluated the incident';
