@@ -98,7 +98,8 @@ impl Gate {
                 SubmitError::QueueFull => ("queue_full", "intake queue is full".to_string()),
                 SubmitError::Unavailable(m) => ("engine_unavailable", m.clone()),
             };
-            let refusal = Refusal { at: Instant::now(), event: name.chars().take(64).collect(), why, message };
+            let refusal =
+                Refusal { at: Instant::now(), event: name.chars().take(64).collect(), why, message };
             *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(refusal);
         }
         result
@@ -181,9 +182,12 @@ impl Gate {
         let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let running = guard.as_ref().filter(|r| r.pid == std::process::id());
         let depth = running.map(|r| (r.tx.max_capacity() - r.tx.capacity()) as u64).unwrap_or(0);
-        let start_failure = self.start_failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(
-            |(at, why)| serde_json::json!({"error": why, "seconds_ago": at.elapsed().as_secs()}),
-        );
+        let start_failure = self
+            .start_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(at, why)| serde_json::json!({"error": why, "seconds_ago": at.elapsed().as_secs()}));
         let last_refused = self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| {
             serde_json::json!({"event": r.event, "why": r.why, "error": r.message, "seconds_ago": r.at.elapsed().as_secs()})
         });
@@ -235,7 +239,10 @@ impl Gate {
                     self.counters.starts.fetch_add(1, Relaxed);
                 }
                 Err(why) => {
-                    tracing::error!("the engine cannot start: {why}; next try in {} s", START_RETRY.as_secs());
+                    tracing::error!(
+                        "the engine cannot start: {why}; next try in {} s",
+                        START_RETRY.as_secs()
+                    );
                     *failed = Some((Instant::now(), why.clone()));
                     return Err(why);
                 }

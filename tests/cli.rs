@@ -245,7 +245,11 @@ async fn listen_decides_from_openqa_messages_and_stops_cleanly_on_sigterm() {
         }
         assert!(std::time::Instant::now() < deadline, "listen did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    } // the listener's queue and the exchange outlive it by design: leave the shared broker as found
+    let options = lapin::options::QueueDeleteOptions::default();
+    ch.queue_delete(format!("{exchange}-q").as_str().into(), options).await.unwrap();
+    ch.exchange_delete(exchange.as_str().into(), Default::default()).await.unwrap();
+    let _ = conn.close(200, "".into()).await;
 }
 
 /// Whether the listener's queue exists (a passive declare fails while it does not).

@@ -264,10 +264,25 @@ fn logs_carry_no_colour_codes_when_stderr_is_no_terminal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_names_the_policy_as_configured_and_says_when_an_incident_stays_pending() {
+    let pubsub_before = exchange_exists("pubsub").await;
     let out = tokio::task::spawn_blocking(|| run(&["demo"], &[("AMQP_URL", amqp_url())])).await.unwrap();
+    assert_eq!(exchange_exists("pubsub").await, pubsub_before, "the demo leaves the broker as it found it");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stdout.contains("policy accept-onpass,"), "{stdout}");
     assert!(stdout.contains("incident-gate: no decision yet, pending: incident 12345\n"), "{stdout}");
     assert!(!stdout.contains("AcceptOnpass"));
+}
+
+/// Whether the broker has `exchange` (a passive declare fails when it does not).
+async fn exchange_exists(exchange: &str) -> bool {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+    let found = ch
+        .exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, passive, Default::default())
+        .await
+        .is_ok();
+    let _ = conn.close(200, "".into()).await;
+    found
 }

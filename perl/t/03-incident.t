@@ -12,8 +12,9 @@ use Mojo::JSON 'decode_json';
 
 my $sim = start_sim();
 my $amqp = IGTest::AMQP->new;
-$amqp->declare_exchange('pubsub');
-$amqp->bind_queue('pubsub', '#.incident.done');
+my $exchange = unique();
+$amqp->declare_exchange($exchange);
+$amqp->bind_queue($exchange, '#.incident.done');
 my $prefix = unique();    # other tests publish on the same exchange: ours carry this prefix
 my ($incident, $request) = (12345, 300001);
 
@@ -32,7 +33,7 @@ my $t = new_app(write_ini({
     global => {base_url => $sim->{openqa}, plugins => 'IncidentGate'},
     incident_gate => {
         library => library(), amqp_url => $ENV{AMQP_URL} // 'amqp://guest:guest@127.0.0.1:5672/%2f',
-        amqp_topic_prefix => $prefix, amqp_declare_exchange => 'true', obs_url => $sim->{obs},
+        amqp_topic_prefix => $prefix, amqp_exchange => $exchange, obs_url => $sim->{obs},
         obs_user => $sim->{obs_user}, obs_password => $sim->{obs_password}, review_policy => 'accept-onpass',
         state_dir => $state_dir,
     }}));
@@ -54,7 +55,7 @@ emit(openqa_job_done => {id => $jobs[2], newbuild => undef, reason => undef, res
 my ($msg) = ours($amqp->get_all(5));
 $msg //= wait_for(sub { (ours($amqp->get_all(1)))[0] }, 30);
 ok $msg, 'incident.done published once the last job is done' or BAIL_OUT 'no incident.done message';
-is $msg->{exchange}, 'pubsub', 'on the pubsub exchange';
+is $msg->{exchange}, $exchange, 'on the configured exchange';
 is $msg->{content_type}, 'application/json', 'as JSON';
 is $msg->{delivery_mode}, 2, 'persistent';
 like $msg->{message_id}, qr/\S/, 'with a message id for deduplication';

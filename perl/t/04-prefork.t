@@ -16,8 +16,9 @@ use Mojo::UserAgent;
 
 my $sim = start_sim();
 my $amqp = IGTest::AMQP->new;
-$amqp->declare_exchange('pubsub');
-$amqp->bind_queue('pubsub', '#.incident.done');
+my $exchange = unique();
+$amqp->declare_exchange($exchange);
+$amqp->bind_queue($exchange, '#.incident.done');
 my $prefix = unique();
 my ($incident, $request) = (12346, 300002);
 sub ours { grep { $_->{routing_key} eq "$prefix.openqa.incident.done" } @_ }
@@ -32,7 +33,7 @@ my $ini = write_ini({
     global => {base_url => $sim->{openqa}, plugins => 'IncidentGate'},
     incident_gate => {
         library => library(), amqp_url => $ENV{AMQP_URL} // 'amqp://guest:guest@127.0.0.1:5672/%2f',
-        amqp_topic_prefix => $prefix, amqp_declare_exchange => 'true', obs_url => $sim->{obs},
+        amqp_topic_prefix => $prefix, amqp_exchange => $exchange, obs_url => $sim->{obs},
         obs_user => $sim->{obs_user}, obs_password => $sim->{obs_password}, review_policy => 'accept-onpass',
         state_dir => "$dir/state",
     }});

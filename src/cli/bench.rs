@@ -75,9 +75,13 @@ pub async fn run(scale: f64) -> Result<u8, String> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     submit_cost().await?;
-    latency(((50.0 * scale).ceil() as usize).max(5)).await?;
-    day(scale).await?;
-    Ok(0)
+    let result = async {
+        latency(((50.0 * scale).ceil() as usize).max(5)).await?;
+        day(scale).await
+    }
+    .await;
+    world::remove_created_exchanges(&world::amqp_url()).await;
+    result.map(|_| 0)
 }
 
 /// Call cost: what one `ig_gate_submit` costs the caller (openQA's request thread).

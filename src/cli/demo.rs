@@ -146,6 +146,7 @@ pub async fn run() -> Result<u8, String> {
         Demo { world, gate, consumer, seen_decisions: HashSet::new(), events: Vec::new(), started };
     let result = play(&mut demo).await;
     let _ = std::fs::remove_dir_all(&state);
+    world::remove_created_exchanges(&amqp).await;
     result?;
     summary(&demo);
     Ok(0)
