@@ -59,6 +59,11 @@ inactive_ok(write_ini({incident_gate => {library => $lib, opneqa_url => 'http://
 inactive_ok(write_ini({incident_gate => {library => $lib, review_policy => 'approve-all'}}),
     qr/config key `review_policy`/, 'an unknown review policy');
 
+inactive_ok(write_ini("[incident_gate]\nlibrary = $lib\nsettle_ms = 1\n[global]\n[incident_gate]\nsettle_ms = 2\n"),
+    qr/more than one \[incident_gate\] section in .*openqa\.ini/, 'a second [incident_gate] section');
+inactive_ok(write_ini("[incident_gate]\nlibrary = $lib\nsettle_ms = 1\nsettle_ms = 2\n"),
+    qr/key `settle_ms` appears twice in \[incident_gate\]/, 'a key given twice');
+
 subtest 'no secret in the log' => sub {
     my $t = new_app(write_ini({incident_gate => {library => $lib, concurrency => 'many',
         obs_password => 'S3CRET-OBS', amqp_url => 'amqp://u:S3CRET-MQ@localhost/'}}));

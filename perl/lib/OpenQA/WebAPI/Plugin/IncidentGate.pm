@@ -5,6 +5,7 @@ package OpenQA::WebAPI::Plugin::IncidentGate;
 use Mojo::Base 'Mojolicious::Plugin', -signatures;
 
 use IncidentGate::FFI qw(:status);
+use Mojo::File;
 use Mojo::IOLoop;
 use Mojo::JSON qw(decode_json encode_json);
 
@@ -36,7 +37,15 @@ sub _setup ($self, $app) {
     my %settings;
     if (my $ini = $config->{ini_config}) {
         return 'no [' . SECTION . '] section in openqa.ini' unless $ini->SectionExists(SECTION);
-        %settings = map { $_ => scalar $ini->val(SECTION, $_) } $ini->Parameters(SECTION);
+        # Config::IniFiles merges repeated sections and keeps every value of a repeated key: either
+        # is a mistake (the command refuses such a file too), never a choice to guess
+        my $file = $ini->GetFileName;
+        return 'more than one [' . SECTION . "] section in $file"
+          if $file && 1 < grep { /^\s*\[\s*${\SECTION}\s*\]/ } Mojo::File->new($file)->slurp =~ /^.*$/mg;
+        for my $key ($ini->Parameters(SECTION)) {
+            return "key `$key` appears twice in [" . SECTION . ']' if 1 < (my @values = $ini->val(SECTION, $key));
+            $settings{$key} = $values[0];
+        }
     }
     elsif (ref $config->{+SECTION} eq 'HASH') { %settings = %{$config->{+SECTION}} }
     else { return 'no [' . SECTION . '] section in openqa.ini' }
