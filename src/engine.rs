@@ -452,7 +452,7 @@ impl Core {
             self.store.mark_pending(incident)?;
             return Ok(verdict);
         }
-        let mut decision = Decision::new(verdict, &self.cfg.openqa_url);
+        let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         if self.store.record_decision(&mut decision, &self.sinks)? {
             self.stats.decisions.fetch_add(1, Relaxed);
             tracing::info!(
@@ -512,7 +512,8 @@ pub async fn evaluate(
         asked.extend(&missing);
         jobs.extend(client.jobs(&missing).await?);
     }
-    let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &cfg.openqa_url };
+    let link_base = crate::config::link_base(&cfg.openqa_url);
+    let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &link_base };
     let selection = verdict::select(incident, &jobs, &rules);
     let wanted = selection.needs_comments();
     let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;

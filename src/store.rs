@@ -111,11 +111,13 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create state directory {}: {e}", dir.display())))?;
         let path = dir.join("incident-gate.sqlite");
-        let conn = Connection::open(&path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // SQLite opens lazily: an unwritable directory or a file that is no database shows only
+        // at the first statement. Each error names the file: it is the operator's to fix.
+        let named = |e: rusqlite::Error| StoreError(format!("cannot use {}: {e}", path.display()));
+        let conn = Connection::open(&path).map_err(named)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(named)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(named)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(named)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS decisions (
                 key TEXT PRIMARY KEY, base TEXT NOT NULL, incident INTEGER NOT NULL, request INTEGER,
@@ -129,7 +131,8 @@ impl Store {
              CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_at);
              CREATE TABLE IF NOT EXISTS pending (
                 incident INTEGER PRIMARY KEY, since INTEGER NOT NULL, checked_at INTEGER NOT NULL);",
-        )?;
+        )
+        .map_err(named)?;
         Ok(Store { conn: Mutex::new(conn), path })
     }
 
