@@ -204,3 +204,28 @@ fn an_engine_that_cannot_start_says_why_and_is_not_restarted_on_every_event() {
     assert!(common::last_error().contains("next try in"), "{}", common::last_error());
     assert_eq!(gate.status()["engine_starts"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accepting_one_of_two_failures_is_a_new_decision_that_names_the_other() {
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..3).map(|i| qa.incident_job(6201, 300621, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    for (i, job) in jobs.iter().enumerate() {
+        let result = if i == 0 { "passed" } else { "failed" };
+        qa.sim.set_done(*job, result);
+        gate.job_done(*job, result);
+    }
+    gate.flushed();
+    assert_eq!(decisions_for(&gate, 6201).len(), 1);
+    let event = qa.sim.comment(jobs[1], "@review:acceptable_for:incident_6201:bsc#1 known").unwrap();
+    assert_eq!(gate.submit(&event.name, &event.data), ig_status::IG_OK);
+    gate.flushed();
+    let decided = decisions_for(&gate, 6201);
+    assert_eq!(decided.len(), 2, "the accepted job no longer blocks: a new decision {decided:?}");
+    assert_eq!(decided[0]["result"], "failed");
+    let verdict = gate.evaluate(6201).unwrap();
+    let blocking: Vec<u64> =
+        verdict["blocking"].as_array().unwrap().iter().filter_map(|b| b["id"].as_u64()).collect();
+    assert_eq!(blocking, vec![jobs[2]]);
+}
