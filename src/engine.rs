@@ -9,7 +9,7 @@ use crate::events::Event;
 use crate::incident::incidents_of;
 use crate::openqa::client::{ApiError, OpenQaClient};
 use crate::openqa::model::{is_final_state, Job};
-use crate::store::{Sink, Store};
+use crate::store::{Recorded, Sink, Store};
 use crate::verdict::{self, Outcome, Rules, Verdict};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -70,6 +70,7 @@ struct Stats {
     api_errors: AtomicU64,
     decisions: AtomicU64,
     duplicate_decisions: AtomicU64,
+    stale_decisions: AtomicU64,
 }
 
 /// Caps the job → incidents cache; job settings never change, so entries never go stale.
@@ -205,6 +206,7 @@ impl Core {
             "api_errors": s.api_errors.load(Relaxed),
             "decisions": s.decisions.load(Relaxed),
             "duplicate_decisions": s.duplicate_decisions.load(Relaxed),
+            "stale_decisions": s.stale_decisions.load(Relaxed),
             "openqa_requests": self.client.requests_made(),
             "busy": self.busy.load(Relaxed),
         });
@@ -447,24 +449,36 @@ impl Core {
     /// One evaluation; a final verdict becomes a decision (recorded once, queued for the sinks).
     pub async fn decide(&self, incident: u64) -> Result<Verdict, EngineError> {
         self.stats.evaluations.fetch_add(1, Relaxed);
+        // before reading openQA: the ticket orders this evaluation's decision among all processes'
+        let seen = self.store.begin_evaluation()?;
         let verdict = self.evaluate(incident).await?;
         if verdict.result == Outcome::Pending {
             self.store.mark_pending(incident)?;
             return Ok(verdict);
         }
         let mut decision = Decision::new(verdict, &self.cfg.openqa_url);
-        if self.store.record_decision(&mut decision, &self.sinks)? {
-            self.stats.decisions.fetch_add(1, Relaxed);
-            tracing::info!(
-                "incident {incident}: {} (request {:?}, {} jobs, decision {})",
-                decision.verdict.result.as_str(),
-                decision.verdict.request,
-                decision.verdict.jobs.total,
-                decision.key
-            );
-            self.outbox_wake.notify_waiters();
-        } else {
-            self.stats.duplicate_decisions.fetch_add(1, Relaxed);
+        match self.store.record_decision(&mut decision, &self.sinks, seen)? {
+            Recorded::New => {
+                self.stats.decisions.fetch_add(1, Relaxed);
+                tracing::info!(
+                    "incident {incident}: {} (request {:?}, {} jobs, decision {})",
+                    decision.verdict.result.as_str(),
+                    decision.verdict.request,
+                    decision.verdict.jobs.total,
+                    decision.key
+                );
+                self.outbox_wake.notify_waiters();
+            }
+            Recorded::Repeat => {
+                self.stats.duplicate_decisions.fetch_add(1, Relaxed);
+            }
+            Recorded::Stale => {
+                self.stats.stale_decisions.fetch_add(1, Relaxed);
+                tracing::info!(
+                    "incident {incident}: {} not recorded: an evaluation that started later decided already",
+                    decision.verdict.result.as_str()
+                );
+            }
         }
         Ok(decision.verdict)
     }
