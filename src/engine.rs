@@ -83,6 +83,9 @@ const WAITING_SAMPLE: usize = 8;
 const CHECK_GATHER: Duration = Duration::from_millis(100);
 /// Restarts of one job followed at most within one evaluation.
 const MAX_CLONE_ROUNDS: usize = 50;
+/// Rounds of fetching newest aggregate builds whole; one is the rule, a second only when a whole
+/// build changes which build is newest.
+const MAX_BUILD_ROUNDS: usize = 5;
 /// How many events one intake round takes from the queue at most.
 const INTAKE_BATCH: usize = 512;
 
@@ -506,8 +509,56 @@ pub async fn evaluate(
     let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
     let mut asked: HashSet<u64> = own.into_iter().chain(aggregate).collect();
     let mut jobs = client.jobs(&asked.iter().copied().collect::<Vec<_>>()).await?;
-    // Follow clone chains the settings queries did not list. A clone that is gone (404) simply
-    // stays missing; one that is never reached means no verdict.
+    let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &cfg.openqa_url };
+    // `list_value` only searches openQA's newest jobs, so the newest build of a product may be
+    // listed in part: fetch each such build whole, by BUILD and product, before judging it.
+    let mut whole: HashSet<(verdict::Product, String)> = HashSet::new();
+    for round in 0.. {
+        follow_clones(client, &mut jobs, &mut asked).await?;
+        let builds: Vec<(verdict::Product, String)> =
+            verdict::newest_aggregate_builds(incident, &jobs, &rules)
+                .into_iter()
+                .filter(|b| !whole.contains(b))
+                .collect();
+        if builds.is_empty() {
+            break;
+        }
+        if round == MAX_BUILD_ROUNDS {
+            return Err(EngineError::Incomplete(format!(
+                "the newest aggregate builds still change after {MAX_BUILD_ROUNDS} rounds"
+            )));
+        }
+        let fetched = futures_util::future::try_join_all(
+            builds
+                .iter()
+                .map(|(product, build)| client.jobs_of_build(build, product.each_ref().map(String::as_str))),
+        )
+        .await?;
+        let at: HashMap<u64, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
+        for job in fetched.into_iter().flatten() {
+            asked.insert(job.id);
+            match at.get(&job.id) {
+                Some(&i) => jobs[i] = job, // the newer answer of the two
+                None => jobs.push(job),
+            }
+        }
+        whole.extend(builds);
+    }
+    let selection = verdict::select(incident, &jobs, &rules);
+    let wanted = selection.needs_comments();
+    let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;
+    let comments: HashMap<u64, _> = wanted.into_iter().zip(fetched).collect();
+    let verdict = verdict::judge(&selection, &comments, &rules);
+    Ok((verdict, jobs))
+}
+
+/// Follows clone chains the settings queries did not list. A clone that is gone (404) simply
+/// stays missing; one that is never reached means no verdict.
+async fn follow_clones(
+    client: &OpenQaClient,
+    jobs: &mut Vec<Job>,
+    asked: &mut HashSet<u64>,
+) -> Result<(), EngineError> {
     for round in 0.. {
         let known: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
         let missing: Vec<u64> = jobs
@@ -526,13 +577,7 @@ pub async fn evaluate(
         asked.extend(&missing);
         jobs.extend(client.jobs(&missing).await?);
     }
-    let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &cfg.openqa_url };
-    let selection = verdict::select(incident, &jobs, &rules);
-    let wanted = selection.needs_comments();
-    let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;
-    let comments: HashMap<u64, _> = wanted.into_iter().zip(fetched).collect();
-    let verdict = verdict::judge(&selection, &comments, &rules);
-    Ok((verdict, jobs))
+    Ok(())
 }
 
 async fn intake(core: Arc<Core>, mut rx: mpsc::Receiver<Event>) {
