@@ -60,6 +60,20 @@ struct IncidentState {
     waiting_on: Option<HashSet<u64>>,
     /// Jobs reported finished while an evaluation ran: it may have seen them still running.
     finished_meanwhile: HashSet<u64>,
+    /// Every job the last pending evaluation looked at. A job outside it (a newer request, a
+    /// newer build, a re-triggered scenario) can make the jobs waited on stop counting, so an
+    /// event about one is evaluated instead of waiting on jobs that may no longer count.
+    known: HashSet<u64>,
+    /// Jobs of events that arrived while an evaluation ran, checked against what it looked at.
+    heard_meanwhile: HashSet<u64>,
+}
+
+/// What an evaluation leaves behind for the events that follow.
+struct Looked {
+    /// Counted jobs that are not final; None when the verdict is final.
+    pending: Option<HashSet<u64>>,
+    /// Every job looked at.
+    known: HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -280,7 +294,7 @@ impl Core {
                 Err(_) => return,
             }
         };
-        let mut touched: HashMap<u64, bool> = HashMap::new();
+        let mut touched: HashMap<u64, (bool, Vec<u64>)> = HashMap::new();
         let mut finished: HashSet<u64> = HashSet::new();
         for event in &batch {
             for job in &event.jobs {
@@ -288,15 +302,17 @@ impl Core {
                     finished.insert(*job);
                 }
                 for incident in map.get(job).into_iter().flatten() {
-                    *touched.entry(*incident).or_default() |= event.forces_evaluation();
+                    let entry = touched.entry(*incident).or_default();
+                    entry.0 |= event.forces_evaluation();
+                    entry.1.push(*job);
                 }
             }
         }
         let mut queued = 0;
         {
             let mut to_check = self.to_check.lock().unwrap_or_else(|p| p.into_inner());
-            for (incident, must) in touched {
-                if self.touch(incident, must, &finished) && to_check.insert(incident) {
+            for (incident, (must, jobs)) in touched {
+                if self.touch(incident, must, &jobs, &finished) && to_check.insert(incident) {
                     queued += 1;
                 }
             }
@@ -343,19 +359,22 @@ impl Core {
         self.busy.fetch_sub(incidents.len(), Relaxed);
     }
 
-    /// An event touched `incident`: evaluate it now, or answer true while its last evaluation
-    /// waits on jobs not reported finished here (see `check_waiting`).
-    fn touch(self: &Arc<Self>, incident: u64, must: bool, finished: &HashSet<u64>) -> bool {
+    /// An event about `jobs` touched `incident`: evaluate it now, or answer true while its last
+    /// evaluation waits on jobs not reported finished here (see `check_waiting`) and the event is
+    /// about a job that evaluation looked at.
+    fn touch(self: &Arc<Self>, incident: u64, must: bool, jobs: &[u64], finished: &HashSet<u64>) -> bool {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if let Some(waiting) = &mut state.waiting_on {
             waiting.retain(|j| !finished.contains(j));
         }
         let waiting = state.waiting_on.as_ref().is_some_and(|w| !w.is_empty());
+        let unknown = jobs.iter().any(|j| !state.known.contains(j));
         if state.running {
             state.finished_meanwhile.extend(finished.iter().copied());
+            state.heard_meanwhile.extend(jobs.iter().copied());
             state.again |= must;
-        } else if must || !waiting {
+        } else if must || !waiting || unknown {
             state.running = true;
             self.spawn_evaluation(incident);
         } else {
@@ -420,13 +439,18 @@ impl Core {
                     let mut incidents = core.incidents.lock().unwrap_or_else(|p| p.into_inner());
                     let state = incidents.entry(incident).or_default();
                     let meanwhile = std::mem::take(&mut state.finished_meanwhile);
-                    if let Ok(mut waiting) = outcome {
-                        if let Some(w) = &mut waiting {
+                    let heard = std::mem::take(&mut state.heard_meanwhile);
+                    if let Ok(Looked { mut pending, known }) = outcome {
+                        if let Some(w) = &mut pending {
                             w.retain(|j| !meanwhile.contains(j));
                             // everything it waited on finished during the evaluation: look again
                             state.again |= w.is_empty();
                         }
-                        state.waiting_on = waiting;
+                        // an event came about a job it did not see (a newer request or build
+                        // may have started): its verdict may be about jobs that no longer count
+                        state.again |= heard.iter().any(|j| !known.contains(j));
+                        state.known = if pending.is_some() { known } else { HashSet::new() };
+                        state.waiting_on = pending;
                     }
                     let go_on = !core.is_shutting_down() && (retry || state.again);
                     state.again = false;
@@ -486,13 +510,14 @@ impl Core {
         Ok(decision.verdict)
     }
 
-    /// `decide`, returning the jobs a pending incident still waits on.
-    async fn evaluate_and_decide(&self, incident: u64) -> Result<Option<HashSet<u64>>, EngineError> {
+    /// `decide`, returning the jobs a pending incident still waits on and every job looked at.
+    async fn evaluate_and_decide(&self, incident: u64) -> Result<Looked, EngineError> {
         let verdict = self.decide(incident).await?;
-        Ok((verdict.result == Outcome::Pending).then(|| {
+        let pending = (verdict.result == Outcome::Pending).then(|| {
             let pending = verdict.notes.iter().filter(|n| n.counts && !is_final_state(&n.state));
             pending.map(|n| n.id).collect()
-        }))
+        });
+        Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect() })
     }
 }
 

@@ -323,3 +323,52 @@ async fn a_slow_evaluation_of_older_data_does_not_replace_a_newer_decision() {
     assert_eq!(fast.store().decision_count().unwrap(), 1);
     assert_eq!(slow.status()["stale_decisions"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_request_is_decided_without_waiting_for_the_older_requests_jobs() {
+    let qa = OpenQa::start().await;
+    let old: Vec<u64> = (0..2).map(|i| qa.incident_job(6401, 300641, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    qa.sim.set_done(old[0], "passed");
+    gate.job_done(old[0], "passed");
+    gate.flushed();
+    assert_eq!(gate.evaluate(6401).unwrap()["result"], "pending", "old[1] still runs");
+    // the release request is replaced; the old request's job keeps running (or hangs)
+    let new: Vec<u64> = (0..2).map(|i| qa.incident_job(6401, 300642, &format!("t{i}"))).collect();
+    for job in &new {
+        qa.sim.set_done(*job, "passed");
+        gate.job_done(*job, "passed");
+    }
+    gate.flushed();
+    let decided = decisions_for(&gate, 6401);
+    assert_eq!(decided.len(), 1, "decided at the new request's last job: {decided:?}");
+    assert_eq!(
+        (decided[0]["result"].as_str(), decided[0]["request"].as_u64()),
+        (Some("passed"), Some(300642))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_aggregate_build_is_decided_without_waiting_for_the_older_builds_jobs() {
+    let qa = OpenQa::start().await;
+    let own = qa.incident_job(6501, 300651, "mau");
+    let old: Vec<u64> = (0..2).map(|i| qa.aggregate_job("20261123-1", &[6501], &format!("r{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    for job in [own, old[0]] {
+        qa.sim.set_done(job, "passed");
+        gate.job_done(job, "passed");
+    }
+    gate.flushed();
+    assert_eq!(gate.evaluate(6501).unwrap()["result"], "pending", "old[1] still runs");
+    let new: Vec<u64> = (0..2).map(|i| qa.aggregate_job("20261124-1", &[6501], &format!("r{i}"))).collect();
+    for job in &new {
+        qa.sim.set_done(*job, "passed");
+        gate.job_done(*job, "passed");
+    }
+    gate.flushed();
+    let decided = decisions_for(&gate, 6501);
+    assert_eq!(decided.len(), 1, "decided at the new build's last job: {decided:?}");
+    assert_eq!(decided[0]["result"], "passed");
+}
