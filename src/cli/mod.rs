@@ -66,13 +66,21 @@ pub async fn listen(core: Arc<Core>) -> Result<u8, String> {
 
 pub async fn hook(core: Arc<Core>, job_id: u64) -> Result<u8, String> {
     let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
-    let Some(job) = job else {
-        println!("job {job_id} does not exist (any more); nothing to do");
-        return Ok(0);
-    };
-    let incidents = incidents_of(&job.settings);
+    let mut incidents = job.as_ref().map(|j| incidents_of(&j.settings)).unwrap_or_default();
+    match &job {
+        None => println!("job {job_id} does not exist (any more)"),
+        Some(_) if incidents.is_empty() => println!("job {job_id} tests no maintenance incident"),
+        Some(_) => {}
+    }
+    // openQA runs no hook when a comment is deleted: look whether an acceptance recorded earlier
+    // lost its comment (bounded, and each comment at most once per reconciliation interval)
+    let interval = Duration::from_secs(core.config().reconcile_interval_s);
+    for incident in core.audit_relied_comments(interval).await {
+        println!("incident {incident}: a comment its verdict relied on was deleted");
+        incidents.insert(incident);
+    }
     if incidents.is_empty() {
-        println!("job {job_id} tests no maintenance incident; nothing to do");
+        println!("nothing to do");
         return Ok(0);
     }
     let mut worst = 0;
