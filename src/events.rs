@@ -290,6 +290,18 @@ mod tests {
         assert_eq!(r("openqa_comment_create", r#"{"job_id":3}"#), Rejection::InvalidShape);
         let group_comment = parse("openqa_comment_create", r#"{"id":7,"job_id":null}"#).unwrap();
         assert!(group_comment.jobs.is_empty());
+        assert_eq!(r("openqa_comments_delete", r#"{"deleted":1}"#), Rejection::InvalidShape);
+        assert_eq!(r("openqa_comments_create", r#"{"failed":[]}"#), Rejection::InvalidShape);
+        assert_eq!(r("openqa_job_done", r#"{"id":9223372036854775808}"#), Rejection::InvalidShape);
+        let single = parse("openqa_comment_delete", r#"{"id":"7"}"#).unwrap();
+        assert!(single.jobs.is_empty());
+        assert_eq!(single.deleted_comments, vec![7]);
+        let bulk = parse("openqa_comments_delete", r#"{"ids":["7","8"],"deleted":2}"#).unwrap();
+        assert_eq!(bulk.deleted_comments, vec![7, 8]);
+        let created =
+            parse("openqa_comments_create", r#"{"created":[{"id":9,"job_id":"3"},{"id":10,"job_id":4}],"failed":[]}"#)
+                .unwrap();
+        assert_eq!(created.jobs, vec![3, 4]);
         let many = parse("openqa_jobs_restart", r#"{"ids":[3,"4"],"results":[{"3":30},{"4":40}]}"#).unwrap();
         assert_eq!(many.jobs, vec![3, 4, 30, 40]);
     }

@@ -91,12 +91,11 @@ impl SimEvent {
     }
 
     fn new(name: &str, data: Value, amqp_body: Value) -> SimEvent {
-        // The AMQP plugin turns `openqa_job_done` into `job.done`: the first two `_` become dots.
+        // The AMQP plugin replaces the first two `_` of the whole name (`s/_/\./` twice):
+        // `openqa_job_update_result` becomes `openqa.job.update_result`, its suffix `job.update_result`.
         let mut suffix = name.trim_start_matches("openqa_").to_string();
-        for _ in 0..2 {
-            if let Some(i) = suffix.find('_') {
-                suffix.replace_range(i..=i, ".");
-            }
+        if let Some(i) = suffix.find('_') {
+            suffix.replace_range(i..=i, ".");
         }
         SimEvent { name: name.to_string(), data, routing_suffix: suffix, amqp_body, amqp: true }
     }
@@ -1689,7 +1688,8 @@ mod tests {
         );
         assert_eq!(
             SimEvent::new("openqa_job_update_result", Value::Null, Value::Null).routing_suffix,
-            "job.update.result"
+            "job.update_result",
+            "OpenQA::WebAPI::Plugin::AMQP::log_event: s/_/\\./ twice on openqa_job_update_result"
         );
     }
 
