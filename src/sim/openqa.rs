@@ -260,6 +260,30 @@ fn bugurl(bugref: &str) -> Option<String> {
     Some(url)
 }
 
+/// openQA's Markdown marks `label:<name>` up as a span.
+fn render_labels(escaped: &str) -> String {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::new();
+    let mut rest = escaped;
+    while let Some(at) = rest.find("label:") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let boundary = !before.chars().next_back().is_some_and(word);
+        let run: String = from["label:".len()..].chars().take_while(|&c| word(c) || c == ':' || c == '#').collect();
+        let label = run.trim_end_matches(|c: char| !word(c));
+        if boundary && !label.is_empty() {
+            let whole = "label:".len() + label.len();
+            out.push_str(&format!("<span class=\"openqa-label\">{}</span>", &from[..whole]));
+            rest = &from[whole..];
+        } else {
+            out.push_str("label:");
+            rest = &from["label:".len()..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -510,11 +534,17 @@ impl Db {
             Some(name) => name,
         };
         if self.groups.iter().any(|g| g.name == name) {
+            if self.flavor == Flavor::Debian12 {
+                return refuse(500, format!("Unable to create group with existing name {name}"));
+            }
             return refuse(400, format!("Job group \"{name}\" already exists"));
         }
         self.last_group += 1;
         self.groups.push(Group { id: self.last_group, name: name.to_string() });
         let id = self.last_group;
+        if self.flavor == Flavor::Debian12 {
+            return Ok((json!({"id": id}), id));
+        }
         Ok((json!({"changed_fields": {}, "errors_by_field": {}, "id": id, "warnings_by_field": {}}), id))
     }
 
@@ -717,11 +747,17 @@ impl Db {
     /// `handle_special_contents`: a force_result label on a finished job sets its result and
     /// emits `openqa_job_update_result` (before the comment's own event). Errors end in 400.
     fn special_contents(&mut self, job_id: u64, text: &str) -> Result<Option<SimEvent>, Refusal> {
-        let Some((result, _description)) = force_result(text) else {
+        let Some((result, description)) = force_result(text) else {
             return Ok(None);
         };
         if !RESULTS.contains(&result.as_str()) {
             return refuse_plain(400, format!("Invalid result '{result}' for force_result\n"));
+        }
+        // Debian 12's openQA matches the description against `force_result_regex` even when that
+        // is unset: Perl's empty pattern then reuses the last successful match, which an empty
+        // description fails here (upstream skips the check without a regex)
+        if self.flavor == Flavor::Debian12 && description.is_empty() {
+            return refuse_plain(400, "force_result description '' does not match pattern ''\n");
         }
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return refuse_plain(404, format!("Job {job_id} does not exist"));
@@ -884,10 +920,15 @@ impl Db {
 
     fn show_job(&self, id: u64, params: &Params, details: bool) -> Result<Value, Refusal> {
         self.refusal_for([id])?;
+        let debian12 = self.flavor == Flavor::Debian12;
         let Some(mut job) = self.jobs.get(&id) else {
+            if debian12 {
+                return Err(Refusal { status: 404, error: "Not found".into(), form: Form::Html });
+            }
             return refuse(404, "Job does not exist");
         };
-        let follow = params.get("follow").is_some_and(|v| !v.is_empty() && v != "0");
+        // `follow` came after Debian 12's openQA
+        let follow = !debian12 && params.get("follow").is_some_and(|v| !v.is_empty() && v != "0");
         if follow {
             // a restarted job is found through its chain of clones; a cycle cannot arise here
             while let Some(next) = job.clone_id.and_then(|c| self.jobs.get(&c)) {
@@ -1134,7 +1175,7 @@ impl Db {
     }
 
     fn comment_hash(&self, c: &CommentRow, render: bool) -> Value {
-        let rendered = if render { json!(format!("<p>{}</p>\n", html_escape(&c.text))) } else { Value::Null };
+        let rendered = if render { json!(format!("<p>{}</p>\n", render_labels(&html_escape(&c.text)))) } else { Value::Null };
         json!({
             "bugrefs": bugrefs(&c.text), "created": comment_time(c.created), "id": c.id,
             "renderedMarkdown": rendered, "text": c.text, "updated": comment_time(c.updated), "userName": c.user,
@@ -1163,7 +1204,16 @@ impl Db {
         }
     }
 
-    fn group_hash(g: &Group) -> Value {
+    fn group_hash(&self, g: &Group) -> Value {
+        if self.flavor == Flavor::Debian12 {
+            return json!({
+                "build_version_sort": 1, "carry_over_bugrefs": 1, "default_priority": DEFAULT_PRIORITY,
+                "description": null, "exclusively_kept_asset_size": null, "id": g.id,
+                "keep_important_logs_in_days": 120, "keep_important_results_in_days": 0, "keep_logs_in_days": 30,
+                "keep_results_in_days": 365, "name": g.name, "parent_id": null, "size_limit_gb": 100,
+                "sort_order": null, "template": null,
+            });
+        }
         json!({
             "always_show_version": 0, "build_version_sort": 1, "carry_over_bugrefs": 1,
             "default_priority": DEFAULT_PRIORITY, "description": null, "exclusively_kept_asset_size": null,
@@ -1178,11 +1228,11 @@ impl Db {
         if let Some(id) = only {
             return match self.group(id) {
                 // one group is still answered as an array
-                Some(g) => Ok(json!([Self::group_hash(g)])),
+                Some(g) => Ok(json!([self.group_hash(g)])),
                 None => refuse(404, format!("Group {id} does not exist")),
             };
         }
-        Ok(Value::Array(self.groups.iter().map(Self::group_hash).collect()))
+        Ok(Value::Array(self.groups.iter().map(|g| self.group_hash(g)).collect()))
     }
 
     fn group_jobs(&self, id: u64) -> Result<Value, Refusal> {
@@ -1493,8 +1543,9 @@ fn reply(outcome: Result<Value, Refusal>) -> Response {
     }
 }
 
+/// Mojolicious' own not-found page: routes openQA does not have.
 fn not_found() -> Response {
-    error_response(&Refusal { status: 404, error: "Not found".into(), form: Form::Full })
+    error_response(&Refusal { status: 404, error: "Not found".into(), form: Form::Html })
 }
 
 /// openQA routes only match numeric ids (`[0-9]+`).
@@ -1506,7 +1557,35 @@ fn numeric(s: &str) -> Option<u64> {
     }
 }
 
+/// Debian 12's openQA renders its errors without `error_status` (upstream added it).
 async fn handle(
+    state: State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let debian12 = state.0.db().flavor == Flavor::Debian12;
+    let response = route(state, method, uri, headers, body).await;
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !debian12 || response.status().as_u16() < 400 || !json {
+        return response;
+    }
+    let status = response.status().as_u16();
+    let Ok(bytes) = axum::body::to_bytes(response.into_body(), usize::MAX).await else {
+        return json_response(500, &json!({"error": "simulator: unreadable error body"}));
+    };
+    let mut v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.remove("error_status");
+    }
+    json_response(status, &v)
+}
+
+async fn route(
     State(sim): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
