@@ -302,7 +302,15 @@ impl Core {
         if refusals.len() >= REFUSALS_KEPT {
             refusals.remove(0);
         }
-        refusals.push(Refusal { route, status, message, affected, count: 1, first_at: now.clone(), last_at: now });
+        refusals.push(Refusal {
+            route,
+            status,
+            message,
+            affected,
+            count: 1,
+            first_at: now.clone(),
+            last_at: now,
+        });
     }
 
     fn forget_deleted_comments(&self, ids: &[u64]) {
@@ -405,7 +413,10 @@ impl Core {
                 };
                 if e.is_transient() {
                     self.stats.api_errors.fetch_add(1, Relaxed);
-                    tracing::warn!("cannot look up {} jobs of events, retrying in {delay:?}: {e}", chunk.len());
+                    tracing::warn!(
+                        "cannot look up {} jobs of events, retrying in {delay:?}: {e}",
+                        chunk.len()
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     continue;
@@ -428,13 +439,14 @@ impl Core {
     /// at comments not checked for `older_than`. openQA tells nobody of some deletions (its AMQP
     /// plugin does not forward the bulk route, a job-done hook never hears of comments).
     pub async fn audit_relied_comments(&self, older_than: Duration) -> Vec<u64> {
-        let claimed = match self.store.claim_relied_comments(older_than.as_millis() as i64, RELIED_AUDIT_BATCH) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("relied-on comments: {e}");
-                return Vec::new();
-            }
-        };
+        let claimed =
+            match self.store.claim_relied_comments(older_than.as_millis() as i64, RELIED_AUDIT_BATCH) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("relied-on comments: {e}");
+                    return Vec::new();
+                }
+            };
         let mut by_job: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
         for (comment, incident, job) in claimed {
             by_job.entry(job).or_default().push((comment, incident));

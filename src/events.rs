@@ -217,7 +217,10 @@ pub fn from_value(kind: EventKind, data: &Value) -> Result<Event, EventError> {
             }
         }
         EventKind::CommentsCreate => {
-            let created = obj.get("created").and_then(Value::as_array).ok_or_else(|| shape("missing `created` list"))?;
+            let created = obj
+                .get("created")
+                .and_then(Value::as_array)
+                .ok_or_else(|| shape("missing `created` list"))?;
             for comment in created {
                 match comment.get("job_id") {
                     None | Some(Value::Null) => {}
@@ -298,9 +301,11 @@ mod tests {
         assert_eq!(single.deleted_comments, vec![7]);
         let bulk = parse("openqa_comments_delete", r#"{"ids":["7","8"],"deleted":2}"#).unwrap();
         assert_eq!(bulk.deleted_comments, vec![7, 8]);
-        let created =
-            parse("openqa_comments_create", r#"{"created":[{"id":9,"job_id":"3"},{"id":10,"job_id":4}],"failed":[]}"#)
-                .unwrap();
+        let created = parse(
+            "openqa_comments_create",
+            r#"{"created":[{"id":9,"job_id":"3"},{"id":10,"job_id":4}],"failed":[]}"#,
+        )
+        .unwrap();
         assert_eq!(created.jobs, vec![3, 4]);
         let many = parse("openqa_jobs_restart", r#"{"ids":[3,"4"],"results":[{"3":30},{"4":40}]}"#).unwrap();
         assert_eq!(many.jobs, vec![3, 4, 30, 40]);

@@ -433,7 +433,11 @@ impl Store {
     /// Relied-on comments (comment, incident, job) not checked for `older_than_ms`, claimed for
     /// this process. Deletions openQA tells nobody about (its AMQP plugin does not forward the
     /// bulk route; a hook never hears of comments) are found by looking whether they still exist.
-    pub fn claim_relied_comments(&self, older_than_ms: i64, limit: usize) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+    pub fn claim_relied_comments(
+        &self,
+        older_than_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
         let now = now_ms();
         let conn = self.conn();
         let mut stmt = conn.prepare(

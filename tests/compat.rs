@@ -26,7 +26,8 @@ fn decisions_for(gate: &CGate, incident: u64) -> Vec<serde_json::Value> {
 
 /// Three incident jobs, done, the second one failed.
 fn failed_incident(qa: &OpenQa, incident: u64) -> Vec<u64> {
-    let jobs: Vec<u64> = (0..3).map(|i| qa.incident_job(incident, 300000 + incident, &format!("t{i}"))).collect();
+    let jobs: Vec<u64> =
+        (0..3).map(|i| qa.incident_job(incident, 300000 + incident, &format!("t{i}"))).collect();
     for (i, j) in jobs.iter().enumerate() {
         qa.sim.set_done(*j, if i == 1 { "failed" } else { "passed" });
     }
@@ -100,7 +101,11 @@ async fn plugin_every_comment_change_reaches_the_verdict() {
         gate.flushed();
     };
     let results = |gate: &CGate| -> Vec<String> {
-        decisions_for(gate, 3301).iter().rev().map(|d| d["result"].as_str().unwrap_or("").to_string()).collect()
+        decisions_for(gate, 3301)
+            .iter()
+            .rev()
+            .map(|d| d["result"].as_str().unwrap_or("").to_string())
+            .collect()
     };
     gate.job_done(jobs[2], "passed");
     gate.flushed();
@@ -123,7 +128,8 @@ async fn plugin_every_comment_change_reaches_the_verdict() {
     assert!(!bulk.amqp, "openQA's AMQP plugin does not forward the bulk events");
     submit(&bulk);
     assert_eq!(results(&gate), ["failed", "passed", "failed", "passed"]);
-    let ids: Vec<u64> = bulk.data["created"].as_array().unwrap().iter().map(|c| c["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> =
+        bulk.data["created"].as_array().unwrap().iter().map(|c| c["id"].as_u64().unwrap()).collect();
     let bulk_deleted = qa.sim.delete_comments(&ids).unwrap();
     assert_eq!(bulk_deleted.data["deleted"], 2);
     submit(&bulk_deleted);
@@ -138,7 +144,10 @@ async fn plugin_every_comment_change_reaches_the_verdict() {
     // a force_result label is a job.update_result for the job
     let forced = qa.sim.comment(jobs[1], "label:force_result:softfailed:bsc1234567").unwrap();
     let update = qa.sim.events().into_iter().rev().nth(1).unwrap();
-    assert_eq!((update.name.as_str(), update.routing_key("suse").as_str()), ("openqa_job_update_result", "suse.openqa.job.update_result"));
+    assert_eq!(
+        (update.name.as_str(), update.routing_key("suse").as_str()),
+        ("openqa_job_update_result", "suse.openqa.job.update_result")
+    );
     submit(&update);
     submit(&forced);
     assert_eq!(results(&gate).last().map(String::as_str), Some("passed"));
@@ -150,7 +159,13 @@ async fn listen_a_deleted_comment_message_reaches_the_verdict() {
     let qa = OpenQa::start().await;
     let jobs = failed_incident(&qa, 3401);
     let state = tempfile::tempdir().unwrap();
-    let config = Config { openqa_url: qa.url(), state_dir: state.path().into(), publish_amqp: false, report_obs: false, ..Config::default() };
+    let config = Config {
+        openqa_url: qa.url(),
+        state_dir: state.path().into(),
+        publish_amqp: false,
+        report_obs: false,
+        ..Config::default()
+    };
     let core = Arc::new(Core::new(Arc::new(config)).unwrap());
     core.spawn_background();
     let take = |e: incident_gate::sim::openqa::SimEvent| {
@@ -158,7 +173,8 @@ async fn listen_a_deleted_comment_message_reaches_the_verdict() {
         async move {
             assert!(e.amqp);
             let body = serde_json::to_vec(&e.amqp_body).unwrap();
-            let event = incident_gate::amqp::listen::parse_message(&e.routing_key("suse"), &body).unwrap().unwrap();
+            let event =
+                incident_gate::amqp::listen::parse_message(&e.routing_key("suse"), &body).unwrap().unwrap();
             core.take_events(vec![event]).await;
             common::eventually(Duration::from_secs(30), || core.is_idle().then_some(())).await.expect("idle");
         }

@@ -74,7 +74,14 @@ struct Answer {
     body: Value,
 }
 
-async fn call(http: &reqwest::Client, base: &str, method: &str, path: &str, query: &[(&str, &str)], form: &[(&str, &str)]) -> Answer {
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    form: &[(&str, &str)],
+) -> Answer {
     let query = auth::encode_query(query);
     let mut url = format!("{base}{path}");
     if !query.is_empty() {
@@ -121,8 +128,13 @@ fn normalize(v: &mut Value) {
     }
 }
 
+/// Parameters of a call, in order.
+type Pairs = Vec<(&'static str, String)>;
+/// One call: method, path, query, form body.
+type Step = (&'static str, String, Pairs, Pairs);
+
 /// The calls, in order. Job ids are the same on both (fresh databases count from 1).
-fn script() -> Vec<(&'static str, String, Vec<(&'static str, String)>, Vec<(&'static str, String)>)> {
+fn script() -> Vec<Step> {
     let mut steps = Vec::new();
     let mut step = |m: &'static str, p: &str, q: &[(&'static str, &str)], f: &[(&'static str, &str)]| {
         let own = |x: &[(&'static str, &str)]| x.iter().map(|(k, v)| (*k, v.to_string())).collect::<Vec<_>>();
@@ -132,7 +144,9 @@ fn script() -> Vec<(&'static str, String, Vec<(&'static str, String)>, Vec<(&'st
     step("POST", "/api/v1/job_groups", &[], &[("name", "Maintenance: SLE 15 SP6 Updates")]);
     step("POST", "/api/v1/job_groups", &[], &[("name", "Maintenance: SLE 15 SP6 Incidents")]);
     // jobs 1..=8: incident 12345 (request 300001, then 300002), 9..=11: aggregates
-    for (i, test) in ["mau-a", "mau-b", "mau-c", "mau-d", "mau-e", "mau-f", "mau-g", "mau-h"].iter().enumerate() {
+    for (i, test) in
+        ["mau-a", "mau-b", "mau-c", "mau-d", "mau-e", "mau-f", "mau-g", "mau-h"].iter().enumerate()
+    {
         let rrid = if i < 6 { "SUSE:Maintenance:12345:300001" } else { "SUSE:Maintenance:12345:300002" };
         step(
             "POST",
@@ -212,13 +226,23 @@ fn script() -> Vec<(&'static str, String, Vec<(&'static str, String)>, Vec<(&'st
     step("GET", "/api/v1/jobs/999", &[], &[]);
     step("GET", settings, &[("key", "INCIDENT_ID"), ("list_value", "12345")], &[]);
     // comments
-    step("POST", "/api/v1/jobs/2/comments", &[], &[("text", "@review:acceptable_for:incident_12345:bsc#1234567 known")]);
+    step(
+        "POST",
+        "/api/v1/jobs/2/comments",
+        &[],
+        &[("text", "@review:acceptable_for:incident_12345:bsc#1234567 known")],
+    );
     step("POST", "/api/v1/jobs/2/comments", &[], &[("text", "")]);
     step("POST", "/api/v1/jobs/999/comments", &[], &[("text", "x")]);
     step("GET", "/api/v1/jobs/2/comments", &[], &[]);
     step("GET", "/api/v1/jobs/2/comments/1", &[], &[]);
     step("GET", "/api/v1/jobs/2/comments/77", &[], &[]);
-    step("PUT", "/api/v1/jobs/2/comments/1", &[], &[("text", "@review:acceptable_for:incident_12345:edited")]);
+    step(
+        "PUT",
+        "/api/v1/jobs/2/comments/1",
+        &[],
+        &[("text", "@review:acceptable_for:incident_12345:edited")],
+    );
     step("PUT", "/api/v1/jobs/2/comments/77", &[], &[("text", "x")]);
     step("GET", "/api/v1/jobs/2/comments", &[], &[]);
     step("DELETE", "/api/v1/jobs/2/comments/1", &[], &[]);
@@ -242,23 +266,39 @@ async fn open_queue(exchange: &str, prefix: &str) -> (Connection, lapin::Channel
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
     let ch = conn.create_channel().await.expect("channel");
     let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, options, FieldTable::default()).await.expect("exchange");
+    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, options, FieldTable::default())
+        .await
+        .expect("exchange");
     let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
     let queue = ch.queue_declare("".into(), options, FieldTable::default()).await.expect("queue");
     let key = format!("{prefix}.#");
-    ch.queue_bind(queue.name().clone(), exchange.into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .expect("bind");
+    ch.queue_bind(
+        queue.name().clone(),
+        exchange.into(),
+        key.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
     let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let consumer = ch.basic_consume(queue.name().clone(), "".into(), options, FieldTable::default()).await.expect("consume");
+    let consumer = ch
+        .basic_consume(queue.name().clone(), "".into(), options, FieldTable::default())
+        .await
+        .expect("consume");
     (conn, ch, consumer)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_simulator_answers_like_the_real_openqa() {
     if !std::path::Path::new("/usr/share/openqa").exists() {
-        assert!(std::env::var_os("CI").is_none(), "CI is set but openQA is not installed (/usr/share/openqa)");
-        eprintln!("SKIPPED: no openQA installed at /usr/share/openqa (apt-get install openqa; scripts/setup does)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but openQA is not installed (/usr/share/openqa)"
+        );
+        eprintln!(
+            "SKIPPED: no openQA installed at /usr/share/openqa (apt-get install openqa; scripts/setup does)"
+        );
         return;
     }
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -274,8 +314,12 @@ async fn the_simulator_answers_like_the_real_openqa() {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http");
 
     // which version: Debian 12's refuses value=
-    let probe = call(&http, &real.url, "GET", "/api/v1/job_settings/jobs", &[("key", "X"), ("value", "1")], &[]).await;
-    let flavor = if probe.status == 400 && probe.body["error"].as_str().is_some_and(|e| e.contains("list_value missing")) {
+    let probe =
+        call(&http, &real.url, "GET", "/api/v1/job_settings/jobs", &[("key", "X"), ("value", "1")], &[])
+            .await;
+    let flavor = if probe.status == 400
+        && probe.body["error"].as_str().is_some_and(|e| e.contains("list_value missing"))
+    {
         Flavor::Debian12
     } else {
         Flavor::Upstream
@@ -317,9 +361,11 @@ async fn the_simulator_answers_like_the_real_openqa() {
             (e.routing_key(&prefix), body)
         })
         .collect();
+    assert!(expected.len() >= 20, "the calls make openQA publish: {} messages expected", expected.len());
     let mut published = Vec::new();
     while published.len() < expected.len() + 5 {
-        let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_secs(3), consumer.next()).await else {
+        let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
+        else {
             break;
         };
         let mut body: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);

@@ -281,7 +281,10 @@ impl OpenQaClient {
                         // would be one on partial data.
                         return Err(ApiError::Malformed {
                             route: format!("GET /api/v1/job_settings/jobs?key={key}"),
-                            detail: format!("{} rows, the most openQA answers: the list may be cut", ids.len()),
+                            detail: format!(
+                                "{} rows, the most openQA answers: the list may be cut",
+                                ids.len()
+                            ),
                         });
                     }
                     return Ok(dedupe(ids));

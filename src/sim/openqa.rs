@@ -269,7 +269,8 @@ fn render_labels(escaped: &str) -> String {
         let (before, from) = rest.split_at(at);
         out.push_str(before);
         let boundary = !before.chars().next_back().is_some_and(word);
-        let run: String = from["label:".len()..].chars().take_while(|&c| word(c) || c == ':' || c == '#').collect();
+        let run: String =
+            from["label:".len()..].chars().take_while(|&c| word(c) || c == ':' || c == '#').collect();
         let label = run.trim_end_matches(|c: char| !word(c));
         if boundary && !label.is_empty() {
             let whole = "label:".len() + label.len();
@@ -806,7 +807,12 @@ impl Db {
     }
 
     /// `PUT /api/v1/jobs/<id>/comments/<comment_id>`.
-    fn update_comment(&mut self, job_id: u64, comment_id: u64, text: Option<&str>) -> Result<Written, Refusal> {
+    fn update_comment(
+        &mut self,
+        job_id: u64,
+        comment_id: u64,
+        text: Option<&str>,
+    ) -> Result<Written, Refusal> {
         self.comment_job(job_id)?;
         let text = Self::comment_text(text)?;
         let Some(pos) = self.comments.iter().position(|c| c.job_id == job_id && c.id == comment_id) else {
@@ -817,7 +823,8 @@ impl Db {
         c.text = text.to_string();
         c.updated = SystemTime::now();
         let body = Self::comment_amqp_body(c);
-        let updated = SimEvent::new("openqa_comment_update", json!({"id": comment_id, "job_id": job_id}), body);
+        let updated =
+            SimEvent::new("openqa_comment_update", json!({"id": comment_id, "job_id": job_id}), body);
         Ok((200, json!({"id": comment_id}), special.into_iter().chain([updated]).collect()))
     }
 
@@ -866,7 +873,7 @@ impl Db {
         for given in job_ids {
             let job_id = given.parse::<u64>().ok().filter(|j| self.jobs.contains_key(j));
             let outcome = match job_id {
-                Some(job_id) => self.insert_comment(job_id, text).ok().map(|(id, special)| (id, special)),
+                Some(job_id) => self.insert_comment(job_id, text).ok(),
                 None => {
                     // the foreign key fails after the sequence gave out an id
                     self.last_comment += 1;
@@ -907,8 +914,11 @@ impl Db {
         self.comments.retain(|c| !wanted.contains(&c.id) || c.text.contains("label:force_result:"));
         let deleted = before - self.comments.len();
         let mut body = json!({"ids": ids, "deleted": deleted});
-        let events =
-            if deleted > 0 { vec![SimEvent::in_process("openqa_comments_delete", body.clone())] } else { vec![] };
+        let events = if deleted > 0 {
+            vec![SimEvent::in_process("openqa_comments_delete", body.clone())]
+        } else {
+            vec![]
+        };
         let ok = deleted > 0 && deleted == ids.len();
         if !ok {
             body["error"] = json!("Not all comments could be deleted.");
@@ -976,7 +986,11 @@ impl Db {
                     }
                     // Debian 12's openQA hands the list to the database, which throws
                     None if self.flavor == Flavor::Debian12 => {
-                        return Err(Refusal { status: 500, error: "Internal server error".into(), form: Form::Html })
+                        return Err(Refusal {
+                            status: 500,
+                            error: "Internal server error".into(),
+                            form: Form::Html,
+                        })
                     }
                     None => return refuse(400, "ids must be integers"),
                 }
@@ -1141,7 +1155,9 @@ impl Db {
         let mut failed = Vec::new();
         match params.get("key") {
             None | Some("") => failed.push(("key", "missing")),
-            Some(k) if !k.chars().all(|c| c.is_alphanumeric() || "_*".contains(c)) => failed.push(("key", "invalid")),
+            Some(k) if !k.chars().all(|c| c.is_alphanumeric() || "_*".contains(c)) => {
+                failed.push(("key", "invalid"))
+            }
             Some(_) => {}
         }
         match params.get("list_value") {
@@ -1175,7 +1191,11 @@ impl Db {
     }
 
     fn comment_hash(&self, c: &CommentRow, render: bool) -> Value {
-        let rendered = if render { json!(format!("<p>{}</p>\n", render_labels(&html_escape(&c.text)))) } else { Value::Null };
+        let rendered = if render {
+            json!(format!("<p>{}</p>\n", render_labels(&html_escape(&c.text))))
+        } else {
+            Value::Null
+        };
         json!({
             "bugrefs": bugrefs(&c.text), "created": comment_time(c.created), "id": c.id,
             "renderedMarkdown": rendered, "text": c.text, "updated": comment_time(c.updated), "userName": c.user,
@@ -1530,7 +1550,9 @@ fn error_response(r: &Refusal) -> Response {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let page = format!("<!DOCTYPE html>\n<html lang=\"en\"><head><title>openQA: Error</title></head><body><h1>{}</h1></body></html>\n", r.error);
             let mut response = (status, page).into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html;charset=UTF-8"));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html;charset=UTF-8"));
             response
         }
     }
@@ -1681,9 +1703,9 @@ async fn route(
             None => not_found(),
         },
         ["jobs", id, "comments"] if post => match numeric(id) {
-            Some(id) => {
-                write(&sim, |db| db.comment(id, params.get("text")).map(|(cid, e)| (200, json!({"id": cid}), e)))
-            }
+            Some(id) => write(&sim, |db| {
+                db.comment(id, params.get("text")).map(|(cid, e)| (200, json!({"id": cid}), e))
+            }),
             None => not_found(),
         },
         ["jobs", id, "comments", cid] if get => match (numeric(id), numeric(cid)) {
