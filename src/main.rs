@@ -55,6 +55,10 @@ enum Command {
         openqa_port: u16,
         #[arg(long, default_value_t = 0)]
         obs_port: u16,
+        /// Answer like this openQA: `upstream`, or `debian12` (4.6.1674490999: no
+        /// `job_settings/jobs?value=`, no bulk comment routes).
+        #[arg(long, default_value = "upstream")]
+        openqa_flavor: String,
     },
     /// A simulated maintenance day on the simulators and the local RabbitMQ, step by step.
     Demo,
@@ -100,7 +104,9 @@ fn main() -> ExitCode {
             Command::Hook { job_id } => cli::hook(core(config)?, job_id).await,
             Command::Check { incident, json } => cli::check(core(config)?, incident, json).await,
             Command::Status { json } => cli::status(core(config)?, json),
-            Command::Sim { openqa_port, obs_port } => cli::sim(openqa_port, obs_port).await,
+            Command::Sim { openqa_port, obs_port, openqa_flavor } => {
+                cli::sim(openqa_port, obs_port, &openqa_flavor).await
+            }
             Command::Demo => cli::demo().await,
             Command::Bench { scale } => cli::bench(scale).await,
         }

@@ -169,8 +169,14 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
 
 /// Runs the simulators until SIGINT/SIGTERM, or until stdin closes when it is a pipe (so a test
 /// harness that dies takes them along).
-pub async fn sim(openqa_port: u16, obs_port: u16) -> Result<u8, String> {
+pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str) -> Result<u8, String> {
+    let flavor = match flavor {
+        "upstream" => incident_gate::sim::openqa::Flavor::Upstream,
+        "debian12" => incident_gate::sim::openqa::Flavor::Debian12,
+        other => return Err(format!("--openqa-flavor {other:?}: expected upstream or debian12")),
+    };
     let world = world::World::start(openqa_port, obs_port).await?;
+    world.openqa.set_flavor(flavor);
     let line = serde_json::json!({
         "openqa": world.openqa.url(),
         "obs": world.obs.url(),
