@@ -390,8 +390,8 @@ impl Store {
     pub fn set_relied_comments(&self, incident: u64, comments: &[(u64, u64)]) -> Result<(), StoreError> {
         let now = now_ms();
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let known: i64 = tx.query_row(
+        // most verdicts rely on no comment: no write lock for them
+        let known: i64 = conn.query_row(
             "SELECT COUNT(*) FROM relied_comments WHERE incident = ?1",
             [incident as i64],
             |r| r.get(0),
@@ -399,6 +399,7 @@ impl Store {
         if known == 0 && comments.is_empty() {
             return Ok(());
         }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident as i64])?;
         for (comment, job) in comments {
             tx.execute(

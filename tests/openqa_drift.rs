@@ -37,10 +37,13 @@ struct RealOpenQa {
 }
 
 impl RealOpenQa {
-    fn start(exchange: &str, prefix: &str) -> RealOpenQa {
+    fn start(exchange: &str, prefix: &str, events: &std::path::Path) -> RealOpenQa {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/real-openqa");
         let mut child = Command::new(script)
             .args(["--amqp-exchange", exchange, "--amqp-prefix", prefix])
+            .args(["--first-plugin", "IGDrift::EventRecorder"])
+            .env("PERL5LIB", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/perl"))
+            .env("IG_DRIFT_EVENTS", events)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -257,6 +260,32 @@ fn script() -> Vec<Step> {
     // upstream's bulk routes (not in Debian 12's openQA)
     step("POST", "/api/v1/comments", &[], &[("text", "bulk"), ("job_id", "1"), ("job_id", "9")]);
     step("DELETE", "/api/v1/comments", &[("id", "5")], &[]);
+    // reads over the finished state
+    for q in [
+        vec![("ids", "1,2,3,4,5,6,7,8,9,10,11,12"), ("scope", "relevant")],
+        vec![("ids", "2"), ("ids", "12")],
+        vec![("build", ":12345:openssl"), ("latest", "1")],
+        vec![("build", ":12345:openssl"), ("scope", "current")],
+        vec![("job_setting", "INCIDENT_ID=12345")],
+        vec![("state", "scheduled")],
+        vec![("build", "20261124-1"), ("result", "softfailed")],
+        vec![("groupid", "2")],
+        vec![("limit", "2")],
+        vec![("limit", "2"), ("offset", "2")],
+        vec![("scope", "bogus")],
+    ] {
+        step("GET", "/api/v1/jobs", &q, &[]);
+    }
+    step(
+        "GET",
+        "/api/v1/jobs/overview",
+        &[("distri", "sle"), ("version", "15-SP6"), ("build", ":12345:openssl")],
+        &[],
+    );
+    step("GET", "/api/v1/jobs/1/details", &[], &[]);
+    step("GET", "/api/v1/jobs/2/comments", &[("render_markdown", "1")], &[]);
+    step("GET", "/api/v1/job_groups/1/jobs", &[], &[]);
+    step("GET", "/api/v1/job_groups", &[], &[]);
     step("GET", "/api/v1/job_groups/1", &[], &[]);
     step("GET", "/api/v1/job_groups/99", &[], &[]);
     steps
@@ -305,9 +334,11 @@ async fn the_simulator_answers_like_the_real_openqa() {
     let exchange = format!("igtest-drift-{}-{stamp}", std::process::id());
     let prefix = format!("drift{stamp}");
     let (conn, ch, mut consumer) = open_queue(&exchange, &prefix).await;
+    let events_dir = tempfile::tempdir().expect("tempdir");
+    let events_file = events_dir.path().join("events.jsonl");
     let real = tokio::task::spawn_blocking({
-        let (e, p) = (exchange.clone(), prefix.clone());
-        move || RealOpenQa::start(&e, &p)
+        let (e, p, f) = (exchange.clone(), prefix.clone(), events_file.clone());
+        move || RealOpenQa::start(&e, &p, &f)
     })
     .await
     .expect("started");
@@ -347,6 +378,25 @@ async fn the_simulator_answers_like_the_real_openqa() {
                 if b.html { "(html) " } else { "" },
                 b.body
             ));
+        }
+    }
+
+    // the in-process events, one by one in order: what a plugin such as ours receives
+    let recorded: Vec<(String, Value)> = std::fs::read_to_string(&events_file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
+            (v["name"].as_str().unwrap_or_default().to_string(), v["data"].clone())
+        })
+        .collect();
+    let emitted: Vec<(String, Value)> = sim.events().into_iter().map(|e| (e.name, e.data)).collect();
+    assert!(emitted.len() >= 20, "the calls make openQA emit events: {} expected", emitted.len());
+    for i in 0..recorded.len().max(emitted.len()) {
+        let (a, b) = (recorded.get(i), emitted.get(i));
+        if a != b {
+            let show = |e: Option<&(String, Value)>| e.map(|(n, d)| format!("{n} {d}")).unwrap_or("-".into());
+            differences.push(format!("event #{i}:\n    real:      {}\n    simulator: {}", show(a), show(b)));
         }
     }
 

@@ -1000,8 +1000,12 @@ impl Db {
         let states = params.list("state");
         let results = params.list("result");
         let groupid = params.get("groupid").map(|g| g.parse::<u64>().ok());
-        let job_settings: Vec<(&str, &str)> =
-            params.all("job_setting").into_iter().filter_map(|s| s.split_once('=')).collect();
+        // the `job_setting` filter came after Debian 12's openQA, which ignores it
+        let job_settings: Vec<(&str, &str)> = if self.flavor == Flavor::Debian12 {
+            Vec::new()
+        } else {
+            params.all("job_setting").into_iter().filter_map(|s| s.split_once('=')).collect()
+        };
 
         let mut jobs: Vec<&SimJob> = self
             .jobs
