@@ -134,6 +134,18 @@ pub struct Config {
     /// Events that wait for the engine; a full queue refuses more.
     pub queue_capacity: usize,
     pub http_timeout_s: u64,
+    /// SUSE's Gitea (SLE 16 pull requests): base URL without `/api/v1`.
+    pub gitea_url: String,
+    /// Access token of the account that comments on pull requests.
+    pub gitea_token: Option<Secret>,
+    /// `owner/name` of the repository whose pull requests are tested.
+    pub gitea_repo: String,
+    /// The user the QAM review is requested from; approval comments mention it.
+    pub gitea_review_bot: String,
+    /// The team the QAM review may be requested from instead of the user.
+    pub gitea_review_team: String,
+    /// With `accept-decline`, also submit a native "request changes" review on a failure.
+    pub gitea_request_changes: bool,
 }
 
 impl Default for Config {
@@ -164,6 +176,12 @@ impl Default for Config {
             concurrency: 4,
             queue_capacity: 10_000,
             http_timeout_s: 30,
+            gitea_url: "https://src.suse.de".into(),
+            gitea_token: None,
+            gitea_repo: "products/SLFO".into(),
+            gitea_review_bot: "qam-openqa-review".into(),
+            gitea_review_team: "qam-openqa".into(),
+            gitea_request_changes: false,
         }
     }
 }
@@ -180,7 +198,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-const SECRET_KEYS: &[&str] = &["openqa_api_secret", "obs_password", "amqp_url"];
+const SECRET_KEYS: &[&str] = &["openqa_api_secret", "obs_password", "amqp_url", "gitea_token"];
 
 impl Config {
     pub fn from_json(text: &str) -> Result<Config, ConfigError> {
@@ -214,7 +232,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
-        for (key, url) in [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url)] {
+        for (key, url) in
+            [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url), ("gitea_url", &self.gitea_url)]
+        {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
                 return bad(key, "must be an http:// or https:// URL");
             }
@@ -228,10 +248,21 @@ impl Config {
             ("amqp_topic_prefix", &self.amqp_topic_prefix),
             ("amqp_queue", &self.amqp_queue),
             ("review_group", &self.review_group),
+            ("gitea_review_bot", &self.gitea_review_bot),
+            ("gitea_review_team", &self.gitea_review_team),
         ] {
             if value.trim().is_empty() {
                 return bad(key, "must not be empty");
             }
+        }
+        let repo_ok = self.gitea_repo.split_once('/').is_some_and(|(owner, name)| {
+            !owner.is_empty()
+                && !name.is_empty()
+                && !name.contains('/')
+                && !self.gitea_repo.contains(char::is_whitespace)
+        });
+        if !repo_ok {
+            return bad("gitea_repo", "must be owner/name");
         }
         if self.state_dir.as_os_str().is_empty() {
             return bad("state_dir", "must not be empty");
@@ -339,6 +370,12 @@ mod tests {
         let e = Config::from_json(r#"{"openqa_url":"ftp://openqa"}"#).unwrap_err();
         assert!(e.0.contains("`openqa_url`"), "{e}");
         assert!(Config::from_json("[]").unwrap_err().0.contains("object"));
+        for repo in ["SLFO", "products/", "/SLFO", "a/b/c", "products/SL FO"] {
+            let e = Config::from_json(&format!(r#"{{"gitea_repo":"{repo}"}}"#)).unwrap_err();
+            assert!(e.0.contains("`gitea_repo`"), "{repo}: {e}");
+        }
+        let e = Config::from_json(r#"{"gitea_url":"src.suse.de"}"#).unwrap_err();
+        assert!(e.0.contains("`gitea_url`"), "{e}");
         assert!(Config::from_json("{").unwrap_err().0.contains("JSON"));
     }
 
@@ -346,11 +383,11 @@ mod tests {
     fn secrets_never_show() {
         let c = Config::from_json(
             r#"{"openqa_api_key":"KEY","openqa_api_secret":"S3CRET-QA","obs_password":"S3CRET-OBS",
-                "amqp_url":"amqp://user:S3CRET-MQ@rabbit:5672/"}"#,
+                "amqp_url":"amqp://user:S3CRET-MQ@rabbit:5672/","gitea_token":"S3CRET-GITEA"}"#,
         )
         .unwrap();
         let shown = format!("{c:?} {}", c.redacted_json());
-        for s in ["S3CRET-QA", "S3CRET-OBS", "S3CRET-MQ"] {
+        for s in ["S3CRET-QA", "S3CRET-OBS", "S3CRET-MQ", "S3CRET-GITEA"] {
             assert!(!shown.contains(s), "{s} leaked: {shown}");
         }
         assert!(shown.contains("amqp://user:<redacted>@rabbit:5672/"));
@@ -358,6 +395,8 @@ mod tests {
         // a wrong type for a secret key does not echo the value
         let e = Config::from_json(r#"{"obs_password":["S3CRET-OBS"]}"#).unwrap_err();
         assert!(!e.0.contains("S3CRET") && e.0.contains("obs_password"), "{e}");
+        let e = Config::from_json(r#"{"gitea_token":["S3CRET-GITEA"]}"#).unwrap_err();
+        assert!(!e.0.contains("S3CRET") && e.0.contains("gitea_token"), "{e}");
     }
 
     #[test]

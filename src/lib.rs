@@ -9,6 +9,7 @@ pub mod engine;
 pub mod events;
 pub mod ffi;
 pub mod gate;
+pub mod gitea;
 pub mod incident;
 pub mod obs;
 pub mod openqa;

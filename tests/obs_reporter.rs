@@ -769,3 +769,37 @@ async fn simulator_http_control_routes() {
     http.post(format!("{url}/_sim/down?on=0")).send().await.unwrap();
     assert_eq!(raw(&sim, Method::GET, &format!("/request/{RR}"), "").await.0, 200);
 }
+
+/// A failure that turns up after we accepted (an acceptable_for comment deleted, a result forced
+/// back) must not be released on our word: our accept is reopened with the reasons; a person's
+/// accept is left to them.
+#[tokio::test]
+async fn a_failure_after_our_accept_reopens_our_review_but_not_a_persons() {
+    let sim =
+        start(ObsSimConfig::new(SimAuth::Basic { user: "bot".into(), password: PASSWORD.into() })).await;
+    request(&sim, false);
+    let mut cfg = config(&sim, ReviewPolicy::AcceptOnpass);
+    cfg.obs_user = Some("bot".into());
+    cfg.obs_password = Some(Secret::new(PASSWORD));
+    let c = ObsClient::from_config(&cfg).unwrap();
+    done(&deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1, 2])).await);
+    assert_eq!(our_review(&sim).state, "accepted");
+
+    let text = done(&deliver(&c, &cfg, &decision(Outcome::Failed, Some(RR), &[1, 2])).await).to_string();
+    assert!(text.contains("reopened the qam-openqa review"), "{text}");
+    let review = our_review(&sim);
+    assert_eq!(review.state, "new", "our accept is taken back");
+    assert!(review.comment.contains("tests/1"), "with the blocking job: {}", review.comment);
+    let comments = sim.comments(RR);
+    assert_eq!(comments.len(), 1, "one comment of ours, replaced");
+    assert_eq!(parse_marker(&comments[0].text).unwrap().state, "failed");
+
+    // a person accepted it: their call, we only comment
+    let reviews = vec![SimReview::group(GROUP).with_state("accepted"), SimReview::group("qam-manual")];
+    sim.create_request(RR + 1, "review", reviews, "maintenance_release");
+    let d = decision(Outcome::Failed, Some(RR + 1), &[3]);
+    let text = final_(&deliver(&c, &cfg, &d).await).to_string();
+    assert!(text.contains("already accepted"), "{text}");
+    let theirs = sim.reviews(RR + 1).into_iter().find(|r| r.by_group.as_deref() == Some(GROUP)).unwrap();
+    assert_eq!(theirs.state, "accepted");
+}

@@ -85,4 +85,12 @@ subtest 'found through INCIDENT_GATE_LIBRARY, openqa_url defaults to base_url' =
     $t->get_ok('/api/v1/incident_gate/status')->status_is(200)->json_is('/config/openqa_url' => 'https://openqa.other');
 };
 
+{
+    # openQA hosts without FFI::Platypus: the plugin still compiles, and says what to install
+    local @INC = (sub { die "hidden by the test\n" if $_[1] =~ m{^FFI/Platypus}; return }, @INC);
+    delete local $INC{'FFI/Platypus.pm'};
+    inactive_ok(write_ini({incident_gate => {library => library()}}), qr/FFI::Platypus 2 is not installed/,
+        'FFI::Platypus missing');
+}
+
 done_testing;

@@ -125,6 +125,8 @@ pub struct ObsComment {
 pub enum ReviewDecision {
     Accepted,
     Declined,
+    /// Back to `new` (osc's `review reopen`): our earlier accept no longer holds.
+    Reopened,
 }
 
 impl ReviewDecision {
@@ -132,6 +134,7 @@ impl ReviewDecision {
         match self {
             ReviewDecision::Accepted => "accepted",
             ReviewDecision::Declined => "declined",
+            ReviewDecision::Reopened => "new",
         }
     }
 }

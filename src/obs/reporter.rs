@@ -41,6 +41,7 @@ fn describe(plan: Plan, group: &str, rr: u64) -> String {
     match plan.review {
         Some(ReviewDecision::Accepted) => parts.push(format!("accept the {group} review")),
         Some(ReviewDecision::Declined) => parts.push(format!("decline the {group} review")),
+        Some(ReviewDecision::Reopened) => parts.push(format!("reopen the {group} review")),
         None => {}
     }
     parts.join(" and ")
@@ -87,15 +88,26 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
         let by = request.superseded_by.map(|s| format!(" by {s}")).unwrap_or_default();
         return Delivery::Final(format!("request {rr} is {}{by}: nothing to do", request.state));
     }
+    let mut done = Vec::new();
     if request.open_review_for_group(group).is_none() {
-        let why = match request.review_for_group(group) {
-            Some(r) => format!("the {group} review is already {}", r.state),
-            None => format!("it has no {group} review"),
-        };
-        return Delivery::Final(format!("request {rr}: {why}, nothing to do"));
+        let review = request.review_for_group(group);
+        if !takes_back(review, client.user(), v.result) {
+            let why = match review {
+                Some(r) => format!("the {group} review is already {}", r.state),
+                None => format!("it has no {group} review"),
+            };
+            return Delivery::Final(format!("request {rr}: {why}, nothing to do"));
+        }
+        // the failure that is now known (an acceptable_for comment deleted, a result changed) would
+        // otherwise be released on our word: reopen before telling why
+        let message = report::render_comment(decision);
+        if let Err(e) = client.change_review(rr, ReviewDecision::Reopened, group, &message).await {
+            return failed(&format!("request {rr}: cannot reopen the {group} review"), &e);
+        }
+        tracing::warn!(incident = v.incident, request = rr, "reopened the {group} review we had accepted");
+        done.push(format!("reopened the {group} review we had accepted"));
     }
 
-    let mut done = Vec::new();
     let mut problems = Vec::new();
     if plan.comment {
         match sync_comment(client, rr, decision).await {
@@ -111,12 +123,13 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
     }
     if let Some(newstate) = plan.review {
         let message = match newstate {
-            ReviewDecision::Declined => report::render_comment(decision),
+            ReviewDecision::Declined | ReviewDecision::Reopened => report::render_comment(decision),
             ReviewDecision::Accepted => report::review_message(decision),
         };
         let (verb, past) = match newstate {
             ReviewDecision::Accepted => ("accept", "accepted"),
             ReviewDecision::Declined => ("decline", "declined"),
+            ReviewDecision::Reopened => ("reopen", "reopened"),
         };
         match client.change_review(rr, newstate, group, &message).await {
             Ok(()) => {
@@ -137,6 +150,13 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
     } else {
         Delivery::Done(text)
     }
+}
+
+/// Whether a failed verdict takes back an accept we gave: only our own (a person's accept is
+/// theirs to take back), and only while the request can still change.
+fn takes_back(review: Option<&super::client::Review>, me: Option<&str>, result: Outcome) -> bool {
+    result == Outcome::Failed
+        && review.is_some_and(|r| r.state == "accepted" && me.is_some() && r.who.as_deref() == me)
 }
 
 /// Makes our comment on the request say `decision`: keep it when it already does, else remove

@@ -1,6 +1,7 @@
-//! Simulators of the services incident-gate talks to (openQA, OBS/IBS), for the tests, the Perl
+//! Simulators of the services incident-gate talks to (openQA, OBS/IBS, Gitea), for the tests, the Perl
 //! tests and `incident-gate demo`.
 
+pub mod gitea;
 pub mod obs;
 pub mod openqa;
 

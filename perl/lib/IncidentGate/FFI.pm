@@ -8,8 +8,6 @@ use feature 'signatures';
 no warnings 'experimental::signatures';
 
 use Exporter 'import';
-use FFI::Platypus 2.00;
-use FFI::Platypus::DL qw(dlopen dlclose dlerror RTLD_PLATYPUS_DEFAULT);
 
 # enum ig_status, in the order of src/ffi.rs
 our @STATUS;
@@ -25,10 +23,15 @@ sub status_name ($status) { $STATUS[$status] // "unknown status $status" }
 
 # Loads the library; dies with one line naming the file and the loader's reason.
 sub new ($class, $library) {
+    # loaded here, not at compile time: without FFI::Platypus the plugin stays inactive with this
+    # reason instead of keeping openQA from starting
+    eval { require FFI::Platypus; FFI::Platypus->VERSION(2.00); require FFI::Platypus::DL; 1 }
+      or die 'FFI::Platypus 2 is not installed (perl-FFI-Platypus, libffi-platypus-perl): '
+      . ($@ =~ s/\n.*//sr) . "\n";
     die "incident-gate library $library does not exist\n" unless -e $library;
-    my $handle = dlopen($library, RTLD_PLATYPUS_DEFAULT)
-      or die "cannot load incident-gate library $library: " . (dlerror() // 'unknown error') . "\n";
-    dlclose($handle);
+    my $handle = FFI::Platypus::DL::dlopen($library, FFI::Platypus::DL::RTLD_PLATYPUS_DEFAULT())
+      or die "cannot load incident-gate library $library: " . (FFI::Platypus::DL::dlerror() // 'unknown error') . "\n";
+    FFI::Platypus::DL::dlclose($handle);
     my $ffi = FFI::Platypus->new(api => 2, lib => [$library]);
     die "$library is not libincident_gate (no ig_version)\n" unless $ffi->find_symbol('ig_version');
     my %f = (

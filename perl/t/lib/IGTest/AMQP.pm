@@ -81,6 +81,17 @@ sub declare_exchange ($self, $name) {
     $self->_expect(1, 40, 11);
 }
 
+# Tests share the broker: what they declared is deleted again.
+sub delete_exchange ($self, $name) {
+    $self->_method(1, 40, 20, pack('n', 0) . _s($name) . "\0");
+    $self->_expect(1, 40, 21);
+}
+
+sub delete_queue ($self, $name) {
+    $self->_method(1, 50, 40, pack('n', 0) . _s($name) . "\0");
+    $self->_expect(1, 50, 41);
+}
+
 # An exclusive, server-named queue bound to $exchange with $key; answers the queue name.
 sub bind_queue ($self, $exchange, $key) {
     $self->_method(1, 50, 10, pack('n', 0) . _s('') . pack('C', 0b0100) . pack('N', 0));
@@ -99,14 +110,15 @@ sub publish ($self, $exchange, $key, $body, $content_type = 'application/json') 
 
 # The next message on the bound queue within $timeout seconds, or undef:
 # {routing_key, exchange, body, content_type, delivery_mode, message_id}.
-sub get ($self, $timeout = 10) {
+# $interval: seconds between polls (the benchmark polls without pause).
+sub get ($self, $timeout = 10, $interval = 0.1) {
     my $deadline = time + $timeout;
     while (1) {
         $self->_method(1, 60, 70, pack('n', 0) . _s($self->{queue}) . "\1");    # no-ack
         my ($m, $args) = $self->_expect(1, 60, 71, 72);
         return $self->_content($args) if $m == 71;
         return undef if time >= $deadline;
-        sleep 0.1;
+        sleep $interval if $interval;
     }
 }
 

@@ -1,0 +1,94 @@
+#!/usr/bin/perl
+# The benchmark against a real openQA web UI (Debian's `openqa`, scripts/real-openqa): two instances
+# side by side in one run, one with the IncidentGate plugin and one without (both with openQA's AMQP
+# plugin), the same requests alternating between them. Prints Markdown for docs/performance.md:
+#   - what the plugin adds to `POST /api/v1/jobs/<id>/set_done` (median, p99),
+#   - last set_done -> `incident.done` consumed from RabbitMQ (median, p99),
+#   - openQA requests the library made per decision.
+# Usage (scripts/bench runs it): IG_LIBRARY=... IG_BIN=... perl perl/bench/real-openqa.pl [incidents] [jobs]
+use v5.20;
+use warnings;
+use feature "signatures";
+no warnings "experimental::signatures";
+use FindBin;
+use lib "$FindBin::Bin/../t/lib", "$FindBin::Bin/../lib";
+use IGTest qw(library);
+use IGTest::RealOpenQA;
+use IGTest::Scenarios qw(new_world);
+use Mojo::JSON 'decode_json';
+use Time::HiRes qw(time);
+
+my ($incidents, $per) = (shift // 100, shift // 5);
+my $w = new_world(base => 50000);
+my $with = IGTest::RealOpenQA->start(plugin => 1, exchange => $w->{exchange}, prefix => $w->{prefix},
+    ini => {incident_gate => {library => library(), %{$w->gate_section(undef)}}});
+my $without = IGTest::RealOpenQA->start(exchange => $w->{exchange}, prefix => "$w->{prefix}-plain");
+
+sub pct {
+    my ($p, $v) = @_;
+    my @s = sort { $a <=> $b } @$v;
+    return $s[int(($#s) * $p / 100 + 0.5)];
+}
+sub ms { sprintf '%.2f ms', $_[0] * 1000 }
+
+sub status ($oq) { $oq->api(GET => '/api/v1/incident_gate/status')->{engine} // {} }
+
+sub jobs ($oq, $i) {
+    my $g = IGTest::Scenarios::incidents_group($oq);
+    map {
+        $oq->create_job(TEST => "t$_", BUILD => ":$i:pkg", INCIDENT_ID => $i, RRID => "SUSE:Maintenance:$i:" . (400000 + $i),
+            _GROUP_ID => $g)
+    } 1 .. $per;
+}
+
+sub timed_done ($oq, $id) {
+    my $t0 = time;
+    $oq->set_done($id, 'passed');
+    return time - $t0;
+}
+
+# warm both instances (database caches, the library's engine start in the plugin's worker)
+for my $oq ($with, $without) { timed_done($oq, $_) for jobs($oq, 49999) }
+$w->await_done(49999, 1, 30) or die "no decision during warm-up\n";
+my $before = status($with);
+
+my (@cost_with, @cost_without, @latency);
+for my $k (1 .. $incidents) {
+    my $i = 50000 + $k;
+    my @a = jobs($with, $i);
+    my @b = jobs($without, $i);
+    for my $n (0 .. $#a) {
+        push @cost_without, timed_done($without, $b[$n]);
+        my $t0 = time;
+        push @cost_with, timed_done($with, $a[$n]);
+        next unless $n == $#a;
+        # the last job: wait for the incident's decision on the broker, polling without pause
+        my $deadline = $t0 + 30;
+        my $got;
+        while (!$got && time < $deadline) {
+            my $m = $w->{amqp}->get(1, 0) or next;
+            my $j = eval { decode_json($m->{body}) } // {};
+            $got = ($j->{incident} // 0) == $i && $m->{routing_key} =~ /incident\.done$/;
+        }
+        die "no incident.done for $i within 30 s\n" unless $got;
+        push @latency, time - $t0;
+    }
+}
+my $after = status($with);
+my $decisions = ($after->{decisions} // 0) - ($before->{decisions} // 0);
+my $requests = ($after->{openqa_requests} // 0) - ($before->{openqa_requests} // 0);
+
+my ($mw, $mo) = (pct(50, \@cost_with), pct(50, \@cost_without));
+say "## Against a real openQA web UI (Debian 12 `openqa`, one `openqa daemon` each)\n";
+say "$incidents incidents x $per jobs; each job's `set_done` alternates between the instance with the plugin and";
+say "the one without. Times are the client's, on loopback.\n";
+say '| measure | median | p99 |';
+say '| --- | --- | --- |';
+say '| `set_done` without the plugin | ', ms($mo), ' | ', ms(pct(99, \@cost_without)), ' |';
+say '| `set_done` with the plugin | ', ms($mw), ' | ', ms(pct(99, \@cost_with)), ' |';
+say '| plugin cost on `set_done` | ', sprintf('%+.1f %%', 100 * ($mw - $mo) / $mo), ' | ',
+  sprintf('%+.1f %%', 100 * (pct(99, \@cost_with) - pct(99, \@cost_without)) / pct(99, \@cost_without)), ' |';
+say '| last `set_done` sent -> `incident.done` consumed | ', ms(pct(50, \@latency)), ' | ', ms(pct(99, \@latency)), ' |';
+say '';
+say "openQA requests by the library: $requests for $decisions decisions (", sprintf('%.2f', $requests / ($decisions || 1)),
+  ' per decision).';

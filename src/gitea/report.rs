@@ -1,0 +1,251 @@
+//! The texts incident-gate writes on a Gitea pull request: the approval comment that SUSE's
+//! review bot turns into the QAM review, and the results comment (identified by a marker line,
+//! edited in place). Pure functions of a `PrReport`.
+//!
+//! Gitea renders Markdown with `@login` mentions and `#123` references, so text from openQA is made
+//! inert the same way as for IBS (backslashes and HTML entities, see obs::report).
+
+use super::reporter::PrReport;
+use crate::obs::report::{escape_markdown, escape_url, BODY_BUDGET};
+use crate::verdict::Outcome;
+
+const MARKER_START: &str = "<!-- incident-gate-gitea ";
+const MARKER_END: &str = " -->";
+const MAX_NAME_CHARS: usize = 200;
+const MAX_URL_BYTES: usize = 1_000;
+
+/// The identity line of our results comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub state: String,
+    pub pr: u64,
+    pub sha: String,
+    pub key: String,
+}
+
+pub fn marker_line(r: &PrReport) -> String {
+    format!(
+        "{MARKER_START}state={} pr={} sha={} key={}{MARKER_END}",
+        r.result.as_str(),
+        r.number,
+        token(&r.tested_sha),
+        token(&r.key)
+    )
+}
+
+/// Marker values are single words: anything else would make the line unparseable.
+fn token(s: &str) -> String {
+    let t: String = s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
+    if t.is_empty() {
+        "none".into()
+    } else {
+        t
+    }
+}
+
+/// The marker in a comment, wherever it is.
+pub fn parse_marker(text: &str) -> Option<Marker> {
+    let start = text.find(MARKER_START)? + MARKER_START.len();
+    let end = start + text[start..].find(MARKER_END)?;
+    let (mut state, mut pr, mut sha, mut key) = (None, None, None, None);
+    for pair in text[start..end].split_whitespace() {
+        match pair.split_once('=') {
+            Some(("state", v)) => state = Some(v.to_string()),
+            Some(("pr", v)) => pr = v.parse().ok(),
+            Some(("sha", v)) => sha = Some(v.to_string()),
+            Some(("key", v)) => key = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some(Marker { state: state?, pr: pr?, sha: sha?, key: key? })
+}
+
+/// The first line SUSE's review bot acts on, and the line naming the commit it approves.
+pub fn approval_identifiers(bot: &str, sha: &str) -> (String, String) {
+    (format!("@{bot}: approved"), format!("Tested commit: {sha}"))
+}
+
+/// Whether `body` is an approval of `sha` for `bot` (as qem-bot checks it: both lines present).
+pub fn is_approval_of(body: &str, bot: &str, sha: &str) -> bool {
+    let (command, commit) = approval_identifiers(bot, sha);
+    body.lines().any(|l| l.trim() == command) && body.lines().any(|l| l.trim() == commit)
+}
+
+fn label(r: &PrReport) -> String {
+    format!("{}/{}#{}", escape_markdown(&r.owner), escape_markdown(&r.repo), r.number)
+}
+
+pub fn summary_line(r: &PrReport) -> String {
+    let j = &r.jobs;
+    let pr = format!("pull request {}/{}#{}", r.owner, r.repo, r.number);
+    match r.result {
+        Outcome::Passed => format!("openQA: all {} relevant jobs of {pr} passed", j.total),
+        Outcome::Failed => format!("openQA: {} of {} relevant jobs of {pr} failed", j.failed, j.total),
+        Outcome::NoJobs => format!("openQA: no jobs found for {pr}"),
+        Outcome::Pending => format!("openQA: {} of {} jobs of {pr} still running", j.pending, j.total),
+    }
+}
+
+/// `@bot: approved`, one line of summary with the link, `Tested commit: <sha>`.
+pub fn approval_comment(bot: &str, r: &PrReport) -> String {
+    let (command, commit) = approval_identifiers(bot, &r.tested_sha);
+    let mut message = escape_markdown(&summary_line(r));
+    if let Some(url) = link(&r.overview_url) {
+        message.push_str(&format!(". Details: {url}"));
+    }
+    format!("{command}\n{message}\n{commit}")
+}
+
+fn link(url: &str) -> Option<String> {
+    (url.len() <= MAX_URL_BYTES && (url.starts_with("http://") || url.starts_with("https://")))
+        .then(|| escape_url(url))
+}
+
+fn cut(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+/// The 12 characters people quote a commit by.
+fn short(sha: &str) -> String {
+    escape_markdown(&sha.chars().take(12).collect::<String>())
+}
+
+/// The results comment. `head` is the PR's head when it is no longer the commit that was tested.
+pub fn results_comment(r: &PrReport, head: Option<&str>) -> String {
+    let mut text = marker_line(r);
+    text.push('\n');
+    let verdict = match r.result {
+        Outcome::Passed => "passed",
+        Outcome::Failed => "failed",
+        Outcome::NoJobs => "has no openQA jobs",
+        Outcome::Pending => "is still being tested",
+    };
+    text.push_str(&format!("**openQA: {} {verdict}** (commit `{}`)\n\n", label(r), short(&r.tested_sha)));
+    if let Some(head) = head {
+        text.push_str(&format!(
+            "These results are for an older commit, `{}`: the pull request's head is now `{}`, so it is not approved on them. The new commit needs its own openQA results.\n\n",
+            short(&r.tested_sha),
+            short(head)
+        ));
+    }
+    if r.result == Outcome::NoJobs {
+        text.push_str("openQA has no relevant jobs for this pull request, so it cannot vouch for it.\n\n");
+    } else {
+        let j = &r.jobs;
+        let mut parts = vec![format!("{} passed", j.passed)];
+        if j.softfailed > 0 {
+            parts.push(format!("{} softfailed", j.softfailed));
+        }
+        if j.accepted > 0 {
+            parts.push(format!("{} failed but acceptable", j.accepted));
+        }
+        if j.failed > 0 {
+            parts.push(format!("{} failed", j.failed));
+        }
+        let noun = if j.total == 1 { "job" } else { "jobs" };
+        text.push_str(&format!("{} relevant openQA {noun}: {}.\n\n", j.total, parts.join(", ")));
+    }
+    let mut tail = String::new();
+    if let Some(url) = link(&r.overview_url) {
+        tail.push_str(&format!("[All openQA jobs of this pull request]({url})\n\n"));
+    }
+    tail.push_str(&format!("Decided by incident-gate at {}.\n", escape_markdown(&r.decided_at)));
+
+    let mut table = String::new();
+    if !r.blocking.is_empty() {
+        table.push_str("| Job | Name | Result | Group |\n|---|---|---|---|\n");
+    }
+    let budget = BODY_BUDGET.saturating_sub(text.len() + tail.len() + 120);
+    let mut shown = 0;
+    for job in &r.blocking {
+        let url = link(&job.url)
+            .unwrap_or_else(|| escape_url(&format!("{}/tests/{}", r.openqa.trim_end_matches('/'), job.id)));
+        let row = format!(
+            "| [{}]({url}) | {} | {} | {} |\n",
+            job.id,
+            escape_markdown(&cut(&job.name, MAX_NAME_CHARS)),
+            escape_markdown(&cut(&job.result, 40)),
+            escape_markdown(&cut(&job.group, MAX_NAME_CHARS)),
+        );
+        if table.len() + row.len() > budget {
+            break;
+        }
+        table.push_str(&row);
+        shown += 1;
+    }
+    let hidden = r.blocking.len() - shown;
+    if hidden > 0 {
+        table.push_str(&format!("\n... and {hidden} more blocking jobs, see openQA.\n"));
+    }
+    if !table.is_empty() {
+        table.push('\n');
+    }
+    (text + &table + &tail).replace('\0', "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{BlockingJob, Counts};
+
+    fn report(result: Outcome) -> PrReport {
+        PrReport {
+            owner: "products".into(),
+            repo: "SLFO".into(),
+            number: 124,
+            tested_sha: "2cf58b3a9c32d139470a5f32d5aa64efbd0fa90dda0144b09421709252fcb0ea".into(),
+            result,
+            jobs: Counts { total: 3, passed: 2, softfailed: 0, failed: 1, accepted: 0, pending: 0 },
+            blocking: vec![BlockingJob {
+                id: 4711,
+                name: "sle-16.0-x86_64-Build:git:124:openssl-mau|x@64bit".into(),
+                result: "failed".into(),
+                group: "SLFO PRs".into(),
+                url: "https://openqa.example.com/tests/4711".into(),
+            }],
+            openqa: "https://openqa.example.com".into(),
+            overview_url: "https://openqa.example.com/tests/overview?build=:git:124".into(),
+            key: "k1".into(),
+            decided_at: "2026-11-24T17:03:12Z".into(),
+        }
+    }
+
+    #[test]
+    fn approval_comment_has_the_lines_the_review_bot_reads() {
+        let r = report(Outcome::Passed);
+        let body = approval_comment("qam-openqa-review", &r);
+        let lines: Vec<&str> = body.lines().collect();
+        assert_eq!(lines[0], "@qam-openqa-review: approved");
+        assert_eq!(lines[2], format!("Tested commit: {}", r.tested_sha));
+        assert!(
+            lines[1].contains("all 3 relevant jobs") && lines[1].contains("overview?build=:git:124"),
+            "{body}"
+        );
+        assert!(is_approval_of(&body, "qam-openqa-review", &r.tested_sha));
+        assert!(!is_approval_of(&body, "qam-openqa-review", "0000"));
+    }
+
+    #[test]
+    fn results_comment_has_marker_table_and_older_commit_note() {
+        let r = report(Outcome::Failed);
+        let body = results_comment(&r, None);
+        let m = parse_marker(&body).unwrap();
+        assert_eq!(
+            m,
+            Marker { state: "failed".into(), pr: 124, sha: r.tested_sha.clone(), key: "k1".into() }
+        );
+        assert!(body.contains("| [4711](https://openqa.example.com/tests/4711) | sle-16.0-x86\\_64-Build:git:124:openssl-mau&#124;x&#64;64bit | failed | SLFO PRs |"), "{body}");
+        assert!(!body.contains("older commit"));
+        let body = results_comment(&r, Some("ffff0000ffff0000"));
+        assert!(
+            body.contains("results are for an older commit, `2cf58b3a9c32`")
+                && body.contains("now `ffff0000ffff`"),
+            "{body}"
+        );
+        assert_eq!(parse_marker("<!-- incident-gate-gitea state=failed pr=x sha=a key=k -->"), None);
+        assert_eq!(parse_marker("<!-- incident-gate state=failed rr=1 key=k -->"), None);
+    }
+}
