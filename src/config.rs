@@ -290,7 +290,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
-        for (key, url) in [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url), ("gitea_url", &self.gitea_url)] {
+        for (key, url) in
+            [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url), ("gitea_url", &self.gitea_url)]
+        {
             check_url(key, url, &["http://", "https://"])?;
         }
         check_url("amqp_url", self.amqp_url.expose(), &["amqp://", "amqps://"])?;

@@ -8,7 +8,7 @@ use crate::decision::Decision;
 use crate::events::Event;
 use crate::incident::incidents_of;
 use crate::openqa::client::{ApiError, OpenQaClient};
-use crate::openqa::model::{is_final_state, Job};
+use crate::openqa::model::{is_final_state, Comment, Job};
 use crate::store::{Recorded, Sink, Store};
 use crate::verdict::{self, Outcome, Rules, Verdict};
 use std::collections::{HashMap, HashSet};
@@ -76,12 +76,58 @@ struct Looked {
     known: HashSet<u64>,
 }
 
+/// An error openQA will answer again however often it is asked (a 4xx, a malformed answer, an
+/// id it refuses), grouped by route and message for status output.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub route: String,
+    pub status: Option<u16>,
+    pub message: String,
+    /// What was given up (or deferred to reconciliation) because of it.
+    pub affected: String,
+    pub count: u64,
+    pub first_at: String,
+    pub last_at: String,
+}
+
+/// Distinct refusals kept for status output.
+const REFUSALS_KEPT: usize = 20;
+/// Comments known deleted, kept so that no evaluation counts them (see `Event::deleted_comments`).
+const DELETED_COMMENTS_MAX: usize = 100_000;
+/// Relied-on comments looked at per reconciliation round.
+const RELIED_AUDIT_BATCH: usize = 50;
+
+impl EngineError {
+    /// Asking again soon may help (openQA unreachable or failing, the store busy); otherwise the
+    /// same question gets the same answer and is left to reconciliation.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Api(e) => e.is_transient(),
+            EngineError::Store(_) => true,
+            EngineError::Incomplete(_) => false,
+        }
+    }
+}
+
+fn refusal_parts(e: &EngineError) -> (String, Option<u16>, String) {
+    match e {
+        EngineError::Api(ApiError::Status { route, status, message, .. }) => {
+            (route.clone(), Some(*status), message.clone())
+        }
+        EngineError::Api(ApiError::Malformed { route, detail }) => (route.clone(), None, detail.clone()),
+        EngineError::Api(other) => (other.route().unwrap_or("").to_string(), None, other.to_string()),
+        other => (String::new(), None, other.to_string()),
+    }
+}
+
 #[derive(Default)]
 struct Stats {
     events: AtomicU64,
     evaluations: AtomicU64,
     evaluations_skipped: AtomicU64,
     api_errors: AtomicU64,
+    refused: AtomicU64,
+    events_refused: AtomicU64,
     decisions: AtomicU64,
     duplicate_decisions: AtomicU64,
     stale_decisions: AtomicU64,
@@ -120,6 +166,8 @@ pub struct Core {
     pub outbox_wake: Notify,
     shutdown: AtomicBool,
     shutdown_notify: Notify,
+    refusals: Mutex<Vec<Refusal>>,
+    deleted_comments: Mutex<HashSet<u64>>,
 }
 
 impl Core {
@@ -163,6 +211,8 @@ impl Core {
             outbox_wake: Notify::new(),
             shutdown: AtomicBool::new(false),
             shutdown_notify: Notify::new(),
+            refusals: Mutex::default(),
+            deleted_comments: Mutex::default(),
         })
     }
 
@@ -221,6 +271,10 @@ impl Core {
             "evaluations": s.evaluations.load(Relaxed),
             "evaluations_skipped": s.evaluations_skipped.load(Relaxed),
             "api_errors": s.api_errors.load(Relaxed),
+            "refused": s.refused.load(Relaxed),
+            "events_refused": s.events_refused.load(Relaxed),
+            "refusals": self.refusals.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            "openqa_settings_query": self.client.settings_query().as_str(),
             "decisions": s.decisions.load(Relaxed),
             "duplicate_decisions": s.duplicate_decisions.load(Relaxed),
             "stale_decisions": s.stale_decisions.load(Relaxed),
@@ -240,9 +294,50 @@ impl Core {
 
     /// The current verdict, straight from openQA; no side effects.
     pub async fn evaluate(&self, incident: u64) -> Result<Verdict, EngineError> {
-        let (verdict, jobs) = evaluate(&self.client, &self.cfg, incident).await?;
-        self.remember_jobs(&jobs);
-        Ok(verdict)
+        Ok(self.evaluation(incident).await?.verdict)
+    }
+
+    async fn evaluation(&self, incident: u64) -> Result<Evaluation, EngineError> {
+        let deleted = self.deleted_comments.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let evaluation = evaluate_with(&self.client, &self.cfg, incident, &deleted).await?;
+        self.remember_jobs(&evaluation.jobs);
+        Ok(evaluation)
+    }
+
+    /// Records an error openQA will repeat: counted, kept for status, logged the first time only.
+    fn refused(&self, e: &EngineError, affected: String) {
+        self.stats.refused.fetch_add(1, Relaxed);
+        let (route, status, message) = refusal_parts(e);
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = refusals.iter_mut().find(|r| r.route == route && r.message == message) {
+            r.count += 1;
+            r.last_at = now;
+            tracing::debug!("openQA refused again ({affected}): {e}");
+            r.affected = affected;
+            return;
+        }
+        tracing::warn!("openQA refuses, not retrying ({affected}): {e}");
+        if refusals.len() >= REFUSALS_KEPT {
+            refusals.remove(0);
+        }
+        refusals.push(Refusal {
+            route,
+            status,
+            message,
+            affected,
+            count: 1,
+            first_at: now.clone(),
+            last_at: now,
+        });
+    }
+
+    fn forget_deleted_comments(&self, ids: &[u64]) {
+        let mut deleted = self.deleted_comments.lock().unwrap_or_else(|p| p.into_inner());
+        if deleted.len() + ids.len() > DELETED_COMMENTS_MAX {
+            deleted.clear();
+        }
+        deleted.extend(ids.iter().copied());
     }
 
     fn remember_jobs(&self, jobs: &[Job]) {
@@ -277,22 +372,12 @@ impl Core {
             ids.dedup();
             ids
         };
-        let mut delay = Duration::from_millis(100);
-        let map = loop {
-            match self.incidents_of_jobs(&ids).await {
-                Ok(map) => break map,
-                Err(e) if !self.is_shutting_down() => {
-                    // Never drop events: keep them until openQA answers again.
-                    self.stats.api_errors.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        "cannot look up jobs of {} events, retrying in {delay:?}: {e}",
-                        batch.len()
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(_) => return,
-            }
+        let deleted: Vec<u64> = batch.iter().flat_map(|e| e.deleted_comments.iter().copied()).collect();
+        if !deleted.is_empty() {
+            self.forget_deleted_comments(&deleted);
+        }
+        let Some(map) = self.look_up_jobs(ids).await else {
+            return;
         };
         let mut touched: HashMap<u64, (bool, Vec<u64>)> = HashMap::new();
         let mut finished: HashSet<u64> = HashSet::new();
@@ -308,6 +393,16 @@ impl Core {
                 }
             }
         }
+        if !deleted.is_empty() {
+            match self.store.incidents_relying_on(&deleted) {
+                Ok(incidents) => {
+                    for i in incidents {
+                        touched.entry(i).or_default().0 = true;
+                    }
+                }
+                Err(e) => tracing::warn!("cannot look up the incidents of deleted comments {deleted:?}: {e}"),
+            }
+        }
         let mut queued = 0;
         {
             let mut to_check = self.to_check.lock().unwrap_or_else(|p| p.into_inner());
@@ -321,6 +416,81 @@ impl Core {
             self.busy.fetch_add(queued, Relaxed);
             self.check_wake.notify_one();
         }
+    }
+
+    /// The incidents of these jobs (`None` when shutting down first). Transient failures are
+    /// retried with backoff: events are never dropped for an outage. A chunk openQA refuses is
+    /// split until each refused id is alone; those are given up (counted, shown in status), so one
+    /// bad id never holds up the events of the others.
+    async fn look_up_jobs(&self, ids: Vec<u64>) -> Option<HashMap<u64, Vec<u64>>> {
+        let mut map = HashMap::new();
+        let mut todo = vec![ids];
+        let mut delay = Duration::from_millis(100);
+        while let Some(chunk) = todo.pop() {
+            loop {
+                let e = match self.incidents_of_jobs(&chunk).await {
+                    Ok(found) => {
+                        map.extend(found);
+                        break;
+                    }
+                    Err(_) if self.is_shutting_down() => return None,
+                    Err(e) => e,
+                };
+                if e.is_transient() {
+                    self.stats.api_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        "cannot look up {} jobs of events, retrying in {delay:?}: {e}",
+                        chunk.len()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                if chunk.len() > 1 {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    todo.push(b.to_vec());
+                    todo.push(a.to_vec());
+                } else {
+                    self.stats.events_refused.fetch_add(1, Relaxed);
+                    self.refused(&EngineError::Api(e), format!("events of job {}", chunk[0]));
+                }
+                break;
+            }
+        }
+        Some(map)
+    }
+
+    /// Incidents whose latest verdict relied on an `acceptable_for` comment that is gone, looking
+    /// at comments not checked for `older_than`. openQA tells nobody of some deletions (its AMQP
+    /// plugin does not forward the bulk route, a job-done hook never hears of comments).
+    pub async fn audit_relied_comments(&self, older_than: Duration) -> Vec<u64> {
+        let claimed =
+            match self.store.claim_relied_comments(older_than.as_millis() as i64, RELIED_AUDIT_BATCH) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("relied-on comments: {e}");
+                    return Vec::new();
+                }
+            };
+        let mut by_job: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        for (comment, incident, job) in claimed {
+            by_job.entry(job).or_default().push((comment, incident));
+        }
+        let mut gone_for = Vec::new();
+        for (job, relied) in by_job {
+            match self.client.comments(job).await {
+                Ok(present) => {
+                    let gone: Vec<(u64, u64)> =
+                        relied.into_iter().filter(|(c, _)| !present.iter().any(|p| p.id == *c)).collect();
+                    self.forget_deleted_comments(&gone.iter().map(|(c, _)| *c).collect::<Vec<_>>());
+                    gone_for.extend(gone.into_iter().map(|(_, i)| i));
+                }
+                Err(e) => tracing::warn!("cannot read the comments of job {job}: {e}"),
+            }
+        }
+        gone_for.sort_unstable();
+        gone_for.dedup();
+        gone_for
     }
 
     /// Incidents that still wait on jobs whose events this process has not seen: under prefork
@@ -428,11 +598,19 @@ impl Core {
                         failures = 0;
                         false
                     }
-                    Err(e) => {
+                    Err(e) if e.is_transient() => {
                         core.stats.api_errors.fetch_add(1, Relaxed);
                         tracing::warn!("incident {incident}: no verdict now, will retry: {e}");
                         failures += 1;
                         true
+                    }
+                    Err(e) => {
+                        // asked again only by reconciliation (or a new event), not in a loop
+                        core.refused(e, format!("incident {incident}"));
+                        if let Err(e) = core.store.mark_pending(incident) {
+                            tracing::warn!("incident {incident}: {e}");
+                        }
+                        false
                     }
                 };
                 let go_on = {
@@ -478,11 +656,12 @@ impl Core {
         self.stats.evaluations.fetch_add(1, Relaxed);
         // before reading openQA: the ticket orders this evaluation's decision among all processes'
         let seen = self.store.begin_evaluation()?;
-        let verdict = self.evaluate(incident).await?;
+        let Evaluation { verdict, relied_comments, .. } = self.evaluation(incident).await?;
         if verdict.result == Outcome::Pending {
             self.store.mark_pending(incident)?;
             return Ok(verdict);
         }
+        self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         match self.store.record_decision(&mut decision, &self.sinks, seen)? {
             Recorded::New => {
@@ -528,6 +707,28 @@ pub async fn evaluate(
     cfg: &Config,
     incident: u64,
 ) -> Result<(Verdict, Vec<Job>), EngineError> {
+    let e = evaluate_with(client, cfg, incident, &HashSet::new()).await?;
+    Ok((e.verdict, e.jobs))
+}
+
+/// What one evaluation found.
+pub struct Evaluation {
+    pub verdict: Verdict,
+    /// The jobs it looked at.
+    pub jobs: Vec<Job>,
+    /// (comment, job): the `acceptable_for` comments for this incident on the jobs whose
+    /// comments were read; deleting one of them can change the verdict.
+    pub relied_comments: Vec<(u64, u64)>,
+}
+
+/// [`evaluate`], ignoring the comments in `deleted` (openQA announces a single deletion before
+/// the row is gone, so a read right after may still list it).
+pub async fn evaluate_with(
+    client: &OpenQaClient,
+    cfg: &Config,
+    incident: u64,
+    deleted: &HashSet<u64>,
+) -> Result<Evaluation, EngineError> {
     let id = incident.to_string();
     let ids_own = client.job_ids_by_setting("INCIDENT_ID", &id);
     let ids_aggregate = client.job_ids_by_list_setting("*_TEST_ISSUES", &id);
@@ -573,9 +774,19 @@ pub async fn evaluate(
     let selection = verdict::select(incident, &jobs, &rules);
     let wanted = selection.needs_comments();
     let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;
-    let comments: HashMap<u64, _> = wanted.into_iter().zip(fetched).collect();
+    let mut comments: HashMap<u64, Vec<Comment>> = wanted.into_iter().zip(fetched).collect();
+    let mut relied_comments = Vec::new();
+    for (job, list) in comments.iter_mut() {
+        list.retain(|c| !deleted.contains(&c.id));
+        for c in list.iter() {
+            if verdict::acceptable_for(std::slice::from_ref(c), incident).is_some() {
+                relied_comments.push((c.id, *job));
+            }
+        }
+    }
+    relied_comments.sort_unstable();
     let verdict = verdict::judge(&selection, &comments, &rules);
-    Ok((verdict, jobs))
+    Ok(Evaluation { verdict, jobs, relied_comments })
 }
 
 /// Follows clone chains the settings queries did not list. A clone that is gone (404) simply
@@ -642,5 +853,6 @@ async fn reconcile(core: Arc<Core>) {
             Ok(incidents) => incidents.into_iter().for_each(|i| core.schedule(i)),
             Err(e) => tracing::warn!("reconciliation: {e}"),
         }
+        core.audit_relied_comments(interval).await.into_iter().for_each(|i| core.schedule(i));
     }
 }

@@ -14,10 +14,15 @@ pub enum EventKind {
     CommentCreate,
     CommentUpdate,
     CommentDelete,
+    /// Upstream's `POST /api/v1/comments`: `{created: [{id, job_id, …}], failed}`, in-process only.
+    CommentsCreate,
+    /// Upstream's `DELETE /api/v1/comments`: `{ids, deleted}`, emitted after the rows are gone,
+    /// in-process only.
+    CommentsDelete,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::JobDone,
         EventKind::JobCancel,
         EventKind::JobRestart,
@@ -26,6 +31,8 @@ impl EventKind {
         EventKind::CommentCreate,
         EventKind::CommentUpdate,
         EventKind::CommentDelete,
+        EventKind::CommentsCreate,
+        EventKind::CommentsDelete,
     ];
 
     /// The in-process event name (`OpenQA::Events`).
@@ -39,10 +46,13 @@ impl EventKind {
             EventKind::CommentCreate => "openqa_comment_create",
             EventKind::CommentUpdate => "openqa_comment_update",
             EventKind::CommentDelete => "openqa_comment_delete",
+            EventKind::CommentsCreate => "openqa_comments_create",
+            EventKind::CommentsDelete => "openqa_comments_delete",
         }
     }
 
-    /// The suffix of openQA's AMQP routing key (`<prefix>.openqa.<suffix>`).
+    /// The suffix of openQA's AMQP routing key (`<prefix>.openqa.<suffix>`). The bulk comment
+    /// events have the key the AMQP plugin would give them, but it does not forward them.
     pub fn routing_suffix(self) -> &'static str {
         match self {
             EventKind::JobDone => "job.done",
@@ -53,6 +63,8 @@ impl EventKind {
             EventKind::CommentCreate => "comment.create",
             EventKind::CommentUpdate => "comment.update",
             EventKind::CommentDelete => "comment.delete",
+            EventKind::CommentsCreate => "comments.create",
+            EventKind::CommentsDelete => "comments.delete",
         }
     }
 
@@ -71,6 +83,10 @@ pub struct Event {
     pub kind: EventKind,
     /// Jobs the event is about: the job, or for restarts the old jobs and their clones.
     pub jobs: Vec<u64>,
+    /// Comments deleted (or about to be: the in-process single delete comes first). openQA's
+    /// in-process delete events name no job: the engine finds the incidents through the comments
+    /// their decisions relied on, and no evaluation counts these comments any more.
+    pub deleted_comments: Vec<u64>,
 }
 
 impl Event {
@@ -122,12 +138,15 @@ fn err(rejection: Rejection, message: String) -> EventError {
 }
 
 /// openQA sends job ids as numbers, except in restart events where the old id is a string.
+/// Ids beyond PostgreSQL's bigint are no openQA id; openQA answers them with a 500 that never
+/// goes away, so they are refused here.
 fn job_id(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64().filter(|&n| n > 0),
-        Value::String(s) => s.trim().parse().ok().filter(|&n: &u64| n > 0),
+    let id = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
         _ => None,
-    }
+    };
+    id.filter(|&n| n > 0 && n <= i64::MAX as u64)
 }
 
 /// `{"2":12}` (restart) or `[{"2":12},{"3":13}]` (several): old ids as keys, clones as values.
@@ -159,6 +178,7 @@ pub fn from_value(kind: EventKind, data: &Value) -> Result<Event, EventError> {
     let shape = |what: &str| err(Rejection::InvalidShape, format!("{name}: {what}"));
     let obj = data.as_object().ok_or_else(|| shape("event data must be a JSON object"))?;
     let mut jobs = Vec::new();
+    let mut deleted_comments = Vec::new();
     match kind {
         EventKind::JobDone | EventKind::JobCancel | EventKind::JobUpdateResult => {
             let id = obj.get("id").ok_or_else(|| shape("missing job `id`"))?;
@@ -186,19 +206,40 @@ pub fn from_value(kind: EventKind, data: &Value) -> Result<Event, EventError> {
             }
         }
         EventKind::CommentCreate | EventKind::CommentUpdate | EventKind::CommentDelete => {
-            if obj.get("id").and_then(job_id).is_none() {
-                return Err(shape("missing comment `id`"));
+            let id = obj.get("id").and_then(job_id).ok_or_else(|| shape("missing comment `id`"))?;
+            if kind == EventKind::CommentDelete {
+                deleted_comments.push(id);
             }
-            // group comments carry job_id null: valid, but about no job
+            // group comments carry job_id null (or none at all): valid, but about no job
             match obj.get("job_id") {
                 None | Some(Value::Null) => {}
                 Some(v) => jobs.push(job_id(v).ok_or_else(|| shape("`job_id` must be a job id"))?),
             }
         }
+        EventKind::CommentsCreate => {
+            let created = obj
+                .get("created")
+                .and_then(Value::as_array)
+                .ok_or_else(|| shape("missing `created` list"))?;
+            for comment in created {
+                match comment.get("job_id") {
+                    None | Some(Value::Null) => {}
+                    Some(v) => jobs.push(job_id(v).ok_or_else(|| shape("`created` must hold job ids"))?),
+                }
+            }
+        }
+        EventKind::CommentsDelete => {
+            let ids = obj.get("ids").and_then(Value::as_array).ok_or_else(|| shape("missing `ids` list"))?;
+            for id in ids {
+                deleted_comments.push(job_id(id).ok_or_else(|| shape("`ids` must hold comment ids"))?);
+            }
+        }
     }
+    deleted_comments.sort_unstable();
+    deleted_comments.dedup();
     jobs.sort_unstable();
     jobs.dedup();
-    Ok(Event { kind, jobs })
+    Ok(Event { kind, jobs, deleted_comments })
 }
 
 #[cfg(test)]
@@ -252,6 +293,20 @@ mod tests {
         assert_eq!(r("openqa_comment_create", r#"{"job_id":3}"#), Rejection::InvalidShape);
         let group_comment = parse("openqa_comment_create", r#"{"id":7,"job_id":null}"#).unwrap();
         assert!(group_comment.jobs.is_empty());
+        assert_eq!(r("openqa_comments_delete", r#"{"deleted":1}"#), Rejection::InvalidShape);
+        assert_eq!(r("openqa_comments_create", r#"{"failed":[]}"#), Rejection::InvalidShape);
+        assert_eq!(r("openqa_job_done", r#"{"id":9223372036854775808}"#), Rejection::InvalidShape);
+        let single = parse("openqa_comment_delete", r#"{"id":"7"}"#).unwrap();
+        assert!(single.jobs.is_empty());
+        assert_eq!(single.deleted_comments, vec![7]);
+        let bulk = parse("openqa_comments_delete", r#"{"ids":["7","8"],"deleted":2}"#).unwrap();
+        assert_eq!(bulk.deleted_comments, vec![7, 8]);
+        let created = parse(
+            "openqa_comments_create",
+            r#"{"created":[{"id":9,"job_id":"3"},{"id":10,"job_id":4}],"failed":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(created.jobs, vec![3, 4]);
         let many = parse("openqa_jobs_restart", r#"{"ids":[3,"4"],"results":[{"3":30},{"4":40}]}"#).unwrap();
         assert_eq!(many.jobs, vec![3, 4, 30, 40]);
     }

@@ -75,6 +75,10 @@ enum Command {
         /// Port of the IBS simulator on 127.0.0.1 (0: any free port).
         #[arg(long, default_value_t = 0, value_name = "PORT")]
         obs_port: u16,
+        /// Answer like this openQA: `upstream`, or `debian12` (4.6.1674490999: no
+        /// `job_settings/jobs?value=`, no bulk comment routes).
+        #[arg(long, default_value = "upstream")]
+        openqa_flavor: String,
     },
     /// A simulated maintenance day on the simulators and the local RabbitMQ ($AMQP_URL), step by step.
     Demo,
@@ -138,7 +142,9 @@ fn main() -> ExitCode {
             Command::Hook { job_id, .. } => cli::hook(core()?, job_id).await,
             Command::Check { incident, json, .. } => cli::check(core()?, incident, json).await,
             Command::Status { json, .. } => cli::status(core()?, json),
-            Command::Sim { openqa_port, obs_port } => cli::sim(openqa_port, obs_port).await,
+            Command::Sim { openqa_port, obs_port, openqa_flavor } => {
+                cli::sim(openqa_port, obs_port, &openqa_flavor).await
+            }
             Command::Demo => cli::demo().await,
             Command::Bench { scale } => cli::bench(scale).await,
         }

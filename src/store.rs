@@ -158,12 +158,15 @@ impl Store {
              CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_at);
              CREATE TABLE IF NOT EXISTS pending (
                 incident INTEGER PRIMARY KEY, since INTEGER NOT NULL, checked_at INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS relied_comments (
+                comment_id INTEGER NOT NULL, incident INTEGER NOT NULL, job_id INTEGER NOT NULL,
+                since INTEGER NOT NULL, checked_at INTEGER NOT NULL, PRIMARY KEY (comment_id, incident));
+             CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);",
         )
         .map_err(named)?;
-        add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0").map_err(|e| {
-            StoreError(format!("cannot use {}: {}", path.display(), e.0))
-        })?;
+        add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Store { conn: Mutex::new(conn), path })
     }
 
@@ -453,6 +456,74 @@ impl Store {
         body.map(|b| serde_json::from_str(&b).map_err(|e| StoreError(e.to_string()))).transpose()
     }
 
+    /// Replaces the comments (id, job) the incident's latest final verdict relied on: the
+    /// `acceptable_for` comments that made failed jobs acceptable. openQA's in-process deletion
+    /// events carry only comment ids; this is how they find their incident.
+    pub fn set_relied_comments(&self, incident: u64, comments: &[(u64, u64)]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        // most verdicts rely on no comment: no write lock for them
+        let known: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM relied_comments WHERE incident = ?1",
+            [incident as i64],
+            |r| r.get(0),
+        )?;
+        if known == 0 && comments.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident as i64])?;
+        for (comment, job) in comments {
+            tx.execute(
+                "INSERT OR IGNORE INTO relied_comments (comment_id, incident, job_id, since, checked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![*comment as i64, incident as i64, *job as i64, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Incidents whose latest final verdict relied on one of these comments.
+    pub fn incidents_relying_on(&self, comments: &[u64]) -> Result<Vec<u64>, StoreError> {
+        if comments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT incident FROM relied_comments WHERE comment_id = ?1")?;
+        let mut incidents = Vec::new();
+        for c in comments {
+            let rows = stmt.query_map([*c as i64], |r| r.get::<_, i64>(0))?;
+            for row in rows {
+                incidents.push(row? as u64);
+            }
+        }
+        incidents.sort_unstable();
+        incidents.dedup();
+        Ok(incidents)
+    }
+
+    /// Relied-on comments (comment, incident, job) not checked for `older_than_ms`, claimed for
+    /// this process. Deletions openQA tells nobody about (its AMQP plugin does not forward the
+    /// bulk route; a hook never hears of comments) are found by looking whether they still exist.
+    pub fn claim_relied_comments(
+        &self,
+        older_than_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+        let now = now_ms();
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "UPDATE relied_comments SET checked_at = ?1 WHERE rowid IN (
+                SELECT rowid FROM relied_comments WHERE checked_at <= ?2 ORDER BY checked_at LIMIT ?3)
+             RETURNING comment_id, incident, job_id",
+        )?;
+        let rows = stmt.query_map(params![now, now - older_than_ms, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     pub fn decision_count(&self) -> Result<u64, StoreError> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))? as u64)
     }
@@ -680,6 +751,20 @@ mod tests {
             Recorded::New
         );
         assert_eq!(a.latest_decision(4).unwrap().unwrap().verdict.result, Outcome::Passed);
+    }
+
+    #[test]
+    fn relied_comments_lead_to_their_incidents() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.set_relied_comments(12345, &[(7, 70), (8, 80)]).unwrap();
+        s.set_relied_comments(12346, &[(8, 80)]).unwrap();
+        assert_eq!(s.incidents_relying_on(&[8]).unwrap(), vec![12345, 12346]);
+        assert_eq!(s.incidents_relying_on(&[7, 99]).unwrap(), vec![12345]);
+        s.set_relied_comments(12345, &[]).unwrap();
+        assert!(s.incidents_relying_on(&[7]).unwrap().is_empty(), "replaced by the newer verdict");
+        assert_eq!(s.claim_relied_comments(0, 10).unwrap(), vec![(8, 12346, 80)]);
+        assert!(s.claim_relied_comments(60_000, 10).unwrap().is_empty(), "just checked");
     }
 
     #[test]

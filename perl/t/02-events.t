@@ -47,6 +47,17 @@ subtest "openQA's recorded events" => sub {
         engine_unavailable => 0});
 };
 
+subtest "comment events openQA emits without a job: single and bulk deletions, bulk creation" => sub {
+    my $t = app_with();
+    # openqa_comment_delete carries the comment id as the URL spelled it; the bulk events come
+    # from upstream's POST/DELETE /api/v1/comments
+    emit(openqa_comment_delete => {id => '3'});
+    emit(openqa_comments_delete => {ids => ['3', '4'], deleted => 2});
+    emit(openqa_comments_create => {created => [{id => 5, job_id => '9'}], failed => [{job_id => '99'}]});
+    is_deeply [warnings_of($t)], [], 'all taken' or diag join "\n", log_lines($t);
+    $t->get_ok('/api/v1/incident_gate/status')->status_is(200)->json_is('/intake/accepted' => 3);
+};
+
 subtest 'event data stays untouched' => sub {
     my $t = app_with();
     my $data = {id => 7, newbuild => undef, reason => undef, result => 'passed'};

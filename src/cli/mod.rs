@@ -81,13 +81,21 @@ pub async fn listen(core: Arc<Core>) -> Result<u8, String> {
 
 pub async fn hook(core: Arc<Core>, job_id: u64) -> Result<u8, String> {
     let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
-    let Some(job) = job else {
-        out!("job {job_id} does not exist (any more); nothing to do");
-        return Ok(0);
-    };
-    let incidents = incidents_of(&job.settings);
+    let mut incidents = job.as_ref().map(|j| incidents_of(&j.settings)).unwrap_or_default();
+    match &job {
+        None => out!("job {job_id} does not exist (any more)"),
+        Some(_) if incidents.is_empty() => out!("job {job_id} tests no maintenance incident"),
+        Some(_) => {}
+    }
+    // openQA runs no hook when a comment is deleted: look whether an acceptance recorded earlier
+    // lost its comment (bounded, and each comment at most once per reconciliation interval)
+    let interval = Duration::from_secs(core.config().reconcile_interval_s);
+    for incident in core.audit_relied_comments(interval).await {
+        out!("incident {incident}: a comment its verdict relied on was deleted");
+        incidents.insert(incident);
+    }
     if incidents.is_empty() {
-        out!("job {job_id} tests no maintenance incident; nothing to do");
+        out!("nothing to do");
         return Ok(0);
     }
     let mut worst = 0;
@@ -173,8 +181,14 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
 
 /// Runs the simulators until SIGINT/SIGTERM, or until stdin closes when it is a pipe (so a test
 /// harness that dies takes them along).
-pub async fn sim(openqa_port: u16, obs_port: u16) -> Result<u8, String> {
+pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str) -> Result<u8, String> {
+    let flavor = match flavor {
+        "upstream" => incident_gate::sim::openqa::Flavor::Upstream,
+        "debian12" => incident_gate::sim::openqa::Flavor::Debian12,
+        other => return Err(format!("--openqa-flavor {other:?}: expected upstream or debian12")),
+    };
     let world = world::World::start(openqa_port, obs_port).await?;
+    world.openqa.set_flavor(flavor);
     let line = serde_json::json!({
         "openqa": world.openqa.url(),
         "obs": world.obs.url(),

@@ -13,7 +13,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
@@ -130,6 +130,33 @@ struct Inner {
     limiter: Semaphore,
     concurrency: usize,
     requests: AtomicU64,
+    /// What `job_settings/jobs` understands, learnt from the first answer (see [`SettingsQuery`]).
+    settings_query: AtomicU8,
+}
+
+/// How `job_settings/jobs` is asked for an exact value. openQA before the array job settings
+/// (upstream 2025-09-30, e.g. Debian 12's 4.6.1674490999) only knows `list_value` and answers
+/// `value=` with 400 "list_value missing"; newer ones know both. `list_value` would do on both for a
+/// single-valued setting, but it only searches the newest `job_settings_max_recent_jobs` jobs, so
+/// `value=` is used where openQA has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsQuery {
+    /// Not asked yet.
+    Unknown,
+    /// `value=` works.
+    Value,
+    /// Only `list_value=`: an old openQA.
+    ListValueOnly,
+}
+
+impl SettingsQuery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettingsQuery::Unknown => "unknown",
+            SettingsQuery::Value => "value",
+            SettingsQuery::ListValueOnly => "list_value",
+        }
+    }
 }
 
 /// The openQA REST client. Cheap to clone: clones share the connection pool, the in-flight limit
@@ -193,6 +220,7 @@ impl OpenQaClient {
                 limiter: Semaphore::new(concurrency),
                 concurrency,
                 requests: AtomicU64::new(0),
+                settings_query: AtomicU8::new(0),
             }),
             retry: RetryPolicy::default(),
         })
@@ -247,20 +275,61 @@ impl OpenQaClient {
     }
 
     /// Ids of the jobs with setting `key` exactly equal to `value`, newest first, each once.
-    /// The key is matched literally (no globs with `value=`).
+    /// The key is matched literally (no globs with `value=`). On an openQA that only knows
+    /// `list_value` (learnt from its first answer and remembered), the value must be one word and
+    /// the setting single-valued, as `INCIDENT_ID` is: `list_value` then matches it exactly.
     pub async fn job_ids_by_setting(&self, key: &str, value: &str) -> Result<Vec<u64>, ApiError> {
-        let limit = SETTINGS_VALUE_LIMIT.to_string();
-        let query = [("key", key), ("value", value), ("limit", limit.as_str())];
-        let ids = self.job_settings_jobs(&query).await?;
-        if ids.len() >= SETTINGS_VALUE_LIMIT {
-            // openQA cut the list: older jobs are missing, and a verdict over them would be one
-            // on partial data.
-            return Err(ApiError::Malformed {
-                route: format!("GET /api/v1/job_settings/jobs?key={key}"),
-                detail: format!("{} rows, the most openQA answers: the list may be cut", ids.len()),
-            });
+        if self.settings_query() != SettingsQuery::ListValueOnly {
+            let limit = SETTINGS_VALUE_LIMIT.to_string();
+            let query = [("key", key), ("value", value), ("limit", limit.as_str())];
+            match self.job_settings_jobs(&query).await {
+                Ok(ids) => {
+                    self.set_settings_query(SettingsQuery::Value);
+                    if ids.len() >= SETTINGS_VALUE_LIMIT {
+                        // openQA cut the list: older jobs are missing, and a verdict over them
+                        // would be one on partial data.
+                        return Err(ApiError::Malformed {
+                            route: format!("GET /api/v1/job_settings/jobs?key={key}"),
+                            detail: format!(
+                                "{} rows, the most openQA answers: the list may be cut",
+                                ids.len()
+                            ),
+                        });
+                    }
+                    return Ok(dedupe(ids));
+                }
+                Err(ApiError::Status { status: 400, ref message, .. })
+                    if message.contains("list_value missing") =>
+                {
+                    tracing::info!(
+                        "openQA answers job_settings/jobs?value= with 400 ({message}): an openQA before \
+                         2025-09-30; asking with list_value= from now on"
+                    );
+                    self.set_settings_query(SettingsQuery::ListValueOnly);
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let ids = self.job_settings_jobs(&[("key", key), ("list_value", value)]).await?;
         Ok(dedupe(ids))
+    }
+
+    /// What this client learnt about `job_settings/jobs` (shown in status output).
+    pub fn settings_query(&self) -> SettingsQuery {
+        match self.inner.settings_query.load(Ordering::Relaxed) {
+            1 => SettingsQuery::Value,
+            2 => SettingsQuery::ListValueOnly,
+            _ => SettingsQuery::Unknown,
+        }
+    }
+
+    fn set_settings_query(&self, q: SettingsQuery) {
+        let v = match q {
+            SettingsQuery::Unknown => 0,
+            SettingsQuery::Value => 1,
+            SettingsQuery::ListValueOnly => 2,
+        };
+        self.inner.settings_query.store(v, Ordering::Relaxed);
     }
 
     /// Ids of the jobs whose setting `key` (may contain `*` globs) is a comma-separated list with

@@ -55,6 +55,20 @@ const GENERIC_MAX_LIMIT: usize = 10_000;
 /// The address openQA names in its timestamp-mismatch message; the simulator only listens on loopback.
 const PEER_IP: &str = "127.0.0.1";
 
+/// Which openQA the simulator answers like, where versions differ (tests/openqa_drift.rs holds
+/// each to a real instance of that version).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Flavor {
+    /// Current upstream openQA (what tests/fixtures/openqa were captured from).
+    #[default]
+    Upstream,
+    /// openQA as packaged in Debian 12 (4.6.1674490999): `job_settings/jobs` knows only
+    /// `list_value` (400 "list_value missing" for `value=`) and no `[]` keys, no bulk comment
+    /// routes, no `failedmodules` in AMQP job messages, no CASEDIR priority adjustment, comments
+    /// always rendered, a non-numeric `ids` element is a 500.
+    Debian12,
+}
+
 /// An event as openQA emits it for one change.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimEvent {
@@ -66,6 +80,8 @@ pub struct SimEvent {
     pub routing_suffix: String,
     /// The AMQP message body openQA's AMQP plugin publishes for this event.
     pub amqp_body: Value,
+    /// Whether the AMQP plugin publishes anything for it (not for the bulk comment events).
+    pub amqp: bool,
 }
 
 impl SimEvent {
@@ -75,14 +91,18 @@ impl SimEvent {
     }
 
     fn new(name: &str, data: Value, amqp_body: Value) -> SimEvent {
-        // The AMQP plugin turns `openqa_job_done` into `job.done`: the first two `_` become dots.
+        // The AMQP plugin replaces the first two `_` of the whole name (`s/_/\./` twice):
+        // `openqa_job_update_result` becomes `openqa.job.update_result`, its suffix `job.update_result`.
         let mut suffix = name.trim_start_matches("openqa_").to_string();
-        for _ in 0..2 {
-            if let Some(i) = suffix.find('_') {
-                suffix.replace_range(i..=i, ".");
-            }
+        if let Some(i) = suffix.find('_') {
+            suffix.replace_range(i..=i, ".");
         }
-        SimEvent { name: name.to_string(), data, routing_suffix: suffix, amqp_body }
+        SimEvent { name: name.to_string(), data, routing_suffix: suffix, amqp_body, amqp: true }
+    }
+
+    /// An event openQA's AMQP plugin does not subscribe to.
+    fn in_process(name: &str, data: Value) -> SimEvent {
+        SimEvent { amqp: false, amqp_body: Value::Null, ..SimEvent::new(name, data, Value::Null) }
     }
 }
 
@@ -91,17 +111,35 @@ impl SimEvent {
 struct Refusal {
     status: u16,
     error: String,
+    form: Form,
+}
+
+/// How an error is rendered: most API errors as `{"error", "error_status"}`; some controllers
+/// render `{"error"}` alone; an exception is Mojolicious' HTML error page.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Form {
+    Full,
+    ErrorOnly,
+    Html,
 }
 
 fn refuse<T>(status: u16, error: impl Into<String>) -> Result<T, Refusal> {
-    Err(Refusal { status, error: error.into() })
+    Err(Refusal { status, error: error.into(), form: Form::Full })
 }
+
+/// `$c->render(json => {error => ...}, status => ...)`: no `error_status`.
+fn refuse_plain<T>(status: u16, error: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal { status, error: error.into(), form: Form::ErrorOnly })
+}
+
+/// What an openQA write returns: the HTTP status, the body, and the events in emission order.
+type Written = (u16, Value, Vec<SimEvent>);
 
 /// Mojolicious' validation error text: the failed parameters, sorted, `missing` or `invalid`.
 fn validation_error(failed: &mut [(&str, &str)]) -> Refusal {
     failed.sort();
     let list: Vec<String> = failed.iter().map(|(name, why)| format!("{name} {why}")).collect();
-    Refusal { status: 400, error: format!("Erroneous parameters ({})", list.join(", ")) }
+    Refusal { status: 400, error: format!("Erroneous parameters ({})", list.join(", ")), form: Form::Full }
 }
 
 /// Request parameters: query pairs, then form-body pairs, in order.
@@ -222,6 +260,31 @@ fn bugurl(bugref: &str) -> Option<String> {
     Some(url)
 }
 
+/// openQA's Markdown marks `label:<name>` up as a span.
+fn render_labels(escaped: &str) -> String {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::new();
+    let mut rest = escaped;
+    while let Some(at) = rest.find("label:") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let boundary = !before.chars().next_back().is_some_and(word);
+        let run: String =
+            from["label:".len()..].chars().take_while(|&c| word(c) || c == ':' || c == '#').collect();
+        let label = run.trim_end_matches(|c: char| !word(c));
+        if boundary && !label.is_empty() {
+            let whole = "label:".len() + label.len();
+            out.push_str(&format!("<span class=\"openqa-label\">{}</span>", &from[..whole]));
+            rest = &from[whole..];
+        } else {
+            out.push_str("label:");
+            rest = &from["label:".len()..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -275,6 +338,32 @@ struct CommentRow {
     text: String,
     user: String,
     created: SystemTime,
+    updated: SystemTime,
+}
+
+/// openQA's `find_labels` (`\blabel:([\w:#]+)\b`) then `force_result:(\w+):?(\w*)`: the
+/// result a `label:force_result:<result>[:<description>]` comment forces, with its description.
+fn force_result(text: &str) -> Option<(String, String)> {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut from = 0;
+    while let Some(at) = text[from..].find("label:").map(|i| i + from) {
+        from = at + "label:".len();
+        if text[..at].chars().next_back().is_some_and(word) {
+            continue;
+        }
+        let run: String = text[from..].chars().take_while(|&c| word(c) || c == ':' || c == '#').collect();
+        let label = run.trim_end_matches(|c: char| !word(c));
+        let Some(rest) = label.strip_prefix("force_result:") else {
+            continue;
+        };
+        let result: String = rest.chars().take_while(|&c| word(c)).collect();
+        if result.is_empty() {
+            continue;
+        }
+        let tail = rest[result.len()..].strip_prefix(':').unwrap_or(&rest[result.len()..]);
+        return Some((result, tail.chars().take_while(|&c| word(c)).collect()));
+    }
+    None
 }
 
 /// The simulated database. Ids start at 1 like a freshly reset openQA.
@@ -287,6 +376,9 @@ struct Db {
     /// Positions in `settings` per job, so that rendering a job does not scan every row.
     rows_by_job: HashMap<u64, Vec<usize>>,
     comments: Vec<CommentRow>,
+    flavor: Flavor,
+    /// Fault injection: job ids whose lookups answer this status and error text.
+    refused: HashMap<u64, (u16, String)>,
     last_group: u64,
     last_job: u64,
     last_row: u64,
@@ -407,7 +499,9 @@ impl Db {
             }
             fill("bugref", json!(bugref));
             // No job modules exist in the simulator, so nothing can have failed.
-            fill("failedmodules", json!([]));
+            if self.flavor == Flavor::Upstream {
+                fill("failedmodules", json!([]));
+            }
         }
         let settings = self.settings_of(job);
         for key in ["ISO", "HDD_1"] {
@@ -447,11 +541,17 @@ impl Db {
             Some(name) => name,
         };
         if self.groups.iter().any(|g| g.name == name) {
+            if self.flavor == Flavor::Debian12 {
+                return refuse(500, format!("Unable to create group with existing name {name}"));
+            }
             return refuse(400, format!("Job group \"{name}\" already exists"));
         }
         self.last_group += 1;
         self.groups.push(Group { id: self.last_group, name: name.to_string() });
         let id = self.last_group;
+        if self.flavor == Flavor::Debian12 {
+            return Ok((json!({"id": id}), id));
+        }
         Ok((json!({"changed_fields": {}, "errors_by_field": {}, "id": id, "warnings_by_field": {}}), id))
     }
 
@@ -492,7 +592,8 @@ impl Db {
             .iter()
             .filter_map(|c| get(c).filter(|v| !v.is_empty()).map(|v| (c.to_string(), v.to_string())))
             .collect();
-        let casedir_empty = get("CASEDIR").is_none_or(str::is_empty);
+        // the CASEDIR adjustment came after Debian 12's openQA
+        let casedir_empty = self.flavor == Flavor::Upstream && get("CASEDIR").is_none_or(str::is_empty);
         let priority = if casedir_empty { DEFAULT_PRIORITY + 15 } else { DEFAULT_PRIORITY };
         let mut rows: Vec<(String, String)> = Vec::new();
         for (k, v) in &given {
@@ -633,33 +734,217 @@ impl Db {
         Ok(self.job_event("openqa_job_cancel", json!({"id": id, "reason": reason}), id))
     }
 
-    fn comment(&mut self, job_id: u64, text: Option<&str>) -> Result<(u64, SimEvent), Refusal> {
-        if !self.jobs.contains_key(&job_id) {
-            return refuse(404, format!("Job {job_id} does not exist"));
+    /// The job a comment route names (`_obj_comments`: 404 with `{"error"}` only).
+    fn comment_job(&self, job_id: u64) -> Result<(), Refusal> {
+        if self.jobs.contains_key(&job_id) {
+            Ok(())
+        } else {
+            refuse_plain(404, format!("Job {job_id} does not exist"))
         }
-        let text = match text {
-            None => return Err(validation_error(&mut [("text", "missing")])),
-            Some("") => return Err(validation_error(&mut [("text", "invalid")])),
-            Some(t) => t,
+    }
+
+    fn comment_text(text: Option<&str>) -> Result<&str, Refusal> {
+        match text {
+            None => Err(validation_error(&mut [("text", "missing")])),
+            Some(t) if t.trim().is_empty() => Err(validation_error(&mut [("text", "invalid")])),
+            Some(t) => Ok(t),
+        }
+    }
+
+    /// `handle_special_contents`: a force_result label on a finished job sets its result and
+    /// emits `openqa_job_update_result` (before the comment's own event). Errors end in 400.
+    fn special_contents(&mut self, job_id: u64, text: &str) -> Result<Option<SimEvent>, Refusal> {
+        let Some((result, description)) = force_result(text) else {
+            return Ok(None);
         };
+        if !RESULTS.contains(&result.as_str()) {
+            return refuse_plain(400, format!("Invalid result '{result}' for force_result\n"));
+        }
+        // Debian 12's openQA matches the description against `force_result_regex` even when that
+        // is unset: Perl's empty pattern then reuses the last successful match, which an empty
+        // description fails here (upstream skips the check without a regex)
+        if self.flavor == Flavor::Debian12 && description.is_empty() {
+            return refuse_plain(400, "force_result description '' does not match pattern ''\n");
+        }
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return refuse_plain(404, format!("Job {job_id} does not exist"));
+        };
+        if job.state != "done" {
+            return refuse_plain(400, "force_result only allowed on finished jobs\n");
+        }
+        job.result = result.clone();
+        Ok(Some(self.job_event("openqa_job_update_result", json!({"id": job_id, "result": result}), job_id)))
+    }
+
+    /// The AMQP plugin's body for a comment event: the comment as it is in the database then.
+    fn comment_amqp_body(c: &CommentRow) -> Value {
+        json!({
+            "created": iso_z(c.created), "group_id": null, "id": c.id, "job_id": c.job_id,
+            "parent_group_id": null, "text": c.text, "updated": iso_z(c.updated), "user": c.user,
+        })
+    }
+
+    /// Inserts a comment, as one transaction with its special contents: the id is taken even
+    /// when that fails (a PostgreSQL sequence does not roll back).
+    fn insert_comment(&mut self, job_id: u64, text: &str) -> Result<(u64, Option<SimEvent>), Refusal> {
         self.last_comment += 1;
         let id = self.last_comment;
-        let created = SystemTime::now();
-        self.comments.push(CommentRow { id, job_id, text: text.to_string(), user: USER.into(), created });
-        let body = json!({
-            "created": iso_z(created), "group_id": null, "id": id, "job_id": job_id,
-            "parent_group_id": null, "text": text, "updated": iso_z(created), "user": USER,
+        let special = self.special_contents(job_id, text)?;
+        let now = SystemTime::now();
+        self.comments.push(CommentRow {
+            id,
+            job_id,
+            text: text.to_string(),
+            user: USER.into(),
+            created: now,
+            updated: now,
         });
-        Ok((id, SimEvent::new("openqa_comment_create", json!({"id": id, "job_id": job_id}), body)))
+        Ok((id, special))
+    }
+
+    /// `POST /api/v1/jobs/<id>/comments`.
+    fn comment(&mut self, job_id: u64, text: Option<&str>) -> Result<(u64, Vec<SimEvent>), Refusal> {
+        self.comment_job(job_id)?;
+        let text = Self::comment_text(text)?;
+        let (id, special) = self.insert_comment(job_id, text)?;
+        let body = self.comments.last().map(Self::comment_amqp_body).unwrap_or_default();
+        let created = SimEvent::new("openqa_comment_create", json!({"id": id, "job_id": job_id}), body);
+        Ok((id, special.into_iter().chain([created]).collect()))
+    }
+
+    /// `PUT /api/v1/jobs/<id>/comments/<comment_id>`.
+    fn update_comment(
+        &mut self,
+        job_id: u64,
+        comment_id: u64,
+        text: Option<&str>,
+    ) -> Result<Written, Refusal> {
+        self.comment_job(job_id)?;
+        let text = Self::comment_text(text)?;
+        let Some(pos) = self.comments.iter().position(|c| c.job_id == job_id && c.id == comment_id) else {
+            return refuse_plain(404, format!("Comment {comment_id} does not exist"));
+        };
+        let special = self.special_contents(job_id, text)?;
+        let c = &mut self.comments[pos];
+        c.text = text.to_string();
+        c.updated = SystemTime::now();
+        let body = Self::comment_amqp_body(c);
+        let updated =
+            SimEvent::new("openqa_comment_update", json!({"id": comment_id, "job_id": job_id}), body);
+        Ok((200, json!({"id": comment_id}), special.into_iter().chain([updated]).collect()))
+    }
+
+    /// `DELETE /api/v1/jobs/<id>/comments/<comment_id>`: the event names only the comment, with
+    /// the id as the URL spelled it, and comes before the row is deleted (so the AMQP plugin can
+    /// still look the comment up and send its job).
+    fn delete_comment(&mut self, job_id: u64, comment_id: u64, id_as_sent: &str) -> Result<Written, Refusal> {
+        self.comment_job(job_id)?;
+        let Some(pos) = self.comments.iter().position(|c| c.job_id == job_id && c.id == comment_id) else {
+            return refuse_plain(404, format!("Comment {comment_id} does not exist"));
+        };
+        if force_result(&self.comments[pos].text).is_some() {
+            return refuse_plain(
+                403,
+                format!("Comment {comment_id} has 'force_result' label, deleting not allowed"),
+            );
+        }
+        let body = Self::comment_amqp_body(&self.comments[pos]);
+        let event = SimEvent::new("openqa_comment_delete", json!({"id": id_as_sent}), body);
+        self.comments.remove(pos);
+        Ok((200, json!({"id": comment_id}), vec![event]))
+    }
+
+    /// Upstream's `POST /api/v1/comments` (`job_id` repeated): one transaction per job, one
+    /// in-process event for all, which the AMQP plugin does not forward.
+    fn create_comments(&mut self, params: &Params) -> Result<Written, Refusal> {
+        let mut failed = Vec::new();
+        let text = params.get("text");
+        if text.is_none() {
+            failed.push(("text", "missing"));
+        } else if text.is_some_and(|t| t.trim().is_empty()) {
+            failed.push(("text", "invalid"));
+        }
+        let job_ids = params.all("job_id");
+        if job_ids.is_empty() {
+            failed.push(("job_id", "missing"));
+        } else if job_ids.iter().any(|j| !is_num(j)) {
+            failed.push(("job_id", "invalid"));
+        }
+        if !failed.is_empty() {
+            return Err(validation_error(&mut failed));
+        }
+        let text = text.unwrap_or_default();
+        let (mut created, mut refused) = (Vec::new(), Vec::new());
+        let mut events = Vec::new();
+        for given in job_ids {
+            let job_id = given.parse::<u64>().ok().filter(|j| self.jobs.contains_key(j));
+            let outcome = match job_id {
+                Some(job_id) => self.insert_comment(job_id, text).ok(),
+                None => {
+                    // the foreign key fails after the sequence gave out an id
+                    self.last_comment += 1;
+                    None
+                }
+            };
+            match outcome {
+                Some((id, special)) => {
+                    events.extend(special);
+                    // event_data of the row as created: job_id is the parameter (a string)
+                    created.push(json!({"id": id, "job_id": given}));
+                }
+                None => refused.push(json!({"job_id": given})),
+            }
+        }
+        let data = json!({"created": created, "failed": refused});
+        events.push(SimEvent::in_process("openqa_comments_create", data.clone()));
+        let mut body = data;
+        let status = if refused.is_empty() { 200 } else { 400 };
+        if status == 400 {
+            body["error"] = json!("Not all comments could be created.");
+        }
+        Ok((status, body, events))
+    }
+
+    /// Upstream's `DELETE /api/v1/comments` (`id` repeated): comments with a force_result label
+    /// stay; the in-process event comes after the rows are gone, and only if some were.
+    fn delete_comments(&mut self, params: &Params) -> Result<Written, Refusal> {
+        let ids = params.all("id");
+        if ids.is_empty() {
+            return Err(validation_error(&mut [("id", "missing")]));
+        }
+        if ids.iter().any(|i| !is_num(i)) {
+            return Err(validation_error(&mut [("id", "invalid")]));
+        }
+        let wanted: HashSet<u64> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+        let before = self.comments.len();
+        self.comments.retain(|c| !wanted.contains(&c.id) || c.text.contains("label:force_result:"));
+        let deleted = before - self.comments.len();
+        let mut body = json!({"ids": ids, "deleted": deleted});
+        let events = if deleted > 0 {
+            vec![SimEvent::in_process("openqa_comments_delete", body.clone())]
+        } else {
+            vec![]
+        };
+        let ok = deleted > 0 && deleted == ids.len();
+        if !ok {
+            body["error"] = json!("Not all comments could be deleted.");
+        }
+        Ok((if ok { 200 } else { 400 }, body, events))
     }
 
     // ---- reads --------------------------------------------------------------------------------
 
     fn show_job(&self, id: u64, params: &Params, details: bool) -> Result<Value, Refusal> {
+        self.refusal_for([id])?;
+        let debian12 = self.flavor == Flavor::Debian12;
         let Some(mut job) = self.jobs.get(&id) else {
+            if debian12 {
+                return Err(Refusal { status: 404, error: "Not found".into(), form: Form::Html });
+            }
             return refuse(404, "Job does not exist");
         };
-        let follow = params.get("follow").is_some_and(|v| !v.is_empty() && v != "0");
+        // `follow` came after Debian 12's openQA
+        let follow = !debian12 && params.get("follow").is_some_and(|v| !v.is_empty() && v != "0");
         if follow {
             // a restarted job is found through its chain of clones; a cycle cannot arise here
             while let Some(next) = job.clone_id.and_then(|c| self.jobs.get(&c)) {
@@ -703,7 +988,18 @@ impl Db {
                 let parsed: Option<HashSet<u64>> =
                     list.iter().map(|s| s.trim().parse::<u64>().ok()).collect();
                 match parsed {
-                    Some(ids) => Some(ids),
+                    Some(ids) => {
+                        self.refusal_for(ids.iter().copied())?;
+                        Some(ids)
+                    }
+                    // Debian 12's openQA hands the list to the database, which throws
+                    None if self.flavor == Flavor::Debian12 => {
+                        return Err(Refusal {
+                            status: 500,
+                            error: "Internal server error".into(),
+                            form: Form::Html,
+                        })
+                    }
                     None => return refuse(400, "ids must be integers"),
                 }
             }
@@ -713,8 +1009,12 @@ impl Db {
         let results = params.list("result");
         let groupid = params.get("groupid").map(|g| g.parse::<u64>().ok());
         let bound = |name: &str| params.get(name).and_then(|v| v.parse::<u64>().ok()).filter(|b| *b > 0);
-        let job_settings: Vec<(&str, &str)> =
-            params.all("job_setting").into_iter().filter_map(|s| s.split_once('=')).collect();
+        // the `job_setting` filter came after Debian 12's openQA, which ignores it
+        let job_settings: Vec<(&str, &str)> = if self.flavor == Flavor::Debian12 {
+            Vec::new()
+        } else {
+            params.all("job_setting").into_iter().filter_map(|s| s.split_once('=')).collect()
+        };
 
         let mut jobs: Vec<&SimJob> = self
             .jobs
@@ -844,6 +1144,9 @@ impl Db {
     /// list value as a whole comma-separated element, among jobs with id > max(job_id) - limit,
     /// ordered by job id descending. Either way one entry per matching ROW.
     fn job_settings_jobs(&self, params: &Params) -> Result<Value, Refusal> {
+        if self.flavor == Flavor::Debian12 {
+            return self.job_settings_jobs_debian12(params);
+        }
         let mut failed = Vec::new();
         match params.get("key") {
             None | Some("") => failed.push(("key", "missing")),
@@ -893,19 +1196,64 @@ impl Db {
         Ok(json!({ "jobs": jobs }))
     }
 
+    /// Debian 12's openQA: `key` (no brackets) and `list_value` both required, `value` and
+    /// `limit` unknown (ignored), the newest `job_settings_max_recent_jobs` jobs searched.
+    fn job_settings_jobs_debian12(&self, params: &Params) -> Result<Value, Refusal> {
+        let mut failed = Vec::new();
+        match params.get("key") {
+            None | Some("") => failed.push(("key", "missing")),
+            Some(k) if !k.chars().all(|c| c.is_alphanumeric() || "_*".contains(c)) => {
+                failed.push(("key", "invalid"))
+            }
+            Some(_) => {}
+        }
+        match params.get("list_value") {
+            None | Some("") => failed.push(("list_value", "missing")),
+            Some(v) if !is_word(v) => failed.push(("list_value", "invalid")),
+            Some(_) => {}
+        }
+        if !failed.is_empty() {
+            return Err(validation_error(&mut failed));
+        }
+        let (key, element) = (params.get("key").unwrap_or(""), params.get("list_value").unwrap_or(""));
+        let max_id = self.settings.iter().map(|r| r.job_id).max().unwrap_or(0);
+        let min_id = max_id.saturating_sub(MAX_RECENT_JOBS);
+        let mut matching: Vec<&SettingRow> = self
+            .settings
+            .iter()
+            .filter(|r| r.job_id > min_id && like(key, &r.key) && r.value.split(',').any(|e| e == element))
+            .collect();
+        matching.sort_by(|a, b| b.job_id.cmp(&a.job_id).then(b.id.cmp(&a.id)));
+        Ok(json!({ "jobs": matching.into_iter().map(|r| r.job_id).collect::<Vec<_>>() }))
+    }
+
+    /// Fault injection: the refusal configured for one of these jobs.
+    fn refusal_for(&self, ids: impl IntoIterator<Item = u64>) -> Result<(), Refusal> {
+        for id in ids {
+            if let Some((status, error)) = self.refused.get(&id) {
+                return refuse(*status, error.clone());
+            }
+        }
+        Ok(())
+    }
+
     fn comment_hash(&self, c: &CommentRow, render: bool) -> Value {
-        let rendered = if render { json!(format!("<p>{}</p>\n", html_escape(&c.text))) } else { Value::Null };
+        let rendered = if render {
+            json!(format!("<p>{}</p>\n", render_labels(&html_escape(&c.text))))
+        } else {
+            Value::Null
+        };
         json!({
             "bugrefs": bugrefs(&c.text), "created": comment_time(c.created), "id": c.id,
-            "renderedMarkdown": rendered, "text": c.text, "updated": comment_time(c.created), "userName": c.user,
+            "renderedMarkdown": rendered, "text": c.text, "updated": comment_time(c.updated), "userName": c.user,
         })
     }
 
     fn comments_of(&self, job_id: u64, params: &Params) -> Result<Value, Refusal> {
-        if !self.jobs.contains_key(&job_id) {
-            return refuse(404, format!("Job {job_id} does not exist"));
-        }
-        let render = params.get("render_markdown").is_some_and(|v| !v.is_empty() && v != "0");
+        self.comment_job(job_id)?;
+        // Debian 12's openQA always renders; upstream only when asked
+        let render = self.flavor == Flavor::Debian12
+            || params.get("render_markdown").is_some_and(|v| !v.is_empty() && v != "0");
         let list: Vec<Value> = self
             .comments
             .iter()
@@ -916,16 +1264,23 @@ impl Db {
     }
 
     fn comment_of(&self, job_id: u64, comment_id: u64) -> Result<Value, Refusal> {
-        if !self.jobs.contains_key(&job_id) {
-            return refuse(404, format!("Job {job_id} does not exist"));
-        }
+        self.comment_job(job_id)?;
         match self.comments.iter().find(|c| c.job_id == job_id && c.id == comment_id) {
             Some(c) => Ok(self.comment_hash(c, true)),
-            None => refuse(404, format!("Comment {comment_id} does not exist")),
+            None => refuse_plain(404, format!("Comment {comment_id} does not exist")),
         }
     }
 
-    fn group_hash(g: &Group) -> Value {
+    fn group_hash(&self, g: &Group) -> Value {
+        if self.flavor == Flavor::Debian12 {
+            return json!({
+                "build_version_sort": 1, "carry_over_bugrefs": 1, "default_priority": DEFAULT_PRIORITY,
+                "description": null, "exclusively_kept_asset_size": null, "id": g.id,
+                "keep_important_logs_in_days": 120, "keep_important_results_in_days": 0, "keep_logs_in_days": 30,
+                "keep_results_in_days": 365, "name": g.name, "parent_id": null, "size_limit_gb": 100,
+                "sort_order": null, "template": null,
+            });
+        }
         json!({
             "always_show_version": 0, "build_version_sort": 1, "carry_over_bugrefs": 1,
             "default_priority": DEFAULT_PRIORITY, "description": null, "exclusively_kept_asset_size": null,
@@ -940,11 +1295,11 @@ impl Db {
         if let Some(id) = only {
             return match self.group(id) {
                 // one group is still answered as an array
-                Some(g) => Ok(json!([Self::group_hash(g)])),
+                Some(g) => Ok(json!([self.group_hash(g)])),
                 None => refuse(404, format!("Group {id} does not exist")),
             };
         }
-        Ok(Value::Array(self.groups.iter().map(Self::group_hash).collect()))
+        Ok(Value::Array(self.groups.iter().map(|g| self.group_hash(g)).collect()))
     }
 
     fn group_jobs(&self, id: u64) -> Result<Value, Refusal> {
@@ -1112,11 +1467,58 @@ impl OpenQaSim {
         Some(event)
     }
 
-    /// Adds a comment to a job; `None` if the job does not exist or the text is empty.
+    /// Adds a comment to a job; returns its `comment.create` event (a force_result label emits
+    /// `job.update_result` before it). `None` if openQA would refuse the comment.
     pub fn comment(&self, job_id: u64, text: &str) -> Option<SimEvent> {
-        let (_, event) = self.shared.db().comment(job_id, Some(text)).ok()?;
-        self.shared.emit(&event);
-        Some(event)
+        let (_, events) = self.shared.db().comment(job_id, Some(text)).ok()?;
+        self.emit_all(&events)
+    }
+
+    /// Changes a comment's text; returns its `comment.update` event.
+    pub fn update_comment(&self, job_id: u64, comment_id: u64, text: &str) -> Option<SimEvent> {
+        let (_, _, events) = self.shared.db().update_comment(job_id, comment_id, Some(text)).ok()?;
+        self.emit_all(&events)
+    }
+
+    /// Deletes a comment of a job (`DELETE /api/v1/jobs/<job>/comments/<id>`); returns its
+    /// `comment.delete` event, whose in-process data is only `{"id": "<id>"}`.
+    pub fn delete_comment(&self, job_id: u64, comment_id: u64) -> Option<SimEvent> {
+        let outcome = self.shared.db().delete_comment(job_id, comment_id, &comment_id.to_string());
+        let (_, _, events) = outcome.ok()?;
+        self.emit_all(&events)
+    }
+
+    /// Upstream's bulk `DELETE /api/v1/comments?id=…`: the `openqa_comments_delete` event, if
+    /// anything was deleted.
+    pub fn delete_comments(&self, ids: &[u64]) -> Option<SimEvent> {
+        let params = Params(ids.iter().map(|i| ("id".to_string(), i.to_string())).collect());
+        let (_, _, events) = self.shared.db().delete_comments(&params).ok()?;
+        self.emit_all(&events)
+    }
+
+    /// Upstream's bulk `POST /api/v1/comments` (one text, several jobs): the
+    /// `openqa_comments_create` event.
+    pub fn create_comments(&self, job_ids: &[u64], text: &str) -> Option<SimEvent> {
+        let mut params: Vec<(String, String)> = vec![("text".into(), text.into())];
+        params.extend(job_ids.iter().map(|j| ("job_id".to_string(), j.to_string())));
+        let (_, _, events) = self.shared.db().create_comments(&Params(params)).ok()?;
+        self.emit_all(&events)
+    }
+
+    fn emit_all(&self, events: &[SimEvent]) -> Option<SimEvent> {
+        events.iter().for_each(|e| self.shared.emit(e));
+        events.last().cloned()
+    }
+
+    /// Answers like this openQA version from now on (see [`Flavor`]).
+    pub fn set_flavor(&self, flavor: Flavor) {
+        self.shared.db().flavor = flavor;
+    }
+
+    /// Fault injection: every lookup naming job `id` (`GET /api/v1/jobs/<id>`, `jobs?ids=`)
+    /// answers `status` with openQA's error body carrying `error`.
+    pub fn refuse_job(&self, id: u64, status: u16, error: &str) {
+        self.shared.db().refused.insert(id, (status, error.to_string()));
     }
 
     /// While down, every route answers 503 (like a web UI behind a proxy during a restart).
@@ -1198,7 +1600,19 @@ fn json_response(status: u16, body: &Value) -> Response {
 }
 
 fn error_response(r: &Refusal) -> Response {
-    json_response(r.status, &json!({"error": r.error, "error_status": r.status}))
+    match r.form {
+        Form::Full => json_response(r.status, &json!({"error": r.error, "error_status": r.status})),
+        Form::ErrorOnly => json_response(r.status, &json!({"error": r.error})),
+        Form::Html => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let page = format!("<!DOCTYPE html>\n<html lang=\"en\"><head><title>openQA: Error</title></head><body><h1>{}</h1></body></html>\n", r.error);
+            let mut response = (status, page).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html;charset=UTF-8"));
+            response
+        }
+    }
 }
 
 fn reply(outcome: Result<Value, Refusal>) -> Response {
@@ -1208,8 +1622,9 @@ fn reply(outcome: Result<Value, Refusal>) -> Response {
     }
 }
 
+/// Mojolicious' own not-found page: routes openQA does not have.
 fn not_found() -> Response {
-    error_response(&Refusal { status: 404, error: "Not found".into() })
+    error_response(&Refusal { status: 404, error: "Not found".into(), form: Form::Html })
 }
 
 /// openQA routes only match numeric ids (`[0-9]+`).
@@ -1221,7 +1636,35 @@ fn numeric(s: &str) -> Option<u64> {
     }
 }
 
+/// Debian 12's openQA renders its errors without `error_status` (upstream added it).
 async fn handle(
+    state: State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let debian12 = state.0.db().flavor == Flavor::Debian12;
+    let response = route(state, method, uri, headers, body).await;
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !debian12 || response.status().as_u16() < 400 || !json {
+        return response;
+    }
+    let status = response.status().as_u16();
+    let Ok(bytes) = axum::body::to_bytes(response.into_body(), usize::MAX).await else {
+        return json_response(500, &json!({"error": "simulator: unreadable error body"}));
+    };
+    let mut v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.remove("error_status");
+    }
+    json_response(status, &v)
+}
+
+async fn route(
     State(sim): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
@@ -1245,7 +1688,7 @@ async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if method == Method::POST && is_form {
+    if (method == Method::POST || method == Method::PUT) && is_form {
         params.0.extend(auth::parse_query(&String::from_utf8_lossy(&body)));
     }
 
@@ -1263,7 +1706,11 @@ async fn handle(
         if method != Method::GET {
             if let Err(failure) = check() {
                 sim.signatures_bad.fetch_add(1, Ordering::SeqCst);
-                return error_response(&Refusal { status: 403, error: failure.message(PEER_IP) });
+                return error_response(&Refusal {
+                    status: 403,
+                    error: failure.message(PEER_IP),
+                    form: Form::Full,
+                });
             }
             sim.signatures_ok.fetch_add(1, Ordering::SeqCst);
         } else if presented.key.is_some() {
@@ -1279,6 +1726,7 @@ async fn handle(
     let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     let get = method == Method::GET;
     let post = method == Method::POST;
+    let upstream = sim.db().flavor == Flavor::Upstream;
     match segments.as_slice() {
         ["jobs"] if get => match sim.db().list_jobs(&params) {
             Ok((body, link)) => {
@@ -1290,7 +1738,7 @@ async fn handle(
             }
             Err(r) => error_response(&r),
         },
-        ["jobs"] if post => write(&sim, |db| db.create_job(&params).map(|(r, e)| (r, Some(e)))),
+        ["jobs"] if post => write(&sim, |db| db.create_job(&params).map(|(r, e)| (200, r, vec![e]))),
         ["jobs", "overview"] if get => json_response(200, &sim.db().overview(&params)),
         ["jobs", id] if get => match numeric(id) {
             Some(id) => reply(sim.db().show_job(id, &params, false)),
@@ -1301,16 +1749,18 @@ async fn handle(
             None => not_found(),
         },
         ["jobs", id, "set_done"] if post => match numeric(id) {
-            Some(id) => write(&sim, |db| db.set_done(id, &params).map(|(r, e)| (r, Some(e)))),
+            Some(id) => write(&sim, |db| db.set_done(id, &params).map(|(r, e)| (200, r, vec![e]))),
             None => not_found(),
         },
         ["jobs", id_as_sent, "restart"] if post => match numeric(id_as_sent) {
-            Some(id) => write(&sim, |db| db.restart(id, id_as_sent).map(|(r, c)| (r, c.map(|(_, e)| e)))),
+            Some(id) => write(&sim, |db| {
+                db.restart(id, id_as_sent).map(|(r, c)| (200, r, c.map(|(_, e)| e).into_iter().collect()))
+            }),
             None => not_found(),
         },
         ["jobs", id, "cancel"] if post => match numeric(id) {
             Some(id) => write(&sim, |db| {
-                db.cancel(id, params.get("reason")).map(|e| (json!({"result": null}), Some(e)))
+                db.cancel(id, params.get("reason")).map(|e| (200, json!({"result": null}), vec![e]))
             }),
             None => not_found(),
         },
@@ -1320,7 +1770,7 @@ async fn handle(
         },
         ["jobs", id, "comments"] if post => match numeric(id) {
             Some(id) => write(&sim, |db| {
-                db.comment(id, params.get("text")).map(|(cid, e)| (json!({"id": cid}), Some(e)))
+                db.comment(id, params.get("text")).map(|(cid, e)| (200, json!({"id": cid}), e))
             }),
             None => not_found(),
         },
@@ -1328,9 +1778,21 @@ async fn handle(
             (Some(id), Some(cid)) => reply(sim.db().comment_of(id, cid)),
             _ => not_found(),
         },
+        ["jobs", id, "comments", cid] if method == Method::PUT => match (numeric(id), numeric(cid)) {
+            (Some(id), Some(c)) => write(&sim, |db| db.update_comment(id, c, params.get("text"))),
+            _ => not_found(),
+        },
+        ["jobs", id, "comments", cid_as_sent] if method == Method::DELETE => {
+            match (numeric(id), numeric(cid_as_sent)) {
+                (Some(id), Some(c)) => write(&sim, |db| db.delete_comment(id, c, cid_as_sent)),
+                _ => not_found(),
+            }
+        }
+        ["comments"] if post && upstream => write(&sim, |db| db.create_comments(&params)),
+        ["comments"] if method == Method::DELETE && upstream => write(&sim, |db| db.delete_comments(&params)),
         ["job_settings", "jobs"] if get => reply(sim.db().job_settings_jobs(&params)),
         ["job_groups"] if get => reply(sim.db().groups_json(None)),
-        ["job_groups"] if post => write(&sim, |db| db.create_group(&params).map(|(r, _)| (r, None))),
+        ["job_groups"] if post => write(&sim, |db| db.create_group(&params).map(|(r, _)| (200, r, vec![]))),
         ["job_groups", id] if get => match numeric(id) {
             Some(id) => reply(sim.db().groups_json(Some(id))),
             None => not_found(),
@@ -1343,15 +1805,15 @@ async fn handle(
     }
 }
 
-/// Runs a write under the lock, emits its event after releasing it, renders the answer.
-fn write(sim: &Shared, op: impl FnOnce(&mut Db) -> Result<(Value, Option<SimEvent>), Refusal>) -> Response {
+/// Runs a write under the lock, emits its events (in order) after releasing it, renders the answer.
+fn write(sim: &Shared, op: impl FnOnce(&mut Db) -> Result<Written, Refusal>) -> Response {
     let outcome = op(&mut sim.db());
     match outcome {
-        Ok((body, event)) => {
-            if let Some(e) = event {
-                sim.emit(&e);
+        Ok((status, body, events)) => {
+            for e in &events {
+                sim.emit(e);
             }
-            json_response(200, &body)
+            json_response(status, &body)
         }
         Err(r) => error_response(&r),
     }
@@ -1393,7 +1855,8 @@ mod tests {
         );
         assert_eq!(
             SimEvent::new("openqa_job_update_result", Value::Null, Value::Null).routing_suffix,
-            "job.update.result"
+            "job.update_result",
+            "OpenQA::WebAPI::Plugin::AMQP::log_event: s/_/\\./ twice on openqa_job_update_result"
         );
     }
 
