@@ -193,6 +193,7 @@ pub struct Config {
     pub queue_capacity: usize,
     pub http_timeout_s: u64,
     /// SUSE's Gitea (SLE 16 pull requests): base URL without `/api/v1`.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub gitea_url: String,
     /// Access token of the account that comments on pull requests.
     pub gitea_token: Option<Secret>,
@@ -290,7 +291,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
-        for (key, url) in [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url), ("gitea_url", &self.gitea_url)] {
+        for (key, url) in
+            [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url), ("gitea_url", &self.gitea_url)]
+        {
             check_url(key, url, &["http://", "https://"])?;
         }
         check_url("amqp_url", self.amqp_url.expose(), &["amqp://", "amqps://"])?;

@@ -161,9 +161,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )
         .map_err(named)?;
-        add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0").map_err(|e| {
-            StoreError(format!("cannot use {}: {}", path.display(), e.0))
-        })?;
+        add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Store { conn: Mutex::new(conn), path })
     }
 
