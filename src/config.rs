@@ -193,6 +193,7 @@ pub struct Config {
     pub queue_capacity: usize,
     pub http_timeout_s: u64,
     /// SUSE's Gitea (SLE 16 pull requests): base URL without `/api/v1`.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub gitea_url: String,
     /// Access token of the account that comments on pull requests.
     pub gitea_token: Option<Secret>,

@@ -312,6 +312,19 @@ sub plugin_suite (%o) {
     ok((grep { /IncidentGate: libincident_gate/ } $oq->log_lines), 'openQA loaded the plugin')
       or diag join "\n", $oq->log_lines;
     run_scenarios($w, $oq);
+    subtest "decisions public, internals for operators, the library's log in openQA's" => sub {
+        my $public = $oq->ua->get($oq->url . '/api/v1/incident_gate/status')->result;
+        is $public->code, 200, 'the status answers anyone';
+        ok @{$public->json->{recent_decisions} // []}, 'with the decisions';
+        unlike $public->body, qr/config|intake|deliveries|\Q$w->{exchange}\E/, 'and nothing of the configuration';
+        my $anonymous = $oq->ua->get($oq->url . '/api/v1/incident_gate/internals')->result;
+        is $anonymous->code, 403, "internals need openQA's API authentication";
+        my $operator = $oq->request(GET => '/api/v1/incident_gate/internals');
+        is $operator->code, 200, 'which an operator has';
+        is $operator->json->{config}{amqp_exchange}, $w->{exchange}, 'and sees the configuration';
+        ok((grep { /\[info\].*IncidentGate: incident \d+: (passed|failed)/ } $oq->log_lines),
+            "the engine's decisions are in openQA's log") or diag join "\n", $oq->log_lines;
+    };
     is_deeply [$oq->alarming_lines], [], 'openQA logged no errors';
 }
 
