@@ -265,11 +265,12 @@ impl Store {
 
     /// Takes up to `limit` due items of `sink` for this process. A decision's sinks go in the order
     /// they were queued (the event first, then IBS, DESIGN section 4): an item waits while an
-    /// earlier one of the same decision is still queued. IBS hears one decision of an incident at
-    /// a time: an IBS item waits while another one of the same incident is leased (being delivered
-    /// by some process), and one take holds at most one per incident, the oldest first, so the
-    /// comments and review changes of two decisions never interleave. Taking an item leases it
-    /// (`LEASE_S`).
+    /// earlier one of the same decision is still queued. A review service (IBS, later Gitea) hears
+    /// one decision of an incident at a time: its item waits while another one of the same
+    /// incident and sink is leased (being delivered by some process), and one take holds at most
+    /// one per incident, the oldest first, so the comments and review changes of two decisions
+    /// never interleave. Events are not held back: each is a message of its own. Taking an item
+    /// leases it (`LEASE_S`).
     pub fn take_due(&self, sink: Sink, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let now = now_ms();
         let lease_until = now + LEASE_S * 1000;
@@ -283,9 +284,9 @@ impl Store {
                  WHERE o.sink = ?1 AND o.state = 'queued' AND o.next_at <= ?2 AND o.lease_until <= ?2
                  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = o.key
                      AND earlier.id < o.id AND earlier.state = 'queued')
-                 AND (o.sink != 'obs' OR NOT EXISTS (
+                 AND (o.sink = 'amqp' OR NOT EXISTS (
                      SELECT 1 FROM outbox AS busy JOIN decisions AS bd ON bd.key = busy.key
-                     WHERE busy.sink = 'obs' AND busy.state = 'queued' AND busy.lease_until > ?2
+                     WHERE busy.sink = o.sink AND busy.state = 'queued' AND busy.lease_until > ?2
                      AND busy.id != o.id AND bd.incident = d.incident))
                  ORDER BY o.id",
             )?;
@@ -295,7 +296,7 @@ impl Store {
                 let Some(row) = rows.next()? else { break };
                 let (id, attempts, key, incident, body): (i64, u32, String, i64, String) =
                     (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
-                if sink == Sink::Obs && !incidents.insert(incident) {
+                if sink != Sink::Amqp && !incidents.insert(incident) {
                     continue;
                 }
                 let decision = serde_json::from_str(&body)
@@ -346,13 +347,14 @@ impl Store {
         Ok(())
     }
 
-    /// Milliseconds until the next queued item of `sink` is due (None: nothing queued). An IBS
-    /// item of an incident whose other IBS item is being delivered is due when that lease ends.
+    /// Milliseconds until the next queued item of `sink` is due (None: nothing queued). A review
+    /// item of an incident whose other item of that sink is being delivered is due when that
+    /// lease ends.
     pub fn next_due_in(&self, sink: Sink) -> Result<Option<i64>, StoreError> {
         let next: Option<i64> = self.conn().query_row(
-            "SELECT MIN(MAX(o.next_at, o.lease_until, CASE WHEN o.sink = 'obs' THEN COALESCE((
+            "SELECT MIN(MAX(o.next_at, o.lease_until, CASE WHEN o.sink != 'amqp' THEN COALESCE((
                  SELECT MAX(busy.lease_until) FROM outbox AS busy JOIN decisions AS bd ON bd.key = busy.key
-                 WHERE busy.sink = 'obs' AND busy.state = 'queued' AND busy.id != o.id
+                 WHERE busy.sink = o.sink AND busy.state = 'queued' AND busy.id != o.id
                  AND bd.incident = d.incident), 0) ELSE 0 END))
              FROM outbox AS o JOIN decisions AS d ON d.key = o.key
              WHERE o.sink = ?1 AND o.state = 'queued'
