@@ -174,6 +174,8 @@ fn is_num(s: &str) -> bool {
 }
 
 /// SQL `LIKE` with openQA's `*` -> `%`: `%` any run, `_` any one character, the rest literal.
+/// Callers test the cheap value match first: this allocates, and the settings scan of a busy
+/// simulated day runs it for every row.
 fn like(pattern: &str, text: &str) -> bool {
     crate::verdict::wildcard_match(&pattern.replace('*', "%"), text, '%', '_')
 }
@@ -1185,7 +1187,7 @@ impl Db {
                     .settings
                     .iter()
                     .filter(|r| {
-                        r.job_id > min_id && like(key, &r.key) && r.value.split(',').any(|e| e == element)
+                        r.job_id > min_id && r.value.split(',').any(|e| e == element) && like(key, &r.key)
                     })
                     .collect();
                 matching.sort_by(|a, b| b.job_id.cmp(&a.job_id).then(b.id.cmp(&a.id)));
@@ -1221,7 +1223,7 @@ impl Db {
         let mut matching: Vec<&SettingRow> = self
             .settings
             .iter()
-            .filter(|r| r.job_id > min_id && like(key, &r.key) && r.value.split(',').any(|e| e == element))
+            .filter(|r| r.job_id > min_id && r.value.split(',').any(|e| e == element) && like(key, &r.key))
             .collect();
         matching.sort_by(|a, b| b.job_id.cmp(&a.job_id).then(b.id.cmp(&a.id)));
         Ok(json!({ "jobs": matching.into_iter().map(|r| r.job_id).collect::<Vec<_>>() }))
