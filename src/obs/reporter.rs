@@ -104,7 +104,7 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
         if let Err(e) = client.change_review(rr, ReviewDecision::Reopened, group, &message).await {
             return failed(&format!("request {rr}: cannot reopen the {group} review"), &e);
         }
-        tracing::warn!(incident = v.incident, request = rr, "reopened the {group} review we had accepted");
+        tracing::info!(incident = v.incident, request = rr, "reopened the {group} review we had accepted");
         done.push(format!("reopened the {group} review we had accepted"));
     }
 
