@@ -625,10 +625,12 @@ impl Store {
                         None => format!("{}: not delivered yet", w.sink),
                     };
                     ("delivery_pending".to_string(), Some(why))
-                } else if d.iter().any(|x| x.sink != "amqp" && x.state == "done") {
-                    ("reported".to_string(), None)
                 } else {
-                    (result.clone(), None)
+                    // what IBS (or Gitea) was told, when it was
+                    let told = d.iter().rev().find(|x| x.sink != "amqp" && x.outcome.is_some());
+                    let reported = told.is_some_and(|x| x.state == "done");
+                    let state = if reported && result == "passed" { "reported" } else { result.as_str() };
+                    (state.to_string(), told.and_then(|x| x.outcome.clone()))
                 };
                 let updated = pending_since.unwrap_or(0).max(decided_ms);
                 rows.push(IncidentRow {
