@@ -147,21 +147,36 @@ sub _public_text ($text) {
     return $text =~ s{\b[a-z][a-z0-9+.-]*://[^\s"'<>]+}{<url>}gir;
 }
 
-sub _public_list ($list) {
+# What went wrong in a delivery that is retried (a broker's or IBS's error message) may name
+# configuration: operators (logged in to openQA) see it, anyone else that it is being retried.
+sub _public_list ($list, $operator) {
     for my $row (@{$list->{incidents} // []}, @{$list->{decisions} // []}) {
+        for my $d (@{$row->{deliveries} // []}) {
+            $d->{outcome} = "not delivered yet, retrying ($d->{attempts} attempts so far)"
+              if !$operator && $d->{state} eq 'queued' && $d->{attempts};
+            $d->{outcome} = _public_text($d->{outcome});
+        }
+        if (($row->{state} // '') eq 'delivery_pending' && !$operator) {
+            my ($d) = grep { $_->{state} eq 'queued' } @{$row->{deliveries} // []};
+            $row->{why} = $d ? "$d->{sink}: " . ($d->{outcome} // 'not delivered yet') : undef;
+        }
         $row->{why} = _public_text($row->{why}) if exists $row->{why};
-        $_->{outcome} = _public_text($_->{outcome}) for @{$row->{deliveries} // []};
     }
     return $list;
 }
 
+sub _is_operator ($c) {
+    return 0 unless $c->app->renderer->get_helper('is_operator');
+    return eval { $c->is_operator } ? 1 : 0;
+}
+
 # The incidents of the state directory for a query: (list) or (undef, $error).
-sub _incidents ($self, %query) {
+sub _incidents ($self, $c, %query) {
     return (undef, "incident-gate is inactive: $self->{error}") if $self->{error};
     my ($status, $json) = eval { $self->_gate->incidents(encode_json(\%query)) };
     ($status, $json) = (IG_PANIC, $@ =~ s/\n\z//r) unless defined $status;
     return (undef, $json) unless $status == IG_OK;
-    return (_public_list(decode_json($json)));
+    return (_public_list(decode_json($json), _is_operator($c)));
 }
 
 sub _query ($c) {
@@ -178,14 +193,14 @@ sub _query ($c) {
 
 sub _list_json ($self, $c) {
     return if $self->_inactive($c);
-    my ($list, $error) = $self->_incidents(_query($c));
+    my ($list, $error) = $self->_incidents($c, _query($c));
     return $c->render(json => {error => $error}, status => 500) unless $list;
     $c->render(json => $list);
 }
 
 sub _index_page ($self, $c) {
     my %q = _query($c);
-    my ($list, $error) = $self->_incidents(%q);
+    my ($list, $error) = $self->_incidents($c, %q);
     $c->stash(layout => $self->_layout($c), title => 'Incidents', list => $list, error => $error,
         states => \%STATES, state_order => \@STATE_ORDER, state => $q{state} // '', search => $q{search} // '');
     $c->render(template => 'incident_gate/index', status => $list ? 200 : 503);
@@ -199,7 +214,7 @@ sub _incident_page ($self, $c) {
         error => 'the incident must be a positive number below 10^19')
       unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
     $incident = $1;
-    my ($list, $error) = $self->_incidents(incident => 0 + $incident);
+    my ($list, $error) = $self->_incidents($c, incident => 0 + $incident);
     $c->stash(incident => $incident, error => $error, record => $list && $list->{incidents}[0],
         decisions => $list ? $list->{decisions} // [] : []);
     return $c->render(template => 'incident_gate/incident', status => 503) unless $list;
