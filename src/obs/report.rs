@@ -328,7 +328,7 @@ mod tests {
         let body = render_comment(&d);
         assert!(
             body.contains(
-                "[Why: incident 12345 explained on openQA](https://openqa.example.com/incident_gate/12345)"
+                "[Why: incident 12345 explained on openQA](https://openqa.example.com/incident%5Fgate/12345)"
             ),
             "{body}"
         );
