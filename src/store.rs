@@ -123,6 +123,8 @@ pub struct DecisionHistory {
     pub request: Option<u64>,
     pub jobs: Option<crate::verdict::Counts>,
     pub blocking: Vec<crate::verdict::BlockingJob>,
+    /// Whom to contact per job group with a blocking job (`Responsible:` lines).
+    pub contacts: std::collections::BTreeMap<String, Vec<String>>,
     pub deliveries: Vec<DeliveryRow>,
 }
 
@@ -718,6 +720,7 @@ impl Store {
                 decided_at,
                 request: decision.as_ref().and_then(|d| d.verdict.request),
                 jobs: decision.as_ref().map(|d| d.verdict.jobs.clone()),
+                contacts: decision.as_ref().map(|d| d.contacts.clone()).unwrap_or_default(),
                 blocking: decision.map(|d| d.verdict.blocking).unwrap_or_default(),
                 deliveries: d,
             });

@@ -106,6 +106,8 @@ subtest 'in a real browser' => sub {
     is $seen->{result}, 'failed', 'its verdict, asked from openQA';
     is_deeply $seen->{blocking}, [$bad], 'the blocking job';
     is_deeply $seen->{blocking_links}, ["/tests/$bad"], 'linked to its openQA page';
+    is_deeply $seen->{contacts}, ['Maintenance: SLE 15 SP6 Kernel Incidents: @qam-kernel, jane@example.com'],
+      'whom to contact, from the job group description';
     my %sinks = map { $_->{sink} => $_ } @{$seen->{deliveries}};
     is $sinks{amqp}{state}, 'done', 'published';
     like $sinks{obs}{text}, qr/IBS: done after 1 attempt — request @{[300000 + $failed]}: comment posted/,

@@ -53,6 +53,7 @@ async function main() {
     out.deliveries = await page.$$eval('#ig-decisions li.ig-delivery', (lis) => lis.map((li) => ({
       sink: li.dataset.sink, state: li.dataset.state, text: li.textContent.replace(/\s+/g, ' ').trim(),
     })));
+    out.contacts = await page.$$eval('#ig-contacts li', (lis) => lis.map((li) => li.textContent.replace(/\s+/g, ' ').trim()));
     out.accepted = await page.$$eval('#ig-accepted a.ig-comment-link', (as) => as.map((a) => a.getAttribute('href')));
     await page.screenshot({ path: incidentPng, fullPage: true });
   } finally {
