@@ -107,4 +107,32 @@ subtest 'nothing of the configuration is shown' => sub {
     }
 };
 
+subtest 'delivery pending, and why, without the error that names the configuration' => sub {
+    my $missing = unique();    # an exchange nobody declared: the broker refuses every publish
+    my $t2 = new_app(write_ini({
+        global => {base_url => $sim->{openqa}, plugins => 'IncidentGate'},
+        incident_gate => {
+            library => library(), amqp_url => $ENV{AMQP_URL} // 'amqp://guest:guest@127.0.0.1:5672/%2f',
+            amqp_topic_prefix => unique(), amqp_exchange => $missing, obs_url => $sim->{obs},
+            obs_user => $sim->{obs_user}, obs_password => $sim->{obs_password}, state_dir => tempdir(CLEANUP => 1),
+        }}));
+    my $incident = 51004;
+    $sim->create_release_request(400000 + $incident);
+    my ($id) = $sim->create_incident_jobs(incident => $incident, request => 400000 + $incident, group => $group,
+        tests => ['mau-extratests']);
+    $sim->set_done($id, 'passed');
+    emit(openqa_job_done => {id => $id, newbuild => undef, reason => undef, result => 'passed'});
+    ok wait_for(sub {
+        my $l = $t2->ua->get('/api/v1/incident_gate/incidents')->result->json;
+        ($l->{incidents}[0]{deliveries}[0]{attempts} // 0) > 0;
+    }, 30), 'a publish was tried';
+    $t2->get_ok('/incident_gate?state=delivery_pending')->status_is(200)
+      ->element_exists("#ig-incident-$incident\[data-state=delivery_pending]")
+      ->text_like("#ig-incident-$incident .ig-why" => qr/^amqp: not delivered yet, retrying \(\d+ attempts? so far\)$/)
+      ->content_unlike(qr/\Q$missing\E/, 'the broker error names the exchange: not shown');
+    $t2->get_ok("/incident_gate/$incident")->status_is(200)
+      ->element_exists('#ig-decisions li.ig-delivery[data-sink="amqp"][data-state="queued"]', 'the delivery waits')
+      ->content_unlike(qr/\Q$missing\E/);
+};
+
 done_testing;
