@@ -15,6 +15,10 @@ pub struct Decision {
     pub decided_at: String,
     /// Base URL of openQA, for links.
     pub openqa: String,
+    /// Whom to contact for each job group with a blocking job: the `Responsible: …` lines of the
+    /// group's description in openQA (group name → lines). Not part of what was decided.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub contacts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Decision {
@@ -23,6 +27,7 @@ impl Decision {
             key: decision_key(&verdict),
             decided_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             openqa: openqa.trim_end_matches('/').to_string(),
+            contacts: Default::default(),
             verdict,
         }
     }
@@ -36,6 +41,7 @@ impl Decision {
             "rrid": v.rrid,
             "result": v.result,
             "openqa": self.openqa,
+            "page": page_url(&self.openqa, v.incident),
             "jobs": {
                 "total": v.jobs.total,
                 "passed": v.jobs.passed,
@@ -48,6 +54,25 @@ impl Decision {
             "event_id": self.key,
         })
     }
+}
+
+/// The incident's page in openQA's web UI (served by the plugin): the verdict explained.
+pub fn page_url(openqa: &str, incident: u64) -> String {
+    format!("{}/incident_gate/{incident}", openqa.trim_end_matches('/'))
+}
+
+/// The `Responsible: …` lines of a job group's description, as maintenance teams write them
+/// (`Responsible: @qam-team, jane@example.com`), each without its label.
+pub fn responsible_lines(description: &str) -> Vec<String> {
+    description
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim().trim_start_matches(['*', '-', '#', ' ']);
+            let (label, rest) = line.split_once(':')?;
+            let rest = rest.trim().trim_end_matches("  ");
+            (label.trim().eq_ignore_ascii_case("responsible") && !rest.is_empty()).then(|| rest.to_string())
+        })
+        .collect()
 }
 
 pub fn decision_key(v: &Verdict) -> String {
@@ -115,6 +140,14 @@ mod tests {
             job_ids: vec![10, 11],
             notes: vec![],
         }
+    }
+
+    #[test]
+    fn responsible_lines_are_read_from_a_group_description() {
+        let d = "Maintenance tests of SLE 15 SP6.\n\nResponsible: @qam-sle, jane@example.com\n* responsible:  bob  \nNot responsible for: x\nResponsible:";
+        assert_eq!(responsible_lines(d), vec!["@qam-sle, jane@example.com".to_string(), "bob".to_string()]);
+        assert!(responsible_lines("no such line").is_empty());
+        assert_eq!(page_url("https://o.example/", 12), "https://o.example/incident_gate/12");
     }
 
     #[test]

@@ -656,13 +656,14 @@ impl Core {
         self.stats.evaluations.fetch_add(1, Relaxed);
         // before reading openQA: the ticket orders this evaluation's decision among all processes'
         let seen = self.store.begin_evaluation()?;
-        let Evaluation { verdict, relied_comments, .. } = self.evaluation(incident).await?;
+        let Evaluation { verdict, relied_comments, jobs } = self.evaluation(incident).await?;
         if verdict.result == Outcome::Pending {
             self.store.mark_pending(incident)?;
             return Ok(verdict);
         }
         self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
+        decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
         match self.store.record_decision(&mut decision, &self.sinks, seen)? {
             Recorded::New => {
                 self.stats.decisions.fetch_add(1, Relaxed);
@@ -787,6 +788,36 @@ pub async fn evaluate_with(
     relied_comments.sort_unstable();
     let verdict = verdict::judge(&selection, &comments, &rules);
     Ok(Evaluation { verdict, jobs, relied_comments })
+}
+
+/// Whom to contact for each job group with a blocking job, from the `Responsible:` lines of the
+/// groups' descriptions. Best effort: a group openQA does not answer for names nobody.
+async fn contacts(
+    client: &OpenQaClient,
+    verdict: &Verdict,
+    jobs: &[Job],
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut groups: Vec<u64> = verdict
+        .blocking
+        .iter()
+        .filter_map(|b| jobs.iter().find(|j| j.id == b.id).and_then(|j| j.group_id))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let mut out = std::collections::BTreeMap::new();
+    for id in groups.into_iter().take(20) {
+        match client.job_group(id).await {
+            Ok(Some(g)) => {
+                let lines = crate::decision::responsible_lines(g.description.as_deref().unwrap_or(""));
+                if !lines.is_empty() {
+                    out.insert(g.name, lines);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("job group {id}: {e}; its contacts are not named"),
+        }
+    }
+    out
 }
 
 /// Follows clone chains the settings queries did not list. A clone that is gone (404) simply

@@ -162,6 +162,16 @@ impl Gate {
         std::thread::scope(|s| s.spawn(evaluate).join()).map_err(|_| "evaluation panicked".to_string())?
     }
 
+    /// The incidents the state directory knows, for the incidents page (no engine needed: reads
+    /// the store directly, so any process of the web UI can answer).
+    pub fn incidents(
+        &self,
+        query: &crate::store::IncidentQuery,
+    ) -> Result<crate::store::IncidentList, String> {
+        let store = crate::store::Store::open(&self.config.state_dir).map_err(|e| e.to_string())?;
+        store.incidents(query).map_err(|e| e.to_string())
+    }
+
     /// Waits until every queued event is processed and no evaluation is running or due.
     pub fn flush(&self, timeout: Duration) -> Result<bool, String> {
         let core = self.with_running(|r| r.core.clone())?;

@@ -88,6 +88,58 @@ pub struct Backlog {
     pub obs: u64,
 }
 
+/// What the incidents page asks for (`ig_gate_incidents`): all fields optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentQuery {
+    /// `pending`, `delivery_pending`, `reported`, or a result (`passed`, `failed`, `no_jobs`).
+    pub state: Option<String>,
+    /// Digits the incident number contains.
+    pub search: Option<String>,
+    /// Exactly this incident, with every decision of it.
+    pub incident: Option<u64>,
+    /// At most this many incidents (default 200, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentRow {
+    pub incident: u64,
+    pub request: Option<u64>,
+    pub state: String,
+    pub why: Option<String>,
+    pub result: Option<String>,
+    pub decided_at: Option<String>,
+    #[serde(skip)]
+    pub updated_ms: i64,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionHistory {
+    pub key: String,
+    pub result: String,
+    pub decided_at: String,
+    pub request: Option<u64>,
+    pub jobs: Option<crate::verdict::Counts>,
+    pub blocking: Vec<crate::verdict::BlockingJob>,
+    /// Whom to contact per job group with a blocking job (`Responsible:` lines).
+    pub contacts: std::collections::BTreeMap<String, Vec<String>>,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentList {
+    pub incidents: Vec<IncidentRow>,
+    /// How many matched before `limit`.
+    pub total: u64,
+    /// How many incidents are in each state (before filtering).
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// With `incident`: its decisions, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decisions: Option<Vec<DecisionHistory>>,
+}
+
 /// What `record_decision` did with a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -526,6 +578,158 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// The incidents this state directory knows (a decision or a pending evaluation), newest
+    /// first, each with its state for the incidents page: `pending` (waiting for jobs), the latest
+    /// decision's result, `delivery_pending` while one of its deliveries waits (with the last
+    /// outcome as the reason) and `reported` once IBS (or Gitea) took it.
+    pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentList, StoreError> {
+        let conn = self.conn();
+        let mut rows: Vec<IncidentRow> = Vec::new();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT d.key, d.incident, d.request, d.result, d.decided_at, p.since FROM decisions AS d
+                 LEFT JOIN pending AS p ON p.incident = d.incident
+                 WHERE d.rowid IN (SELECT MAX(rowid) FROM decisions GROUP BY incident)",
+            )?;
+            let it = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })?;
+            let mut deliveries =
+                conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY id")?;
+            for row in it {
+                let (key, incident, request, result, decided_at, pending_since) = row?;
+                let d: Vec<DeliveryRow> = deliveries
+                    .query_map([&key], |r| {
+                        Ok(DeliveryRow {
+                            sink: r.get(0)?,
+                            state: r.get(1)?,
+                            attempts: r.get(2)?,
+                            outcome: r.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let decided_ms = humantime::parse_rfc3339(&decided_at)
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                let waiting = d.iter().find(|x| x.state == "queued");
+                let (state, why) = if pending_since.is_some_and(|s| s >= decided_ms) {
+                    ("pending".to_string(), Some("waiting for jobs to finish".to_string()))
+                } else if let Some(w) = waiting {
+                    let why = match &w.outcome {
+                        Some(o) => format!("{} after {} attempt(s): {o}", w.sink, w.attempts),
+                        None => format!("{}: not delivered yet", w.sink),
+                    };
+                    ("delivery_pending".to_string(), Some(why))
+                } else {
+                    // what IBS (or Gitea) was told, when it was
+                    let told = d.iter().rev().find(|x| x.sink != "amqp" && x.outcome.is_some());
+                    let reported = told.is_some_and(|x| x.state == "done");
+                    let state = if reported && result == "passed" { "reported" } else { result.as_str() };
+                    (state.to_string(), told.and_then(|x| x.outcome.clone()))
+                };
+                let updated = pending_since.unwrap_or(0).max(decided_ms);
+                rows.push(IncidentRow {
+                    incident,
+                    request,
+                    state,
+                    why,
+                    result: Some(result),
+                    decided_at: Some(decided_at),
+                    updated_ms: updated,
+                    deliveries: d,
+                });
+            }
+        }
+        {
+            let mut stmt = conn.prepare(
+                "SELECT incident, since FROM pending WHERE incident NOT IN (SELECT incident FROM decisions)",
+            )?;
+            let it = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)))?;
+            for row in it {
+                let (incident, since) = row?;
+                rows.push(IncidentRow {
+                    incident,
+                    request: None,
+                    state: "pending".into(),
+                    why: Some("waiting for jobs to finish".into()),
+                    result: None,
+                    decided_at: None,
+                    updated_ms: since,
+                    deliveries: Vec::new(),
+                });
+            }
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for r in &rows {
+            *counts.entry(r.state.clone()).or_insert(0u64) += 1;
+        }
+        rows.retain(|r| {
+            q.state.as_deref().is_none_or(|s| r.state == s || r.result.as_deref() == Some(s))
+                && q.search.as_deref().is_none_or(|s| r.incident.to_string().contains(s))
+                && q.incident.is_none_or(|i| r.incident == i)
+        });
+        rows.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.incident.cmp(&a.incident)));
+        let total = rows.len() as u64;
+        rows.truncate(q.limit.unwrap_or(200).clamp(1, 1000));
+        let decisions = match q.incident {
+            Some(i) => Some(Self::history(&conn, i)?),
+            None => None,
+        };
+        Ok(IncidentList { incidents: rows, total, states: counts, decisions })
+    }
+
+    /// Every decision of an incident, newest first, with what was sent where and how it went.
+    fn history(conn: &Connection, incident: u64) -> Result<Vec<DecisionHistory>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT key, result, decided_at, body FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 50",
+        )?;
+        let mut deliveries =
+            conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY id")?;
+        let it = stmt.query_map([incident as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in it {
+            let (key, result, decided_at, body) = row?;
+            let decision: Option<Decision> = serde_json::from_str(&body).ok();
+            let d = deliveries
+                .query_map([&key], |r| {
+                    Ok(DeliveryRow {
+                        sink: r.get(0)?,
+                        state: r.get(1)?,
+                        attempts: r.get(2)?,
+                        outcome: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            out.push(DecisionHistory {
+                key,
+                result,
+                decided_at,
+                request: decision.as_ref().and_then(|d| d.verdict.request),
+                jobs: decision.as_ref().map(|d| d.verdict.jobs.clone()),
+                contacts: decision.as_ref().map(|d| d.contacts.clone()).unwrap_or_default(),
+                blocking: decision.map(|d| d.verdict.blocking).unwrap_or_default(),
+                deliveries: d,
+            });
+        }
+        Ok(out)
+    }
+
     pub fn decision_count(&self) -> Result<u64, StoreError> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))? as u64)
     }
@@ -775,5 +979,62 @@ mod tests {
         assert_eq!(backoff_ms(1), 1000);
         assert_eq!(backoff_ms(10), MAX_BACKOFF_MS);
         assert_eq!(backoff_ms(u32::MAX), MAX_BACKOFF_MS);
+    }
+
+    #[test]
+    fn incidents_list_their_state_newest_first_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let both = [Sink::Amqp, Sink::Obs];
+        // 101: delivered everywhere → reported
+        s.record_decision(&mut decision(101, vec![1]), &both, s_next()).unwrap();
+        for sink in both {
+            let item = s.take_due(sink, 10).unwrap().remove(0);
+            s.complete(&item, &Delivery::Done("ok".into())).unwrap();
+        }
+        // 102: IBS failed once → delivery pending, with the reason
+        s.record_decision(&mut decision(102, vec![2]), &both, s_next()).unwrap();
+        let item = s.take_due(Sink::Amqp, 10).unwrap().remove(0);
+        s.complete(&item, &Delivery::Done("ok".into())).unwrap();
+        let item = s.take_due(Sink::Obs, 10).unwrap().remove(0);
+        s.complete(&item, &Delivery::Retry("IBS: 503 Service Unavailable".into())).unwrap();
+        // 103: only an event, published → its result
+        s.record_decision(&mut decision(103, vec![3]), &[Sink::Amqp], s_next()).unwrap();
+        let item = s.take_due(Sink::Amqp, 10).unwrap().remove(0);
+        s.complete(&item, &Delivery::Final("dry-run".into())).unwrap();
+        // 204: waiting for jobs
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.mark_pending(204).unwrap();
+
+        let all = s.incidents(&IncidentQuery::default()).unwrap();
+        let states: Vec<(u64, &str)> = all.incidents.iter().map(|r| (r.incident, r.state.as_str())).collect();
+        assert_eq!(states[0], (204, "pending"), "the newest first: {states:?}");
+        assert!(states.contains(&(101, "reported")), "{states:?}");
+        assert!(states.contains(&(102, "delivery_pending")), "{states:?}");
+        assert!(states.contains(&(103, "passed")), "{states:?}");
+        let pending = all.incidents.iter().find(|r| r.incident == 102).unwrap();
+        let why = pending.why.as_deref().unwrap_or("");
+        assert!(why.contains("obs") && why.contains("503"), "{why}");
+        assert_eq!(all.total, 4);
+        assert_eq!(all.states.get("pending"), Some(&1));
+
+        let q = |state: Option<&str>, search: Option<&str>| {
+            let q = IncidentQuery {
+                state: state.map(str::to_string),
+                search: search.map(str::to_string),
+                ..Default::default()
+            };
+            s.incidents(&q).unwrap().incidents.iter().map(|r| r.incident).collect::<Vec<_>>()
+        };
+        assert_eq!(q(Some("reported"), None), vec![101]);
+        assert_eq!(q(Some("pending"), None), vec![204]);
+        assert_eq!(q(None, Some("02")), vec![102]);
+        assert_eq!(q(Some("failed"), None), Vec::<u64>::new());
+
+        let one = s.incidents(&IncidentQuery { incident: Some(102), ..Default::default() }).unwrap();
+        let history = one.decisions.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].deliveries.len(), 2);
+        assert_eq!(history[0].deliveries[1].outcome.as_deref(), Some("IBS: 503 Service Unavailable"));
     }
 }

@@ -61,6 +61,9 @@ pub struct JobNote {
     pub role: String,
     pub counts: bool,
     pub why: String,
+    /// The `acceptable_for` comment that made a failed job acceptable (its id in openQA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,6 +307,7 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
     let base = rules.openqa_url.trim_end_matches('/');
     for job in &sel.counted {
         counts.total += 1;
+        let mut accepted_by = None;
         let why = if !job.is_final() {
             counts.pending += 1;
             format!("still {}", job.state)
@@ -313,8 +317,12 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
         } else if job.result == "softfailed" {
             counts.softfailed += 1;
             "softfailed".to_string()
-        } else if let Some(reason) = comments.get(&job.id).and_then(|c| acceptable_for(c, sel.incident)) {
+        } else if let Some((comment, reason)) = comments.get(&job.id).and_then(|c| {
+            c.iter()
+                .find_map(|one| acceptable_for(std::slice::from_ref(one), sel.incident).map(|r| (one.id, r)))
+        }) {
             counts.accepted += 1;
+            accepted_by = Some(comment);
             format!("{} but acceptable for incident {}: {reason}", job.result, sel.incident)
         } else {
             counts.failed += 1;
@@ -327,7 +335,9 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
             });
             format!("{}: blocks", job.result)
         };
-        notes.push(note(job, role(job, sel.incident), true, why));
+        let mut n = note(job, role(job, sel.incident), true, why);
+        n.comment = accepted_by;
+        notes.push(n);
     }
     for (job, role, why) in &sel.dropped {
         notes.push(note(job, role, false, why.clone()));
@@ -364,6 +374,7 @@ fn note(job: &Job, role: &str, counts: bool, why: String) -> JobNote {
         role: role.to_string(),
         counts,
         why,
+        comment: None,
     }
 }
 

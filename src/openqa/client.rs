@@ -438,6 +438,12 @@ impl OpenQaClient {
         Ok(self.get_json::<Vec<Comment>>(&path, &[], true).await?.unwrap_or_default())
     }
 
+    /// `GET /api/v1/job_groups/<id>`: one job group (openQA answers a list of one); None when gone.
+    pub async fn job_group(&self, id: u64) -> Result<Option<JobGroup>, ApiError> {
+        let path = format!("/api/v1/job_groups/{id}");
+        Ok(self.get_json::<Vec<JobGroup>>(&path, &[], true).await?.and_then(|g| g.into_iter().next()))
+    }
+
     /// `GET /api/v1/job_groups`: every job group.
     pub async fn job_groups(&self) -> Result<Vec<JobGroup>, ApiError> {
         Ok(self.get_json::<Vec<JobGroup>>("/api/v1/job_groups", &[], false).await?.unwrap_or_default())
