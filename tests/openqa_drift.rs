@@ -360,7 +360,9 @@ async fn the_simulator_answers_like_the_real_openqa() {
     sim.set_flavor(flavor);
 
     let mut differences = Vec::new();
-    for (method, path, query, form) in script() {
+    let steps = script();
+    let calls = steps.len();
+    for (method, path, query, form) in steps {
         let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut a = call(&http, &real.url, method, &path, &q, &f).await;
@@ -436,6 +438,11 @@ async fn the_simulator_answers_like_the_real_openqa() {
         differences.push(format!("AMQP message only the simulator published: {m}"));
     }
 
+    eprintln!(
+        "compared {calls} calls, {} in-process events, {} AMQP messages ({flavor:?})",
+        emitted.len(),
+        expected.len()
+    );
     let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
     let _ = conn.close(200, "done".into()).await;
     let log = std::fs::read_to_string(&real.log).unwrap_or_default();
