@@ -34,8 +34,21 @@ typedef enum ig_status {
   IG_PANIC = 11,
 } ig_status;
 
+// The severity of a log line (the numbers of `rustls_log_level`).
+typedef enum ig_log_level {
+  IG_LOG_ERROR = 1,
+  IG_LOG_WARN = 2,
+  IG_LOG_INFO = 3,
+  IG_LOG_DEBUG = 4,
+  IG_LOG_TRACE = 5,
+} ig_log_level;
+
 // An opaque gate handle; create with `ig_gate_new`, release with `ig_gate_free`.
 typedef struct ig_gate ig_gate;
+
+// Receives one line of the library's log; `message` is valid during the call only. See
+// `ig_set_log_callback` for when and on which thread it runs.
+typedef void (*ig_log_callback)(void *userdata, enum ig_log_level level, const char *message);
 
 #ifdef __cplusplus
 extern "C" {
@@ -93,6 +106,23 @@ void ig_string_free(char *s);
 // The message of the last failed call on this thread ("" if none). Valid until the next failed
 // call on this thread; do not free.
 const char *ig_last_error(void);
+
+// Sends the library's log to `callback` instead of stderr (NULL: back to stderr), for the whole
+// process, with `userdata` passed along. Like `rustls_log_callback`, but the library's engine logs
+// from its own threads and many callers (Perl, Python) cannot be entered from a foreign thread:
+// the callback therefore only runs on a caller's thread, inside any `ig_*` call (before it
+// returns) and in `ig_log_poll`. Lines wait for that in a queue of at most 1000 (older ones are
+// dropped, with a warning saying how many). `INCIDENT_GATE_LOG` (a `RUST_LOG`-style filter,
+// default `info`) chooses which lines are made at all. The callback should not call into the library.
+//
+// # Safety
+// `callback` is NULL or a function that can be called with `userdata` until it is replaced.
+enum ig_status ig_set_log_callback(ig_log_callback callback,
+                                   void *userdata);
+
+// Delivers the log lines waiting for the log callback, on this thread. Call it now and then (a
+// timer of the caller's event loop) when the library is not called otherwise.
+enum ig_status ig_log_poll(void);
 
 // The library version, e.g. "0.1.0". Static; do not free.
 const char *ig_version(void);

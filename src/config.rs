@@ -68,6 +68,49 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The URL without any user information: links must work for whoever reads them and never carry
+/// a credential, not even a redacted one.
+pub fn link_base(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.as_str().trim_end_matches('/').to_string()
+        }
+        Err(_) => redact_url(url).trim_end_matches('/').to_string(),
+    }
+}
+
+fn serialize_redacted_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// Checks a URL the way the HTTP and AMQP clients will parse it, so that a bad host, IP address
+/// or port is a configuration error now and not "unavailable" at the first request. The message
+/// never repeats the URL (it may hold a password).
+fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let bad = |why: String| Err(ConfigError(format!("config key `{key}`: {why}")));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad(format!("must be a {} URL", schemes.join(" or ")));
+    };
+    if !schemes.iter().any(|s| s.trim_end_matches("://") == scheme) {
+        return bad(format!("must be a {} URL", schemes.join(" or ")));
+    }
+    // amqp:// is no "special" scheme for the URL parser, which then takes any host as opaque:
+    // parse the authority as http's to check host, IP address and port alike.
+    let parsed = match reqwest::Url::parse(&format!("http://{rest}")) {
+        Ok(u) => u,
+        Err(e) => return bad(format!("not a valid URL: {e}")),
+    };
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return bad("has no host".into());
+    }
+    if reqwest::Url::parse(url).is_err() {
+        return bad("not a valid URL".into());
+    }
+    Ok(())
+}
+
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.redacted())
@@ -94,10 +137,24 @@ pub enum ReviewPolicy {
     DryRun,
 }
 
+impl ReviewPolicy {
+    /// As it is spelled in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewPolicy::AcceptOnpass => "accept-onpass",
+            ReviewPolicy::AcceptDecline => "accept-decline",
+            ReviewPolicy::Comment => "comment",
+            ReviewPolicy::DryRun => "dry-run",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Base URL of openQA, used for API calls and for the links in events and comments.
+    /// Base URL of openQA, used for API calls and (without its credentials) for the links in
+    /// events and comments.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub openqa_url: String,
     /// API key and secret; only needed for authenticated routes (reads are public).
     pub openqa_api_key: Option<String>,
@@ -114,6 +171,7 @@ pub struct Config {
     pub amqp_queue_durable: bool,
     /// Report decisions to IBS according to `review_policy` (through the outbox).
     pub report_obs: bool,
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub obs_url: String,
     pub obs_user: Option<String>,
     pub obs_password: Option<Secret>,
@@ -235,14 +293,9 @@ impl Config {
         for (key, url) in
             [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url), ("gitea_url", &self.gitea_url)]
         {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-                return bad(key, "must be an http:// or https:// URL");
-            }
+            check_url(key, url, &["http://", "https://"])?;
         }
-        let amqp = self.amqp_url.expose();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            return bad("amqp_url", "must be an amqp:// or amqps:// URL");
-        }
+        check_url("amqp_url", self.amqp_url.expose(), &["amqp://", "amqps://"])?;
         for (key, value) in [
             ("amqp_exchange", &self.amqp_exchange),
             ("amqp_topic_prefix", &self.amqp_topic_prefix),
@@ -296,10 +349,25 @@ impl Config {
     ) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
         let ini = ini::Ini::load_from_file(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let props = ini
-            .section(Some(section))
+        // A repeated section or key is a mistake whichever copy a reader would take: openQA's
+        // Config::IniFiles and this parser do not take the same one.
+        let mut sections = ini.section_all(Some(section));
+        let props = sections
+            .next()
             .ok_or_else(|| ConfigError(format!("{} has no [{section}] section", path.display())))?;
-        Ok(props.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect())
+        if sections.next().is_some() {
+            return Err(ConfigError(format!("{} has more than one [{section}] section", path.display())));
+        }
+        let mut map = serde_json::Map::new();
+        for (k, v) in props.iter() {
+            if map.insert(k.to_string(), serde_json::Value::String(v.to_string())).is_some() {
+                return Err(ConfigError(format!(
+                    "{}: key `{k}` appears twice in [{section}]",
+                    path.display()
+                )));
+            }
+        }
+        Ok(map)
     }
 
     /// The configuration as JSON with every secret redacted, for status output.
@@ -422,6 +490,70 @@ mod tests {
         assert_eq!(c.review_policy, ReviewPolicy::Comment);
         assert_eq!(c.reconcile_interval_s, 60);
         assert!(Config::ini_section(&path, "nope").unwrap_err().0.contains("[nope]"));
+    }
+
+    #[test]
+    fn urls_are_checked_like_the_clients_parse_them() {
+        for (key, url) in [
+            ("openqa_url", "http://1.2.3.999/"),
+            ("openqa_url", "http://exa mple.com"),
+            ("openqa_url", "http://[::1"),
+            ("obs_url", "http://host:99999/"),
+            ("obs_url", "https://"),
+            ("amqp_url", "amqp://u:S3CRET@h:notaport/"),
+            ("amqp_url", "amqp://u:S3CRET@1.2.3.999/"),
+            ("amqp_url", "amqp://u:S3CRET@h:70000/"),
+            ("amqp_url", "http://h/"),
+        ] {
+            let e = Config::from_value(serde_json::json!({ key: url })).unwrap_err();
+            assert!(e.0.contains(&format!("`{key}`")), "{url}: {e}");
+            assert!(!e.0.contains("S3CRET"), "{e}");
+        }
+        for (key, url) in [
+            ("openqa_url", "http://[::1]:9526/prefix"),
+            ("openqa_url", "http://u:p@openqa.local"),
+            ("amqp_url", "amqps://u:p@rabbit.example.com:5671/%2f"),
+            ("amqp_url", "amqp://localhost"),
+        ] {
+            Config::from_value(serde_json::json!({ key: url })).unwrap();
+        }
+    }
+
+    #[test]
+    fn repeated_sections_and_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("openqa.ini");
+        std::fs::write(
+            &path,
+            "[incident_gate]\nsettle_ms = 1\n[global]\nx = 1\n[incident_gate]\nsettle_ms = 2\n",
+        )
+        .unwrap();
+        let e = Config::ini_section(&path, "incident_gate").unwrap_err();
+        assert!(e.0.contains("more than one [incident_gate]"), "{e}");
+        std::fs::write(&path, "[incident_gate]\nsettle_ms = 1\nreview_group = a\nsettle_ms = 2\n").unwrap();
+        let e = Config::ini_section(&path, "incident_gate").unwrap_err();
+        assert!(e.0.contains("key `settle_ms` appears twice"), "{e}");
+    }
+
+    #[test]
+    fn urls_show_without_passwords_and_links_without_credentials() {
+        let c = Config::from_json(
+            r#"{"openqa_url":"http://bot:S3CRET-QA@openqa.local/","obs_url":"https://u:S3CRET-OBS@api.local"}"#,
+        )
+        .unwrap();
+        let shown = c.redacted_json().to_string();
+        assert!(!shown.contains("S3CRET"), "{shown}");
+        assert!(shown.contains("http://bot:<redacted>@openqa.local/"), "{shown}");
+        assert_eq!(link_base(&c.openqa_url), "http://openqa.local");
+        assert_eq!(link_base("http://bot@openqa.local/x/"), "http://openqa.local/x");
+    }
+
+    #[test]
+    fn policies_are_named_as_configured() {
+        for name in ["accept-onpass", "accept-decline", "comment", "dry-run"] {
+            let c = Config::from_value(serde_json::json!({ "review_policy": name })).unwrap();
+            assert_eq!(c.review_policy.as_str(), name);
+        }
     }
 
     #[test]

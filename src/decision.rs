@@ -1,5 +1,5 @@
-//! A decision: a final verdict taken once per (incident, request, verdict, set of job ids), and the
-//! outcome of delivering it to one sink (the broker, IBS).
+//! A decision: a final verdict taken once per (incident, request, verdict, set of job ids, blocking
+//! jobs with their results), and the outcome of delivering it to one sink (the broker, IBS).
 
 use crate::verdict::Verdict;
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,17 @@ pub fn decision_key(v: &Verdict) -> String {
     for id in &v.job_ids {
         h.update(format!("{id},"));
     }
+    // What blocks is part of what was decided: accepting one of two failed jobs, or a job failing
+    // differently, must reach IBS. Left out when nothing blocks, so keys of passed decisions
+    // recorded before this stay the same.
+    let mut blocking: Vec<(u64, &str)> = v.blocking.iter().map(|b| (b.id, b.result.as_str())).collect();
+    blocking.sort_unstable();
+    if !blocking.is_empty() {
+        h.update("|blocking|");
+        for (id, result) in blocking {
+            h.update(format!("{id}={result},"));
+        }
+    }
     hex::encode(&h.finalize()[..16])
 }
 
@@ -77,4 +88,40 @@ pub enum Delivery {
     Final(String),
     /// A passing fault (connection, 5xx, broker refusal): try again later.
     Retry(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{BlockingJob, Counts, Outcome};
+
+    fn failed(blocking: &[(u64, &str)]) -> Verdict {
+        Verdict {
+            incident: 1,
+            request: Some(2),
+            rrid: None,
+            result: Outcome::Failed,
+            jobs: Counts::default(),
+            blocking: blocking
+                .iter()
+                .map(|(id, result)| BlockingJob {
+                    id: *id,
+                    name: format!("t{id}"),
+                    result: result.to_string(),
+                    group: String::new(),
+                    url: String::new(),
+                })
+                .collect(),
+            job_ids: vec![10, 11],
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn what_blocks_is_part_of_the_decision() {
+        let both = decision_key(&failed(&[(10, "failed"), (11, "failed")]));
+        assert_ne!(both, decision_key(&failed(&[(11, "failed")])), "one of two failures accepted");
+        assert_ne!(both, decision_key(&failed(&[(10, "incomplete"), (11, "failed")])), "fails differently");
+        assert_eq!(both, decision_key(&failed(&[(11, "failed"), (10, "failed")])), "order does not matter");
+    }
 }

@@ -9,7 +9,7 @@ use crate::events::Event;
 use crate::incident::incidents_of;
 use crate::openqa::client::{ApiError, OpenQaClient};
 use crate::openqa::model::{is_final_state, Comment, Job};
-use crate::store::{Sink, Store};
+use crate::store::{Recorded, Sink, Store};
 use crate::verdict::{self, Outcome, Rules, Verdict};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -60,6 +60,20 @@ struct IncidentState {
     waiting_on: Option<HashSet<u64>>,
     /// Jobs reported finished while an evaluation ran: it may have seen them still running.
     finished_meanwhile: HashSet<u64>,
+    /// Every job the last pending evaluation looked at. A job outside it (a newer request, a
+    /// newer build, a re-triggered scenario) can make the jobs waited on stop counting, so an
+    /// event about one is evaluated instead of waiting on jobs that may no longer count.
+    known: HashSet<u64>,
+    /// Jobs of events that arrived while an evaluation ran, checked against what it looked at.
+    heard_meanwhile: HashSet<u64>,
+}
+
+/// What an evaluation leaves behind for the events that follow.
+struct Looked {
+    /// Counted jobs that are not final; None when the verdict is final.
+    pending: Option<HashSet<u64>>,
+    /// Every job looked at.
+    known: HashSet<u64>,
 }
 
 /// An error openQA will answer again however often it is asked (a 4xx, a malformed answer, an
@@ -116,6 +130,7 @@ struct Stats {
     events_refused: AtomicU64,
     decisions: AtomicU64,
     duplicate_decisions: AtomicU64,
+    stale_decisions: AtomicU64,
 }
 
 /// Caps the job → incidents cache; job settings never change, so entries never go stale.
@@ -128,6 +143,9 @@ const WAITING_SAMPLE: usize = 8;
 const CHECK_GATHER: Duration = Duration::from_millis(100);
 /// Restarts of one job followed at most within one evaluation.
 const MAX_CLONE_ROUNDS: usize = 50;
+/// Rounds of fetching newest aggregate builds whole; one is the rule, a second only when a whole
+/// build changes which build is newest.
+const MAX_BUILD_ROUNDS: usize = 5;
 /// How many events one intake round takes from the queue at most.
 const INTAKE_BATCH: usize = 512;
 
@@ -259,6 +277,7 @@ impl Core {
             "openqa_settings_query": self.client.settings_query().as_str(),
             "decisions": s.decisions.load(Relaxed),
             "duplicate_decisions": s.duplicate_decisions.load(Relaxed),
+            "stale_decisions": s.stale_decisions.load(Relaxed),
             "openqa_requests": self.client.requests_made(),
             "busy": self.busy.load(Relaxed),
         });
@@ -360,7 +379,7 @@ impl Core {
         let Some(map) = self.look_up_jobs(ids).await else {
             return;
         };
-        let mut touched: HashMap<u64, bool> = HashMap::new();
+        let mut touched: HashMap<u64, (bool, Vec<u64>)> = HashMap::new();
         let mut finished: HashSet<u64> = HashSet::new();
         for event in &batch {
             for job in &event.jobs {
@@ -368,21 +387,27 @@ impl Core {
                     finished.insert(*job);
                 }
                 for incident in map.get(job).into_iter().flatten() {
-                    *touched.entry(*incident).or_default() |= event.forces_evaluation();
+                    let entry = touched.entry(*incident).or_default();
+                    entry.0 |= event.forces_evaluation();
+                    entry.1.push(*job);
                 }
             }
         }
         if !deleted.is_empty() {
             match self.store.incidents_relying_on(&deleted) {
-                Ok(incidents) => touched.extend(incidents.into_iter().map(|i| (i, true))),
+                Ok(incidents) => {
+                    for i in incidents {
+                        touched.entry(i).or_default().0 = true;
+                    }
+                }
                 Err(e) => tracing::warn!("cannot look up the incidents of deleted comments {deleted:?}: {e}"),
             }
         }
         let mut queued = 0;
         {
             let mut to_check = self.to_check.lock().unwrap_or_else(|p| p.into_inner());
-            for (incident, must) in touched {
-                if self.touch(incident, must, &finished) && to_check.insert(incident) {
+            for (incident, (must, jobs)) in touched {
+                if self.touch(incident, must, &jobs, &finished) && to_check.insert(incident) {
                     queued += 1;
                 }
             }
@@ -504,19 +529,22 @@ impl Core {
         self.busy.fetch_sub(incidents.len(), Relaxed);
     }
 
-    /// An event touched `incident`: evaluate it now, or answer true while its last evaluation
-    /// waits on jobs not reported finished here (see `check_waiting`).
-    fn touch(self: &Arc<Self>, incident: u64, must: bool, finished: &HashSet<u64>) -> bool {
+    /// An event about `jobs` touched `incident`: evaluate it now, or answer true while its last
+    /// evaluation waits on jobs not reported finished here (see `check_waiting`) and the event is
+    /// about a job that evaluation looked at.
+    fn touch(self: &Arc<Self>, incident: u64, must: bool, jobs: &[u64], finished: &HashSet<u64>) -> bool {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if let Some(waiting) = &mut state.waiting_on {
             waiting.retain(|j| !finished.contains(j));
         }
         let waiting = state.waiting_on.as_ref().is_some_and(|w| !w.is_empty());
+        let unknown = jobs.iter().any(|j| !state.known.contains(j));
         if state.running {
             state.finished_meanwhile.extend(finished.iter().copied());
+            state.heard_meanwhile.extend(jobs.iter().copied());
             state.again |= must;
-        } else if must || !waiting {
+        } else if must || !waiting || unknown {
             state.running = true;
             self.spawn_evaluation(incident);
         } else {
@@ -589,13 +617,18 @@ impl Core {
                     let mut incidents = core.incidents.lock().unwrap_or_else(|p| p.into_inner());
                     let state = incidents.entry(incident).or_default();
                     let meanwhile = std::mem::take(&mut state.finished_meanwhile);
-                    if let Ok(mut waiting) = outcome {
-                        if let Some(w) = &mut waiting {
+                    let heard = std::mem::take(&mut state.heard_meanwhile);
+                    if let Ok(Looked { mut pending, known }) = outcome {
+                        if let Some(w) = &mut pending {
                             w.retain(|j| !meanwhile.contains(j));
                             // everything it waited on finished during the evaluation: look again
                             state.again |= w.is_empty();
                         }
-                        state.waiting_on = waiting;
+                        // an event came about a job it did not see (a newer request or build
+                        // may have started): its verdict may be about jobs that no longer count
+                        state.again |= heard.iter().any(|j| !known.contains(j));
+                        state.known = if pending.is_some() { known } else { HashSet::new() };
+                        state.waiting_on = pending;
                     }
                     let go_on = !core.is_shutting_down() && (retry || state.again);
                     state.again = false;
@@ -621,36 +654,49 @@ impl Core {
     /// One evaluation; a final verdict becomes a decision (recorded once, queued for the sinks).
     pub async fn decide(&self, incident: u64) -> Result<Verdict, EngineError> {
         self.stats.evaluations.fetch_add(1, Relaxed);
+        // before reading openQA: the ticket orders this evaluation's decision among all processes'
+        let seen = self.store.begin_evaluation()?;
         let Evaluation { verdict, relied_comments, .. } = self.evaluation(incident).await?;
         if verdict.result == Outcome::Pending {
             self.store.mark_pending(incident)?;
             return Ok(verdict);
         }
         self.store.set_relied_comments(incident, &relied_comments)?;
-        let mut decision = Decision::new(verdict, &self.cfg.openqa_url);
-        if self.store.record_decision(&mut decision, &self.sinks)? {
-            self.stats.decisions.fetch_add(1, Relaxed);
-            tracing::info!(
-                "incident {incident}: {} (request {:?}, {} jobs, decision {})",
-                decision.verdict.result.as_str(),
-                decision.verdict.request,
-                decision.verdict.jobs.total,
-                decision.key
-            );
-            self.outbox_wake.notify_waiters();
-        } else {
-            self.stats.duplicate_decisions.fetch_add(1, Relaxed);
+        let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
+        match self.store.record_decision(&mut decision, &self.sinks, seen)? {
+            Recorded::New => {
+                self.stats.decisions.fetch_add(1, Relaxed);
+                tracing::info!(
+                    "incident {incident}: {} (request {:?}, {} jobs, decision {})",
+                    decision.verdict.result.as_str(),
+                    decision.verdict.request,
+                    decision.verdict.jobs.total,
+                    decision.key
+                );
+                self.outbox_wake.notify_waiters();
+            }
+            Recorded::Repeat => {
+                self.stats.duplicate_decisions.fetch_add(1, Relaxed);
+            }
+            Recorded::Stale => {
+                self.stats.stale_decisions.fetch_add(1, Relaxed);
+                tracing::info!(
+                    "incident {incident}: {} not recorded: an evaluation that started later decided already",
+                    decision.verdict.result.as_str()
+                );
+            }
         }
         Ok(decision.verdict)
     }
 
-    /// `decide`, returning the jobs a pending incident still waits on.
-    async fn evaluate_and_decide(&self, incident: u64) -> Result<Option<HashSet<u64>>, EngineError> {
+    /// `decide`, returning the jobs a pending incident still waits on and every job looked at.
+    async fn evaluate_and_decide(&self, incident: u64) -> Result<Looked, EngineError> {
         let verdict = self.decide(incident).await?;
-        Ok((verdict.result == Outcome::Pending).then(|| {
+        let pending = (verdict.result == Outcome::Pending).then(|| {
             let pending = verdict.notes.iter().filter(|n| n.counts && !is_final_state(&n.state));
             pending.map(|n| n.id).collect()
-        }))
+        });
+        Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect() })
     }
 }
 
@@ -689,8 +735,67 @@ pub async fn evaluate_with(
     let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
     let mut asked: HashSet<u64> = own.into_iter().chain(aggregate).collect();
     let mut jobs = client.jobs(&asked.iter().copied().collect::<Vec<_>>()).await?;
-    // Follow clone chains the settings queries did not list. A clone that is gone (404) simply
-    // stays missing; one that is never reached means no verdict.
+    let link_base = crate::config::link_base(&cfg.openqa_url);
+    let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &link_base };
+    // `list_value` only searches openQA's newest jobs, so the newest build of a product may be
+    // listed in part: fetch each such build whole, by BUILD and product, before judging it.
+    let mut whole: HashSet<(verdict::Product, String)> = HashSet::new();
+    for round in 0.. {
+        follow_clones(client, &mut jobs, &mut asked).await?;
+        let builds: Vec<(verdict::Product, String)> =
+            verdict::newest_aggregate_builds(incident, &jobs, &rules)
+                .into_iter()
+                .filter(|b| !whole.contains(b))
+                .collect();
+        if builds.is_empty() {
+            break;
+        }
+        if round == MAX_BUILD_ROUNDS {
+            return Err(EngineError::Incomplete(format!(
+                "the newest aggregate builds still change after {MAX_BUILD_ROUNDS} rounds"
+            )));
+        }
+        let fetched = futures_util::future::try_join_all(
+            builds
+                .iter()
+                .map(|(product, build)| client.jobs_of_build(build, product.each_ref().map(String::as_str))),
+        )
+        .await?;
+        let at: HashMap<u64, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
+        for job in fetched.into_iter().flatten() {
+            asked.insert(job.id);
+            match at.get(&job.id) {
+                Some(&i) => jobs[i] = job, // the newer answer of the two
+                None => jobs.push(job),
+            }
+        }
+        whole.extend(builds);
+    }
+    let selection = verdict::select(incident, &jobs, &rules);
+    let wanted = selection.needs_comments();
+    let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;
+    let mut comments: HashMap<u64, Vec<Comment>> = wanted.into_iter().zip(fetched).collect();
+    let mut relied_comments = Vec::new();
+    for (job, list) in comments.iter_mut() {
+        list.retain(|c| !deleted.contains(&c.id));
+        for c in list.iter() {
+            if verdict::acceptable_for(std::slice::from_ref(c), incident).is_some() {
+                relied_comments.push((c.id, *job));
+            }
+        }
+    }
+    relied_comments.sort_unstable();
+    let verdict = verdict::judge(&selection, &comments, &rules);
+    Ok(Evaluation { verdict, jobs, relied_comments })
+}
+
+/// Follows clone chains the settings queries did not list. A clone that is gone (404) simply
+/// stays missing; one that is never reached means no verdict.
+async fn follow_clones(
+    client: &OpenQaClient,
+    jobs: &mut Vec<Job>,
+    asked: &mut HashSet<u64>,
+) -> Result<(), EngineError> {
     for round in 0.. {
         let known: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
         let missing: Vec<u64> = jobs
@@ -709,23 +814,7 @@ pub async fn evaluate_with(
         asked.extend(&missing);
         jobs.extend(client.jobs(&missing).await?);
     }
-    let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &cfg.openqa_url };
-    let selection = verdict::select(incident, &jobs, &rules);
-    let wanted = selection.needs_comments();
-    let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;
-    let mut comments: HashMap<u64, Vec<Comment>> = wanted.into_iter().zip(fetched).collect();
-    let mut relied_comments = Vec::new();
-    for (job, list) in comments.iter_mut() {
-        list.retain(|c| !deleted.contains(&c.id));
-        for c in list.iter() {
-            if verdict::acceptable_for(std::slice::from_ref(c), incident).is_some() {
-                relied_comments.push((c.id, *job));
-            }
-        }
-    }
-    relied_comments.sort_unstable();
-    let verdict = verdict::judge(&selection, &comments, &rules);
-    Ok(Evaluation { verdict, jobs, relied_comments })
+    Ok(())
 }
 
 async fn intake(core: Arc<Core>, mut rx: mpsc::Receiver<Event>) {

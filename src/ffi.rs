@@ -6,8 +6,8 @@
 use crate::config::Config;
 use crate::events::Rejection;
 use crate::gate::{Gate, SubmitError};
-use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString};
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -40,6 +40,33 @@ pub enum ig_status {
     IG_PANIC = 11,
 }
 
+/// The severity of a log line (the numbers of `rustls_log_level`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ig_log_level {
+    IG_LOG_ERROR = 1,
+    IG_LOG_WARN = 2,
+    IG_LOG_INFO = 3,
+    IG_LOG_DEBUG = 4,
+    IG_LOG_TRACE = 5,
+}
+
+/// Receives one line of the library's log; `message` is valid during the call only. See
+/// `ig_set_log_callback` for when and on which thread it runs.
+pub type ig_log_callback =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, level: ig_log_level, message: *const c_char)>;
+
+#[derive(Clone, Copy)]
+struct LogCallback {
+    f: unsafe extern "C" fn(*mut c_void, ig_log_level, *const c_char),
+    userdata: *mut c_void,
+}
+
+// The caller registers the pointers for use from its own threads; we only ever call them there.
+unsafe impl Send for LogCallback {}
+
+static LOG_CALLBACK: std::sync::Mutex<Option<LogCallback>> = std::sync::Mutex::new(None);
+
 /// An opaque gate handle; create with `ig_gate_new`, release with `ig_gate_free`.
 pub struct ig_gate {
     gate: Gate,
@@ -56,9 +83,37 @@ fn set_last_error(message: &str) {
 
 type Failure = (ig_status, String);
 
-/// Runs `f` behind the panic boundary and records its error message.
+/// Hands the log lines kept so far to the caller's callback, on this (the caller's) thread.
+fn deliver_logs() {
+    thread_local! {
+        static DELIVERING: Cell<bool> = const { Cell::new(false) };
+    }
+    let callback = *LOG_CALLBACK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(callback) = callback else { return };
+    // a callback that calls into the library must not receive the same lines again
+    if DELIVERING.replace(true) {
+        return;
+    }
+    for record in crate::log::take() {
+        let level = match record.level {
+            tracing::Level::ERROR => ig_log_level::IG_LOG_ERROR,
+            tracing::Level::WARN => ig_log_level::IG_LOG_WARN,
+            tracing::Level::INFO => ig_log_level::IG_LOG_INFO,
+            tracing::Level::DEBUG => ig_log_level::IG_LOG_DEBUG,
+            tracing::Level::TRACE => ig_log_level::IG_LOG_TRACE,
+        };
+        let message = CString::new(record.message.replace('\0', " ")).unwrap_or_default();
+        unsafe { (callback.f)(callback.userdata, level, message.as_ptr()) };
+    }
+    DELIVERING.set(false);
+}
+
+/// Runs `f` behind the panic boundary, delivers the log lines kept for the caller, and records
+/// the error message (after the callback ran, so that it is the message of this call).
 fn boundary(f: impl FnOnce() -> Result<(), Failure>) -> ig_status {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let result = catch_unwind(AssertUnwindSafe(f));
+    let _ = catch_unwind(deliver_logs);
+    match result {
         Ok(Ok(())) => ig_status::IG_OK,
         Ok(Err((status, message))) => {
             set_last_error(&message);
@@ -241,6 +296,33 @@ pub unsafe extern "C" fn ig_string_free(s: *mut c_char) {
 #[no_mangle]
 pub extern "C" fn ig_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Sends the library's log to `callback` instead of stderr (NULL: back to stderr), for the whole
+/// process, with `userdata` passed along. Like `rustls_log_callback`, but the library's engine logs
+/// from its own threads and many callers (Perl, Python) cannot be entered from a foreign thread:
+/// the callback therefore only runs on a caller's thread, inside any `ig_*` call (before it
+/// returns) and in `ig_log_poll`. Lines wait for that in a queue of at most 1000 (older ones are
+/// dropped, with a warning saying how many). `INCIDENT_GATE_LOG` (a `RUST_LOG`-style filter,
+/// default `info`) chooses which lines are made at all. The callback should not call into the library.
+///
+/// # Safety
+/// `callback` is NULL or a function that can be called with `userdata` until it is replaced.
+#[no_mangle]
+pub unsafe extern "C" fn ig_set_log_callback(callback: ig_log_callback, userdata: *mut c_void) -> ig_status {
+    boundary(|| {
+        *LOG_CALLBACK.lock().unwrap_or_else(|p| p.into_inner()) =
+            callback.map(|f| LogCallback { f, userdata });
+        crate::log::capture(callback.is_some());
+        Ok(())
+    })
+}
+
+/// Delivers the log lines waiting for the log callback, on this thread. Call it now and then (a
+/// timer of the caller's event loop) when the library is not called otherwise.
+#[no_mangle]
+pub extern "C" fn ig_log_poll() -> ig_status {
+    boundary(|| Ok(()))
 }
 
 /// The library version, e.g. "0.1.0". Static; do not free.

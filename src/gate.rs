@@ -24,7 +24,17 @@ struct Counters {
     invalid_json: AtomicU64,
     invalid_shape: AtomicU64,
     queue_full: AtomicU64,
+    engine_unavailable: AtomicU64,
     starts: AtomicU64,
+}
+
+/// The last event the gate did not take, for `status`: the host logs each one, but an operator
+/// asking the status should not need the log to see that events are lost.
+struct Refusal {
+    at: Instant,
+    event: String,
+    why: &'static str,
+    message: String,
 }
 
 struct Running {
@@ -40,6 +50,7 @@ pub struct Gate {
     counters: Counters,
     running: Mutex<Option<Running>>,
     start_failure: Mutex<Option<(Instant, String)>>,
+    last_refusal: Mutex<Option<Refusal>>,
 }
 
 /// How long a failed engine start is answered from memory before it is tried again.
@@ -53,6 +64,7 @@ impl Gate {
             counters: Counters::default(),
             running: Mutex::new(None),
             start_failure: Mutex::new(None),
+            last_refusal: Mutex::new(None),
         }
     }
 
@@ -62,21 +74,42 @@ impl Gate {
 
     /// Validates and queues an event. Never waits on the network or the engine.
     pub fn submit(&self, name: &str, json: &str) -> Result<(), SubmitError> {
-        let event = events::parse(name, json).map_err(|e| {
-            let counter = match e.rejection {
-                Rejection::UnknownEvent => &self.counters.unknown_event,
-                Rejection::InvalidJson => &self.counters.invalid_json,
-                Rejection::InvalidShape => &self.counters.invalid_shape,
+        let result = events::parse(name, json)
+            .map_err(|e| {
+                let counter = match e.rejection {
+                    Rejection::UnknownEvent => &self.counters.unknown_event,
+                    Rejection::InvalidJson => &self.counters.invalid_json,
+                    Rejection::InvalidShape => &self.counters.invalid_shape,
+                };
+                counter.fetch_add(1, Relaxed);
+                SubmitError::Rejected(e)
+            })
+            .and_then(|event| self.submit_event(event));
+        if let Err(e) = &result {
+            let (why, message) = match e {
+                SubmitError::Rejected(r) => (
+                    match r.rejection {
+                        Rejection::UnknownEvent => "unknown_event",
+                        Rejection::InvalidJson => "invalid_json",
+                        Rejection::InvalidShape => "invalid_shape",
+                    },
+                    r.message.clone(),
+                ),
+                SubmitError::QueueFull => ("queue_full", "intake queue is full".to_string()),
+                SubmitError::Unavailable(m) => ("engine_unavailable", m.clone()),
             };
-            counter.fetch_add(1, Relaxed);
-            SubmitError::Rejected(e)
-        })?;
-        self.submit_event(event)
+            let refusal =
+                Refusal { at: Instant::now(), event: name.chars().take(64).collect(), why, message };
+            *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(refusal);
+        }
+        result
     }
 
     pub fn submit_event(&self, event: Event) -> Result<(), SubmitError> {
-        let (tx, core) =
-            self.with_running(|r| (r.tx.clone(), r.core.clone())).map_err(SubmitError::Unavailable)?;
+        let (tx, core) = self.with_running(|r| (r.tx.clone(), r.core.clone())).map_err(|m| {
+            self.counters.engine_unavailable.fetch_add(1, Relaxed);
+            SubmitError::Unavailable(m)
+        })?;
         core.count_queued(1);
         match tx.try_send(event) {
             Ok(()) => {
@@ -149,6 +182,15 @@ impl Gate {
         let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let running = guard.as_ref().filter(|r| r.pid == std::process::id());
         let depth = running.map(|r| (r.tx.max_capacity() - r.tx.capacity()) as u64).unwrap_or(0);
+        let start_failure = self
+            .start_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(at, why)| serde_json::json!({"error": why, "seconds_ago": at.elapsed().as_secs()}));
+        let last_refused = self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| {
+            serde_json::json!({"event": r.event, "why": r.why, "error": r.message, "seconds_ago": r.at.elapsed().as_secs()})
+        });
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
@@ -160,11 +202,14 @@ impl Gate {
                     "invalid_json": c.invalid_json.load(Relaxed),
                     "invalid_shape": c.invalid_shape.load(Relaxed),
                     "queue_full": c.queue_full.load(Relaxed),
+                    "engine_unavailable": c.engine_unavailable.load(Relaxed),
                 },
+                "last_refused": last_refused,
                 "queue_depth": depth,
                 "queue_capacity": self.config.queue_capacity,
             },
             "engine_starts": c.starts.load(Relaxed),
+            "engine_start_failure": start_failure,
             "engine": running.map(|r| r.core.status()),
             "config": self.config.redacted_json(),
         })
@@ -194,6 +239,10 @@ impl Gate {
                     self.counters.starts.fetch_add(1, Relaxed);
                 }
                 Err(why) => {
+                    tracing::error!(
+                        "the engine cannot start: {why}; next try in {} s",
+                        START_RETRY.as_secs()
+                    );
                     *failed = Some((Instant::now(), why.clone()));
                     return Err(why);
                 }
@@ -203,15 +252,7 @@ impl Gate {
     }
 
     fn start(&self, pid: u32) -> Result<Running, String> {
-        // Inside openQA nobody set up logging for us: warnings and decisions go to stderr (the web
-        // UI's journal). INCIDENT_GATE_LOG filters, like RUST_LOG. A no-op when a host set one up.
-        let filter = tracing_subscriber::EnvFilter::try_from_env("INCIDENT_GATE_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .try_init();
+        crate::log::init();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("incident-gate")

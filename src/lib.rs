@@ -11,6 +11,7 @@ pub mod ffi;
 pub mod gate;
 pub mod gitea;
 pub mod incident;
+pub mod log;
 pub mod obs;
 pub mod openqa;
 pub mod outbox;

@@ -17,57 +17,89 @@ const EXIT_UNAVAILABLE: u8 = 3;
 #[derive(Parser)]
 #[command(name = "incident-gate", version, about, after_help = cli::EXIT_CODES)]
 struct Args {
-    /// INI file with an [incident_gate] section (openqa.ini works). Default: $INCIDENT_GATE_CONFIG,
-    /// then /etc/openqa/openqa.ini if it has the section. INCIDENT_GATE_<KEY> variables override it.
-    #[arg(long, short, global = true)]
-    config: Option<PathBuf>,
-    /// Log level filter (also RUST_LOG); default info, warn for the demo (it narrates itself).
-    #[arg(long, global = true)]
+    /// Log level filter, e.g. `debug` or `incident_gate=debug,warn` (RUST_LOG overrides it).
+    /// Default: info; warn for demo and bench, which narrate themselves.
+    #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where the commands that act on a real openQA read their configuration.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// INI file with an [incident_gate] section (openqa.ini works). Default: $INCIDENT_GATE_CONFIG,
+    /// then /etc/openqa/openqa.ini if it has the section. INCIDENT_GATE_<KEY> variables override
+    /// single keys.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Standalone service: consume openQA's job events from AMQP, decide, publish and report.
-    Listen,
+    Listen {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// For openQA's job_done_hook_*: evaluate the job's incidents, act, exit with a verdict code.
     Hook {
         /// The openQA job id openQA passes to the hook script.
         job_id: u64,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Explain an incident's verdict: every relevant job and why it counts. No side effects.
     Check {
+        /// The incident number, e.g. 12345 for SUSE:Maintenance:12345.
         incident: u64,
-        /// Print the verdict as JSON.
+        /// Print the verdict as JSON (the document ig_gate_evaluate returns).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// What the state directory holds: recent decisions, pending incidents, outbox backlog.
     Status {
+        /// Print it as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Run the openQA and IBS simulators on loopback for development (one JSON line with the URLs).
     Sim {
-        #[arg(long, default_value_t = 0)]
+        /// Port of the openQA simulator on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0, value_name = "PORT")]
         openqa_port: u16,
-        #[arg(long, default_value_t = 0)]
+        /// Port of the IBS simulator on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0, value_name = "PORT")]
         obs_port: u16,
         /// Answer like this openQA: `upstream`, or `debian12` (4.6.1674490999: no
         /// `job_settings/jobs?value=`, no bulk comment routes).
         #[arg(long, default_value = "upstream")]
         openqa_flavor: String,
     },
-    /// A simulated maintenance day on the simulators and the local RabbitMQ, step by step.
+    /// A simulated maintenance day on the simulators and the local RabbitMQ ($AMQP_URL), step by step.
     Demo,
     /// Measure the C ABI call cost, end-to-end latency and a synthetic openQA day.
     Bench {
         /// Scale of the synthetic day (1.0 = 300 incidents x 40 jobs + 10 aggregates x 400 jobs).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
         scale: f64,
     },
+}
+
+impl Command {
+    fn config(&self) -> Option<&ConfigArg> {
+        match self {
+            Command::Listen { config }
+            | Command::Hook { config, .. }
+            | Command::Check { config, .. }
+            | Command::Status { config, .. } => Some(config),
+            Command::Sim { .. } | Command::Demo | Command::Bench { .. } => None,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -77,7 +109,9 @@ fn main() -> ExitCode {
         let default = if quiet { "warn" } else { "info" };
         tracing_subscriber::EnvFilter::new(args.log.as_deref().unwrap_or(default))
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // colour codes only for a person at a terminal, not in the journal or a log file
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -86,24 +120,28 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    let needs_config = !matches!(args.command, Command::Sim { .. } | Command::Demo | Command::Bench { .. });
-    let config = if needs_config {
-        match cli::load_config(args.config.as_deref()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("incident-gate: {e}");
-                return ExitCode::from(EXIT_USAGE);
+    // Everything local (the configuration, the state directory and its database) is checked here:
+    // a mistake there is the operator's to fix (2), not a reason to retry later (3).
+    let core = match args.command.config() {
+        Some(arg) => {
+            let _entered = runtime.enter();
+            match cli::load_config(arg.config.as_deref()).and_then(core) {
+                Ok(core) => Some(core),
+                Err(e) => {
+                    eprintln!("incident-gate: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
             }
         }
-    } else {
-        None
+        None => None,
     };
     let code = runtime.block_on(async move {
+        let core = || core.ok_or_else(|| "no configuration".to_string());
         match args.command {
-            Command::Listen => cli::listen(core(config)?).await,
-            Command::Hook { job_id } => cli::hook(core(config)?, job_id).await,
-            Command::Check { incident, json } => cli::check(core(config)?, incident, json).await,
-            Command::Status { json } => cli::status(core(config)?, json),
+            Command::Listen { .. } => cli::listen(core()?).await,
+            Command::Hook { job_id, .. } => cli::hook(core()?, job_id).await,
+            Command::Check { incident, json, .. } => cli::check(core()?, incident, json).await,
+            Command::Status { json, .. } => cli::status(core()?, json),
             Command::Sim { openqa_port, obs_port, openqa_flavor } => {
                 cli::sim(openqa_port, obs_port, &openqa_flavor).await
             }
@@ -121,7 +159,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn core(config: Option<Config>) -> Result<Arc<Core>, String> {
-    let config = config.ok_or("no configuration")?;
+fn core(config: Config) -> Result<Arc<Core>, String> {
     Core::new(Arc::new(config)).map(Arc::new).map_err(|e| e.to_string())
 }

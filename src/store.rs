@@ -88,6 +88,33 @@ pub struct Backlog {
     pub obs: u64,
 }
 
+/// What `record_decision` did with a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded and queued for the sinks.
+    New,
+    /// The incident's latest decision already says this.
+    Repeat,
+    /// An evaluation that started later decided already: this one read older data.
+    Stale,
+}
+
+/// Adds a column that state directories created by an older version lack.
+fn add_column(conn: &mut Connection, table: &str, column: &str, decl: &str) -> Result<(), StoreError> {
+    // immediate: two processes opening an old state directory at once add it once
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let present: bool = tx.query_row(
+        &format!("SELECT EXISTS(SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"),
+        [column],
+        |r| r.get(0),
+    )?;
+    if !present {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
@@ -111,11 +138,13 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create state directory {}: {e}", dir.display())))?;
         let path = dir.join("incident-gate.sqlite");
-        let conn = Connection::open(&path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // SQLite opens lazily: an unwritable directory or a file that is no database shows only
+        // at the first statement. Each error names the file: it is the operator's to fix.
+        let named = |e: rusqlite::Error| StoreError(format!("cannot use {}: {e}", path.display()));
+        let mut conn = Connection::open(&path).map_err(named)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(named)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(named)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(named)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS decisions (
                 key TEXT PRIMARY KEY, base TEXT NOT NULL, incident INTEGER NOT NULL, request INTEGER,
@@ -129,12 +158,28 @@ impl Store {
              CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_at);
              CREATE TABLE IF NOT EXISTS pending (
                 incident INTEGER PRIMARY KEY, since INTEGER NOT NULL, checked_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS relied_comments (
                 comment_id INTEGER NOT NULL, incident INTEGER NOT NULL, job_id INTEGER NOT NULL,
                 since INTEGER NOT NULL, checked_at INTEGER NOT NULL, PRIMARY KEY (comment_id, incident));
              CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);",
-        )?;
+        )
+        .map_err(named)?;
+        add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Store { conn: Mutex::new(conn), path })
+    }
+
+    /// A ticket for an evaluation about to read openQA, from one counter shared by every process
+    /// of the state directory: an evaluation with a higher ticket started later and read newer
+    /// data, so its decision outranks one of a lower ticket (see `record_decision`).
+    pub fn begin_evaluation(&self) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row(
+            "INSERT INTO counters (name, value) VALUES ('evaluation', 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     pub fn path(&self) -> &Path {
@@ -146,35 +191,44 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a decision and queues it for `sinks`, unless it repeats the incident's latest
-    /// decision (whichever process recorded that). Returns whether this call recorded it.
+    /// Records a decision of the evaluation holding ticket `seen` (`begin_evaluation`) and queues
+    /// it for `sinks`, unless it repeats the incident's latest decision or that decision comes from
+    /// an evaluation that started later (whichever process recorded it): evaluations finish in any
+    /// order, and one that read older data must not replace what a newer one decided.
     ///
     /// A verdict that comes back after another one (passed, failed, passed over the same jobs) is
     /// a new decision: it gets a key of its own, derived so that every process derives the same.
-    pub fn record_decision(&self, d: &mut Decision, sinks: &[Sink]) -> Result<bool, StoreError> {
+    pub fn record_decision(
+        &self,
+        d: &mut Decision,
+        sinks: &[Sink],
+        seen: i64,
+    ) -> Result<Recorded, StoreError> {
         let base = crate::decision::decision_key(&d.verdict);
         let incident = d.verdict.incident as i64;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let latest: Option<String> = tx
+        let latest: Option<(String, i64)> = tx
             .query_row(
-                "SELECT base FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
+                "SELECT base, seen FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
                 [incident],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        if latest.as_deref() == Some(base.as_str()) {
-            return Ok(false);
+        match &latest {
+            Some((_, newer)) if *newer > seen => return Ok(Recorded::Stale),
+            Some((latest, _)) if *latest == base => return Ok(Recorded::Repeat),
+            _ => {}
         }
-        let seen: i64 =
+        let earlier: i64 =
             tx.query_row("SELECT COUNT(*) FROM decisions WHERE incident = ?1", [incident], |r| r.get(0))?;
         let taken: bool =
             tx.query_row("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = ?1)", [&base], |r| r.get(0))?;
-        d.key = if taken { crate::decision::salted_key(&base, seen as u64) } else { base.clone() };
+        d.key = if taken { crate::decision::salted_key(&base, earlier as u64) } else { base.clone() };
         let body = serde_json::to_string(&*d).map_err(|e| StoreError(e.to_string()))?;
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO decisions (key, base, incident, request, result, decided_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO decisions (key, base, incident, request, result, decided_at, body, seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 d.key,
                 base,
@@ -182,7 +236,8 @@ impl Store {
                 d.verdict.request.map(|r| r as i64),
                 d.verdict.result.as_str(),
                 d.decided_at,
-                body
+                body,
+                seen
             ],
         )? == 1;
         if inserted {
@@ -192,7 +247,7 @@ impl Store {
         }
         tx.execute("DELETE FROM pending WHERE incident = ?1", [incident])?;
         tx.commit()?;
-        Ok(inserted)
+        Ok(if inserted { Recorded::New } else { Recorded::Repeat })
     }
 
     /// Whether `key` is the incident's latest decision (an older one must not act on IBS).
@@ -210,37 +265,48 @@ impl Store {
 
     /// Takes up to `limit` due items of `sink` for this process. A decision's sinks go in the order
     /// they were queued (the event first, then IBS, DESIGN section 4): an item waits while an
-    /// earlier one of the same decision is still queued. Taking an item leases it (`LEASE_S`).
+    /// earlier one of the same decision is still queued. IBS hears one decision of an incident at
+    /// a time: an IBS item waits while another one of the same incident is leased (being delivered
+    /// by some process), and one take holds at most one per incident, the oldest first, so the
+    /// comments and review changes of two decisions never interleave. Taking an item leases it
+    /// (`LEASE_S`).
     pub fn take_due(&self, sink: Sink, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let now = now_ms();
         let lease_until = now + LEASE_S * 1000;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let rows: Vec<(i64, u32, String)> = {
+        let mut items = Vec::new();
+        {
             let mut stmt = tx.prepare(
-                "UPDATE outbox SET lease_until = ?1 WHERE id IN (
-                    SELECT id FROM outbox WHERE sink = ?2 AND state = 'queued' AND next_at <= ?3
-                    AND lease_until <= ?3 AND NOT EXISTS (
-                        SELECT 1 FROM outbox AS earlier WHERE earlier.key = outbox.key
-                        AND earlier.id < outbox.id AND earlier.state = 'queued')
-                    ORDER BY id LIMIT ?4)
-                 RETURNING id, attempts, key",
+                "SELECT o.id, o.attempts, o.key, d.incident, d.body FROM outbox AS o
+                 JOIN decisions AS d ON d.key = o.key
+                 WHERE o.sink = ?1 AND o.state = 'queued' AND o.next_at <= ?2 AND o.lease_until <= ?2
+                 AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = o.key
+                     AND earlier.id < o.id AND earlier.state = 'queued')
+                 AND (o.sink != 'obs' OR NOT EXISTS (
+                     SELECT 1 FROM outbox AS busy JOIN decisions AS bd ON bd.key = busy.key
+                     WHERE busy.sink = 'obs' AND busy.state = 'queued' AND busy.lease_until > ?2
+                     AND busy.id != o.id AND bd.incident = d.incident))
+                 ORDER BY o.id",
             )?;
-            let it = stmt.query_map(params![lease_until, sink.as_str(), now, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
-            it.collect::<Result<_, _>>()?
-        };
-        let mut items = Vec::with_capacity(rows.len());
-        for (id, attempts, key) in rows {
-            let body: String =
-                tx.query_row("SELECT body FROM decisions WHERE key = ?1", [&key], |r| r.get(0))?;
-            let decision = serde_json::from_str(&body)
-                .map_err(|e| StoreError(format!("decision {key} is unreadable: {e}")))?;
-            items.push(OutboxItem { id, sink, attempts, decision, lease_until });
+            let mut rows = stmt.query(params![sink.as_str(), now])?;
+            let mut incidents = std::collections::HashSet::new();
+            while items.len() < limit {
+                let Some(row) = rows.next()? else { break };
+                let (id, attempts, key, incident, body): (i64, u32, String, i64, String) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+                if sink == Sink::Obs && !incidents.insert(incident) {
+                    continue;
+                }
+                let decision = serde_json::from_str(&body)
+                    .map_err(|e| StoreError(format!("decision {key} is unreadable: {e}")))?;
+                items.push(OutboxItem { id, sink, attempts, decision, lease_until });
+            }
+        }
+        for item in &items {
+            tx.execute("UPDATE outbox SET lease_until = ?1 WHERE id = ?2", params![lease_until, item.id])?;
         }
         tx.commit()?;
-        items.sort_by_key(|i| i.id);
         Ok(items)
     }
 
@@ -280,12 +346,18 @@ impl Store {
         Ok(())
     }
 
-    /// Milliseconds until the next queued item of `sink` is due (None: nothing queued).
+    /// Milliseconds until the next queued item of `sink` is due (None: nothing queued). An IBS
+    /// item of an incident whose other IBS item is being delivered is due when that lease ends.
     pub fn next_due_in(&self, sink: Sink) -> Result<Option<i64>, StoreError> {
         let next: Option<i64> = self.conn().query_row(
-            "SELECT MIN(MAX(next_at, lease_until)) FROM outbox WHERE sink = ?1 AND state = 'queued'
-             AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = outbox.key
-                             AND earlier.id < outbox.id AND earlier.state = 'queued')",
+            "SELECT MIN(MAX(o.next_at, o.lease_until, CASE WHEN o.sink = 'obs' THEN COALESCE((
+                 SELECT MAX(busy.lease_until) FROM outbox AS busy JOIN decisions AS bd ON bd.key = busy.key
+                 WHERE busy.sink = 'obs' AND busy.state = 'queued' AND busy.id != o.id
+                 AND bd.incident = d.incident), 0) ELSE 0 END))
+             FROM outbox AS o JOIN decisions AS d ON d.key = o.key
+             WHERE o.sink = ?1 AND o.state = 'queued'
+             AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = o.key
+                             AND earlier.id < o.id AND earlier.state = 'queued')",
             [sink.as_str()],
             |r| r.get(0),
         )?;
@@ -462,6 +534,12 @@ mod tests {
     use super::*;
     use crate::verdict::{Counts, Outcome, Verdict};
 
+    /// Evaluation tickets in the order the tests take them.
+    fn s_next() -> i64 {
+        static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn decision(incident: u64, jobs: Vec<u64>) -> Decision {
         let v = Verdict {
             incident,
@@ -481,9 +559,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
         let d = decision(1, vec![1, 2]);
-        assert!(a.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs]).unwrap());
-        assert!(!b.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs]).unwrap());
-        assert!(b.record_decision(&mut decision(1, vec![1, 3]), &[Sink::Amqp]).unwrap());
+        assert_eq!(
+            a.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs], s_next()).unwrap(),
+            Recorded::New
+        );
+        assert_eq!(
+            b.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs], s_next()).unwrap(),
+            Recorded::Repeat
+        );
+        assert_eq!(
+            b.record_decision(&mut decision(1, vec![1, 3]), &[Sink::Amqp], s_next()).unwrap(),
+            Recorded::New
+        );
         assert_eq!(a.decision_count().unwrap(), 2);
         assert_eq!(a.backlog().unwrap().amqp, 2);
     }
@@ -497,14 +584,22 @@ mod tests {
         failed.verdict.result = crate::verdict::Outcome::Failed;
         failed.key = crate::decision::decision_key(&failed.verdict);
         let mut first = passed.clone();
-        assert!(s.record_decision(&mut first, &[Sink::Amqp]).unwrap());
-        assert!(s.record_decision(&mut failed.clone(), &[Sink::Amqp]).unwrap());
+        assert_eq!(s.record_decision(&mut first, &[Sink::Amqp], s_next()).unwrap(), Recorded::New);
+        assert_eq!(s.record_decision(&mut failed.clone(), &[Sink::Amqp], s_next()).unwrap(), Recorded::New);
         let mut again = passed.clone();
-        assert!(s.record_decision(&mut again, &[Sink::Amqp]).unwrap(), "passed again after failed");
+        assert_eq!(
+            s.record_decision(&mut again, &[Sink::Amqp], s_next()).unwrap(),
+            Recorded::New,
+            "passed again after failed"
+        );
         assert_ne!(again.key, first.key, "a key of its own, so it is published and reported");
         assert!(s.is_latest(9, &again.key).unwrap());
         assert!(!s.is_latest(9, &first.key).unwrap());
-        assert!(!s.record_decision(&mut passed.clone(), &[Sink::Amqp]).unwrap(), "repeats the latest");
+        assert_eq!(
+            s.record_decision(&mut passed.clone(), &[Sink::Amqp], s_next()).unwrap(),
+            Recorded::Repeat,
+            "repeats the latest"
+        );
         assert_eq!(s.backlog().unwrap().amqp, 3);
     }
 
@@ -512,7 +607,7 @@ mod tests {
     fn ibs_waits_until_the_event_is_published() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp, Sink::Obs]).unwrap();
+        s.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp, Sink::Obs], s_next()).unwrap();
         assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "the event goes first");
         let amqp = s.take_due(Sink::Amqp, 10).unwrap();
         s.complete(&amqp[0], &Delivery::Retry("broker down".into())).unwrap();
@@ -528,7 +623,7 @@ mod tests {
     fn outbox_leases_retries_and_completes() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
-        a.record_decision(&mut decision(7, vec![1]), &[Sink::Amqp]).unwrap();
+        a.record_decision(&mut decision(7, vec![1]), &[Sink::Amqp], s_next()).unwrap();
         let taken = a.take_due(Sink::Amqp, 10).unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].decision.verdict.incident, 7);
@@ -550,8 +645,8 @@ mod tests {
     fn a_released_lease_is_due_at_once_but_a_stale_release_takes_nothing_away() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
-        a.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp]).unwrap();
-        a.record_decision(&mut decision(9, vec![2]), &[Sink::Amqp]).unwrap();
+        a.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp], s_next()).unwrap();
+        a.record_decision(&mut decision(9, vec![2]), &[Sink::Amqp], s_next()).unwrap();
         let taken = a.take_due(Sink::Amqp, 1).unwrap();
         assert_eq!(taken.len(), 1, "only what is asked for is leased");
         let other = b.take_due(Sink::Amqp, 10).unwrap();
@@ -578,8 +673,84 @@ mod tests {
         assert_eq!(s.claim_stale_pending(0).unwrap(), vec![5, 6]);
         assert!(other.claim_stale_pending(1_000).unwrap().is_empty(), "claimed by the first process");
         assert!(s.claim_stale_pending(60_000).unwrap().is_empty());
-        s.record_decision(&mut decision(5, vec![1]), &[]).unwrap();
+        s.record_decision(&mut decision(5, vec![1]), &[], s_next()).unwrap();
         assert_eq!(s.pending().unwrap(), vec![6]);
+    }
+
+    #[test]
+    fn an_evaluation_that_read_older_data_does_not_replace_a_newer_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+        // a slow evaluation starts, then a faster one (after an acceptable_for comment) overtakes it
+        let (slow, fast) = (a.begin_evaluation().unwrap(), b.begin_evaluation().unwrap());
+        assert!(fast > slow, "one counter for every process");
+        let passed = decision(3, vec![1, 2]);
+        let mut failed = decision(3, vec![1, 2]);
+        failed.verdict.result = Outcome::Failed;
+        assert_eq!(b.record_decision(&mut passed.clone(), &[Sink::Obs], fast).unwrap(), Recorded::New);
+        assert_eq!(a.record_decision(&mut failed.clone(), &[Sink::Obs], slow).unwrap(), Recorded::Stale);
+        let latest = a.latest_decision(3).unwrap().unwrap();
+        assert_eq!(latest.verdict.result, Outcome::Passed);
+        assert!(a.is_latest(3, &latest.key).unwrap(), "the passed report is not superseded");
+        assert_eq!(a.backlog().unwrap().obs, 1, "the stale failure is never reported");
+        // an evaluation started afterwards that finds the failure again is a decision
+        let later = a.begin_evaluation().unwrap();
+        assert_eq!(a.record_decision(&mut failed.clone(), &[Sink::Obs], later).unwrap(), Recorded::New);
+    }
+
+    #[test]
+    fn ibs_hears_one_decision_of_an_incident_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+        let mut failed = decision(5, vec![1]);
+        failed.verdict.result = Outcome::Failed;
+        a.record_decision(&mut failed, &[Sink::Obs], s_next()).unwrap();
+        a.record_decision(&mut decision(6, vec![2]), &[Sink::Obs], s_next()).unwrap();
+        a.record_decision(&mut decision(5, vec![1]), &[Sink::Obs], s_next()).unwrap();
+        let first = a.take_due(Sink::Obs, 10).unwrap();
+        let taken: Vec<(u64, Outcome)> =
+            first.iter().map(|i| (i.decision.verdict.incident, i.decision.verdict.result)).collect();
+        assert_eq!(taken, vec![(5, Outcome::Failed), (6, Outcome::Passed)], "one per incident, oldest first");
+        assert!(b.take_due(Sink::Obs, 10).unwrap().is_empty(), "5's newer decision waits for the older one");
+        let wait = b.next_due_in(Sink::Obs).unwrap().unwrap();
+        assert!(wait > (LEASE_S - 5) * 1000, "no busy wait while another process delivers: {wait} ms");
+        a.complete(&first[0], &Delivery::Done("commented".into())).unwrap();
+        let next = b.take_due(Sink::Obs, 10).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(
+            (next[0].decision.verdict.incident, next[0].decision.verdict.result),
+            (5, Outcome::Passed)
+        );
+        // an older decision backing off does not hold the newer one up: it is superseded anyway
+        b.complete(&next[0], &Delivery::Retry("IBS down".into())).unwrap();
+        a.record_decision(&mut decision(5, vec![1, 2]), &[Sink::Obs], s_next()).unwrap();
+        let newest = a.take_due(Sink::Obs, 10).unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].decision.verdict.job_ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_state_directory_of_an_older_version_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(dir.path().join("incident-gate.sqlite")).unwrap();
+        old.execute_batch(
+            "CREATE TABLE decisions (key TEXT PRIMARY KEY, base TEXT NOT NULL, incident INTEGER NOT NULL,
+                request INTEGER, result TEXT NOT NULL, decided_at TEXT NOT NULL, body TEXT NOT NULL);",
+        )
+        .unwrap();
+        let mut before = decision(4, vec![1]);
+        before.verdict.result = Outcome::Failed;
+        let body = serde_json::to_string(&before).unwrap();
+        old.execute("INSERT INTO decisions VALUES ('k', 'k', 4, 300001, 'failed', 'then', ?1)", [body])
+            .unwrap();
+        drop(old);
+        let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+        let ticket = b.begin_evaluation().unwrap();
+        assert_eq!(
+            a.record_decision(&mut decision(4, vec![1]), &[Sink::Obs], ticket).unwrap(),
+            Recorded::New
+        );
+        assert_eq!(a.latest_decision(4).unwrap().unwrap().verdict.result, Outcome::Passed);
     }
 
     #[test]

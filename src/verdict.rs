@@ -142,6 +142,45 @@ fn scenario(job: &Job) -> [&str; 7] {
     ["DISTRI", "VERSION", "FLAVOR", "ARCH", "MACHINE", "TEST", "BUILD"].map(|k| job.setting(k))
 }
 
+/// The product an aggregate build is scheduled for.
+pub type Product = [String; 4];
+
+pub fn product_of(job: &Job) -> Product {
+    ["DISTRI", "VERSION", "FLAVOR", "ARCH"].map(|k| job.setting(k).to_string())
+}
+
+/// The ignore glob a job's group matches, if any.
+fn ignored_by<'r>(job: &Job, rules: &'r Rules) -> Option<&'r String> {
+    let group = job.group.as_deref().unwrap_or("");
+    rules.ignore_groups.iter().find(|g| glob_match(g, group))
+}
+
+/// Rule 3's choice: the newest aggregate build listing `incident`, per product, among the jobs
+/// that are not in an ignored group. The engine fetches these builds whole before judging.
+pub fn newest_aggregate_builds(incident: u64, jobs: &[Job], rules: &Rules) -> HashMap<Product, String> {
+    let aggregate = jobs
+        .iter()
+        .filter(|j| ignored_by(j, rules).is_none())
+        .filter(|j| !is_incident_job(&j.settings, incident) && lists_incident(j, incident));
+    newest_builds(aggregate)
+}
+
+/// Ties on the date go to the build started last (the lowest job id of each build decides).
+fn newest_builds<'a>(aggregate: impl Iterator<Item = &'a Job>) -> HashMap<Product, String> {
+    let mut builds: BTreeMap<Product, BTreeMap<String, u64>> = BTreeMap::new();
+    for job in aggregate {
+        let first = builds.entry(product_of(job)).or_default().entry(job.setting("BUILD").to_string());
+        let id = first.or_insert(job.id);
+        *id = (*id).min(job.id);
+    }
+    builds
+        .into_iter()
+        .filter_map(|(p, b)| {
+            b.into_iter().max_by_key(|(build, first_id)| (build_key(build), *first_id)).map(|(b, _)| (p, b))
+        })
+        .collect()
+}
+
 /// Rules 1-4 of DESIGN section 4.
 pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a> {
     let mut dropped: Vec<(&Job, &'static str, String)> = Vec::new();
@@ -152,16 +191,26 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
         if !seen.insert(job.id) {
             continue; // job_settings lists a job once per matching row
         }
-        if is_incident_job(&job.settings, incident) {
-            own.push(job);
+        let bucket = if is_incident_job(&job.settings, incident) {
+            &mut own
         } else if lists_incident(job, incident) {
-            aggregate.push(job);
+            &mut aggregate
         } else {
             dropped.push((job, "unrelated", format!("does not test incident {incident}")));
+            continue;
+        };
+        // 1. ignored groups first: a Devel job with a newer RRID or a newer build must not push
+        // the real jobs out in rules 2 and 3
+        match ignored_by(job, rules) {
+            Some(glob) => {
+                let group = job.group.as_deref().unwrap_or("");
+                dropped.push((job, role(job, incident), format!("group {group:?} is ignored ({glob})")));
+            }
+            None => bucket.push(job),
         }
     }
 
-    // 1. newest release request only
+    // 2. newest release request only
     let request_of = |j: &Job| parse_rrid(j.setting("RRID")).filter(|(i, _)| *i == incident);
     let newest = own.iter().filter_map(|j| request_of(j)).map(|(_, r)| r).max();
     let mut counted: Vec<&Job> = Vec::new();
@@ -175,41 +224,17 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
         }
     }
 
-    // 2. newest aggregate build per product; ties on the date go to the build started last
-    let product = |j: &Job| ["DISTRI", "VERSION", "FLAVOR", "ARCH"].map(|k| j.setting(k).to_string());
-    let mut builds: BTreeMap<[String; 4], BTreeMap<String, u64>> = BTreeMap::new();
-    for job in &aggregate {
-        let first = builds.entry(product(job)).or_default().entry(job.setting("BUILD").to_string());
-        let id = first.or_insert(job.id);
-        *id = (*id).min(job.id);
-    }
-    let newest_build: HashMap<[String; 4], String> = builds
-        .into_iter()
-        .filter_map(|(p, b)| {
-            b.into_iter().max_by_key(|(build, first_id)| (build_key(build), *first_id)).map(|(b, _)| (p, b))
-        })
-        .collect();
+    // 3. newest aggregate build per product
+    let newest_build = newest_builds(aggregate.iter().copied());
     for job in aggregate {
-        let newest = &newest_build[&product(job)];
-        if job.setting("BUILD") == newest {
-            counted.push(job);
-        } else {
-            let why = format!("aggregate build {} is older than {newest}", job.setting("BUILD"));
-            dropped.push((job, "aggregate", why));
+        match newest_build.get(&product_of(job)) {
+            Some(newest) if newest != job.setting("BUILD") => {
+                let why = format!("aggregate build {} is older than {newest}", job.setting("BUILD"));
+                dropped.push((job, "aggregate", why));
+            }
+            _ => counted.push(job),
         }
     }
-
-    // 3. ignored job groups
-    counted.retain(|job| {
-        let group = job.group.as_deref().unwrap_or("");
-        match rules.ignore_groups.iter().find(|g| glob_match(g, group)) {
-            Some(glob) => {
-                dropped.push((job, role(job, incident), format!("group {group:?} is ignored ({glob})")));
-                false
-            }
-            None => true,
-        }
-    });
 
     // 4. newest job per scenario; a clone always has a higher id than the job it replaces
     let mut newest_in: HashMap<[&str; 7], u64> = HashMap::new();
@@ -249,16 +274,24 @@ fn role(job: &Job, incident: u64) -> &'static str {
     }
 }
 
-/// The reason of an `@review:acceptable_for:incident_<id>:<reason>` comment for this incident.
+/// The reason of the first `@review:acceptable_for:incident_<id>:<reason>` or
+/// `@review:acceptable_for:submission_<id>:<reason>` tag for this incident (qem-bot reads both).
+/// A tag without a reason accepts nothing: the reason is what reviewers rely on later. A comment
+/// may hold several tags; each reason ends at the line's end or at the next tag.
 pub fn acceptable_for(comments: &[Comment], incident: u64) -> Option<String> {
-    const TAG: &str = "@review:acceptable_for:incident_";
+    const TAG: &str = "@review:acceptable_for:";
     comments.iter().find_map(|c| {
         c.text.match_indices(TAG).find_map(|(at, _)| {
             let rest = &c.text[at + TAG.len()..];
+            let rest = rest.strip_prefix("incident_").or_else(|| rest.strip_prefix("submission_"))?;
             let digits = rest.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(rest.len());
+            if rest[..digits].parse() != Ok(incident) {
+                return None;
+            }
             let reason = rest[digits..].strip_prefix(':')?;
-            (rest[..digits].parse() == Ok(incident))
-                .then(|| reason.lines().next().unwrap_or("").trim().to_string())
+            let reason = reason.lines().next().unwrap_or("");
+            let reason = reason.find("@review:").map_or(reason, |end| &reason[..end]).trim();
+            (!reason.is_empty()).then(|| reason.to_string())
         })
     })
 }

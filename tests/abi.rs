@@ -178,3 +178,17 @@ async fn status_and_errors_never_show_secrets() {
         assert!(!stderr.contains(secret), "{secret} in the log: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_callback_gets_every_line_on_the_callers_thread() {
+    let sim = common::OpenQa::start().await;
+    let (incident, jobs) = sim.finished_incident(4444, 2, "passed").await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = common::gate_config(&sim.url(), state.path());
+    // root may write anywhere, but not into /proc: the engine cannot open its database there
+    let unusable = common::gate_config(&sim.url(), std::path::Path::new("/proc/self"));
+    let mut args = vec![unusable.to_string(), incident.to_string()];
+    args.extend(jobs.iter().map(|j| j.to_string()));
+    let (_, stderr) = tokio::task::spawn_blocking(move || run_c("log", &cfg, &args)).await.unwrap();
+    assert!(!stderr.contains("incident 4444"), "with a callback nothing goes to stderr: {stderr}");
+}

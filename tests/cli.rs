@@ -111,8 +111,8 @@ async fn hook_decides_reports_and_status_shows_it() {
     let ini_arg = ini.display().to_string();
     let job = jobs[2].to_string();
     let (hook, status) = tokio::task::spawn_blocking(move || {
-        let hook = run(&["--config", &ini_arg, "hook", &job], &env);
-        (hook, run(&["--config", &ini_arg, "status"], &env))
+        let hook = run(&["hook", &job, "--config", &ini_arg], &env);
+        (hook, run(&["status", "--config", &ini_arg], &env))
     })
     .await
     .unwrap();
@@ -138,7 +138,7 @@ fn a_bad_configuration_is_exit_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let ini = dir.path().join("x.ini");
     std::fs::write(&ini, "[other]\na = b\n").unwrap();
-    let out = run(&["--config", ini.to_str().unwrap(), "status"], &[]);
+    let out = run(&["status", "--config", ini.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[incident_gate]"));
     let help = run(&["--help"], &[]);
@@ -245,7 +245,11 @@ async fn listen_decides_from_openqa_messages_and_stops_cleanly_on_sigterm() {
         }
         assert!(std::time::Instant::now() < deadline, "listen did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    } // the listener's queue and the exchange outlive it by design: leave the shared broker as found
+    let options = lapin::options::QueueDeleteOptions::default();
+    ch.queue_delete(format!("{exchange}-q").as_str().into(), options).await.unwrap();
+    ch.exchange_delete(exchange.as_str().into(), Default::default()).await.unwrap();
+    let _ = conn.close(200, "".into()).await;
 }
 
 /// Whether the listener's queue exists (a passive declare fails while it does not).

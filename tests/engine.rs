@@ -204,3 +204,171 @@ fn an_engine_that_cannot_start_says_why_and_is_not_restarted_on_every_event() {
     assert!(common::last_error().contains("next try in"), "{}", common::last_error());
     assert_eq!(gate.status()["engine_starts"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accepting_one_of_two_failures_is_a_new_decision_that_names_the_other() {
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..3).map(|i| qa.incident_job(6201, 300621, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    for (i, job) in jobs.iter().enumerate() {
+        let result = if i == 0 { "passed" } else { "failed" };
+        qa.sim.set_done(*job, result);
+        gate.job_done(*job, result);
+    }
+    gate.flushed();
+    assert_eq!(decisions_for(&gate, 6201).len(), 1);
+    let event = qa.sim.comment(jobs[1], "@review:acceptable_for:incident_6201:bsc#1 known").unwrap();
+    assert_eq!(gate.submit(&event.name, &event.data), ig_status::IG_OK);
+    gate.flushed();
+    let decided = decisions_for(&gate, 6201);
+    assert_eq!(decided.len(), 2, "the accepted job no longer blocks: a new decision {decided:?}");
+    assert_eq!(decided[0]["result"], "failed");
+    let verdict = gate.evaluate(6201).unwrap();
+    let blocking: Vec<u64> =
+        verdict["blocking"].as_array().unwrap().iter().filter_map(|b| b["id"].as_u64()).collect();
+    assert_eq!(blocking, vec![jobs[2]]);
+}
+
+/// A loopback proxy to openQA that forwards every request at once but holds the answer to the
+/// first comments request until released: an evaluation that read its data, then got slow.
+struct HoldingProxy {
+    url: String,
+    held: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl HoldingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> HoldingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = std::sync::Arc::new(tokio::sync::Notify::new());
+        let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (h, r) = (held.clone(), release.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (hold_up, armed, h) = (hold.clone(), armed.clone(), h.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        let comments = buf[..n].windows(9).any(|w| w == b"/comments");
+                        if comments && armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            hold_up.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            h.notify_one();
+                            let _ = r.acquire().await;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        HoldingProxy { url, held, release }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_evaluation_of_older_data_does_not_replace_a_newer_decision() {
+    use incident_gate::config::Config;
+    use incident_gate::engine::Core;
+    use std::sync::Arc;
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(6301, 300631, &format!("t{i}"))).collect();
+    qa.sim.set_done(jobs[0], "passed");
+    qa.sim.set_done(jobs[1], "failed");
+    let state = tempfile::tempdir().unwrap();
+    let config = |url: &str| {
+        let cfg = Config {
+            openqa_url: url.to_string(),
+            state_dir: state.path().to_path_buf(),
+            publish_amqp: false,
+            report_obs: false,
+            ..Config::default()
+        };
+        Arc::new(Core::new(Arc::new(cfg)).unwrap())
+    };
+    // two processes: `slow` reads openQA before the comment and answers after `fast` decided
+    let proxy = HoldingProxy::start(qa.sim.addr()).await;
+    let (slow, fast) = (config(&proxy.url), config(&qa.url()));
+    let slow_run = tokio::spawn({
+        let slow = slow.clone();
+        async move { slow.decide(6301).await.map(|v| v.result) }
+    });
+    tokio::time::timeout(Duration::from_secs(10), proxy.held.notified()).await.expect("comments asked");
+    qa.sim.comment(jobs[1], "@review:acceptable_for:incident_6301:bsc#1 known").unwrap();
+    assert_eq!(fast.decide(6301).await.unwrap().result, incident_gate::verdict::Outcome::Passed);
+    proxy.release.add_permits(1);
+    let stale = slow_run.await.unwrap().unwrap();
+    assert_eq!(stale, incident_gate::verdict::Outcome::Failed, "it did read the older data");
+    let latest = fast.store().latest_decision(6301).unwrap().expect("decided");
+    assert_eq!(latest.verdict.result, incident_gate::verdict::Outcome::Passed, "the newer decision stands");
+    assert_eq!(fast.store().decision_count().unwrap(), 1);
+    assert_eq!(slow.status()["stale_decisions"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_request_is_decided_without_waiting_for_the_older_requests_jobs() {
+    let qa = OpenQa::start().await;
+    let old: Vec<u64> = (0..2).map(|i| qa.incident_job(6401, 300641, &format!("t{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    qa.sim.set_done(old[0], "passed");
+    gate.job_done(old[0], "passed");
+    gate.flushed();
+    assert_eq!(gate.evaluate(6401).unwrap()["result"], "pending", "old[1] still runs");
+    // the release request is replaced; the old request's job keeps running (or hangs)
+    let new: Vec<u64> = (0..2).map(|i| qa.incident_job(6401, 300642, &format!("t{i}"))).collect();
+    for job in &new {
+        qa.sim.set_done(*job, "passed");
+        gate.job_done(*job, "passed");
+    }
+    gate.flushed();
+    let decided = decisions_for(&gate, 6401);
+    assert_eq!(decided.len(), 1, "decided at the new request's last job: {decided:?}");
+    assert_eq!(
+        (decided[0]["result"].as_str(), decided[0]["request"].as_u64()),
+        (Some("passed"), Some(300642))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_aggregate_build_is_decided_without_waiting_for_the_older_builds_jobs() {
+    let qa = OpenQa::start().await;
+    let own = qa.incident_job(6501, 300651, "mau");
+    let old: Vec<u64> = (0..2).map(|i| qa.aggregate_job("20261123-1", &[6501], &format!("r{i}"))).collect();
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    for job in [own, old[0]] {
+        qa.sim.set_done(job, "passed");
+        gate.job_done(job, "passed");
+    }
+    gate.flushed();
+    assert_eq!(gate.evaluate(6501).unwrap()["result"], "pending", "old[1] still runs");
+    let new: Vec<u64> = (0..2).map(|i| qa.aggregate_job("20261124-1", &[6501], &format!("r{i}"))).collect();
+    for job in &new {
+        qa.sim.set_done(*job, "passed");
+        gate.job_done(*job, "passed");
+    }
+    gate.flushed();
+    let decided = decisions_for(&gate, 6501);
+    assert_eq!(decided.len(), 1, "decided at the new build's last job: {decided:?}");
+    assert_eq!(decided[0]["result"], "passed");
+}

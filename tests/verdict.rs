@@ -282,3 +282,60 @@ fn real_openqa_data_before_and_after_the_last_jobs() {
     let v = decide(12400, &phase2, &comments, &rules);
     assert_eq!((v.result, v.request), (Outcome::Failed, None));
 }
+
+fn devel(mut job: Job) -> Job {
+    job.group = Some("Maintenance: SLE 15 SP6 Devel".into());
+    job
+}
+
+#[test]
+fn trap_a_newer_devel_build_does_not_hide_a_failed_update_build() {
+    // the Devel group runs the next aggregate build early; it must not replace the Updates build
+    let jobs = [
+        inc(1, "a", 1, "done", "passed"),
+        agg(2, "reg", "20261124-1", "100", "done", "failed"),
+        devel(agg(3, "reg", "20261125-1", "100", "done", "passed")),
+    ];
+    let v = verdict(100, &jobs, &[]);
+    assert_eq!((v.result, blocking_ids(&v)), (Outcome::Failed, vec![2]), "{:?}", v.notes);
+    assert_eq!(v.job_ids, vec![1, 2]);
+    let note = v.notes.iter().find(|n| n.id == 3).unwrap();
+    assert!(!note.counts && note.why.contains("ignored"), "{note:?}");
+}
+
+#[test]
+fn trap_a_devel_job_of_a_newer_request_does_not_drop_the_current_request() {
+    let jobs = [inc(1, "a", 300001, "done", "failed"), devel(inc(2, "b", 300002, "done", "passed"))];
+    let v = verdict(100, &jobs, &[]);
+    assert_eq!((v.result, blocking_ids(&v)), (Outcome::Failed, vec![1]), "{:?}", v.notes);
+    assert_eq!(v.request, Some(300001));
+}
+
+#[test]
+fn acceptable_for_reads_the_forms_openqa_users_write() {
+    let jobs = [inc(1, "a", 1, "done", "passed"), inc(2, "b", 1, "done", "failed")];
+    // qem-bot accepts `submission_<n>` as well
+    let v = verdict(100, &jobs, &[(2, "@review:acceptable_for:submission_100:poo#4711 flaky")]);
+    assert_eq!((v.result, v.jobs.accepted), (Outcome::Passed, 1));
+    // the reason is required
+    for text in [
+        "@review:acceptable_for:incident_100:",
+        "@review:acceptable_for:incident_100:   \nbsc#1 on the next line",
+        "@review:acceptable_for:incident_100",
+        "@review:acceptable_for:submission_100:@review:acceptable_for:incident_200:x",
+    ] {
+        let v = verdict(100, &jobs, &[(2, text)]);
+        assert_eq!((v.result, blocking_ids(&v)), (Outcome::Failed, vec![2]), "{text:?}");
+    }
+    // several tags in one comment, each with its own reason
+    let text = "Known issues:\n@review:acceptable_for:incident_200:bsc#1 \
+                @review:acceptable_for:incident_100:bsc#2 kernel regression\nthanks";
+    let v = verdict(100, &jobs, &[(2, text)]);
+    assert_eq!(v.result, Outcome::Passed);
+    let why = &v.notes.iter().find(|n| n.id == 2).unwrap().why;
+    assert!(why.ends_with("acceptable for incident 100: bsc#2 kernel regression"), "{why}");
+    let both = [inc(1, "a", 1, "done", "passed"), agg(2, "b", "20261124-1", "100,200", "done", "failed")];
+    let v = verdict(200, &both, &[(2, text)]);
+    let why = &v.notes.iter().find(|n| n.id == 2).unwrap().why;
+    assert!(why.ends_with("acceptable for incident 200: bsc#1"), "{why}");
+}

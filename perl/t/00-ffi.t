@@ -12,7 +12,8 @@ use Mojo::JSON qw(decode_json encode_json);
 
 subtest 'status constants match include/incident_gate.h' => sub {
     my $header = path($FindBin::Bin, '..', '..', 'include', 'incident_gate.h')->slurp;
-    my %c = $header =~ /^\s*(IG_[A-Z0-9_]+) = (\d+),/mg;
+    my ($statuses) = $header =~ /typedef enum ig_status \{(.*?)\}/s;
+    my %c = $statuses =~ /^\s*(IG_[A-Z0-9_]+) = (\d+),/mg;
     ok keys %c >= 12, 'the header lists the statuses' or diag $header;
     is_deeply {map { $_ => IncidentGate::FFI->can($_)->() } keys %c}, \%c, 'same names, same values';
     is_deeply [sort keys %c], [sort @IncidentGate::FFI::STATUS], 'and no status missing here';
@@ -72,6 +73,29 @@ subtest 'ig_gate_status' => sub {
     is $s->{config}{obs_password}, '<redacted>', 'secrets redacted';
     unlike $json, qr/S3CRET/, 'nowhere in the status';
 };
+
+subtest 'ig_set_log_callback, ig_log_poll' => sub {
+    my @lines;
+    is $lib->on_log(sub { push @lines, [@_] }), IG_OK, 'callback registered';
+    # root may write anywhere, but not into /proc: the engine cannot start there
+    my $broken = $lib->gate(encode_json({openqa_url => 'http://127.0.0.1:9', state_dir => '/proc/self'}));
+    my ($status, $error) = $broken->submit('openqa_job_done', '{"id":1,"result":"passed"}');
+    is $status, IG_UNAVAILABLE, 'an engine that cannot start refuses the event';
+    like $error, qr{/proc/self/incident-gate\.sqlite}, 'naming the file';
+    is scalar @lines, 1, 'one line reached the callback before submit returned';
+    is $lines[0][0], 'error', 'as an error';
+    like $lines[0][1], qr{^the engine cannot start: .*/proc/self/incident-gate\.sqlite}, 'saying why';
+    my $s = decode_json(($broken->status)[1]);
+    like $s->{engine_start_failure}{error}, qr{/proc/self}, 'the status shows the failed start';
+    is $s->{intake}{rejected}{engine_unavailable}, 1, 'and counts the refused event';
+    is $s->{intake}{last_refused}{event}, 'openqa_job_done', 'naming the last refused event';
+    is $lib->log_poll, IG_OK, 'ig_log_poll';
+    is scalar @lines, 1, 'nothing new';
+    is $lib->on_log(undef), IG_OK, 'back to stderr';
+};
+# the gate below retries an openQA that is not there: its warnings are expected, keep them here
+my @expected_log;
+$lib->on_log(sub { push @expected_log, "@_" });
 
 subtest 'ig_gate_flush and ig_gate_evaluate' => sub {
     my ($status, $error) = $gate->flush(200);

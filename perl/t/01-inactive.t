@@ -6,7 +6,7 @@ use warnings;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
-use IGTest qw(library write_ini new_app log_lines emit);
+use IGTest qw(library write_ini new_app log_lines emit OPERATOR);
 use File::Temp 'tempdir';
 
 my $events = do { require OpenQA::Events; OpenQA::Events->singleton };
@@ -26,6 +26,7 @@ sub inactive_ok {
         is scalar @{$t->app->defaults->{ig_test_seen}}, 1, 'and reaches the other subscriber';
         $t->get_ok('/ping')->status_is(200)->content_is('pong');
         $t->get_ok('/api/v1/incident_gate/status')->status_is(503)->json_like('/error' => qr/inactive: .*$why/);
+        $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->status_is(503)->json_like('/error' => qr/$why/);
         $t->get_ok('/api/v1/incident_gate/incidents/12345')->status_is(503)->json_like('/error' => qr/$why/);
         $t;
     };
@@ -58,6 +59,11 @@ inactive_ok(write_ini({incident_gate => {library => $lib, opneqa_url => 'http://
 inactive_ok(write_ini({incident_gate => {library => $lib, review_policy => 'approve-all'}}),
     qr/config key `review_policy`/, 'an unknown review policy');
 
+inactive_ok(write_ini("[incident_gate]\nlibrary = $lib\nsettle_ms = 1\n[global]\n[incident_gate]\nsettle_ms = 2\n"),
+    qr/more than one \[incident_gate\] section in .*openqa\.ini/, 'a second [incident_gate] section');
+inactive_ok(write_ini("[incident_gate]\nlibrary = $lib\nsettle_ms = 1\nsettle_ms = 2\n"),
+    qr/key `settle_ms` appears twice in \[incident_gate\]/, 'a key given twice');
+
 subtest 'no secret in the log' => sub {
     my $t = new_app(write_ini({incident_gate => {library => $lib, concurrency => 'many',
         obs_password => 'S3CRET-OBS', amqp_url => 'amqp://u:S3CRET-MQ@localhost/'}}));
@@ -76,13 +82,14 @@ subtest 'found through INCIDENT_GATE_LIBRARY, openqa_url defaults to base_url' =
         'the library and its version are logged')
       or diag join "\n", log_lines($t);
     is scalar @{$events->subscribers('openqa_job_done')}, 2, 'the plugin subscribed';
-    $t->get_ok('/api/v1/incident_gate/status')->status_is(200)
+    $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->status_is(200)
       ->json_is('/config/openqa_url' => 'http://openqa.example:9526')->json_is('/config/state_dir' => $state)
       ->json_is('/config/obs_password' => '<redacted>')->content_unlike(qr/S3CRET/);
 
     $t = new_app(write_ini({global => {base_url => 'http://openqa.example:9526'},
         incident_gate => {state_dir => $state, openqa_url => 'https://openqa.other'}}));
-    $t->get_ok('/api/v1/incident_gate/status')->status_is(200)->json_is('/config/openqa_url' => 'https://openqa.other');
+    $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->status_is(200)
+      ->json_is('/config/openqa_url' => 'https://openqa.other');
 };
 
 {

@@ -9,7 +9,7 @@ use warnings;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
-use IGTest qw(library write_ini new_app log_lines emit emit_args tempdir);
+use IGTest qw(library write_ini new_app log_lines emit emit_args tempdir OPERATOR);
 use Mojo::File 'path';
 use Mojo::IOLoop::Server;
 use Mojo::Promise;
@@ -41,9 +41,10 @@ subtest "openQA's recorded events" => sub {
     is $handled, 17, '17 of them are of a kind the plugin handles';
     is_deeply [warnings_of($t)], [], 'none rejected' or diag join "\n", log_lines($t);
     is scalar @{seen($t)}, $handled, 'all reached the next subscriber';
-    $t->get_ok('/api/v1/incident_gate/status')->status_is(200)->json_is('/intake/accepted' => $handled)
+    $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->status_is(200)->json_is('/intake/accepted' => $handled)
       ->json_is('/running' => Mojo::JSON::true)->json_is('/pid' => $$)
-      ->json_is('/intake/rejected' => {unknown_event => 0, invalid_json => 0, invalid_shape => 0, queue_full => 0});
+      ->json_is('/intake/rejected' => {unknown_event => 0, invalid_json => 0, invalid_shape => 0, queue_full => 0,
+        engine_unavailable => 0});
 };
 
 subtest "comment events openQA emits without a job: single and bulk deletions, bulk creation" => sub {
@@ -68,7 +69,7 @@ subtest 'event data stays untouched' => sub {
     is_deeply $restart, $before_restart, 'restart data unchanged';
     is_deeply seen($t), [[openqa_job_done => '{"id":7,"newbuild":null,"reason":null,"result":"passed"}'],
         [openqa_job_restart => '{"auto":0,"id":"2","result":{"2":12}}']], 'the next subscriber sees the same JSON types';
-    $t->get_ok('/api/v1/incident_gate/status')->json_is('/intake/accepted' => 2);
+    $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->json_is('/intake/accepted' => 2);
 };
 
 subtest 'garbage and rejected events are logged, the request goes on' => sub {
@@ -95,7 +96,7 @@ subtest 'garbage and rejected events are logged, the request goes on' => sub {
     like((warnings_of($t))[-1], qr/openqa_job_done event not taken: event arguments are not \[/, '... logged');
     is scalar @{seen($t)}, @cases + 1, 'every event reached the next subscriber';
     $t->get_ok('/ping')->status_is(200);
-    $t->get_ok('/api/v1/incident_gate/status')->status_is(200)->json_is('/intake/accepted' => 0)
+    $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->status_is(200)->json_is('/intake/accepted' => 0)
       ->json_is('/intake/rejected/invalid_shape' => 5);
 
     # through HTTP, as a worker's upload would: the request that emits still succeeds
@@ -112,7 +113,7 @@ subtest 'a full queue is logged, never waited for' => sub {
     my @full = grep {/not taken \(IG_QUEUE_FULL\): intake queue is full/} warnings_of($t);
     cmp_ok scalar @full, '>=', 48, 'at most two fit into a queue of one (one waits in the engine)';
     is scalar @{seen($t)}, 50, 'all reached the next subscriber';
-    $t->get_ok('/api/v1/incident_gate/status')->json_is('/intake/rejected/queue_full' => scalar @full);
+    $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->json_is('/intake/rejected/queue_full' => scalar @full);
 };
 
 subtest 'verdict route: bad input and openQA not answering' => sub {

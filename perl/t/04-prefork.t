@@ -7,7 +7,7 @@ use warnings;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
-use IGTest qw(library app_script write_ini start_sim wait_for tempdir unique);
+use IGTest qw(library app_script write_ini start_sim wait_for tempdir unique OPERATOR);
 use IGTest::AMQP;
 use Mojo::IOLoop::Server;
 use Mojo::File;
@@ -16,8 +16,9 @@ use Mojo::UserAgent;
 
 my $sim = start_sim();
 my $amqp = IGTest::AMQP->new;
-$amqp->declare_exchange('pubsub');
-$amqp->bind_queue('pubsub', '#.incident.done');
+my $exchange = unique();
+$amqp->declare_exchange($exchange);
+$amqp->bind_queue($exchange, '#.incident.done');
 my $prefix = unique();
 my ($incident, $request) = (12346, 300002);
 sub ours { grep { $_->{routing_key} eq "$prefix.openqa.incident.done" } @_ }
@@ -32,7 +33,7 @@ my $ini = write_ini({
     global => {base_url => $sim->{openqa}, plugins => 'IncidentGate'},
     incident_gate => {
         library => library(), amqp_url => $ENV{AMQP_URL} // 'amqp://guest:guest@127.0.0.1:5672/%2f',
-        amqp_topic_prefix => $prefix, amqp_declare_exchange => 'true', obs_url => $sim->{obs},
+        amqp_topic_prefix => $prefix, amqp_exchange => $exchange, obs_url => $sim->{obs},
         obs_user => $sim->{obs_user}, obs_password => $sim->{obs_password}, review_policy => 'accept-onpass',
         state_dir => "$dir/state",
     }});
@@ -89,7 +90,7 @@ ok wait_for(sub { $sim->request($request)->at('review[by_group="qam-openqa"]')->
 
 my ($decisions, @keys) = (0);
 for my $c (@clients) {
-    my $status = $c->[0]->get("$url/api/v1/incident_gate/status")->result->json;
+    my $status = $c->[0]->get("$url/api/v1/incident_gate/internals" => OPERATOR)->result->json;
     is $status->{pid}, $c->[1], "status of worker $c->[1]";
     is $status->{intake}{accepted}, $sent{$c->[1]}, '... took the events it got';
     cmp_ok $status->{engine}{evaluations}, '>=', 1, '... evaluated the incident';

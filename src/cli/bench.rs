@@ -70,14 +70,18 @@ pub async fn run(scale: f64) -> Result<u8, String> {
     if !(0.01..=10.0).contains(&scale) {
         return Err("--scale must be between 0.01 and 10".into());
     }
-    println!(
+    out!(
         "incident-gate bench (scale {scale}), {} cores\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     submit_cost().await?;
-    latency(((50.0 * scale).ceil() as usize).max(5)).await?;
-    day(scale).await?;
-    Ok(0)
+    let result = async {
+        latency(((50.0 * scale).ceil() as usize).max(5)).await?;
+        day(scale).await
+    }
+    .await;
+    world::remove_created_exchanges(&world::amqp_url()).await;
+    result.map(|_| 0)
 }
 
 /// Call cost: what one `ig_gate_submit` costs the caller (openQA's request thread).
@@ -126,10 +130,10 @@ async fn submit_cost() -> Result<(), String> {
         Ok((first, t))
     })?;
     let (first, t) = timings;
-    println!("## ig_gate_submit through the C ABI ({} calls, openqa_job_done)\n", t.len());
-    println!("| first call, new state dir | first call, existing state dir | median | p99 | p99.9 | max |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
+    out!("## ig_gate_submit through the C ABI ({} calls, openqa_job_done)\n", t.len());
+    out!("| first call, new state dir | first call, existing state dir | median | p99 | p99.9 | max |");
+    out!("| --- | --- | --- | --- | --- | --- |");
+    out!(
         "| {} | {} | {} | {} | {} | {} |\n",
         micros(fresh),
         micros(first),
@@ -188,21 +192,21 @@ async fn latency(incidents: usize) -> Result<(), String> {
     }
     to_event.sort_unstable();
     to_review.sort_unstable();
-    println!("## Last job's event → decision delivered ({incidents} incidents x 10 jobs)\n");
-    println!("| path | median | p99 | max |");
-    println!("| --- | --- | --- | --- |");
+    out!("## Last job's event → decision delivered ({incidents} incidents x 10 jobs)\n");
+    out!("| path | median | p99 | max |");
+    out!("| --- | --- | --- | --- |");
     for (what, t) in [
         ("`incident.done` consumed from RabbitMQ", &to_event),
         ("review accepted on the IBS simulator", &to_review),
     ] {
-        println!(
+        out!(
             "| {what} | {} | {} | {} |",
             millis(percentile(t, 0.5)),
             millis(percentile(t, 0.99)),
             millis(*t.last().unwrap_or(&Duration::ZERO))
         );
     }
-    println!();
+    out!();
     drop(gate);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -273,25 +277,25 @@ async fn day(scale: f64) -> Result<(), String> {
     }
     let all_reported = start.elapsed();
     let requests = world.openqa.requests() - requests_before;
-    println!(
+    out!(
         "## A synthetic openQA day: {incidents} incidents x {per_incident} jobs + {builds} aggregate builds x {per_build} jobs\n"
     );
-    println!("| measure | value |");
-    println!("| --- | --- |");
-    println!("| job events | {} |", events.len());
-    println!(
+    out!("| measure | value |");
+    out!("| --- | --- |");
+    out!("| job events | {} |", events.len());
+    out!(
         "| submitting all events (C ABI) | {} ({:.0} events/s) |",
         millis(submitted),
         events.len() as f64 / submitted.as_secs_f64()
     );
-    println!(
+    out!(
         "| all {incidents} `incident.done` consumed | {} ({:.0} job events/s sustained end to end) |",
         millis(all_published),
         events.len() as f64 / all_published.as_secs_f64()
     );
-    println!("| all {incidents} reviews accepted on IBS | {} |", millis(all_reported));
-    println!("| openQA requests | {requests} ({:.1} per decision) |", requests as f64 / incidents as f64);
-    println!(
+    out!("| all {incidents} reviews accepted on IBS | {} |", millis(all_reported));
+    out!("| openQA requests | {requests} ({:.1} per decision) |", requests as f64 / incidents as f64);
+    out!(
         "| peak RSS of the bench process (gate + both simulators + {} jobs) | {:.0} MiB |\n",
         events.len(),
         peak_rss_mib()

@@ -22,12 +22,12 @@ const EXCHANGE: &str = "pubsub";
 const PACE: Duration = Duration::from_millis(250);
 
 fn say(started: Instant, text: &str) {
-    println!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
+    out!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
 }
 
 impl Demo {
     fn step(&self, text: &str) {
-        println!();
+        out!();
         say(self.started, &format!("── {text}"));
     }
 
@@ -53,11 +53,13 @@ impl Demo {
             let backlog = &engine["outbox_backlog"];
             if backlog["amqp"] == 0 && backlog["obs"] == 0 {
                 let decisions = engine["recent_decisions"].as_array().cloned().unwrap_or_default();
+                let mut decided = false;
                 for d in decisions.iter().rev() {
                     let key = d["key"].as_str().unwrap_or("").to_string();
                     if !self.seen_decisions.insert(key) {
                         continue;
                     }
+                    decided = true;
                     say(
                         self.started,
                         &format!(
@@ -88,6 +90,20 @@ impl Demo {
                         self.events.push(event);
                     }
                 }
+                if !decided {
+                    let pending: Vec<String> = engine["pending_incidents"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| i.to_string())
+                        .collect();
+                    let text = if pending.is_empty() {
+                        "incident-gate: no new decision".to_string()
+                    } else {
+                        format!("incident-gate: no decision yet, pending: incident {}", pending.join(", "))
+                    };
+                    say(self.started, &text);
+                }
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -100,7 +116,7 @@ impl Demo {
 
 pub async fn run() -> Result<u8, String> {
     let started = Instant::now();
-    println!("incident-gate demo: one maintenance day on simulated openQA and IBS, real RabbitMQ\n");
+    out!("incident-gate demo: one maintenance day on simulated openQA and IBS, real RabbitMQ\n");
     let world = World::start(0, 0).await?;
     let amqp = world::amqp_url();
     let (_conn, consumer) = world::incident_done_consumer(&amqp, EXCHANGE).await?;
@@ -119,8 +135,8 @@ pub async fn run() -> Result<u8, String> {
     say(
         started,
         &format!(
-            "policy {:?}, review group {}, state {}",
-            config.review_policy,
+            "policy {}, review group {}, state {}",
+            config.review_policy.as_str(),
             config.review_group,
             state.display()
         ),
@@ -130,6 +146,7 @@ pub async fn run() -> Result<u8, String> {
         Demo { world, gate, consumer, seen_decisions: HashSet::new(), events: Vec::new(), started };
     let result = play(&mut demo).await;
     let _ = std::fs::remove_dir_all(&state);
+    world::remove_created_exchanges(&amqp).await;
     result?;
     summary(&demo);
     Ok(0)
@@ -200,9 +217,9 @@ async fn play(d: &mut Demo) -> Result<(), String> {
 }
 
 fn summary(d: &Demo) {
-    println!();
+    out!();
     say(d.started, "── End of the day");
-    println!("\nEvents published on the broker (suse.openqa.incident.done):");
+    out!("\nEvents published on the broker (suse.openqa.incident.done):");
     for e in &d.events {
         let blocking: Vec<String> = e["blocking"]
             .as_array()
@@ -210,7 +227,7 @@ fn summary(d: &Demo) {
             .flatten()
             .map(|b| format!("{} {}", b["id"], b["result"].as_str().unwrap_or("")))
             .collect();
-        println!(
+        out!(
             "  incident {} request {} {:<7} jobs {} blocking [{}] event_id {}",
             e["incident"],
             e["request"],
@@ -220,7 +237,7 @@ fn summary(d: &Demo) {
             e["event_id"].as_str().unwrap_or("")
         );
     }
-    println!("\nReview states on the simulated IBS:");
+    out!("\nReview states on the simulated IBS:");
     for rr in [300001, 300002, 300003] {
         let reviews: Vec<String> = d
             .world
@@ -230,7 +247,7 @@ fn summary(d: &Demo) {
             .map(|r| format!("{}={}", r.by_group.as_deref().unwrap_or("?"), r.state))
             .collect();
         let comments = d.world.obs.comments(rr);
-        println!(
+        out!(
             "  request {rr}: state {}, reviews [{}], {} comment(s) by incident-gate",
             d.world.obs.request_state(rr).unwrap_or_default(),
             reviews.join(", "),
@@ -238,9 +255,9 @@ fn summary(d: &Demo) {
         );
         if let Some(c) = comments.last() {
             for line in c.text.lines().take(8) {
-                println!("      │ {line}");
+                out!("      │ {line}");
             }
         }
     }
-    println!("\nDone in {:.1}s.", d.started.elapsed().as_secs_f64());
+    out!("\nDone in {:.1}s.", d.started.elapsed().as_secs_f64());
 }

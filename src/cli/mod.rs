@@ -8,6 +8,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `println!` for the command's output. A reader that went away (`incident-gate status | head`)
+/// or a full disk is no reason to panic: the rest of the output is lost, and the command still
+/// finishes its work and exits with its own code.
+macro_rules! out {
+    () => { $crate::cli::write_out(format_args!("")) };
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*)) };
+}
+
+pub fn write_out(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 mod bench;
 mod demo;
 mod world;
@@ -30,6 +43,8 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
         Some(path) => Config::ini_section(path, SECTION).map_err(|e| e.to_string())?,
         None => serde_json::Map::new(),
     };
+    // the plugin's own key (where to find the library) in the section both read
+    map.remove("library");
     let defaults = serde_json::to_value(Config::default()).map_err(|e| e.to_string())?;
     for key in defaults.as_object().into_iter().flat_map(|o| o.keys()) {
         if let Ok(value) = std::env::var(format!("INCIDENT_GATE_{}", key.to_uppercase())) {
@@ -68,25 +83,25 @@ pub async fn hook(core: Arc<Core>, job_id: u64) -> Result<u8, String> {
     let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
     let mut incidents = job.as_ref().map(|j| incidents_of(&j.settings)).unwrap_or_default();
     match &job {
-        None => println!("job {job_id} does not exist (any more)"),
-        Some(_) if incidents.is_empty() => println!("job {job_id} tests no maintenance incident"),
+        None => out!("job {job_id} does not exist (any more)"),
+        Some(_) if incidents.is_empty() => out!("job {job_id} tests no maintenance incident"),
         Some(_) => {}
     }
     // openQA runs no hook when a comment is deleted: look whether an acceptance recorded earlier
     // lost its comment (bounded, and each comment at most once per reconciliation interval)
     let interval = Duration::from_secs(core.config().reconcile_interval_s);
     for incident in core.audit_relied_comments(interval).await {
-        println!("incident {incident}: a comment its verdict relied on was deleted");
+        out!("incident {incident}: a comment its verdict relied on was deleted");
         incidents.insert(incident);
     }
     if incidents.is_empty() {
-        println!("nothing to do");
+        out!("nothing to do");
         return Ok(0);
     }
     let mut worst = 0;
     for incident in incidents {
         let verdict = core.decide(incident).await.map_err(|e| e.to_string())?;
-        println!("incident {incident}: {}", summary(&verdict));
+        out!("incident {incident}: {}", summary(&verdict));
         worst = worst.max(exit_code(verdict.result));
     }
     let left = incident_gate::outbox::drain(&core, Duration::from_secs(30)).await;
@@ -117,20 +132,17 @@ fn summary(v: &Verdict) -> String {
 pub async fn check(core: Arc<Core>, incident: u64, json: bool) -> Result<u8, String> {
     let verdict = core.evaluate(incident).await.map_err(|e| e.to_string())?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&verdict).map_err(|e| e.to_string())?);
+        out!("{}", serde_json::to_string_pretty(&verdict).map_err(|e| e.to_string())?);
         return Ok(exit_code(verdict.result));
     }
-    println!("incident {incident}: {}", summary(&verdict));
+    out!("incident {incident}: {}", summary(&verdict));
     for b in &verdict.blocking {
-        println!("  BLOCKING {} {} ({}) {}", b.id, b.result, b.group, b.url);
+        out!("  BLOCKING {} {} ({}) {}", b.id, b.result, b.group, b.url);
     }
-    println!("jobs:");
+    out!("jobs:");
     for n in &verdict.notes {
         let mark = if n.counts { "counts " } else { "ignored" };
-        println!(
-            "  {mark} {:>8} {:<9} {:<14} {:<9} {}  — {}",
-            n.id, n.role, n.result, n.state, n.name, n.why
-        );
+        out!("  {mark} {:>8} {:<9} {:<14} {:<9} {}  — {}", n.id, n.role, n.result, n.state, n.name, n.why);
     }
     Ok(exit_code(verdict.result))
 }
@@ -141,21 +153,21 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
     if json {
         let mut v = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
         v["state"] = store.path().display().to_string().into();
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        out!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         return Ok(0);
     }
     let (backlog, pending) = (&summary.outbox_backlog, &summary.pending_incidents);
-    println!("state: {}", store.path().display());
-    println!("outbox backlog: {} AMQP, {} IBS", backlog.amqp, backlog.obs);
-    println!("pending incidents: {pending:?}");
-    println!("recent decisions:");
+    out!("state: {}", store.path().display());
+    out!("outbox backlog: {} AMQP, {} IBS", backlog.amqp, backlog.obs);
+    out!("pending incidents: {pending:?}");
+    out!("recent decisions:");
     for d in summary.recent_decisions {
         let deliveries: Vec<String> = d
             .deliveries
             .iter()
             .map(|x| format!("{} {} ({})", x.sink, x.state, x.outcome.as_deref().unwrap_or("-")))
             .collect();
-        println!(
+        out!(
             "  {} incident {} request {} {} — {}",
             d.decided_at,
             d.incident,
@@ -184,7 +196,7 @@ pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str) -> Result<u8, St
         "obs_password": world.obs_password,
         "groups": {"incidents": world.incidents_group, "devel": world.devel_group, "updates": world.updates_group},
     });
-    println!("{line}");
+    out!("{line}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -91,6 +91,44 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Exchanges `incident_done_consumer` created, for `remove_created_exchanges`.
+static CREATED_EXCHANGES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Leaves the broker as the demo or bench found it: the exchanges they created go again.
+pub async fn remove_created_exchanges(url: &str) {
+    let names = std::mem::take(&mut *CREATED_EXCHANGES.lock().unwrap_or_else(|p| p.into_inner()));
+    if names.is_empty() {
+        return;
+    }
+    let Ok(Ok(conn)) = tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for name in names {
+            let _ = ch.exchange_delete(name.as_str().into(), Default::default()).await;
+        }
+    }
+    let _ = conn.close(200, "".into()).await;
+}
+
+/// Whether `exchange` exists (a passive declare closes its channel when it does not).
+async fn exchange_exists(conn: &Connection, exchange: &str) -> Result<bool, String> {
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let passive = lapin::options::ExchangeDeclareOptions { passive: true, ..Default::default() };
+    let found = ch
+        .exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, passive, FieldTable::default())
+        .await;
+    if found.is_ok() {
+        let _ = ch.close(200, "".into()).await;
+    }
+    Ok(found.is_ok())
+}
+
 /// An exclusive queue bound to `#.incident.done` on `exchange` (declared as openQA would find it).
 pub async fn incident_done_consumer(url: &str, exchange: &str) -> Result<(Connection, Consumer), String> {
     let conn = tokio::time::timeout(
@@ -100,6 +138,9 @@ pub async fn incident_done_consumer(url: &str, exchange: &str) -> Result<(Connec
     .await
     .map_err(|_| "RabbitMQ did not answer in 10 s".to_string())?
     .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
+    if !exchange_exists(&conn, exchange).await? {
+        CREATED_EXCHANGES.lock().unwrap_or_else(|p| p.into_inner()).push(exchange.to_string());
+    }
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     let options = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
     ch.exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, options, FieldTable::default())

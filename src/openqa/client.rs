@@ -26,6 +26,13 @@ pub const IDS_PER_REQUEST: usize = 500;
 /// `generic_default_limit` rows unless asked for more, and silently clamps to `generic_max_limit`.
 pub const SETTINGS_VALUE_LIMIT: usize = 10_000;
 
+/// Jobs asked per page of `GET /api/v1/jobs?build=`: upstream's default page. openQA may answer
+/// fewer (`generic_max_limit`), so the end is read from its `Link` header, never from the count.
+pub const BUILD_PAGE: usize = 1000;
+
+/// Pages read for one build at most; a build beyond this many jobs means no verdict.
+const MAX_BUILD_PAGES: usize = 200;
+
 /// Route shown in errors is cut here: an `ids=` query of a full chunk says nothing more after that.
 const ROUTE_SHOWN_MAX: usize = 160;
 
@@ -175,6 +182,8 @@ impl fmt::Debug for OpenQaClient {
 struct Reply {
     status: u16,
     body: Vec<u8>,
+    /// The `Link` header: openQA's paginated lists name their next page there.
+    link: Option<String>,
     /// Attempts it took, this one included.
     attempts: u32,
 }
@@ -336,6 +345,93 @@ impl OpenQaClient {
         Ok(list.map(|l| l.jobs).unwrap_or_default())
     }
 
+    /// Every job of aggregate build `build` of one product (DISTRI, VERSION, FLAVOR, ARCH):
+    /// `GET /api/v1/jobs?build=&distri=&version=&flavor=&arch=`, which openQA 4.6 (Debian 12) and
+    /// current openQA both answer newest first, one page at a time. Pages go on below the lowest id
+    /// seen (`before=`), so jobs created meanwhile cannot push one out of view; the answer is
+    /// complete only when openQA's `Link` header names no next page (or, without a `Link` header,
+    /// when a page comes back empty). Sorted by id.
+    pub async fn jobs_of_build(&self, build: &str, product: [&str; 4]) -> Result<Vec<Job>, ApiError> {
+        let [distri, version, flavor, arch] = product;
+        let limit = BUILD_PAGE.to_string();
+        let mut before: Option<u64> = None;
+        let mut jobs: Vec<Job> = Vec::new();
+        for _ in 0..MAX_BUILD_PAGES {
+            let before_text = before.map(|b| b.to_string());
+            let mut query = vec![
+                ("build", build),
+                ("distri", distri),
+                ("version", version),
+                ("flavor", flavor),
+                ("arch", arch),
+                ("limit", limit.as_str()),
+            ];
+            if let Some(b) = &before_text {
+                query.push(("before", b.as_str()));
+            }
+            let (page, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+            let lowest = page.jobs.iter().map(|j| j.id).min();
+            let route = || shown_route("GET", "/api/v1/jobs", &auth::encode_query(&query));
+            if let (Some(lowest), Some(before)) = (lowest, before) {
+                if lowest >= before {
+                    return Err(ApiError::Malformed {
+                        route: route(),
+                        detail: format!("job {lowest} is not below before={before}: paging would not end"),
+                    });
+                }
+            }
+            let more = match link {
+                Some(link) => link_has_next(&link),
+                None => lowest.is_some(),
+            };
+            // an empty string filter is no filter to openQA: keep only the product asked for
+            jobs.extend(page.jobs.into_iter().filter(|j| {
+                j.setting("BUILD") == build
+                    && [("DISTRI", distri), ("VERSION", version), ("FLAVOR", flavor), ("ARCH", arch)]
+                        .iter()
+                        .all(|(k, v)| j.setting(k) == *v)
+            }));
+            match (more, lowest) {
+                (true, Some(lowest)) => before = Some(lowest),
+                (true, None) => {
+                    return Err(ApiError::Malformed {
+                        route: route(),
+                        detail: "an empty page that names a next one".into(),
+                    })
+                }
+                (false, _) => {
+                    jobs.sort_by_key(|j| j.id);
+                    jobs.dedup_by_key(|j| j.id);
+                    return Ok(jobs);
+                }
+            }
+        }
+        Err(ApiError::Malformed {
+            route: format!("GET /api/v1/jobs?build={build}"),
+            detail: format!("more than {MAX_BUILD_PAGES} pages of {BUILD_PAGE} jobs"),
+        })
+    }
+
+    /// GETs one page of a paginated list: the decoded 200 body and the `Link` header.
+    async fn get_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(T, Option<String>), ApiError> {
+        let query = auth::encode_query(query);
+        let route = shown_route("GET", path, &query);
+        let reply = self.send_with_retries(path, &query, &route).await?;
+        match reply.status {
+            200..=299 => Ok((decode(&route, &reply.body)?, reply.link)),
+            status => Err(ApiError::Status {
+                route,
+                status,
+                message: error_message(&reply.body),
+                attempts: reply.attempts,
+            }),
+        }
+    }
+
     /// `GET /api/v1/jobs/<id>/comments`, oldest first; a job that is gone has no comments.
     pub async fn comments(&self, job_id: u64) -> Result<Vec<Comment>, ApiError> {
         let path = format!("/api/v1/jobs/{job_id}/comments");
@@ -417,9 +513,29 @@ impl OpenQaClient {
         inner.requests.fetch_add(1, Ordering::Relaxed);
         let response = request.send().await.map_err(describe)?;
         let status = response.status().as_u16();
+        let link = response.headers().get("link").and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = response.bytes().await.map_err(describe)?;
-        Ok(Reply { status, body: body.to_vec(), attempts: 1 })
+        Ok(Reply { status, body: body.to_vec(), link, attempts: 1 })
     }
+}
+
+/// Whether a `Link` header (`<url>; rel="first", <url>; rel="next"`, as Mojolicious writes it)
+/// names a next page. URLs are skipped whole: Mojolicious leaves commas in them unescaped.
+fn link_has_next(link: &str) -> bool {
+    let mut params = String::new();
+    let mut rest = link;
+    while let Some(open) = rest.find('<') {
+        params.push_str(&rest[..open]);
+        match rest[open..].find('>') {
+            Some(close) => rest = &rest[open + close + 1..],
+            None => return false,
+        }
+    }
+    params.push_str(rest);
+    params.split([',', ';']).any(|p| {
+        let p = p.trim();
+        p.eq_ignore_ascii_case("rel=\"next\"") || p.eq_ignore_ascii_case("rel=next")
+    })
 }
 
 fn dedupe(ids: Vec<u64>) -> Vec<u64> {
@@ -512,6 +628,17 @@ mod tests {
             "Erroneous parameters (result invalid)"
         );
         assert_eq!(error_message(b"<html>Bad Gateway</html>"), "<html>Bad Gateway</html>");
+    }
+
+    #[test]
+    fn next_pages_are_read_from_the_link_header() {
+        // Mojolicious' rendering of openQA's pagination_links_header
+        let more = "<http://o/api/v1/jobs?build=b&limit=2&offset=0>; rel=\"first\", \
+                    <http://o/api/v1/jobs?build=b&limit=2&offset=2>; rel=\"next\"";
+        assert!(link_has_next(more));
+        assert!(!link_has_next("<http://o/api/v1/jobs?build=b&limit=2&offset=0>; rel=\"first\""));
+        assert!(!link_has_next("<http://o/api/v1/jobs?next=1>; rel=\"prev\""));
+        assert!(!link_has_next("<http://o/api/v1/jobs?ids=1,rel=\"next\">; rel=\"first\""));
     }
 
     #[test]

@@ -383,6 +383,12 @@ struct Db {
     last_job: u64,
     last_row: u64,
     last_comment: u64,
+    /// The simulator's own URL, for the `Link` headers of paginated lists.
+    base_url: String,
+    /// `misc_limits.generic_max_limit` when a test sets another one.
+    max_limit: Option<usize>,
+    /// `misc_limits.job_settings_max_recent_jobs` when a test sets another one.
+    max_recent_jobs: Option<u64>,
 }
 
 impl Db {
@@ -958,13 +964,15 @@ impl Db {
     }
 
     /// `GET /api/v1/jobs`. With `ids`, the build/distri/... filters are ignored (openQA's if/elsif);
-    /// `limit` picks the highest ids; the answer is sorted by id as TEXT.
-    fn list_jobs(&self, params: &Params) -> Result<Value, Refusal> {
+    /// `before`/`after` bound the id either way; `limit` (at most `generic_max_limit`) picks the
+    /// highest ids; the answer is sorted by id as TEXT. The second value is the `Link` header,
+    /// naming the next page when there is one (not with `latest`).
+    fn list_jobs(&self, params: &Params) -> Result<(Value, Option<String>), Refusal> {
         let mut failed = Vec::new();
         if params.get("scope").is_some_and(|s| s != "current" && s != "relevant") {
             failed.push(("scope", "invalid"));
         }
-        for name in ["limit", "offset"] {
+        for name in ["limit", "offset", "before", "after"] {
             if params.get(name).is_some_and(|v| !is_num(v)) {
                 failed.push((name, "invalid"));
             }
@@ -1000,6 +1008,7 @@ impl Db {
         let states = params.list("state");
         let results = params.list("result");
         let groupid = params.get("groupid").map(|g| g.parse::<u64>().ok());
+        let bound = |name: &str| params.get(name).and_then(|v| v.parse::<u64>().ok()).filter(|b| *b > 0);
         // the `job_setting` filter came after Debian 12's openQA, which ignores it
         let job_settings: Vec<(&str, &str)> = if self.flavor == Flavor::Debian12 {
             Vec::new()
@@ -1030,14 +1039,25 @@ impl Db {
             })
             .filter(|j| groupid.is_none_or(|g| g.is_some() && g == j.group_id))
             .filter(|j| job_settings.iter().all(|(k, v)| self.has_setting(j.id, k, v)))
+            .filter(|j| bound("before").is_none_or(|b| j.id < b))
+            .filter(|j| bound("after").is_none_or(|a| j.id > a))
             .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
-        if params.get("latest").is_some() {
+        let latest = params.get("latest").is_some();
+        if latest {
             let mut seen = HashSet::new();
             jobs.retain(|j| seen.insert(j.scenario()));
         }
-        let offset = params.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let limit = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(GENERIC_DEFAULT_LIMIT);
+        let offset: usize = params.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let limit: usize = params
+            .get("limit")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GENERIC_DEFAULT_LIMIT)
+            .min(self.max_limit.unwrap_or(GENERIC_MAX_LIMIT));
+        if limit == 0 {
+            return refuse(400, "Limit exceeds maximum");
+        }
+        let has_more = jobs.len() > offset.saturating_add(limit);
         let mut page: Vec<&SimJob> = jobs.into_iter().skip(offset).take(limit).collect();
         // openQA builds a hash keyed by id and walks `sort keys`: string order.
         page.sort_by_key(|j| j.id.to_string());
@@ -1049,7 +1069,29 @@ impl Db {
                 Value::Object(hash)
             })
             .collect();
-        Ok(json!({ "jobs": list }))
+        // openQA's pagination_links_header: absolute URLs with limit and offset replaced
+        let link = (!latest).then(|| {
+            let url = |offset: usize| {
+                let mut pairs: Vec<(&str, String)> = params
+                    .0
+                    .iter()
+                    .filter(|(k, _)| k != "limit" && k != "offset")
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
+                pairs.push(("limit", limit.to_string()));
+                pairs.push(("offset", offset.to_string()));
+                format!("<{}/api/v1/jobs?{}>", self.base_url, auth::encode_query(&pairs))
+            };
+            let mut links = vec![format!("{}; rel=\"first\"", url(0))];
+            if has_more {
+                links.push(format!("{}; rel=\"next\"", url(offset + limit)));
+            }
+            if offset > 0 {
+                links.push(format!("{}; rel=\"prev\"", url(offset.saturating_sub(limit))));
+            }
+            links.join(", ")
+        });
+        Ok((json!({ "jobs": list }), link))
     }
 
     /// `job_setting=KEY=VALUE`: a settings row with that value; `:word:...` matches as a prefix.
@@ -1135,7 +1177,8 @@ impl Db {
                 matching.into_iter().take(rows).map(|r| r.job_id).collect()
             }
             (None, Some(element)) => {
-                let window = limit.map_or(MAX_RECENT_JOBS, |l| (l as u64).min(MAX_RECENT_JOBS));
+                let max_recent = self.max_recent_jobs.unwrap_or(MAX_RECENT_JOBS);
+                let window = limit.map_or(max_recent, |l| (l as u64).min(max_recent));
                 let max_id = self.settings.iter().map(|r| r.job_id).max().unwrap_or(0);
                 let min_id = max_id.saturating_sub(window);
                 let mut matching: Vec<&SettingRow> = self
@@ -1322,7 +1365,7 @@ pub async fn start_on(addr: SocketAddr) -> std::io::Result<OpenQaSim> {
     let addr = listener.local_addr()?;
     let (events_tx, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
-        db: Mutex::new(Db::default()),
+        db: Mutex::new(Db { base_url: format!("http://{addr}"), ..Db::default() }),
         events: Mutex::new(Vec::new()),
         events_tx,
         down: AtomicBool::new(false),
@@ -1479,6 +1522,16 @@ impl OpenQaSim {
     }
 
     /// While down, every route answers 503 (like a web UI behind a proxy during a restart).
+    /// Sets `[misc_limits] generic_max_limit`: longer lists come in shorter pages than asked for.
+    pub fn set_generic_max_limit(&self, limit: usize) {
+        self.shared.db.lock().unwrap_or_else(|e| e.into_inner()).max_limit = Some(limit);
+    }
+
+    /// Sets `[misc_limits] job_settings_max_recent_jobs`, the window of `list_value` lookups.
+    pub fn set_job_settings_max_recent_jobs(&self, jobs: u64) {
+        self.shared.db.lock().unwrap_or_else(|e| e.into_inner()).max_recent_jobs = Some(jobs);
+    }
+
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::SeqCst);
     }
@@ -1675,7 +1728,16 @@ async fn route(
     let post = method == Method::POST;
     let upstream = sim.db().flavor == Flavor::Upstream;
     match segments.as_slice() {
-        ["jobs"] if get => reply(sim.db().list_jobs(&params)),
+        ["jobs"] if get => match sim.db().list_jobs(&params) {
+            Ok((body, link)) => {
+                let mut response = json_response(200, &body);
+                if let Some(value) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                    response.headers_mut().insert(header::LINK, value);
+                }
+                response
+            }
+            Err(r) => error_response(&r),
+        },
         ["jobs"] if post => write(&sim, |db| db.create_job(&params).map(|(r, e)| (200, r, vec![e]))),
         ["jobs", "overview"] if get => json_response(200, &sim.db().overview(&params)),
         ["jobs", id] if get => match numeric(id) {

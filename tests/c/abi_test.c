@@ -6,10 +6,12 @@
  *   abi_test happy       <config_json> <incident> <job_id>...
  *   abi_test fork        <config_json> <incident> <job_id>...
  *   abi_test secrets     <config_json> <incident> <job_id> <secret>...
+ *   abi_test log         <config_json> <unusable_state_config_json> <incident> <job_id>...
  *
  * Every check prints "ok - ..." or "not ok - ..."; the exit code is the number of failures. */
 #include "incident_gate.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +130,62 @@ static void drive(ig_gate *gate, const char *who, unsigned long long incident, i
     ig_string_free(status);
 }
 
+struct log_seen {
+    pthread_t caller;
+    int lines, foreign_thread, by_level[6];
+    char error[512], info[4096];
+};
+
+static void on_log(void *userdata, ig_log_level level, const char *message) {
+    struct log_seen *seen = userdata;
+    seen->lines++;
+    if (!pthread_equal(pthread_self(), seen->caller)) seen->foreign_thread++;
+    if (level >= IG_LOG_ERROR && level <= IG_LOG_TRACE) seen->by_level[level]++;
+    if (level == IG_LOG_ERROR) snprintf(seen->error, sizeof seen->error, "%s", message);
+    if (level == IG_LOG_INFO && strlen(seen->info) + strlen(message) + 2 < sizeof seen->info) {
+        strcat(seen->info, message);
+        strcat(seen->info, "\n");
+    }
+}
+
+/* The log callback gets the library's lines on the caller's thread only; an engine that cannot
+ * start and the events it refused show in the log and in the status. */
+static void log_mode(const char *config, const char *unusable, unsigned long long incident, int njobs, char **jobs) {
+    struct log_seen seen = {.caller = pthread_self()};
+    EXPECT_STATUS(ig_set_log_callback(on_log, &seen), IG_OK, "set_log_callback");
+    ig_gate *broken = make_gate(unusable);
+    EXPECT_STATUS(ig_gate_submit(broken, "openqa_job_done", "{\"id\":1,\"result\":\"passed\"}"), IG_UNAVAILABLE,
+                  "submit to a gate whose engine cannot start");
+    CHECK(strstr(ig_last_error(), "incident-gate.sqlite") != NULL, "the error names the file: %s", ig_last_error());
+    CHECK(seen.by_level[IG_LOG_ERROR] == 1 && strstr(seen.error, "engine cannot start"),
+          "the callback got the refused start as an error before submit returned: %s", seen.error);
+    char *status = NULL;
+    EXPECT_STATUS(ig_gate_status(broken, &status), IG_OK, "status");
+    CHECK(status && strstr(status, "\"engine_start_failure\":{") && strstr(status, "\"engine_unavailable\":1") &&
+              strstr(status, "\"last_refused\":{") && strstr(status, "\"why\":\"engine_unavailable\""),
+          "status shows the refused start and the refused event: %.600s", status ? status : "");
+    ig_string_free(status);
+    ig_gate_free(broken);
+
+    ig_gate *gate = make_gate(config);
+    for (int i = 0; i < njobs; i++) {
+        char data[96];
+        snprintf(data, sizeof data, "{\"id\":%s,\"result\":\"passed\"}", jobs[i]);
+        EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_done", data), IG_OK, "submit job_done");
+    }
+    EXPECT_STATUS(ig_gate_flush(gate, 20000), IG_OK, "flush");
+    EXPECT_STATUS(ig_log_poll(), IG_OK, "log_poll");
+    char decided[64];
+    snprintf(decided, sizeof decided, "incident %llu: passed", incident);
+    CHECK(strstr(seen.info, decided) != NULL, "the engine's decision reached the callback: %s", seen.info);
+    CHECK(seen.lines > 1 && seen.foreign_thread == 0, "%d lines, %d of them on another thread", seen.lines,
+          seen.foreign_thread);
+    EXPECT_STATUS(ig_set_log_callback(NULL, NULL), IG_OK, "log back to stderr");
+    int before = seen.lines;
+    ig_gate_free(gate);
+    CHECK(seen.lines == before, "no callback after it was removed");
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s MODE CONFIG_JSON [ARGS...]\n", argv[0]);
@@ -185,6 +243,8 @@ int main(int argc, char **argv) {
         }
         ig_string_free(verdict);
         ig_gate_free(gate);
+    } else if (strcmp(mode, "log") == 0 && argc > 5) {
+        log_mode(config, argv[3], strtoull(argv[4], NULL, 10), argc - 5, argv + 5);
     } else {
         fprintf(stderr, "unknown mode or missing arguments: %s\n", mode);
         return 100;

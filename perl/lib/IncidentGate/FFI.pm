@@ -34,6 +34,7 @@ sub new ($class, $library) {
     FFI::Platypus::DL::dlclose($handle);
     my $ffi = FFI::Platypus->new(api => 2, lib => [$library]);
     die "$library is not libincident_gate (no ig_version)\n" unless $ffi->find_symbol('ig_version');
+    $ffi->type('(opaque, int, string)->void' => 'ig_log_callback');
     my %f = (
         gate_new => $ffi->function(ig_gate_new => ['string', 'opaque*'] => 'int'),
         submit => $ffi->function(ig_gate_submit => ['opaque', 'string', 'string'] => 'int'),
@@ -44,6 +45,8 @@ sub new ($class, $library) {
         string_free => $ffi->function(ig_string_free => ['opaque'] => 'void'),
         last_error => $ffi->function(ig_last_error => [] => 'string'),
         version => $ffi->function(ig_version => [] => 'string'),
+        set_log_callback => $ffi->function(ig_set_log_callback => ['ig_log_callback', 'opaque'] => 'int'),
+        log_poll => $ffi->function(ig_log_poll => [] => 'int'),
     );
     return bless {ffi => $ffi, f => \%f, library => $library}, $class;
 }
@@ -51,6 +54,25 @@ sub new ($class, $library) {
 sub library ($self) { $self->{library} }
 sub version ($self) { $self->{f}{version}->call }
 sub last_error ($self) { $self->{f}{last_error}->call // '' }
+
+# enum ig_log_level → Mojo::Log's levels
+our @LOG_LEVELS = (undef, qw(error warn info debug trace));
+
+# Hands the library's log lines to $sub->($level, $message) ($level as Mojo::Log names it) instead
+# of stderr, for the whole process; undef: back to stderr. The library calls it only on this
+# thread, inside any call into it (and log_poll), never from its own threads.
+sub on_log ($self, $sub) {
+    my $closure = $sub && $self->{ffi}->closure(
+        sub ($userdata, $level, $message) {
+            eval { $sub->($LOG_LEVELS[$level] // 'info', $message // ''); 1 } or warn "IncidentGate log: $@";
+        });
+    my $status = $self->{f}{set_log_callback}->call($closure, undef);
+    $self->{log_closure} = $closure;    # the library holds its address: keep it alive
+    return $status;
+}
+
+# Delivers the log lines waiting for the callback (call it from a timer).
+sub log_poll ($self) { $self->{f}{log_poll}->call }
 
 # A new gate from a JSON configuration: (IncidentGate::FFI::Gate, undef) or (undef, $status, $error).
 sub gate ($self, $config_json) {

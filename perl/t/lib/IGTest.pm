@@ -17,7 +17,10 @@ use Test::Mojo;
 use Time::HiRes qw(time sleep);
 
 our @EXPORT_OK = qw(library bin app_script write_ini new_app log_lines emit emit_args reset_events
-  start_sim wait_for tempdir unique);
+  start_sim wait_for tempdir unique OPERATOR);
+
+# Request headers of an openQA operator for the stand-in's api_ensure_operator routes.
+use constant OPERATOR => {'X-API-Key' => 'IGTEST-OPERATOR'};
 
 my $root = path($FindBin::Bin)->dirname->dirname;    # perl/t -> the repository
 

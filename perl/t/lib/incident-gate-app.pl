@@ -2,7 +2,8 @@
 # A stand-in for openQA's web UI as far as the plugin sees it: openQA's config handling (an
 # openqa.ini read into a Config::IniFiles object at $app->config->{ini_config}, [global] copied into
 # $app->config->{global}), its plugin loading, and OpenQA::Events (t/lib/OpenQA/Events.pm).
-# Configured by $IG_TEST_OPENQA_INI; logs to $IG_TEST_LOG if set. Also runs under `prefork`.
+# Configured by $IG_TEST_OPENQA_INI; logs to $IG_TEST_LOG if set. Also runs under `prefork`. Its API
+# routes and their operator authentication are named as in openQA (OpenQA::WebAPI::startup).
 use Mojolicious::Lite -signatures;
 use Config::IniFiles;
 use Mojo::JSON 'encode_json';
@@ -21,6 +22,18 @@ if (my $file = $ENV{IG_TEST_OPENQA_INI}) {
     my @global = $ini->SectionExists('global') ? $ini->Parameters('global') : ();
     app->config->{global}{$_} = $ini->val(global => $_) for @global;
 }
+
+# openQA's API routes as plugins find them by name: `api_public` (/api/v1, no authentication) and
+# `api_ensure_operator` under it (Auth#auth_operator: 403 without an operator's API key). The
+# stand-in knows two keys and skips openQA's request signature, which is openQA's business.
+my $api_public = app->routes->any('/api/v1')->name('api_public');
+$api_public->under('/' => sub ($c) {
+    my $key = $c->req->headers->header('X-API-Key') // '';
+    return 1 if $key eq 'IGTEST-OPERATOR';
+    my $error = $key eq 'IGTEST-USER' ? 'Operator level required' : $key ? 'api key not found' : 'no api key';
+    $c->render(json => {error => $error}, status => 403);
+    return undef;
+})->name('api_ensure_operator');
 
 # openQA: push the plugin namespace, then `$app->plugin($_)` for each name in [global] plugins
 push @{app->plugins->namespaces}, 'OpenQA::WebAPI::Plugin';

@@ -75,9 +75,10 @@ sub _expect ($self, $channel, $class, @methods) {
     return wantarray ? ($m, $args) : $args;
 }
 
-# A durable topic exchange, as the library and openQA's RabbitMQ setup have it.
+# A topic exchange of the test's own that the broker deletes once the test's queue is gone (also
+# when the test dies): tests leave nothing behind on the shared broker.
 sub declare_exchange ($self, $name) {
-    $self->_method(1, 40, 10, pack('n', 0) . _s($name) . _s('topic') . pack('C', 0b10) . pack('N', 0));
+    $self->_method(1, 40, 10, pack('n', 0) . _s($name) . _s('topic') . pack('C', 0b100) . pack('N', 0));
     $self->_expect(1, 40, 11);
 }
 

@@ -5,6 +5,7 @@ package OpenQA::WebAPI::Plugin::IncidentGate;
 use Mojo::Base 'Mojolicious::Plugin', -signatures;
 
 use IncidentGate::FFI qw(:status);
+use Mojo::File;
 use Mojo::IOLoop;
 use Mojo::JSON qw(decode_json encode_json);
 
@@ -38,7 +39,15 @@ sub _setup ($self, $app) {
     my %settings;
     if (my $ini = $config->{ini_config}) {
         return 'no [' . SECTION . '] section in openqa.ini' unless $ini->SectionExists(SECTION);
-        %settings = map { $_ => scalar $ini->val(SECTION, $_) } $ini->Parameters(SECTION);
+        # Config::IniFiles merges repeated sections and keeps every value of a repeated key: either
+        # is a mistake (the command refuses such a file too), never a choice to guess
+        my $file = $ini->GetFileName;
+        return 'more than one [' . SECTION . "] section in $file"
+          if $file && 1 < grep { /^\s*\[\s*${\SECTION}\s*\]/ } Mojo::File->new($file)->slurp =~ /^.*$/mg;
+        for my $key ($ini->Parameters(SECTION)) {
+            return "key `$key` appears twice in [" . SECTION . ']' if 1 < (my @values = $ini->val(SECTION, $key));
+            $settings{$key} = $values[0];
+        }
     }
     elsif (ref $config->{+SECTION} eq 'HASH') { %settings = %{$config->{+SECTION}} }
     else { return 'no [' . SECTION . '] section in openqa.ini' }
@@ -47,6 +56,9 @@ sub _setup ($self, $app) {
       // return 'libincident_gate.so not found (tried ' . join(', ', @LIBRARY_PATHS)
       . '; set library in [' . SECTION . '])';
     $self->{lib} = eval { IncidentGate::FFI->new($library) } or return ($@ =~ s/\n\z//r);
+    # the library's lines follow openQA's log (file, format, level) instead of going to stderr
+    my $log = $app->log;
+    $self->{lib}->on_log(sub ($level, $message) { $log->$level("IncidentGate: $message") });
 
     my $base_url = $config->{global} && $config->{global}{base_url};
     $settings{openqa_url} //= $base_url if $base_url;
@@ -66,6 +78,8 @@ sub _gate ($self) {
 }
 
 sub _subscribe ($self) {
+    # the engine's lines wait in the library until this process calls it: collect them now and then
+    Mojo::IOLoop->recurring(1 => sub { $self->{lib}->log_poll });
     return unless eval { require OpenQA::Events; 1 };
     for my $name (@EVENTS) {
         OpenQA::Events->singleton->on($name => sub ($emitter, $args) { $self->_submit($name, $args) });
@@ -96,11 +110,18 @@ sub _copy ($v, $depth = 0) {
     return $v;
 }
 
+# Public: what openQA shows anyone anyway (verdicts, decisions). Configuration and delivery
+# internals only for operators, under openQA's own API authentication (the route its ObsRsync
+# plugin uses too); without that route (not openQA) they are not served at all.
 sub _routes ($self, $app) {
-    my $api = $app->routes->find('api_public') // $app->routes->any('/api/v1');
+    my $r = $app->routes;
+    my $api = $r->find('api_public') // $r->any('/api/v1');
     $api->get('/incident_gate/status' => sub ($c) { $self->_status($c) })->name('incident_gate_status');
     $api->get('/incident_gate/incidents/<incident:num>' => sub ($c) { $self->_evaluate($c) })
       ->name('incident_gate_incident');
+    my $operator = $r->find('api_ensure_operator') or return;
+    $operator->get('/incident_gate/internals' => sub ($c) { $self->_internals($c) })
+      ->name('incident_gate_internals');
 }
 
 sub _inactive ($self, $c) {
@@ -109,12 +130,30 @@ sub _inactive ($self, $c) {
     return 1;
 }
 
-sub _status ($self, $c) {
-    return if $self->_inactive($c);
+# The full ig_gate_status document, or undef after rendering the error.
+sub _gate_status ($self, $c) {
+    return undef if $self->_inactive($c);
     my ($status, $json) = eval { $self->_gate->status };
     ($status, $json) = (IG_PANIC, $@) unless defined $status;
-    return $c->render(json => decode_json($json)) if $status == IG_OK;
+    return decode_json($json) if $status == IG_OK;
     $c->render(json => {error => $json}, status => 500);
+    return undef;
+}
+
+sub _status ($self, $c) {
+    my $s = $self->_gate_status($c) // return;
+    my $engine = $s->{engine} // {};
+    my @decisions = map {
+        my $d = $_;
+        +{map { $_ => $d->{$_} } qw(incident request result decided_at)}
+    } @{$engine->{recent_decisions} // []};
+    $c->render(json => {version => $s->{version}, recent_decisions => \@decisions,
+        pending_incidents => $engine->{pending_incidents} // []});
+}
+
+sub _internals ($self, $c) {
+    my $s = $self->_gate_status($c) // return;
+    $c->render(json => $s);
 }
 
 # ig_gate_evaluate asks openQA and blocks: run it in a forked child (the library supports that); a
