@@ -65,7 +65,8 @@ pub enum Flavor {
     /// openQA as packaged in Debian 12 (4.6.1674490999): `job_settings/jobs` knows only
     /// `list_value` (400 "list_value missing" for `value=`) and no `[]` keys, no bulk comment
     /// routes, no `failedmodules` in AMQP job messages, no CASEDIR priority adjustment, comments
-    /// always rendered, a non-numeric `ids` element is a 500.
+    /// always rendered, a non-numeric `ids` element is a 500, no `follow=` or `job_setting=`,
+    /// errors without `error_status`, list pages of 10 000 jobs (at most 100 000).
     Debian12,
 }
 
