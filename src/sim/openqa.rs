@@ -65,7 +65,8 @@ pub enum Flavor {
     /// openQA as packaged in Debian 12 (4.6.1674490999): `job_settings/jobs` knows only
     /// `list_value` (400 "list_value missing" for `value=`) and no `[]` keys, no bulk comment
     /// routes, no `failedmodules` in AMQP job messages, no CASEDIR priority adjustment, comments
-    /// always rendered, a non-numeric `ids` element is a 500.
+    /// always rendered, a non-numeric `ids` element is a 500, no `follow=` or `job_setting=`,
+    /// errors without `error_status`, list pages of 10 000 jobs (at most 100 000).
     Debian12,
 }
 
@@ -1054,8 +1055,8 @@ impl Db {
         let limit: usize = params
             .get("limit")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(GENERIC_DEFAULT_LIMIT)
-            .min(self.max_limit.unwrap_or(GENERIC_MAX_LIMIT));
+            .unwrap_or(self.default_limit())
+            .min(self.max_limit.unwrap_or(self.flavor_max_limit()));
         if limit == 0 {
             return refuse(400, "Limit exceeds maximum");
         }
@@ -1227,6 +1228,24 @@ impl Db {
             .collect();
         matching.sort_by(|a, b| b.job_id.cmp(&a.job_id).then(b.id.cmp(&a.id)));
         Ok(json!({ "jobs": matching.into_iter().map(|r| r.job_id).collect::<Vec<_>>() }))
+    }
+
+    /// `misc_limits.generic_default_limit`: Debian 12's openQA shipped 10 000, upstream 1 000.
+    fn default_limit(&self) -> usize {
+        if self.flavor == Flavor::Debian12 {
+            10 * GENERIC_DEFAULT_LIMIT
+        } else {
+            GENERIC_DEFAULT_LIMIT
+        }
+    }
+
+    /// `misc_limits.generic_max_limit`: Debian 12's openQA shipped 100 000, upstream 10 000.
+    fn flavor_max_limit(&self) -> usize {
+        if self.flavor == Flavor::Debian12 {
+            10 * GENERIC_MAX_LIMIT
+        } else {
+            GENERIC_MAX_LIMIT
+        }
     }
 
     /// Fault injection: the refusal configured for one of these jobs.
