@@ -119,6 +119,9 @@ sub _routes ($self, $app) {
     $api->get('/incident_gate/status' => sub ($c) { $self->_status($c) })->name('incident_gate_status');
     $api->get('/incident_gate/incidents/<incident:num>' => sub ($c) { $self->_evaluate($c) })
       ->name('incident_gate_incident');
+    # a submission by kind and number: 12345 or ibs:12345 (IBS incident), git:124 (Gitea PR)
+    $api->get('/incident_gate/submissions/<submission>' => sub ($c) { $self->_evaluate($c, 1) })
+      ->name('incident_gate_submission');
     my $operator = $r->find('api_ensure_operator') or return;
     $operator->get('/incident_gate/internals' => sub ($c) { $self->_internals($c) })
       ->name('incident_gate_internals');
@@ -158,12 +161,21 @@ sub _internals ($self, $c) {
 
 # ig_gate_evaluate asks openQA and blocks: run it in a forked child (the library supports that); a
 # gate that has not started its engine in the child only evaluates.
-sub _evaluate ($self, $c) {
+sub _evaluate ($self, $c, $by_kind = 0) {
     return if $self->_inactive($c);
-    my $incident = $c->param('incident');
-    return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
-      unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
-    $incident = $1;
+    my $incident = $c->param($by_kind ? 'submission' : 'incident');
+    if ($by_kind) {
+        return $c->render(
+            json => {error => 'submission must be <incident>, ibs:<incident> or git:<pr>, numbers below 10^19'},
+            status => 400
+        ) unless $incident =~ /^(?:(ibs|git|gitea):)?0*([1-9][0-9]{0,18})$/;
+        $incident = ($1 && $1 ne 'ibs') ? "git:$2" : $2;
+    }
+    else {
+        return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
+          unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
+        $incident = $1;
+    }
     return $c->render(json => {error => 'too many verdicts are being evaluated, try again shortly'}, status => 503)
       if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
     $self->{evaluating}++;
@@ -172,7 +184,7 @@ sub _evaluate ($self, $c) {
         sub {
             my ($gate, @failed) = $self->{lib}->gate($self->{config_json});
             return @failed unless $gate;
-            return $gate->evaluate($incident);
+            return $by_kind ? $gate->evaluate_submission($incident) : $gate->evaluate($incident);
         }
     )->then(
         sub ($status, $text) {
