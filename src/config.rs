@@ -205,6 +205,8 @@ pub struct Config {
     pub gitea_review_team: String,
     /// With `accept-decline`, also submit a native "request changes" review on a failure.
     pub gitea_request_changes: bool,
+    /// Report decisions about Gitea pull requests to Gitea (through the outbox).
+    pub report_gitea: bool,
 }
 
 impl Default for Config {
@@ -241,6 +243,7 @@ impl Default for Config {
             gitea_review_bot: "qam-openqa-review".into(),
             gitea_review_team: "qam-openqa".into(),
             gitea_request_changes: false,
+            report_gitea: true,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A decision: a final verdict taken once per (incident, request, verdict, set of job ids, blocking
 //! jobs with their results), and the outcome of delivering it to one sink (the broker, IBS).
 
+use crate::incident::Kind;
 use crate::verdict::Verdict;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,7 +36,9 @@ impl Decision {
     /// The `incident.done` event body (DESIGN section 5, docs/events.md).
     pub fn event_json(&self) -> serde_json::Value {
         let v = &self.verdict;
-        serde_json::json!({
+        let mut body = serde_json::json!({
+            "schema_version": 2,
+            "kind": v.kind,
             "incident": v.incident,
             "request": v.request,
             "rrid": v.rrid,
@@ -52,7 +55,11 @@ impl Decision {
             "blocking": v.blocking,
             "decided_at": self.decided_at,
             "event_id": self.key,
-        })
+        });
+        if v.kind == Kind::Gitea {
+            body["gitea"] = serde_json::json!({"repo": v.repo, "pr": v.incident, "sha": v.sha});
+        }
+        body
     }
 }
 
@@ -78,6 +85,10 @@ pub fn responsible_lines(description: &str) -> Vec<String> {
 pub fn decision_key(v: &Verdict) -> String {
     let mut h = Sha256::new();
     let request = v.request.map(|r| r.to_string()).unwrap_or_default();
+    if v.kind == Kind::Gitea {
+        // IBS keys stay what they were; a pull request's tested commit is part of its decision
+        h.update(format!("git|{}|", v.sha.as_deref().unwrap_or("")));
+    }
     h.update(format!("{}|{}|{}|", v.incident, request, v.result.as_str()));
     for id in &v.job_ids {
         h.update(format!("{id},"));
@@ -123,6 +134,9 @@ mod tests {
     fn failed(blocking: &[(u64, &str)]) -> Verdict {
         Verdict {
             incident: 1,
+            kind: Default::default(),
+            sha: None,
+            repo: None,
             request: Some(2),
             rrid: None,
             result: Outcome::Failed,

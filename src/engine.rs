@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::decision::Decision;
 use crate::events::Event;
-use crate::incident::incidents_of;
+use crate::incident::{submissions_of, Kind, Submission};
 use crate::openqa::client::{ApiError, OpenQaClient};
 use crate::openqa::model::{is_final_state, Comment, Job};
 use crate::store::{Recorded, Sink, Store};
@@ -154,13 +154,13 @@ pub struct Core {
     client: OpenQaClient,
     store: Arc<Store>,
     sinks: Vec<Sink>,
-    incidents: Mutex<HashMap<u64, IncidentState>>,
-    job_incidents: Mutex<HashMap<u64, Vec<u64>>>,
+    incidents: Mutex<HashMap<Submission, IncidentState>>,
+    job_incidents: Mutex<HashMap<u64, Vec<Submission>>>,
     stats: Stats,
     /// Events taken from the queue but not processed, plus evaluations running or scheduled.
     busy: AtomicUsize,
     /// Incidents for `check_waiting`, and its wake-up.
-    to_check: Mutex<HashSet<u64>>,
+    to_check: Mutex<HashSet<Submission>>,
     check_wake: Notify,
     /// Woken when a decision lands in the outbox.
     pub outbox_wake: Notify,
@@ -196,6 +196,9 @@ impl Core {
         }
         if cfg.report_obs {
             sinks.push(Sink::Obs);
+        }
+        if cfg.report_gitea {
+            sinks.push(Sink::Gitea);
         }
         Ok(Core {
             cfg,
@@ -293,11 +296,11 @@ impl Core {
     }
 
     /// The current verdict, straight from openQA; no side effects.
-    pub async fn evaluate(&self, incident: u64) -> Result<Verdict, EngineError> {
-        Ok(self.evaluation(incident).await?.verdict)
+    pub async fn evaluate(&self, incident: impl Into<Submission>) -> Result<Verdict, EngineError> {
+        Ok(self.evaluation(incident.into()).await?.verdict)
     }
 
-    async fn evaluation(&self, incident: u64) -> Result<Evaluation, EngineError> {
+    async fn evaluation(&self, incident: Submission) -> Result<Evaluation, EngineError> {
         let deleted = self.deleted_comments.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let evaluation = evaluate_with(&self.client, &self.cfg, incident, &deleted).await?;
         self.remember_jobs(&evaluation.jobs);
@@ -346,12 +349,12 @@ impl Core {
             cache.clear();
         }
         for job in jobs {
-            cache.insert(job.id, incidents_of(&job.settings).into_iter().collect());
+            cache.insert(job.id, submissions_of(&job.settings).into_iter().collect());
         }
     }
 
     /// The incidents each of these jobs tests, asking openQA for the ones not seen before.
-    async fn incidents_of_jobs(&self, ids: &[u64]) -> Result<HashMap<u64, Vec<u64>>, ApiError> {
+    async fn incidents_of_jobs(&self, ids: &[u64]) -> Result<HashMap<u64, Vec<Submission>>, ApiError> {
         let unknown: Vec<u64> = {
             let cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
             ids.iter().copied().filter(|id| !cache.contains_key(id)).collect()
@@ -379,7 +382,7 @@ impl Core {
         let Some(map) = self.look_up_jobs(ids).await else {
             return;
         };
-        let mut touched: HashMap<u64, (bool, Vec<u64>)> = HashMap::new();
+        let mut touched: HashMap<Submission, (bool, Vec<u64>)> = HashMap::new();
         let mut finished: HashSet<u64> = HashSet::new();
         for event in &batch {
             for job in &event.jobs {
@@ -422,7 +425,7 @@ impl Core {
     /// retried with backoff: events are never dropped for an outage. A chunk openQA refuses is
     /// split until each refused id is alone; those are given up (counted, shown in status), so one
     /// bad id never holds up the events of the others.
-    async fn look_up_jobs(&self, ids: Vec<u64>) -> Option<HashMap<u64, Vec<u64>>> {
+    async fn look_up_jobs(&self, ids: Vec<u64>) -> Option<HashMap<u64, Vec<Submission>>> {
         let mut map = HashMap::new();
         let mut todo = vec![ids];
         let mut delay = Duration::from_millis(100);
@@ -463,7 +466,7 @@ impl Core {
     /// Incidents whose latest verdict relied on an `acceptable_for` comment that is gone, looking
     /// at comments not checked for `older_than`. openQA tells nobody of some deletions (its AMQP
     /// plugin does not forward the bulk route, a job-done hook never hears of comments).
-    pub async fn audit_relied_comments(&self, older_than: Duration) -> Vec<u64> {
+    pub async fn audit_relied_comments(&self, older_than: Duration) -> Vec<Submission> {
         let claimed =
             match self.store.claim_relied_comments(older_than.as_millis() as i64, RELIED_AUDIT_BATCH) {
                 Ok(c) => c,
@@ -472,7 +475,7 @@ impl Core {
                     return Vec::new();
                 }
             };
-        let mut by_job: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        let mut by_job: HashMap<u64, Vec<(u64, Submission)>> = HashMap::new();
         for (comment, incident, job) in claimed {
             by_job.entry(job).or_default().push((comment, incident));
         }
@@ -480,7 +483,7 @@ impl Core {
         for (job, relied) in by_job {
             match self.client.comments(job).await {
                 Ok(present) => {
-                    let gone: Vec<(u64, u64)> =
+                    let gone: Vec<(u64, Submission)> =
                         relied.into_iter().filter(|(c, _)| !present.iter().any(|p| p.id == *c)).collect();
                     self.forget_deleted_comments(&gone.iter().map(|(c, _)| *c).collect::<Vec<_>>());
                     gone_for.extend(gone.into_iter().map(|(_, i)| i));
@@ -497,11 +500,11 @@ impl Core {
     /// another process may have had them. Looks at a few of those jobs for every such incident in
     /// one request, gathered over `CHECK_GATHER` so a stream of events costs few requests.
     async fn check_waiting(self: &Arc<Self>) {
-        let incidents: Vec<u64> =
+        let incidents: Vec<Submission> =
             std::mem::take(&mut *self.to_check.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .collect();
-        let samples: Vec<(u64, Vec<u64>)> = {
+        let samples: Vec<(Submission, Vec<u64>)> = {
             let states = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
             incidents
                 .iter()
@@ -532,7 +535,13 @@ impl Core {
     /// An event about `jobs` touched `incident`: evaluate it now, or answer true while its last
     /// evaluation waits on jobs not reported finished here (see `check_waiting`) and the event is
     /// about a job that evaluation looked at.
-    fn touch(self: &Arc<Self>, incident: u64, must: bool, jobs: &[u64], finished: &HashSet<u64>) -> bool {
+    fn touch(
+        self: &Arc<Self>,
+        incident: Submission,
+        must: bool,
+        jobs: &[u64],
+        finished: &HashSet<u64>,
+    ) -> bool {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if let Some(waiting) = &mut state.waiting_on {
@@ -554,7 +563,12 @@ impl Core {
     }
 
     /// After looking at `sample`: still waiting if one of them is unfinished, else evaluate.
-    fn after_check(self: &Arc<Self>, incident: u64, sample: &[u64], unfinished: Option<&HashSet<u64>>) {
+    fn after_check(
+        self: &Arc<Self>,
+        incident: Submission,
+        sample: &[u64],
+        unfinished: Option<&HashSet<u64>>,
+    ) {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if state.running {
@@ -572,7 +586,7 @@ impl Core {
     }
 
     /// Schedules an evaluation regardless of what the incident waits on (reconciliation).
-    fn schedule(self: &Arc<Self>, incident: u64) {
+    fn schedule(self: &Arc<Self>, incident: Submission) {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if state.running {
@@ -583,7 +597,7 @@ impl Core {
         }
     }
 
-    fn spawn_evaluation(self: &Arc<Self>, incident: u64) {
+    fn spawn_evaluation(self: &Arc<Self>, incident: Submission) {
         self.busy.fetch_add(1, Relaxed);
         let core = self.clone();
         tokio::spawn(async move {
@@ -652,7 +666,8 @@ impl Core {
     }
 
     /// One evaluation; a final verdict becomes a decision (recorded once, queued for the sinks).
-    pub async fn decide(&self, incident: u64) -> Result<Verdict, EngineError> {
+    pub async fn decide(&self, incident: impl Into<Submission>) -> Result<Verdict, EngineError> {
+        let incident = incident.into();
         self.stats.evaluations.fetch_add(1, Relaxed);
         // before reading openQA: the ticket orders this evaluation's decision among all processes'
         let seen = self.store.begin_evaluation()?;
@@ -664,7 +679,9 @@ impl Core {
         self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
-        match self.store.record_decision(&mut decision, &self.sinks, seen)? {
+        // the event for every submission, a report to the service the submission belongs to
+        let sinks: Vec<Sink> = self.sinks.iter().copied().filter(|s| s.serves(incident.kind)).collect();
+        match self.store.record_decision(&mut decision, &sinks, seen)? {
             Recorded::New => {
                 self.stats.decisions.fetch_add(1, Relaxed);
                 tracing::info!(
@@ -691,7 +708,7 @@ impl Core {
     }
 
     /// `decide`, returning the jobs a pending incident still waits on and every job looked at.
-    async fn evaluate_and_decide(&self, incident: u64) -> Result<Looked, EngineError> {
+    async fn evaluate_and_decide(&self, incident: Submission) -> Result<Looked, EngineError> {
         let verdict = self.decide(incident).await?;
         let pending = (verdict.result == Outcome::Pending).then(|| {
             let pending = verdict.notes.iter().filter(|n| n.counts && !is_final_state(&n.state));
@@ -706,9 +723,9 @@ impl Core {
 pub async fn evaluate(
     client: &OpenQaClient,
     cfg: &Config,
-    incident: u64,
+    incident: impl Into<Submission>,
 ) -> Result<(Verdict, Vec<Job>), EngineError> {
-    let e = evaluate_with(client, cfg, incident, &HashSet::new()).await?;
+    let e = evaluate_with(client, cfg, incident.into(), &HashSet::new()).await?;
     Ok((e.verdict, e.jobs))
 }
 
@@ -727,14 +744,28 @@ pub struct Evaluation {
 pub async fn evaluate_with(
     client: &OpenQaClient,
     cfg: &Config,
-    incident: u64,
+    incident: Submission,
     deleted: &HashSet<u64>,
 ) -> Result<Evaluation, EngineError> {
-    let id = incident.to_string();
-    let ids_own = client.job_ids_by_setting("INCIDENT_ID", &id);
-    let ids_aggregate = client.job_ids_by_list_setting("*_TEST_ISSUES", &id);
-    let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
-    let mut asked: HashSet<u64> = own.into_iter().chain(aggregate).collect();
+    let id = incident.number.to_string();
+    let mut asked: HashSet<u64> = match incident.kind {
+        Kind::Ibs => {
+            let ids_own = client.job_ids_by_setting("INCIDENT_ID", &id);
+            let ids_aggregate = client.job_ids_by_list_setting("*_TEST_ISSUES", &id);
+            let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
+            own.into_iter().chain(aggregate).collect()
+        }
+        // a pull request's own jobs only (aggregates list IBS incidents); INCIDENT_ID=<pr> finds
+        // those that carry neither SUBMISSION_ID nor _GITEA_PR, selection drops IBS jobs
+        Kind::Gitea => {
+            let git = format!("git:{id}");
+            let by_submission = client.job_ids_by_setting("SUBMISSION_ID", &git);
+            let by_pr = client.job_ids_by_setting("_GITEA_PR", &id);
+            let by_incident = client.job_ids_by_setting("INCIDENT_ID", &id);
+            let (a, b, c) = tokio::try_join!(by_submission, by_pr, by_incident)?;
+            a.into_iter().chain(b).chain(c).collect()
+        }
+    };
     let mut jobs = client.jobs(&asked.iter().copied().collect::<Vec<_>>()).await?;
     let link_base = crate::config::link_base(&cfg.openqa_url);
     let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &link_base };
@@ -744,7 +775,7 @@ pub async fn evaluate_with(
     for round in 0.. {
         follow_clones(client, &mut jobs, &mut asked).await?;
         let builds: Vec<(verdict::Product, String)> =
-            verdict::newest_aggregate_builds(incident, &jobs, &rules)
+            verdict::newest_aggregate_builds_of(incident, &jobs, &rules)
                 .into_iter()
                 .filter(|b| !whole.contains(b))
                 .collect();
@@ -772,7 +803,7 @@ pub async fn evaluate_with(
         }
         whole.extend(builds);
     }
-    let selection = verdict::select(incident, &jobs, &rules);
+    let selection = verdict::select_submission(incident, &jobs, &rules);
     let wanted = selection.needs_comments();
     let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;
     let mut comments: HashMap<u64, Vec<Comment>> = wanted.into_iter().zip(fetched).collect();
@@ -780,7 +811,7 @@ pub async fn evaluate_with(
     for (job, list) in comments.iter_mut() {
         list.retain(|c| !deleted.contains(&c.id));
         for c in list.iter() {
-            if verdict::acceptable_for(std::slice::from_ref(c), incident).is_some() {
+            if verdict::acceptable_for(std::slice::from_ref(c), incident.number).is_some() {
                 relied_comments.push((c.id, *job));
             }
         }

@@ -127,7 +127,11 @@ impl Gate {
     /// The current verdict of an incident, straight from openQA (no side effects). Blocks.
     /// Uses the running engine of this process, or else a throwaway runtime, so that evaluating
     /// alone (the plugin does it in a short-lived child) never starts deliveries.
-    pub fn evaluate(&self, incident: u64) -> Result<crate::verdict::Verdict, String> {
+    pub fn evaluate(
+        &self,
+        incident: impl Into<crate::incident::Submission>,
+    ) -> Result<crate::verdict::Verdict, String> {
+        let incident = incident.into();
         let running = {
             let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
             guard

@@ -3,6 +3,7 @@
 //! state directory; SQLite's locking makes "record this decision" succeed in exactly one of them.
 
 use crate::decision::{Decision, Delivery};
+use crate::incident::{Kind, Submission};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::fmt;
@@ -16,6 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub enum Sink {
     Amqp,
     Obs,
+    /// Gitea pull requests (decisions of `Kind::Gitea`).
+    Gitea,
 }
 
 impl Sink {
@@ -23,7 +26,23 @@ impl Sink {
         match self {
             Sink::Amqp => "amqp",
             Sink::Obs => "obs",
+            Sink::Gitea => "gitea",
         }
+    }
+
+    /// Whether the sink reports to the service of submissions of this kind (the event is for all).
+    pub fn serves(self, kind: Kind) -> bool {
+        match self {
+            Sink::Amqp => true,
+            Sink::Obs => kind == Kind::Ibs,
+            Sink::Gitea => kind == Kind::Gitea,
+        }
+    }
+
+    /// Sinks that report a decision to the submission's service: one decision of a submission at
+    /// a time, never a decision a newer one replaced.
+    pub fn reports(self) -> bool {
+        self != Sink::Amqp
     }
 }
 
@@ -59,6 +78,7 @@ pub struct OutboxItem {
 pub struct DecisionRow {
     pub key: String,
     pub incident: u64,
+    pub kind: Kind,
     pub request: Option<u64>,
     pub result: String,
     pub decided_at: String,
@@ -78,7 +98,8 @@ pub struct DeliveryRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub recent_decisions: Vec<DecisionRow>,
-    pub pending_incidents: Vec<u64>,
+    /// IBS incidents as numbers, Gitea pull requests as `"git:<pr>"`.
+    pub pending_incidents: Vec<Submission>,
     pub outbox_backlog: Backlog,
 }
 
@@ -86,6 +107,13 @@ pub struct Summary {
 pub struct Backlog {
     pub amqp: u64,
     pub obs: u64,
+    pub gitea: u64,
+}
+
+impl Backlog {
+    pub fn total(&self) -> u64 {
+        self.amqp + self.obs + self.gitea
+    }
 }
 
 /// What the incidents page asks for (`ig_gate_incidents`): all fields optional.
@@ -257,7 +285,7 @@ impl Store {
         seen: i64,
     ) -> Result<Recorded, StoreError> {
         let base = crate::decision::decision_key(&d.verdict);
-        let incident = d.verdict.incident as i64;
+        let incident = d.verdict.submission().store_key();
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let latest: Option<(String, i64)> = tx
@@ -303,12 +331,12 @@ impl Store {
     }
 
     /// Whether `key` is the incident's latest decision (an older one must not act on IBS).
-    pub fn is_latest(&self, incident: u64, key: &str) -> Result<bool, StoreError> {
+    pub fn is_latest(&self, incident: impl Into<Submission>, key: &str) -> Result<bool, StoreError> {
         let latest: Option<String> = self
             .conn()
             .query_row(
                 "SELECT key FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
-                [incident as i64],
+                [incident.into().store_key()],
                 |r| r.get(0),
             )
             .optional()?;
@@ -348,7 +376,7 @@ impl Store {
                 let Some(row) = rows.next()? else { break };
                 let (id, attempts, key, incident, body): (i64, u32, String, i64, String) =
                     (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
-                if sink != Sink::Amqp && !incidents.insert(incident) {
+                if sink.reports() && !incidents.insert(incident) {
                     continue;
                 }
                 let decision = serde_json::from_str(&body)
@@ -435,38 +463,41 @@ impl Store {
                 |r| r.get::<_, i64>(0),
             )? as u64)
         };
-        Ok(Backlog { amqp: count(Sink::Amqp)?, obs: count(Sink::Obs)? })
+        Ok(Backlog { amqp: count(Sink::Amqp)?, obs: count(Sink::Obs)?, gitea: count(Sink::Gitea)? })
     }
 
-    pub fn mark_pending(&self, incident: u64) -> Result<(), StoreError> {
+    pub fn mark_pending(&self, incident: impl Into<Submission>) -> Result<(), StoreError> {
         let now = now_ms();
         self.conn().execute(
             "INSERT INTO pending (incident, since, checked_at) VALUES (?1, ?2, ?2)
              ON CONFLICT(incident) DO UPDATE SET checked_at = ?2",
-            params![incident as i64, now],
+            params![incident.into().store_key(), now],
         )?;
         Ok(())
     }
 
     /// Pending incidents not evaluated for `older_than_ms`, claimed for this process: several
     /// processes reconcile the same state directory, and each stale incident goes to one of them.
-    pub fn claim_stale_pending(&self, older_than_ms: i64) -> Result<Vec<u64>, StoreError> {
+    pub fn claim_stale_pending(&self, older_than_ms: i64) -> Result<Vec<Submission>, StoreError> {
         let now = now_ms();
         let conn = self.conn();
         let mut stmt =
             conn.prepare("UPDATE pending SET checked_at = ?1 WHERE checked_at <= ?2 RETURNING incident")?;
         let rows = stmt.query_map([now, now - older_than_ms], |r| r.get::<_, i64>(0))?;
-        let mut incidents: Vec<u64> =
-            rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect();
+        let mut incidents: Vec<Submission> =
+            rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(Submission::from_store_key).collect();
         incidents.sort_unstable();
         Ok(incidents)
     }
 
-    pub fn pending(&self) -> Result<Vec<u64>, StoreError> {
+    pub fn pending(&self) -> Result<Vec<Submission>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT incident FROM pending ORDER BY incident")?;
         let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect())
+        let mut pending: Vec<Submission> =
+            rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(Submission::from_store_key).collect();
+        pending.sort_unstable();
+        Ok(pending)
     }
 
     /// The most recent decisions, newest first, with how their deliveries went.
@@ -476,9 +507,11 @@ impl Store {
             "SELECT key, incident, request, result, decided_at FROM decisions ORDER BY rowid DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
+            let submission = Submission::from_store_key(r.get(1)?);
             Ok(DecisionRow {
                 key: r.get(0)?,
-                incident: r.get::<_, i64>(1)? as u64,
+                incident: submission.number,
+                kind: submission.kind,
                 request: r.get::<_, Option<i64>>(2)?.map(|r| r as u64),
                 result: r.get(3)?,
                 decided_at: r.get(4)?,
@@ -498,12 +531,12 @@ impl Store {
     }
 
     /// The latest decision recorded for an incident, if any.
-    pub fn latest_decision(&self, incident: u64) -> Result<Option<Decision>, StoreError> {
+    pub fn latest_decision(&self, incident: impl Into<Submission>) -> Result<Option<Decision>, StoreError> {
         let body: Option<String> = self
             .conn()
             .query_row(
                 "SELECT body FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
-                [incident as i64],
+                [incident.into().store_key()],
                 |r| r.get(0),
             )
             .optional()?;
@@ -513,25 +546,29 @@ impl Store {
     /// Replaces the comments (id, job) the incident's latest final verdict relied on: the
     /// `acceptable_for` comments that made failed jobs acceptable. openQA's in-process deletion
     /// events carry only comment ids; this is how they find their incident.
-    pub fn set_relied_comments(&self, incident: u64, comments: &[(u64, u64)]) -> Result<(), StoreError> {
+    pub fn set_relied_comments(
+        &self,
+        incident: impl Into<Submission>,
+        comments: &[(u64, u64)],
+    ) -> Result<(), StoreError> {
+        let incident = incident.into().store_key();
         let now = now_ms();
         let mut conn = self.conn();
         // most verdicts rely on no comment: no write lock for them
-        let known: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM relied_comments WHERE incident = ?1",
-            [incident as i64],
-            |r| r.get(0),
-        )?;
+        let known: i64 =
+            conn.query_row("SELECT COUNT(*) FROM relied_comments WHERE incident = ?1", [incident], |r| {
+                r.get(0)
+            })?;
         if known == 0 && comments.is_empty() {
             return Ok(());
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident as i64])?;
+        tx.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident])?;
         for (comment, job) in comments {
             tx.execute(
                 "INSERT OR IGNORE INTO relied_comments (comment_id, incident, job_id, since, checked_at)
                  VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![*comment as i64, incident as i64, *job as i64, now],
+                params![*comment as i64, incident, *job as i64, now],
             )?;
         }
         tx.commit()?;
@@ -539,7 +576,7 @@ impl Store {
     }
 
     /// Incidents whose latest final verdict relied on one of these comments.
-    pub fn incidents_relying_on(&self, comments: &[u64]) -> Result<Vec<u64>, StoreError> {
+    pub fn incidents_relying_on(&self, comments: &[u64]) -> Result<Vec<Submission>, StoreError> {
         if comments.is_empty() {
             return Ok(Vec::new());
         }
@@ -549,7 +586,7 @@ impl Store {
         for c in comments {
             let rows = stmt.query_map([*c as i64], |r| r.get::<_, i64>(0))?;
             for row in rows {
-                incidents.push(row? as u64);
+                incidents.push(Submission::from_store_key(row?));
             }
         }
         incidents.sort_unstable();
@@ -564,7 +601,7 @@ impl Store {
         &self,
         older_than_ms: i64,
         limit: usize,
-    ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+    ) -> Result<Vec<(u64, Submission, u64)>, StoreError> {
         let now = now_ms();
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -573,7 +610,11 @@ impl Store {
              RETURNING comment_id, incident, job_id",
         )?;
         let rows = stmt.query_map(params![now, now - older_than_ms, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                Submission::from_store_key(r.get(1)?),
+                r.get::<_, i64>(2)? as u64,
+            ))
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -749,6 +790,9 @@ mod tests {
     fn decision(incident: u64, jobs: Vec<u64>) -> Decision {
         let v = Verdict {
             incident,
+            kind: Default::default(),
+            sha: None,
+            repo: None,
             request: Some(300001),
             rrid: None,
             result: Outcome::Passed,
@@ -758,6 +802,35 @@ mod tests {
             notes: vec![],
         };
         Decision::new(v, "http://openqa")
+    }
+
+    #[test]
+    fn an_incident_and_a_pull_request_of_the_same_number_have_their_own_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut ibs = decision(124, vec![1]);
+        let mut pr = decision(124, vec![2]);
+        pr.verdict.kind = Kind::Gitea;
+        pr.verdict.sha = Some("abc".into());
+        pr.key = crate::decision::decision_key(&pr.verdict);
+        s.mark_pending(Submission::gitea(124)).unwrap();
+        s.mark_pending(124).unwrap();
+        assert_eq!(s.pending().unwrap(), vec![Submission::ibs(124), Submission::gitea(124)]);
+        let t = s.begin_evaluation().unwrap();
+        assert_eq!(s.record_decision(&mut ibs, &[Sink::Amqp, Sink::Obs], t).unwrap(), Recorded::New);
+        assert_eq!(s.pending().unwrap(), vec![Submission::gitea(124)], "only the incident is decided");
+        assert_eq!(s.record_decision(&mut pr, &[Sink::Amqp, Sink::Gitea], t).unwrap(), Recorded::New);
+        assert!(s.is_latest(124, &ibs.key).unwrap() && s.is_latest(Submission::gitea(124), &pr.key).unwrap());
+        assert_eq!(s.latest_decision(Submission::gitea(124)).unwrap().unwrap().verdict.kind, Kind::Gitea);
+        assert_eq!(s.latest_decision(124).unwrap().unwrap().verdict.kind, Kind::Ibs);
+        for item in s.take_due(Sink::Amqp, 10).unwrap() {
+            s.complete(&item, &Delivery::Done("published".into())).unwrap();
+        }
+        // both reports are due at once: one per submission, not one per number
+        assert_eq!(s.take_due(Sink::Obs, 10).unwrap().len(), 1);
+        let gitea = s.take_due(Sink::Gitea, 10).unwrap();
+        assert_eq!(gitea.len(), 1);
+        assert_eq!(gitea[0].decision.verdict.submission(), Submission::gitea(124));
     }
 
     #[test]
@@ -876,11 +949,11 @@ mod tests {
         s.mark_pending(5).unwrap();
         s.mark_pending(6).unwrap();
         let other = Store::open(dir.path()).unwrap();
-        assert_eq!(s.claim_stale_pending(0).unwrap(), vec![5, 6]);
+        assert_eq!(s.claim_stale_pending(0).unwrap(), vec![Submission::ibs(5), Submission::ibs(6)]);
         assert!(other.claim_stale_pending(1_000).unwrap().is_empty(), "claimed by the first process");
         assert!(s.claim_stale_pending(60_000).unwrap().is_empty());
         s.record_decision(&mut decision(5, vec![1]), &[], s_next()).unwrap();
-        assert_eq!(s.pending().unwrap(), vec![6]);
+        assert_eq!(s.pending().unwrap(), vec![Submission::ibs(6)]);
     }
 
     #[test]
@@ -965,11 +1038,14 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         s.set_relied_comments(12345, &[(7, 70), (8, 80)]).unwrap();
         s.set_relied_comments(12346, &[(8, 80)]).unwrap();
-        assert_eq!(s.incidents_relying_on(&[8]).unwrap(), vec![12345, 12346]);
-        assert_eq!(s.incidents_relying_on(&[7, 99]).unwrap(), vec![12345]);
+        assert_eq!(
+            s.incidents_relying_on(&[8]).unwrap(),
+            vec![Submission::ibs(12345), Submission::ibs(12346)]
+        );
+        assert_eq!(s.incidents_relying_on(&[7, 99]).unwrap(), vec![Submission::ibs(12345)]);
         s.set_relied_comments(12345, &[]).unwrap();
         assert!(s.incidents_relying_on(&[7]).unwrap().is_empty(), "replaced by the newer verdict");
-        assert_eq!(s.claim_relied_comments(0, 10).unwrap(), vec![(8, 12346, 80)]);
+        assert_eq!(s.claim_relied_comments(0, 10).unwrap(), vec![(8, Submission::ibs(12346), 80)]);
         assert!(s.claim_relied_comments(60_000, 10).unwrap().is_empty(), "just checked");
     }
 

@@ -1,7 +1,9 @@
 //! The verdict of DESIGN section 4, as pure functions: which jobs count for an incident, and
 //! whether they say passed, failed, pending or nothing at all.
 
-use crate::incident::{is_incident_job, is_test_issues_key, parse_issue_list, parse_rrid};
+use crate::incident::{
+    is_gitea_job, is_own_job, is_test_issues_key, parse_issue_list, parse_rrid, Kind, Submission,
+};
 use crate::openqa::model::{Comment, Job};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -68,7 +70,16 @@ pub struct JobNote {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
+    /// The submission's number: the IBS incident, or the Gitea pull request (see `kind`).
     pub incident: u64,
+    /// Absent in decisions recorded before Gitea pull requests: those are IBS incidents.
+    #[serde(default)]
+    pub kind: Kind,
+    /// Gitea: the commit the counted jobs tested (`GITEA_SHA`), and `owner/name` (`GITEA_REPO`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
     pub request: Option<u64>,
     pub rrid: Option<String>,
     pub result: Outcome,
@@ -87,6 +98,10 @@ pub struct Rules<'a> {
 /// The outcome of selection: the jobs that count, and a note for every job looked at.
 pub struct Selection<'a> {
     pub incident: u64,
+    pub submission: Submission,
+    /// Gitea: the tested commit and repository of the counted jobs.
+    pub sha: Option<String>,
+    pub repo: Option<String>,
     pub counted: Vec<&'a Job>,
     pub request: Option<u64>,
     pub rrid: Option<String>,
@@ -130,7 +145,11 @@ pub fn wildcard_match(pattern: &str, text: &str, many: char, one: char) -> bool 
 }
 
 fn lists_incident(job: &Job, incident: u64) -> bool {
-    job.settings.iter().any(|(k, v)| is_test_issues_key(k) && parse_issue_list(v).any(|i| i == incident))
+    !is_gitea_job(&job.settings)
+        && job
+            .settings
+            .iter()
+            .any(|(k, v)| is_test_issues_key(k) && parse_issue_list(v).any(|i| i == incident))
 }
 
 /// Aggregate builds are `YYYYMMDD-N`; compare them as numbers so `20261124-10` beats `-9`.
@@ -161,10 +180,15 @@ fn ignored_by<'r>(job: &Job, rules: &'r Rules) -> Option<&'r String> {
 /// Rule 3's choice: the newest aggregate build listing `incident`, per product, among the jobs
 /// that are not in an ignored group. The engine fetches these builds whole before judging.
 pub fn newest_aggregate_builds(incident: u64, jobs: &[Job], rules: &Rules) -> HashMap<Product, String> {
+    newest_aggregate_builds_of(Submission::ibs(incident), jobs, rules)
+}
+
+/// [`newest_aggregate_builds`] for any submission; aggregates list IBS incidents only.
+pub fn newest_aggregate_builds_of(s: Submission, jobs: &[Job], rules: &Rules) -> HashMap<Product, String> {
     let aggregate = jobs
         .iter()
         .filter(|j| ignored_by(j, rules).is_none())
-        .filter(|j| !is_incident_job(&j.settings, incident) && lists_incident(j, incident));
+        .filter(|j| s.kind == Kind::Ibs && !is_own_job(&j.settings, s) && lists_incident(j, s.number));
     newest_builds(aggregate)
 }
 
@@ -184,8 +208,21 @@ fn newest_builds<'a>(aggregate: impl Iterator<Item = &'a Job>) -> HashMap<Produc
         .collect()
 }
 
-/// Rules 1-4 of DESIGN section 4.
+/// Rules 1-4 of DESIGN section 4, for an IBS incident.
 pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a> {
+    select_submission(Submission::ibs(incident), jobs, rules)
+}
+
+/// Rules 1-4 of DESIGN section 4 for a submission. A Gitea pull request's jobs never count for
+/// the IBS incident of the same number, nor the other way round; aggregates count for IBS
+/// incidents only; for a pull request, rule 2 keeps the jobs of the newest tested commit (the
+/// `GITEA_SHA` of its newest job) instead of the newest release request.
+pub fn select_submission<'a>(sub: Submission, jobs: &'a [Job], rules: &Rules) -> Selection<'a> {
+    let incident = sub.number;
+    let what = match sub.kind {
+        Kind::Ibs => format!("incident {incident}"),
+        Kind::Gitea => format!("pull request {incident}"),
+    };
     let mut dropped: Vec<(&Job, &'static str, String)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut own = Vec::new();
@@ -194,12 +231,12 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
         if !seen.insert(job.id) {
             continue; // job_settings lists a job once per matching row
         }
-        let bucket = if is_incident_job(&job.settings, incident) {
+        let bucket = if is_own_job(&job.settings, sub) {
             &mut own
-        } else if lists_incident(job, incident) {
+        } else if sub.kind == Kind::Ibs && lists_incident(job, incident) {
             &mut aggregate
         } else {
-            dropped.push((job, "unrelated", format!("does not test incident {incident}")));
+            dropped.push((job, "unrelated", format!("does not test {what}")));
             continue;
         };
         // 1. ignored groups first: a Devel job with a newer RRID or a newer build must not push
@@ -207,16 +244,30 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
         match ignored_by(job, rules) {
             Some(glob) => {
                 let group = job.group.as_deref().unwrap_or("");
-                dropped.push((job, role(job, incident), format!("group {group:?} is ignored ({glob})")));
+                dropped.push((job, role(job, sub), format!("group {group:?} is ignored ({glob})")));
             }
             None => bucket.push(job),
         }
     }
 
     // 2. newest release request only
-    let request_of = |j: &Job| parse_rrid(j.setting("RRID")).filter(|(i, _)| *i == incident);
+    let request_of =
+        |j: &Job| parse_rrid(j.setting("RRID")).filter(|(i, _)| *i == incident && sub.kind == Kind::Ibs);
     let newest = own.iter().filter_map(|j| request_of(j)).map(|(_, r)| r).max();
     let mut counted: Vec<&Job> = Vec::new();
+    // 2'. a pull request: the commit tested by its newest job
+    let sha_of = |j: &Job| Some(j.setting("GITEA_SHA").trim()).filter(|s| !s.is_empty()).map(str::to_string);
+    let newest_sha = own.iter().filter(|j| sha_of(j).is_some()).max_by_key(|j| j.id).and_then(|j| sha_of(j));
+    if let Some(head) = &newest_sha {
+        own.retain(|job| match sha_of(job) {
+            Some(sha) if &sha != head => {
+                dropped.push((job, "incident", format!("tested commit {sha} is older than {head}")));
+                false
+            }
+            _ => true,
+        });
+    }
+    let repo = own.iter().map(|j| j.setting("GITEA_REPO").trim()).find(|r| !r.is_empty()).map(str::to_string);
     for job in own {
         match (newest, request_of(job)) {
             (Some(n), Some((_, r))) if r < n => {
@@ -254,7 +305,7 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
             Some(c) if c == newest => format!("restarted as {c}"),
             _ => format!("superseded by {newest} in the same scenario"),
         };
-        dropped.push((job, role(job, incident), why));
+        dropped.push((job, role(job, sub), why));
         false
     });
     counted.sort_by_key(|j| j.id);
@@ -262,6 +313,9 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
     let current = counted.iter().filter_map(|j| request_of(j)).map(|(_, r)| r).max();
     Selection {
         incident,
+        submission: sub,
+        sha: newest_sha.filter(|_| sub.kind == Kind::Gitea),
+        repo: repo.filter(|_| sub.kind == Kind::Gitea),
         counted,
         request: current,
         rrid: current.map(|r| format!("SUSE:Maintenance:{incident}:{r}")),
@@ -269,8 +323,8 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
     }
 }
 
-fn role(job: &Job, incident: u64) -> &'static str {
-    if is_incident_job(&job.settings, incident) {
+fn role(job: &Job, sub: Submission) -> &'static str {
+    if is_own_job(&job.settings, sub) {
         "incident"
     } else {
         "aggregate"
@@ -335,7 +389,7 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
             });
             format!("{}: blocks", job.result)
         };
-        let mut n = note(job, role(job, sel.incident), true, why);
+        let mut n = note(job, role(job, sel.submission), true, why);
         n.comment = accepted_by;
         notes.push(n);
     }
@@ -354,6 +408,9 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
     };
     Verdict {
         incident: sel.incident,
+        kind: sel.submission.kind,
+        sha: sel.sha.clone(),
+        repo: sel.repo.clone(),
         request: sel.request,
         rrid: sel.rrid.clone(),
         result,
@@ -381,4 +438,10 @@ fn note(job: &Job, role: &str, counts: bool, why: String) -> JobNote {
 /// `select` then `judge`, for callers that already hold every comment.
 pub fn decide(incident: u64, jobs: &[Job], comments: &HashMap<u64, Vec<Comment>>, rules: &Rules) -> Verdict {
     judge(&select(incident, jobs, rules), comments, rules)
+}
+
+impl Verdict {
+    pub fn submission(&self) -> Submission {
+        Submission { kind: self.kind, number: self.incident }
+    }
 }

@@ -264,3 +264,26 @@ async fn queue_bound(exchange: &str) -> bool {
     let _ = conn.close(200, "".into()).await;
     ok
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_a_pull_request_by_kind_and_number() {
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let env = env_for(&qa.url(), state.path());
+    let sha = "2cf58b3a9c32d139470a5f32d5aa64efbd0fa90dda0144b09421709252fcb0ea";
+    let pr = qa.gitea_job("products/SLFO", 8101, sha, "t0");
+    let ibs = qa.incident_job(8101, 1, "t0");
+    qa.sim.set_done(pr, "passed");
+    qa.sim.set_done(ibs, "failed");
+    let (git, incident, bad) = tokio::task::spawn_blocking(move || {
+        (run(&["check", "git:8101"], &env), run(&["check", "8101"], &env), run(&["check", "pr:8101"], &env))
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&git.stdout);
+    assert_eq!(git.status.code(), Some(0), "{text}");
+    assert!(text.contains("pull request git:8101: passed") && text.contains(&sha[..12]), "{text}");
+    assert!(!text.contains(&format!("counts  {ibs:>8}")), "the incident's job does not count: {text}");
+    assert_eq!(incident.status.code(), Some(1), "{}", String::from_utf8_lossy(&incident.stdout));
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}

@@ -128,6 +128,18 @@ subtest 'verdict route: bad input and openQA not answering' => sub {
     is_deeply [grep {/^\[error\]/} log_lines($t)], [], 'no error logged';
 };
 
+subtest 'submission route: kind and number' => sub {
+    my $t = app_with();
+    for my $bad (qw(git:0 pr:5 git: 0 git:123456789012345678901 ibs:x)) {
+        $t->get_ok("/api/v1/incident_gate/submissions/$bad")->status_is(400, $bad)
+          ->json_like('/error' => qr/git:<pr>/);
+    }
+    for my $good (qw(git:124 gitea:124 ibs:124 124)) {
+        $t->get_ok("/api/v1/incident_gate/submissions/$good")->status_is(503, "$good reaches the library")
+          ->json_is('/status' => 'IG_UNAVAILABLE');
+    }
+};
+
 subtest 'verdict route: at most two evaluations at a time per worker' => sub {
     # an openQA that accepts connections and never answers keeps evaluations busy
     my @held;

@@ -257,6 +257,9 @@ mod tests {
         let failed = blocking.len() as u64;
         let verdict = Verdict {
             incident: 12345,
+            kind: Default::default(),
+            sha: None,
+            repo: None,
             request: Some(300001),
             rrid: Some("SUSE:Maintenance:12345:300001".into()),
             result,

@@ -39,6 +39,8 @@ sub new ($class, $library) {
         gate_new => $ffi->function(ig_gate_new => ['string', 'opaque*'] => 'int'),
         submit => $ffi->function(ig_gate_submit => ['opaque', 'string', 'string'] => 'int'),
         evaluate => $ffi->function(ig_gate_evaluate => ['opaque', 'uint64', 'opaque*'] => 'int'),
+        evaluate_submission =>
+          $ffi->function(ig_gate_evaluate_submission => ['opaque', 'string', 'opaque*'] => 'int'),
         status => $ffi->function(ig_gate_status => ['opaque', 'opaque*'] => 'int'),
         incidents => $ffi->function(ig_gate_incidents => ['opaque', 'string', 'opaque*'] => 'int'),
         flush => $ffi->function(ig_gate_flush => ['opaque', 'uint32'] => 'int'),
@@ -107,6 +109,12 @@ sub submit ($self, $name, $json) {
 # Blocking: (IG_OK, $verdict_json) or ($status, $error).
 sub evaluate ($self, $incident) {
     my $status = $self->{lib}{f}{evaluate}->call($self->{ptr}, $incident, \my $out);
+    return $status == 0 ? (0, $self->{lib}->_take_string($out)) : $self->_fail($status);
+}
+
+# Blocking, for a submission named "12345", "ibs:12345" or "git:124": as evaluate.
+sub evaluate_submission ($self, $submission) {
+    my $status = $self->{lib}{f}{evaluate_submission}->call($self->{ptr}, $submission, \my $out);
     return $status == 0 ? (0, $self->{lib}->_take_string($out)) : $self->_fail($status);
 }
 

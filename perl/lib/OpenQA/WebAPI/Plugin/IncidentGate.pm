@@ -126,6 +126,9 @@ sub _routes ($self, $app) {
     $r->get('/incident_gate' => sub ($c) { $self->_index_page($c) })->name('incident_gate_index');
     $r->get('/incident_gate/<incident:num>' => sub ($c) { $self->_incident_page($c) })->name('incident_gate_page');
     $app->config->{plugin_links}{operator}{Incidents} = 'incident_gate_index';
+    # a submission by kind and number: 12345 or ibs:12345 (IBS incident), git:124 (Gitea PR)
+    $api->get('/incident_gate/submissions/<submission>' => sub ($c) { $self->_evaluate($c, 1) })
+      ->name('incident_gate_submission');
     my $operator = $r->find('api_ensure_operator') or return;
     $operator->get('/incident_gate/internals' => sub ($c) { $self->_internals($c) })
       ->name('incident_gate_internals');
@@ -263,7 +266,7 @@ sub _internals ($self, $c) {
 # ig_gate_evaluate asks openQA and blocks: run it in a forked child (the library supports that); a
 # gate that has not started its engine in the child only evaluates. A promise of ($status, $text);
 # rejected when MAX_EVALUATIONS already run in this worker.
-sub _evaluate_p ($self, $incident) {
+sub _evaluate_p ($self, $incident, $by_kind = 0) {
     return Mojo::Promise->reject("too many verdicts are being evaluated, try again shortly\n")
       if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
     $self->{evaluating}++;
@@ -271,20 +274,29 @@ sub _evaluate_p ($self, $incident) {
         sub {
             my ($gate, @failed) = $self->{lib}->gate($self->{config_json});
             return @failed unless $gate;
-            return $gate->evaluate($incident);
+            return $by_kind ? $gate->evaluate_submission($incident) : $gate->evaluate($incident);
         })->finally(sub { $self->{evaluating}-- });
 }
 
-sub _evaluate ($self, $c) {
+sub _evaluate ($self, $c, $by_kind = 0) {
     return if $self->_inactive($c);
-    my $incident = $c->param('incident');
-    return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
-      unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
-    $incident = $1;
+    my $incident = $c->param($by_kind ? 'submission' : 'incident');
+    if ($by_kind) {
+        return $c->render(
+            json => {error => 'submission must be <incident>, ibs:<incident> or git:<pr>, numbers below 10^19'},
+            status => 400
+        ) unless $incident =~ /^(?:(ibs|git|gitea):)?0*([1-9][0-9]{0,18})$/;
+        $incident = ($1 && $1 ne 'ibs') ? "git:$2" : $2;
+    }
+    else {
+        return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
+          unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
+        $incident = $1;
+    }
     return $c->render(json => {error => 'too many verdicts are being evaluated, try again shortly'}, status => 503)
       if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
     $c->render_later;
-    $self->_evaluate_p($incident)->then(
+    $self->_evaluate_p($incident, $by_kind)->then(
         sub ($status, $text) {
             return $c->render(data => $text, format => 'json') if $status == IG_OK;
             my $code = $status == IG_UNAVAILABLE ? 503 : $status == IG_INVALID_ARGUMENT ? 400 : 500;
