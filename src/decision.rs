@@ -44,6 +44,8 @@ impl Decision {
                 "accepted": v.jobs.accepted,
             },
             "blocking": v.blocking,
+            "complete": v.complete,
+            "waiting": v.waiting,
             "decided_at": self.decided_at,
             "event_id": self.key,
         })
@@ -67,6 +69,11 @@ pub fn decision_key(v: &Verdict) -> String {
         for (id, result) in blocking {
             h.update(format!("{id}={result},"));
         }
+    }
+    // a failure reported while testing goes on, and the same failure once it is finished, are
+    // two decisions (the second may decline); left out when complete, so earlier keys stay
+    if !v.complete {
+        h.update("|incomplete");
     }
     hex::encode(&h.finalize()[..16])
 }
@@ -114,6 +121,8 @@ mod tests {
                 .collect(),
             job_ids: vec![10, 11],
             notes: vec![],
+            complete: true,
+            waiting: vec![],
         }
     }
 

@@ -162,7 +162,12 @@ impl Store {
              CREATE TABLE IF NOT EXISTS relied_comments (
                 comment_id INTEGER NOT NULL, incident INTEGER NOT NULL, job_id INTEGER NOT NULL,
                 since INTEGER NOT NULL, checked_at INTEGER NOT NULL, PRIMARY KEY (comment_id, incident));
-             CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);",
+             CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);
+             CREATE TABLE IF NOT EXISTS job_activity (
+                incident INTEGER PRIMARY KEY, newest_job INTEGER NOT NULL, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS scheduling (
+                product INTEGER NOT NULL, incident INTEGER NOT NULL, status TEXT NOT NULL,
+                since INTEGER NOT NULL, PRIMARY KEY (product, incident));",
         )
         .map_err(named)?;
         add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
@@ -524,6 +529,59 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// A job of `incident` was created (or seen for the first time): the quiet period starts
+    /// again. Kept in the store because every process of the state directory waits on it.
+    pub fn note_job(&self, incident: u64, job: u64, created: bool) -> Result<(), StoreError> {
+        // an evaluation notes every job it sees: only a newer job than any noted restarts the
+        // clock; a creation event always does
+        self.conn().execute(
+            "INSERT INTO job_activity (incident, newest_job, at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(incident) DO UPDATE SET newest_job = max(newest_job, ?2), at = ?3
+             WHERE ?4 OR ?2 > newest_job",
+            params![incident as i64, job as i64, now_ms(), created],
+        )?;
+        Ok(())
+    }
+
+    /// When the incident's newest job was created or first seen (unix ms).
+    pub fn last_job_at(&self, incident: u64) -> Result<Option<i64>, StoreError> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn()
+            .query_row("SELECT at FROM job_activity WHERE incident = ?1", [incident as i64], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// A scheduled product naming `incidents` has `status`; one still scheduling holds them back.
+    pub fn note_product(&self, product: u64, incidents: &[u64], status: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        if !matches!(status, "added" | "scheduling") {
+            // done creating jobs: nothing to wait for, nothing to keep
+            conn.execute("DELETE FROM scheduling WHERE product = ?1", [product as i64])?;
+            return Ok(());
+        }
+        for incident in incidents {
+            conn.execute(
+                "INSERT INTO scheduling (product, incident, status, since) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(product, incident) DO UPDATE SET status = ?3",
+                params![product as i64, *incident as i64, status, now_ms()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Scheduled products naming `incident` last known to be still scheduling: (product, since ms).
+    pub fn scheduling_products(&self, incident: u64) -> Result<Vec<(u64, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT product, since FROM scheduling WHERE incident = ?1 AND status IN ('added', 'scheduling')
+             ORDER BY product",
+        )?;
+        let rows =
+            stmt.query_map([incident as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     pub fn decision_count(&self) -> Result<u64, StoreError> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))? as u64)
     }
@@ -550,6 +608,8 @@ mod tests {
             blocking: vec![],
             job_ids: jobs,
             notes: vec![],
+            complete: true,
+            waiting: vec![],
         };
         Decision::new(v, "http://openqa")
     }
