@@ -331,4 +331,15 @@ mod tests {
         let many = parse("openqa_jobs_restart", r#"{"ids":[3,"4"],"results":[{"3":30},{"4":40}]}"#).unwrap();
         assert_eq!(many.jobs, vec![3, 4, 30, 40]);
     }
+
+    #[test]
+    fn scheduling_events_parse() {
+        let iso = parse("openqa_iso_create", r#"{"scheduled_product_id":12}"#).unwrap();
+        assert_eq!((iso.products, iso.jobs.len()), (vec![12], 0));
+        let e = parse("openqa_iso_create", r#"{"scheduled_product_id":"x"}"#).unwrap_err();
+        assert_eq!(e.rejection, Rejection::InvalidShape);
+        let create = parse("openqa_job_create", r#"{"id":5}"#).unwrap();
+        assert!(create.creates_jobs() && !create.finishes_jobs());
+        assert_eq!(EventKind::from_routing_key("suse.openqa.job.create"), Some(EventKind::JobCreate));
+    }
 }

@@ -834,4 +834,39 @@ mod tests {
         assert_eq!(backoff_ms(10), MAX_BACKOFF_MS);
         assert_eq!(backoff_ms(u32::MAX), MAX_BACKOFF_MS);
     }
+
+    #[test]
+    fn scheduling_products_hold_their_incidents_until_scheduled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.note_product(7, &[100, 200], "added").unwrap();
+        s.note_product(7, &[100, 200], "scheduling").unwrap();
+        assert_eq!(s.scheduling_products(100).unwrap().iter().map(|p| p.0).collect::<Vec<_>>(), [7]);
+        // another process of the same state directory sees it too
+        let other = Store::open(dir.path()).unwrap();
+        assert_eq!(other.scheduling_products(200).unwrap().len(), 1);
+        other.note_product(7, &[], "scheduled").unwrap();
+        assert!(s.scheduling_products(100).unwrap().is_empty(), "scheduled: nothing to wait for");
+        assert!(s.scheduling_products(200).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_newer_job_or_a_creation_restarts_the_quiet_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), None);
+        s.note_job(1, 50, false).unwrap();
+        let first = s.last_job_at(1).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.note_job(1, 40, false).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), Some(first), "an older job seen again changes nothing");
+        s.note_job(1, 50, false).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), Some(first), "nor the same job");
+        s.note_job(1, 51, false).unwrap();
+        assert!(s.last_job_at(1).unwrap().unwrap() > first, "a newer job does");
+        let second = s.last_job_at(1).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.note_job(1, 45, true).unwrap();
+        assert!(s.last_job_at(1).unwrap().unwrap() > second, "a creation event always does");
+    }
 }
