@@ -53,6 +53,8 @@ impl Decision {
                 "accepted": v.jobs.accepted,
             },
             "blocking": v.blocking,
+            "complete": v.complete,
+            "waiting": v.waiting,
             "decided_at": self.decided_at,
             "event_id": self.key,
         });
@@ -104,6 +106,11 @@ pub fn decision_key(v: &Verdict) -> String {
             h.update(format!("{id}={result},"));
         }
     }
+    // a failure reported while testing goes on, and the same failure once it is finished, are
+    // two decisions (the second may decline); left out when complete, so earlier keys stay
+    if !v.complete {
+        h.update("|incomplete");
+    }
     hex::encode(&h.finalize()[..16])
 }
 
@@ -153,6 +160,8 @@ mod tests {
                 .collect(),
             job_ids: vec![10, 11],
             notes: vec![],
+            complete: true,
+            waiting: vec![],
         }
     }
 

@@ -10,7 +10,7 @@ use crate::incident::{submissions_of, Kind, Submission};
 use crate::openqa::client::{ApiError, OpenQaClient};
 use crate::openqa::model::{is_final_state, Comment, Job};
 use crate::store::{Recorded, Sink, Store};
-use crate::verdict::{self, Outcome, Rules, Verdict};
+use crate::verdict::{self, Outcome, Rules, Verdict, Wait};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -74,6 +74,8 @@ struct Looked {
     pending: Option<HashSet<u64>>,
     /// Every job looked at.
     known: HashSet<u64>,
+    /// Evaluate again after this long: a quiet period ends, or a scheduled product may be done.
+    recheck_in: Option<Duration>,
 }
 
 /// An error openQA will answer again however often it is asked (a 4xx, a malformed answer, an
@@ -302,7 +304,8 @@ impl Core {
 
     async fn evaluation(&self, incident: Submission) -> Result<Evaluation, EngineError> {
         let deleted = self.deleted_comments.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let evaluation = evaluate_with(&self.client, &self.cfg, incident, &deleted).await?;
+        let evaluation =
+            evaluate_with(&self.client, &self.cfg, incident, &deleted, Some(&self.store)).await?;
         self.remember_jobs(&evaluation.jobs);
         Ok(evaluation)
     }
@@ -379,12 +382,29 @@ impl Core {
         if !deleted.is_empty() {
             self.forget_deleted_comments(&deleted);
         }
+        let products: Vec<u64> = batch.iter().flat_map(|e| e.products.iter().copied()).collect();
+        if !products.is_empty() {
+            self.busy.fetch_add(1, Relaxed);
+            tokio::spawn(watch_products(self.clone(), products));
+        }
         let Some(map) = self.look_up_jobs(ids).await else {
             return;
         };
         let mut touched: HashMap<Submission, (bool, Vec<u64>)> = HashMap::new();
         let mut finished: HashSet<u64> = HashSet::new();
         for event in &batch {
+            if event.creates_jobs() {
+                // a new job only restarts the quiet period: it is not final, so it cannot make
+                // a verdict final; its own done event evaluates
+                for job in &event.jobs {
+                    for incident in map.get(job).into_iter().flatten() {
+                        if let Err(e) = self.store.note_job(*incident, *job, true) {
+                            tracing::warn!("incident {incident}: {e}");
+                        }
+                    }
+                }
+                continue;
+            }
             for job in &event.jobs {
                 if event.finishes_jobs() {
                     finished.insert(*job);
@@ -632,7 +652,16 @@ impl Core {
                     let state = incidents.entry(incident).or_default();
                     let meanwhile = std::mem::take(&mut state.finished_meanwhile);
                     let heard = std::mem::take(&mut state.heard_meanwhile);
-                    if let Ok(Looked { mut pending, known }) = outcome {
+                    if let Ok(Looked { recheck_in: Some(delay), .. }) = &outcome {
+                        let (core, delay) = (core.clone(), *delay);
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => core.schedule(incident),
+                                _ = core.until_shutdown() => {}
+                            }
+                        });
+                    }
+                    if let Ok(Looked { mut pending, known, .. }) = outcome {
                         if let Some(w) = &mut pending {
                             w.retain(|j| !meanwhile.contains(j));
                             // everything it waited on finished during the evaluation: look again
@@ -676,6 +705,9 @@ impl Core {
             self.store.mark_pending(incident)?;
             return Ok(verdict);
         }
+        // an incomplete failure is reported, but the incident stays pending: reconciliation
+        // comes back to it should no event or timer do it first
+        let incomplete = !verdict.complete;
         self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
@@ -704,17 +736,31 @@ impl Core {
                 );
             }
         }
+        if incomplete {
+            self.store.mark_pending(incident)?;
+        }
         Ok(decision.verdict)
     }
 
     /// `decide`, returning the jobs a pending incident still waits on and every job looked at.
     async fn evaluate_and_decide(&self, incident: Submission) -> Result<Looked, EngineError> {
         let verdict = self.decide(incident).await?;
-        let pending = (verdict.result == Outcome::Pending).then(|| {
-            let pending = verdict.notes.iter().filter(|n| n.counts && !is_final_state(&n.state));
-            pending.map(|n| n.id).collect()
-        });
-        Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect() })
+        // waiting on jobs only while some counted job runs: a verdict held back for coverage, a
+        // quiet period or scheduling has nothing to wait on here (and an empty set would mean
+        // "look again at once")
+        let running: HashSet<u64> =
+            verdict.notes.iter().filter(|n| n.counts && !is_final_state(&n.state)).map(|n| n.id).collect();
+        let pending = (verdict.result == Outcome::Pending && !running.is_empty()).then_some(running);
+        let recheck_in = verdict
+            .waiting
+            .iter()
+            .filter_map(|w| match w.kind.as_str() {
+                "quiet" => quiet_left(&self.cfg, self.store.last_job_at(incident).ok().flatten()),
+                "scheduling" => Some(SCHEDULING_RECHECK),
+                _ => None,
+            })
+            .min();
+        Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect(), recheck_in })
     }
 }
 
@@ -725,7 +771,10 @@ pub async fn evaluate(
     cfg: &Config,
     incident: impl Into<Submission>,
 ) -> Result<(Verdict, Vec<Job>), EngineError> {
-    let e = evaluate_with(client, cfg, incident.into(), &HashSet::new()).await?;
+    // the state directory knows of scheduled products and the quiet period; without it (not
+    // writable here) the verdict is explained from openQA alone
+    let store = Store::open(&cfg.state_dir).ok();
+    let e = evaluate_with(client, cfg, incident.into(), &HashSet::new(), store.as_ref()).await?;
     Ok((e.verdict, e.jobs))
 }
 
@@ -746,6 +795,7 @@ pub async fn evaluate_with(
     cfg: &Config,
     incident: Submission,
     deleted: &HashSet<u64>,
+    store: Option<&Store>,
 ) -> Result<Evaluation, EngineError> {
     let id = incident.number.to_string();
     let mut asked: HashSet<u64> = match incident.kind {
@@ -817,7 +867,17 @@ pub async fn evaluate_with(
         }
     }
     relied_comments.sort_unstable();
-    let verdict = verdict::judge(&selection, &comments, &rules);
+    let mut verdict = verdict::judge(&selection, &comments, &rules);
+    let mut waiting: Vec<Wait> = verdict::missing_coverage(&selection, &cfg.coverage_rules())
+        .into_iter()
+        .map(|what| Wait::new("coverage", what, None))
+        .collect();
+    if let Some(store) = store {
+        waiting.extend(holds(client, cfg, store, incident, &selection).await?);
+    }
+    let started: HashMap<u64, String> =
+        selection.counted.iter().filter_map(|j| j.t_started.clone().map(|t| (j.id, t))).collect();
+    verdict::hold(&mut verdict, waiting, &started);
     Ok(Evaluation { verdict, jobs, relied_comments })
 }
 
@@ -849,6 +909,115 @@ async fn contacts(
         }
     }
     out
+}
+
+/// How often an incident named by a scheduled product still being scheduled is looked at again.
+const SCHEDULING_RECHECK: Duration = Duration::from_secs(2);
+/// How long a scheduled product is watched after `openqa_iso_create` at most; openQA schedules
+/// in seconds to minutes. Later, evaluations look at it when they come.
+const PRODUCT_WATCH: Duration = Duration::from_secs(3600);
+
+fn ms_rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What is left of the quiet period after the incident's last job appeared at `last` (unix ms).
+fn quiet_left(cfg: &Config, last: Option<i64>) -> Option<Duration> {
+    let quiet = cfg.quiet_period_s as i64 * 1000;
+    let left = last? + quiet - crate::store::now_ms();
+    (quiet > 0 && left > 0).then(|| Duration::from_millis(left as u64))
+}
+
+/// What the state directory says testing still waits for besides jobs and coverage: scheduled
+/// products naming the incident that are still being scheduled (asked again from openQA, so a
+/// process that stopped watching one leaves nothing stuck), and the quiet period after its
+/// newest job.
+async fn holds(
+    client: &OpenQaClient,
+    cfg: &Config,
+    store: &Store,
+    incident: crate::incident::Submission,
+    selection: &verdict::Selection<'_>,
+) -> Result<Vec<Wait>, EngineError> {
+    let mut waiting = Vec::new();
+    for (product, since) in store.scheduling_products(incident)? {
+        match client.scheduled_product(product).await? {
+            Some(p) if p.is_scheduling() => {
+                let what =
+                    format!("scheduled product {product} ({}, {} jobs so far)", p.status, p.job_ids.len());
+                waiting.push(Wait::new("scheduling", what, Some(ms_rfc3339(since))));
+            }
+            Some(p) => store.note_product(product, &[], &p.status)?,
+            None => store.note_product(product, &[], "gone")?,
+        }
+    }
+    if cfg.quiet_period_s > 0 {
+        if let Some(newest) = selection.counted.iter().map(|j| j.id).max() {
+            // jobs nobody announced (listen mode, hooks) start the quiet period when first seen
+            store.note_job(incident, newest, false)?;
+        }
+        let last = store.last_job_at(incident)?;
+        if quiet_left(cfg, last).is_some() {
+            let last = last.unwrap_or_default();
+            let what = format!(
+                "no new job for {} s (until {})",
+                cfg.quiet_period_s,
+                ms_rfc3339(last + cfg.quiet_period_s as i64 * 1000)
+            );
+            waiting.push(Wait::new("quiet", what, Some(ms_rfc3339(last))));
+        }
+    }
+    Ok(waiting)
+}
+
+/// Follows a scheduled product from `openqa_iso_create` until openQA created all its jobs: its
+/// incidents wait meanwhile (in the store, for every process), then are evaluated.
+async fn watch_products(core: Arc<Core>, products: Vec<u64>) {
+    let started = std::time::Instant::now();
+    let mut todo = products;
+    let mut noted: HashMap<u64, Vec<u64>> = HashMap::new();
+    // busy only until the products are noted: a flush must not wait for openQA to schedule
+    let mut busy = true;
+    while !todo.is_empty() && started.elapsed() < PRODUCT_WATCH && !core.is_shutting_down() {
+        let mut next = Vec::new();
+        for id in todo {
+            match core.client.scheduled_product(id).await {
+                Ok(Some(p)) => {
+                    let incidents: Vec<u64> =
+                        crate::incident::incidents_of(&p.string_settings()).into_iter().collect();
+                    if let Err(e) = core.store.note_product(id, &incidents, &p.status) {
+                        tracing::warn!("scheduled product {id}: {e}");
+                    }
+                    if p.is_scheduling() {
+                        noted.insert(id, incidents);
+                        next.push(id);
+                    } else {
+                        // its jobs exist now: whatever they say is decided on them, with them
+                        let incidents = noted.remove(&id).unwrap_or(incidents);
+                        incidents.into_iter().for_each(|i| core.schedule(i.into()));
+                    }
+                }
+                Ok(None) => {
+                    let _ = core.store.note_product(id, &[], "gone");
+                }
+                Err(e) => {
+                    tracing::warn!("cannot look at scheduled product {id}, retrying: {e}");
+                    next.push(id);
+                }
+            }
+        }
+        todo = next;
+        if std::mem::take(&mut busy) {
+            core.busy.fetch_sub(1, Relaxed);
+        }
+        if !todo.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    if busy {
+        core.busy.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Follows clone chains the settings queries did not list. A clone that is gone (404) simply

@@ -242,7 +242,12 @@ impl Store {
              CREATE TABLE IF NOT EXISTS relied_comments (
                 comment_id INTEGER NOT NULL, incident INTEGER NOT NULL, job_id INTEGER NOT NULL,
                 since INTEGER NOT NULL, checked_at INTEGER NOT NULL, PRIMARY KEY (comment_id, incident));
-             CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);",
+             CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);
+             CREATE TABLE IF NOT EXISTS job_activity (
+                incident INTEGER PRIMARY KEY, newest_job INTEGER NOT NULL, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS scheduling (
+                product INTEGER NOT NULL, incident INTEGER NOT NULL, status TEXT NOT NULL,
+                since INTEGER NOT NULL, PRIMARY KEY (product, incident));",
         )
         .map_err(named)?;
         add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
@@ -771,6 +776,69 @@ impl Store {
         Ok(out)
     }
 
+    /// A job of `incident` was created (or seen for the first time): the quiet period starts
+    /// again. Kept in the store because every process of the state directory waits on it.
+    pub fn note_job(
+        &self,
+        incident: impl Into<Submission>,
+        job: u64,
+        created: bool,
+    ) -> Result<(), StoreError> {
+        let incident = incident.into().store_key();
+        // an evaluation notes every job it sees: only a newer job than any noted restarts the
+        // clock; a creation event always does
+        self.conn().execute(
+            "INSERT INTO job_activity (incident, newest_job, at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(incident) DO UPDATE SET newest_job = max(newest_job, ?2), at = ?3
+             WHERE ?4 OR ?2 > newest_job",
+            params![incident, job as i64, now_ms(), created],
+        )?;
+        Ok(())
+    }
+
+    /// When the incident's newest job was created or first seen (unix ms).
+    pub fn last_job_at(&self, incident: impl Into<Submission>) -> Result<Option<i64>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let incident = incident.into().store_key();
+        Ok(self
+            .conn()
+            .query_row("SELECT at FROM job_activity WHERE incident = ?1", [incident], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// A scheduled product naming `incidents` has `status`; one still scheduling holds them back.
+    pub fn note_product(&self, product: u64, incidents: &[u64], status: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        if !matches!(status, "added" | "scheduling") {
+            // done creating jobs: nothing to wait for, nothing to keep
+            conn.execute("DELETE FROM scheduling WHERE product = ?1", [product as i64])?;
+            return Ok(());
+        }
+        for incident in incidents {
+            conn.execute(
+                "INSERT INTO scheduling (product, incident, status, since) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(product, incident) DO UPDATE SET status = ?3",
+                params![product as i64, *incident as i64, status, now_ms()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Scheduled products naming `incident` last known to be still scheduling: (product, since ms).
+    pub fn scheduling_products(
+        &self,
+        incident: impl Into<Submission>,
+    ) -> Result<Vec<(u64, i64)>, StoreError> {
+        let incident = incident.into().store_key();
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT product, since FROM scheduling WHERE incident = ?1 AND status IN ('added', 'scheduling')
+             ORDER BY product",
+        )?;
+        let rows = stmt.query_map([incident], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     pub fn decision_count(&self) -> Result<u64, StoreError> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))? as u64)
     }
@@ -800,6 +868,8 @@ mod tests {
             blocking: vec![],
             job_ids: jobs,
             notes: vec![],
+            complete: true,
+            waiting: vec![],
         };
         Decision::new(v, "http://openqa")
     }
@@ -1112,5 +1182,40 @@ mod tests {
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].deliveries.len(), 2);
         assert_eq!(history[0].deliveries[1].outcome.as_deref(), Some("IBS: 503 Service Unavailable"));
+    }
+
+    #[test]
+    fn scheduling_products_hold_their_incidents_until_scheduled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.note_product(7, &[100, 200], "added").unwrap();
+        s.note_product(7, &[100, 200], "scheduling").unwrap();
+        assert_eq!(s.scheduling_products(100).unwrap().iter().map(|p| p.0).collect::<Vec<_>>(), [7]);
+        // another process of the same state directory sees it too
+        let other = Store::open(dir.path()).unwrap();
+        assert_eq!(other.scheduling_products(200).unwrap().len(), 1);
+        other.note_product(7, &[], "scheduled").unwrap();
+        assert!(s.scheduling_products(100).unwrap().is_empty(), "scheduled: nothing to wait for");
+        assert!(s.scheduling_products(200).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_newer_job_or_a_creation_restarts_the_quiet_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), None);
+        s.note_job(1, 50, false).unwrap();
+        let first = s.last_job_at(1).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.note_job(1, 40, false).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), Some(first), "an older job seen again changes nothing");
+        s.note_job(1, 50, false).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), Some(first), "nor the same job");
+        s.note_job(1, 51, false).unwrap();
+        assert!(s.last_job_at(1).unwrap().unwrap() > first, "a newer job does");
+        let second = s.last_job_at(1).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.note_job(1, 45, true).unwrap();
+        assert!(s.last_job_at(1).unwrap().unwrap() > second, "a creation event always does");
     }
 }

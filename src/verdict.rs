@@ -88,6 +88,124 @@ pub struct Verdict {
     /// Sorted ids of the jobs that count; part of the identity of a decision.
     pub job_ids: Vec<u64>,
     pub notes: Vec<JobNote>,
+    /// Testing is finished: nothing more is expected (no scheduled product naming the incident is
+    /// still being scheduled, the coverage policy is met, no quiet period runs, every job is
+    /// final). Only a complete verdict is ever approved or declined; verdicts recorded before
+    /// this field existed were taken as complete.
+    #[serde(default = "complete_by_default")]
+    pub complete: bool,
+    /// What testing still waits for, and since when: why the verdict is not complete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Wait>,
+}
+
+fn complete_by_default() -> bool {
+    true
+}
+
+/// One thing an incident's testing still waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wait {
+    /// `coverage` (a job the policy requires does not exist), `scheduling` (a scheduled product
+    /// naming the incident is still being scheduled), `quiet` (jobs were created too recently),
+    /// `running` (a counted job is not final).
+    pub kind: String,
+    pub what: String,
+    /// RFC 3339 (or openQA's own timestamp for jobs), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+impl Wait {
+    pub fn new(kind: &str, what: String, since: Option<String>) -> Wait {
+        Wait { kind: kind.to_string(), what, since }
+    }
+}
+
+/// One rule of the coverage policy (config key `coverage`): for the incident's own jobs of a
+/// product matching the globs, what must exist besides them before the incident can pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoverageRule {
+    /// Globs over DISTRI, VERSION, FLAVOR, ARCH.
+    pub product: [String; 4],
+    /// An aggregate job of the same DISTRI, VERSION and ARCH must list the incident.
+    pub aggregate: bool,
+    /// Own jobs of each of these flavors (same DISTRI, VERSION, ARCH) must exist.
+    pub flavors: Vec<String>,
+    /// Jobs (own or aggregate, same DISTRI, VERSION, ARCH) running each of these tests must exist.
+    pub tests: Vec<String>,
+}
+
+impl CoverageRule {
+    /// `DISTRI/VERSION/FLAVOR/ARCH: [aggregate] [flavors=A|B] [tests=x|y]`, e.g.
+    /// `sle/15-SP6/*-Incidents/x86_64: aggregate flavors=Server-DVD-Incidents|Desktop-DVD-Incidents`.
+    pub fn parse(text: &str) -> Result<CoverageRule, String> {
+        let (product, rest) = text.split_once(':').ok_or("expected `DISTRI/VERSION/FLAVOR/ARCH: ...`")?;
+        let parts: Vec<&str> = product.trim().split('/').map(str::trim).collect();
+        let [d, v, f, a] = parts.as_slice() else {
+            return Err(format!("`{}` is not DISTRI/VERSION/FLAVOR/ARCH", product.trim()));
+        };
+        let mut rule = CoverageRule {
+            product: [d, v, f, a].map(|s| if s.is_empty() { "*".to_string() } else { s.to_string() }),
+            aggregate: false,
+            flavors: Vec::new(),
+            tests: Vec::new(),
+        };
+        let list =
+            |v: &str| v.split('|').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        for word in rest.split_whitespace() {
+            match word.split_once('=') {
+                None if word == "aggregate" => rule.aggregate = true,
+                Some(("flavors", v)) => rule.flavors = list(v),
+                Some(("tests", v)) => rule.tests = list(v),
+                _ => return Err(format!("unknown requirement `{word}` (aggregate, flavors=A|B, tests=x|y)")),
+            }
+        }
+        Ok(rule)
+    }
+
+    fn matches(&self, product: &Product) -> bool {
+        self.product.iter().zip(product.iter()).all(|(g, v)| glob_match(g, v))
+    }
+}
+
+/// What the coverage policy still misses for the counted jobs of `sel`: always at least one job
+/// of the incident's own, then every requirement of each rule matching one of its own products.
+/// Pure: whether those jobs passed is `judge`'s business.
+pub fn missing_coverage(sel: &Selection, policy: &[CoverageRule]) -> Vec<String> {
+    let incident = sel.submission;
+    let own: Vec<&Job> = sel.counted.iter().copied().filter(|j| is_own_job(&j.settings, incident)).collect();
+    if own.is_empty() {
+        return vec![format!("a job of {incident}'s own")];
+    }
+    let products: std::collections::BTreeSet<Product> = own.iter().map(|j| product_of(j)).collect();
+    let same_base = |j: &Job, p: &Product| {
+        j.setting("DISTRI") == p[0] && j.setting("VERSION") == p[1] && j.setting("ARCH") == p[3]
+    };
+    let mut missing = Vec::new();
+    for product in &products {
+        let base = format!("{} {} {}", product[0], product[1], product[3]);
+        for rule in policy.iter().filter(|r| r.matches(product)) {
+            if rule.aggregate
+                && !sel.counted.iter().any(|j| !is_own_job(&j.settings, incident) && same_base(j, product))
+            {
+                missing.push(format!("an aggregate job listing incident {incident} for {base}"));
+            }
+            for flavor in &rule.flavors {
+                if !own.iter().any(|j| same_base(j, product) && j.setting("FLAVOR") == flavor) {
+                    missing.push(format!("jobs of flavor {flavor} for {base}"));
+                }
+            }
+            for test in &rule.tests {
+                if !sel.counted.iter().any(|j| same_base(j, product) && j.setting("TEST") == test) {
+                    missing.push(format!("test {test} for {base}"));
+                }
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    missing
 }
 
 pub struct Rules<'a> {
@@ -418,7 +536,25 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
         blocking,
         job_ids: sel.counted.iter().map(|j| j.id).collect(),
         notes,
+        complete: result.is_final(),
+        waiting: Vec::new(),
     }
+}
+
+/// Holds back what is not finished: with anything in `waiting`, a verdict is not complete; a
+/// pass becomes `pending` (nothing is approved before testing finished), a failure stays a
+/// failure that may be reported, but as incomplete (never declined on). The jobs still running
+/// are added to `waiting` so that one list explains the wait.
+pub fn hold(verdict: &mut Verdict, mut waiting: Vec<Wait>, started: &HashMap<u64, String>) {
+    for n in verdict.notes.iter().filter(|n| n.counts && !crate::openqa::model::is_final_state(&n.state)) {
+        let what = format!("job {} {} ({})", n.id, n.name, n.state);
+        waiting.push(Wait::new("running", what, started.get(&n.id).cloned()));
+    }
+    if waiting.iter().any(|w| w.kind != "running") && verdict.result == Outcome::Passed {
+        verdict.result = Outcome::Pending;
+    }
+    verdict.complete = verdict.result.is_final() && waiting.is_empty();
+    verdict.waiting = waiting;
 }
 
 fn note(job: &Job, role: &str, counts: bool, why: String) -> JobNote {

@@ -53,6 +53,8 @@ fn incident_done_bodies_of_both_kinds_match_the_schema() {
         blocking: vec![],
         job_ids: vec![1],
         notes: vec![],
+        complete: true,
+        waiting: vec![],
     };
     let ibs = Decision::new(verdict(Kind::Ibs), "https://openqa.example.com").event_json();
     let pr = Decision::new(verdict(Kind::Gitea), "https://openqa.example.com").event_json();

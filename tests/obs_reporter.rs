@@ -47,6 +47,8 @@ fn decision(result: Outcome, request: Option<u64>, job_ids: &[u64]) -> Decision 
         blocking,
         job_ids: job_ids.to_vec(),
         notes: vec![],
+        complete: true,
+        waiting: vec![],
     };
     Decision::new(verdict, "https://openqa.example.com")
 }

@@ -143,6 +143,16 @@ pub async fn check(core: Arc<Core>, incident: Submission, json: bool) -> Result<
     for b in &verdict.blocking {
         out!("  BLOCKING {} {} ({}) {}", b.id, b.result, b.group, b.url);
     }
+    if verdict.complete {
+        out!("testing finished");
+    } else {
+        // why nothing is approved yet: what is still expected or running, and since when
+        out!("testing not finished; still expected:");
+        for w in &verdict.waiting {
+            let since = w.since.as_deref().map(|s| format!(" since {s}")).unwrap_or_default();
+            out!("  {:<10} {}{since}", w.kind, w.what);
+        }
+    }
     out!("jobs:");
     for n in &verdict.notes {
         let mark = if n.counts { "counts " } else { "ignored" };

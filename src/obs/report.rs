@@ -149,6 +149,9 @@ pub fn summary_line(decision: &Decision) -> String {
     }
 }
 
+/// Entries of "still expected" shown in a comment; the rest is counted.
+const MAX_WAITS_SHOWN: usize = 20;
+
 /// The request comment: marker, verdict, counts, blocking jobs (as many as fit), overview link.
 pub fn render_comment(decision: &Decision) -> String {
     let v = &decision.verdict;
@@ -171,6 +174,19 @@ pub fn render_comment(decision: &Decision) -> String {
     } else {
         head.push_str(&counts_line(decision));
         head.push_str("\n\n");
+    }
+    if !v.complete {
+        // a failure is reported at once, but it is not the end: say what is still expected
+        head.push_str("Testing is not finished yet; still expected:\n\n");
+        for w in v.waiting.iter().take(MAX_WAITS_SHOWN) {
+            let since =
+                w.since.as_deref().map(|s| format!(" (since {})", escape_markdown(s))).unwrap_or_default();
+            head.push_str(&format!("- {}{since}\n", escape_markdown(&cut(&w.what, MAX_NAME_CHARS))));
+        }
+        if v.waiting.len() > MAX_WAITS_SHOWN {
+            head.push_str(&format!("- ... and {} more\n", v.waiting.len() - MAX_WAITS_SHOWN));
+        }
+        head.push('\n');
     }
 
     let mut tail = String::new();
@@ -267,6 +283,8 @@ mod tests {
             blocking,
             job_ids: vec![1, 2, 3],
             notes: vec![],
+            complete: true,
+            waiting: vec![],
         };
         let mut d = Decision::new(verdict, "https://openqa.example.com/");
         d.decided_at = "2026-11-24T17:03:12Z".into();

@@ -11,9 +11,11 @@ use Mojo::Promise;
 use Mojo::JSON qw(decode_json encode_json);
 
 # comments_create/comments_delete: upstream's bulk comment routes (openQA since 2024), which the
-# AMQP plugin does not forward; subscribing to a name an older openQA never emits is harmless
+# AMQP plugin does not forward; subscribing to a name an older openQA never emits is harmless.
+# job_create and iso_create tell that testing goes on (a scheduled product still creating jobs,
+# the quiet period after the newest job): no incident is decided before it is finished.
 our @EVENTS = map { "openqa_$_" } qw(job_done job_cancel job_restart jobs_restart job_update_result
-  comment_create comment_update comment_delete comments_create comments_delete);
+  comment_create comment_update comment_delete comments_create comments_delete job_create iso_create);
 our @LIBRARY_PATHS = map { "$_/incident-gate/libincident_gate.so" }
   qw(/usr/lib64 /usr/lib /usr/local/lib64 /usr/local/lib);
 use constant SECTION => 'incident_gate';
