@@ -176,7 +176,11 @@ pub fn missing_coverage(sel: &Selection, policy: &[CoverageRule]) -> Vec<String>
     let incident = sel.submission;
     let own: Vec<&Job> = sel.counted.iter().copied().filter(|j| is_own_job(&j.settings, incident)).collect();
     if own.is_empty() {
-        return vec![format!("a job of {incident}'s own")];
+        let n = incident.number;
+        return vec![match incident.kind {
+            Kind::Ibs => format!("a job of incident {n}'s own (INCIDENT_ID={n})"),
+            Kind::Gitea => format!("a job of pull request git:{n}'s own (SUBMISSION_ID=git:{n})"),
+        }];
     }
     let products: std::collections::BTreeSet<Product> = own.iter().map(|j| product_of(j)).collect();
     let same_base = |j: &Job, p: &Product| {
