@@ -178,6 +178,9 @@ pub struct Config {
     pub obs_ssh_key: Option<PathBuf>,
     /// Also post a status check on the request (many OBS instances refuse it; never fatal).
     pub obs_status_report: bool,
+    /// IBS refused our credentials or permissions (401, 403): try again after this long, until
+    /// it accepts them (the operator fixes the password, key or group membership).
+    pub obs_denied_retry_s: u64,
     pub review_group: String,
     pub review_policy: ReviewPolicy,
     /// Job groups whose jobs never count (globs with `*` and `?`).
@@ -225,6 +228,7 @@ impl Default for Config {
             obs_password: None,
             obs_ssh_key: None,
             obs_status_report: false,
+            obs_denied_retry_s: 600,
             review_group: "qam-openqa".into(),
             review_policy: ReviewPolicy::AcceptOnpass,
             ignore_groups: vec!["*Devel*".into(), "*Test*".into()],
@@ -325,6 +329,9 @@ impl Config {
         }
         if self.queue_capacity == 0 || self.queue_capacity > 10_000_000 {
             return bad("queue_capacity", "must be between 1 and 10000000");
+        }
+        if self.obs_denied_retry_s == 0 {
+            return bad("obs_denied_retry_s", "must be at least 1");
         }
         if self.reconcile_interval_s == 0 {
             return bad("reconcile_interval_s", "must be at least 1");

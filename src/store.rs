@@ -167,6 +167,10 @@ impl Store {
         .map_err(named)?;
         add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
             .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
+        // the evaluation ticket current when an incident was marked pending: only an evaluation
+        // that began later (a higher ticket) may clear the mark
+        add_column(&mut conn, "pending", "ticket", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Store { conn: Mutex::new(conn), path })
     }
 
@@ -180,6 +184,24 @@ impl Store {
             [],
             |r| r.get(0),
         )?)
+    }
+
+    /// Proves the store usable for a service that acknowledges work only once it is stored: an
+    /// integrity check and one real write. The error names the file.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let named = |e: rusqlite::Error| StoreError(format!("cannot use {}: {e}", self.path.display()));
+        let conn = self.conn();
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(named)?;
+        if check != "ok" {
+            return Err(StoreError(format!("cannot use {}: the database is corrupt: {check}", self.path.display())));
+        }
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('opened', 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            [],
+        )
+        .map_err(named)?;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -217,7 +239,11 @@ impl Store {
             .optional()?;
         match &latest {
             Some((_, newer)) if *newer > seen => return Ok(Recorded::Stale),
-            Some((latest, _)) if *latest == base => return Ok(Recorded::Repeat),
+            Some((latest, _)) if *latest == base => {
+                tx.execute("DELETE FROM pending WHERE incident = ?1 AND ticket < ?2", params![incident, seen])?;
+                tx.commit()?;
+                return Ok(Recorded::Repeat);
+            }
             _ => {}
         }
         let earlier: i64 =
@@ -245,7 +271,7 @@ impl Store {
                 tx.execute("INSERT INTO outbox (key, sink) VALUES (?1, ?2)", params![d.key, sink.as_str()])?;
             }
         }
-        tx.execute("DELETE FROM pending WHERE incident = ?1", [incident])?;
+        tx.execute("DELETE FROM pending WHERE incident = ?1 AND ticket < ?2", params![incident, seen])?;
         tx.commit()?;
         Ok(if inserted { Recorded::New } else { Recorded::Repeat })
     }
@@ -322,8 +348,14 @@ impl Store {
                     params![state, msg, item.id],
                 )?;
             }
-            Delivery::Retry(msg) => {
-                let next = now_ms() + backoff_ms(item.attempts);
+            Delivery::Retry(_) | Delivery::Denied(..) => {
+                let (msg, wait) = match outcome {
+                    Delivery::Denied(msg, wait) => (msg, *wait),
+                    Delivery::Retry(msg) | Delivery::Done(msg) | Delivery::Final(msg) => {
+                        (msg, backoff_ms(item.attempts))
+                    }
+                };
+                let next = now_ms() + wait;
                 // only while the lease is still ours: after it ran out another process may hold it
                 conn.execute(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2
@@ -385,12 +417,32 @@ impl Store {
     }
 
     pub fn mark_pending(&self, incident: u64) -> Result<(), StoreError> {
+        self.mark_pending_many(&[incident])
+    }
+
+    /// Marks incidents pending in one transaction, with the current evaluation ticket: an
+    /// evaluation that began before the mark (and so may have read openQA before the event that
+    /// caused it) does not clear it; the incident stays pending until one that began later
+    /// decides. This is what lets the listener acknowledge a message once the mark is stored.
+    pub fn mark_pending_many(&self, incidents: &[u64]) -> Result<(), StoreError> {
+        if incidents.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
-        self.conn().execute(
-            "INSERT INTO pending (incident, since, checked_at) VALUES (?1, ?2, ?2)
-             ON CONFLICT(incident) DO UPDATE SET checked_at = ?2",
-            params![incident as i64, now],
-        )?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ticket: i64 = tx
+            .query_row("SELECT value FROM counters WHERE name = 'evaluation'", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        for incident in incidents {
+            tx.execute(
+                "INSERT INTO pending (incident, since, checked_at, ticket) VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT(incident) DO UPDATE SET checked_at = ?2, ticket = MAX(ticket, ?3)",
+                params![*incident as i64, now, ticket],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

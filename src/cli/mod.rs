@@ -64,6 +64,11 @@ fn exit_code(result: Outcome) -> u8 {
 }
 
 pub async fn listen(core: Arc<Core>) -> Result<u8, String> {
+    // acknowledging a message promises its effect is stored: never start on a store that cannot
+    if let Err(e) = core.store().check_writable() {
+        eprintln!("incident-gate: {e}");
+        return Ok(2);
+    }
     core.spawn_background();
     let listener = tokio::spawn(incident_gate::amqp::listen::run(core.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
