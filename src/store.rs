@@ -367,6 +367,16 @@ impl Store {
         Ok(())
     }
 
+    /// Makes every queued delivery due now, whatever its backoff (not one another process holds):
+    /// for `incident-gate hook`, whose runs are the only chance to deliver.
+    pub fn expedite_queued(&self) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE outbox SET next_at = 0 WHERE state = 'queued' AND next_at > ?1 AND lease_until <= ?1",
+            [now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Gives up this process's lease on an item it took but did not deliver (shutting down in the
     /// middle of a delivery): it is due again at once for any process, with no attempt counted.
     /// A lease that expired and was taken by another process in the meantime stays untouched.
