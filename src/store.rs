@@ -193,7 +193,10 @@ impl Store {
         let conn = self.conn();
         let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(named)?;
         if check != "ok" {
-            return Err(StoreError(format!("cannot use {}: the database is corrupt: {check}", self.path.display())));
+            return Err(StoreError(format!(
+                "cannot use {}: the database is corrupt: {check}",
+                self.path.display()
+            )));
         }
         conn.execute(
             "INSERT INTO counters (name, value) VALUES ('opened', 1)
@@ -240,7 +243,10 @@ impl Store {
         match &latest {
             Some((_, newer)) if *newer > seen => return Ok(Recorded::Stale),
             Some((latest, _)) if *latest == base => {
-                tx.execute("DELETE FROM pending WHERE incident = ?1 AND ticket < ?2", params![incident, seen])?;
+                tx.execute(
+                    "DELETE FROM pending WHERE incident = ?1 AND ticket < ?2",
+                    params![incident, seen],
+                )?;
                 tx.commit()?;
                 return Ok(Recorded::Repeat);
             }

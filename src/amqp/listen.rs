@@ -10,8 +10,8 @@ use crate::events::{self, Event, EventKind};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -160,7 +160,10 @@ async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<bool, Stri
     if let Err(e) = taken {
         // not durable: back to the queue, and a pause before taking them again
         for delivery in good {
-            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.map_err(|e| e.to_string())?;
+            delivery
+                .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                .await
+                .map_err(|e| e.to_string())?;
         }
         tracing::warn!("returned {n} messages to the queue: {e}", n = good_len);
         tokio::select! {

@@ -125,7 +125,9 @@ async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> 
     if plan.comment {
         match sync_comment(client, rr, decision).await {
             Ok(what) => done.push(what),
-            Err(e) if e.is_retryable() || e.is_denied() => return failed(&format!("comment on request {rr}"), &e),
+            Err(e) if e.is_retryable() || e.is_denied() => {
+                return failed(&format!("comment on request {rr}"), &e)
+            }
             // a refused comment must not keep the review from being changed: the review message
             // carries the reasons as well
             Err(e) => problems.push(format!("comment not possible: {e}")),
