@@ -189,6 +189,9 @@ pub struct Config {
     pub settle_ms: u64,
     /// How often incidents still pending are evaluated without an event.
     pub reconcile_interval_s: u64,
+    /// Decisions older than this many days (not an incident's latest, nothing left to deliver)
+    /// are removed with their delivered outbox rows; 0 keeps them for ever.
+    pub retention_days: u64,
     pub state_dir: PathBuf,
     /// At most this many openQA or IBS requests in flight at once.
     pub concurrency: usize,
@@ -234,6 +237,7 @@ impl Default for Config {
             ignore_groups: vec!["*Devel*".into(), "*Test*".into()],
             settle_ms: 0,
             reconcile_interval_s: 300,
+            retention_days: 90,
             state_dir: PathBuf::from("/var/lib/incident-gate"),
             concurrency: 4,
             queue_capacity: 10_000,

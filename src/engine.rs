@@ -873,5 +873,15 @@ async fn reconcile(core: Arc<Core>) {
             Err(e) => tracing::warn!("reconciliation: {e}"),
         }
         core.audit_relied_comments(interval).await.into_iter().for_each(|i| core.schedule(i));
+        if core.cfg.retention_days > 0 {
+            let keep = Duration::from_secs(core.cfg.retention_days.saturating_mul(86_400));
+            let cutoff = std::time::SystemTime::now().checked_sub(keep).unwrap_or(std::time::UNIX_EPOCH);
+            let cutoff = humantime::format_rfc3339_seconds(cutoff).to_string();
+            match core.store.prune(&cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("retention: removed {n} decisions decided before {cutoff}"),
+                Err(e) => tracing::warn!("retention: {e}"),
+            }
+        }
     }
 }

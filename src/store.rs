@@ -373,6 +373,22 @@ impl Store {
         Ok(())
     }
 
+    /// Retention: removes decisions decided before `cutoff` (RFC 3339, as `decided_at`) that are
+    /// not their incident's latest and have nothing left to deliver, with their outbox rows. The
+    /// latest decision of each incident stays: it is what a repeated verdict is compared with.
+    /// Returns how many decisions were removed.
+    pub fn prune(&self, cutoff: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let old = "SELECT d.key FROM decisions AS d WHERE d.decided_at < ?1
+             AND d.rowid < (SELECT MAX(l.rowid) FROM decisions AS l WHERE l.incident = d.incident)
+             AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.key = d.key AND o.state = 'queued')";
+        tx.execute(&format!("DELETE FROM outbox WHERE key IN ({old})"), [cutoff])?;
+        let removed = tx.execute(&format!("DELETE FROM decisions WHERE key IN ({old})"), [cutoff])?;
+        tx.commit()?;
+        Ok(removed)
+    }
+
     /// Makes every queued delivery due now, whatever its backoff (not one another process holds):
     /// for `incident-gate hook`, whose runs are the only chance to deliver.
     pub fn expedite_queued(&self) -> Result<(), StoreError> {
@@ -729,6 +745,26 @@ mod tests {
         assert_eq!(again[0].attempts, 0, "a release is no attempt");
         a.release(&taken[0]).unwrap();
         assert!(a.take_due(Sink::Amqp, 10).unwrap().is_empty(), "a's old lease cannot free b's");
+    }
+
+    #[test]
+    fn retention_keeps_each_incidents_latest_decision_and_what_is_undelivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for (incident, jobs) in [(1, vec![1]), (1, vec![1, 2]), (2, vec![3]), (2, vec![3, 4])] {
+            let seen = s.begin_evaluation().unwrap();
+            let mut d = decision(incident, jobs);
+            d.decided_at = "2020-01-01T00:00:00Z".into();
+            assert_eq!(s.record_decision(&mut d, &[Sink::Amqp], seen).unwrap(), Recorded::New);
+        }
+        // incident 1's first decision was delivered, incident 2's is still queued
+        let items = s.take_due(Sink::Amqp, 10).unwrap();
+        let first_of_1 = items.iter().find(|i| i.decision.verdict.incident == 1).unwrap();
+        s.complete(first_of_1, &Delivery::Done("sent".into())).unwrap();
+        assert_eq!(s.prune("2019-01-01T00:00:00Z").unwrap(), 0, "nothing old enough");
+        assert_eq!(s.prune("2021-01-01T00:00:00Z").unwrap(), 1);
+        assert_eq!(s.decision_count().unwrap(), 3);
+        assert_eq!(s.latest_decision(1).unwrap().unwrap().verdict.job_ids, vec![1, 2]);
     }
 
     #[test]

@@ -50,6 +50,11 @@ impl ObsError {
         }
     }
 
+    /// IBS does not know us (401) or our key cannot be used.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, ObsError::Http { status: 401, .. } | ObsError::Auth(_))
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ObsError::Http { status, .. } => Some(*status),
