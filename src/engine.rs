@@ -168,6 +168,8 @@ pub struct Core {
     shutdown_notify: Notify,
     refusals: Mutex<Vec<Refusal>>,
     deleted_comments: Mutex<HashSet<u64>>,
+    /// When this core was made (ms): pending marks older than that were left by a process before.
+    started_ms: i64,
 }
 
 impl Core {
@@ -213,6 +215,7 @@ impl Core {
             shutdown_notify: Notify::new(),
             refusals: Mutex::default(),
             deleted_comments: Mutex::default(),
+            started_ms: crate::store::now_ms(),
         })
     }
 
@@ -858,16 +861,20 @@ async fn reconcile(core: Arc<Core>) {
     let interval = Duration::from_secs(core.cfg.reconcile_interval_s);
     // on start: every incident left pending (a process killed after storing an event's mark,
     // before deciding) is evaluated at once, not one interval later
-    let mut older_than = Duration::ZERO;
+    let mut first = true;
     loop {
-        if !older_than.is_zero() {
+        let claimed = if first {
+            // marked before this core existed: not being evaluated by this process
+            let since_start = crate::store::now_ms() - core.started_ms + 1;
+            core.store.claim_stale_pending(since_start)
+        } else {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = core.until_shutdown() => return,
             }
-        }
-        let claimed = core.store.claim_stale_pending(older_than.as_millis() as i64);
-        older_than = interval;
+            core.store.claim_stale_pending(interval.as_millis() as i64)
+        };
+        first = false;
         match claimed {
             Ok(incidents) => incidents.into_iter().for_each(|i| core.schedule(i)),
             Err(e) => tracing::warn!("reconciliation: {e}"),

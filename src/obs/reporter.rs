@@ -125,7 +125,8 @@ async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> 
     if plan.comment {
         match sync_comment(client, rr, decision).await {
             Ok(what) => done.push(what),
-            Err(e) if e.is_retryable() || e.is_denied() => {
+            // a 401 is about us; a 403 on comments is the request's (comments locked)
+            Err(e) if e.is_retryable() || e.is_unauthenticated() => {
                 return failed(&format!("comment on request {rr}"), &e)
             }
             // a refused comment must not keep the review from being changed: the review message
