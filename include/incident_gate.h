@@ -77,6 +77,30 @@ enum ig_status ig_gate_submit(const struct ig_gate *gate,
 // `gate` comes from `ig_gate_new`; `verdict_json` is valid for a write.
 enum ig_status ig_gate_evaluate(const struct ig_gate *gate, uint64_t incident, char **verdict_json);
 
+// The incidents the state directory knows, newest first, with their state, as JSON in
+// `*out_json` (free it with `ig_string_free`): `{"incidents": [{incident, request, state, why,
+// result, decided_at, deliveries}], "total", "states", "decisions"?}`. `query_json` is an object
+// with the optional keys `state`, `search` (digits of the number), `incident` (adds every
+// decision of it) and `limit`. Reads the store only: no network, no engine started.
+//
+// # Safety
+// `gate` comes from `ig_gate_new`; `query_json` is a NUL-terminated string; `out_json` is valid
+// for a write.
+enum ig_status ig_gate_incidents(const struct ig_gate *gate,
+                                 const char *query_json,
+                                 char **out_json);
+
+// The current verdict of a submission named by text: `"12345"` or `"ibs:12345"` (an IBS
+// incident, as `ig_gate_evaluate`) or `"git:124"` (a Gitea pull request; its jobs never count for
+// the IBS incident of the same number). Otherwise as `ig_gate_evaluate`.
+//
+// # Safety
+// `gate` comes from `ig_gate_new`; `submission` is NULL or a NUL-terminated string;
+// `verdict_json` is valid for a write.
+enum ig_status ig_gate_evaluate_submission(const struct ig_gate *gate,
+                                           const char *submission,
+                                           char **verdict_json);
+
 // Counters, queue depth, recent decisions and the configuration (secrets redacted) as JSON in
 // `*status_json` (free it with `ig_string_free`).
 //

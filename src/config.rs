@@ -187,6 +187,14 @@ pub struct Config {
     pub ignore_groups: Vec<String>,
     /// Wait this long after the last event of an incident before evaluating it.
     pub settle_ms: u64,
+    /// No approval (and no decline) until this long after the incident's last job was created
+    /// (or first seen): where nothing says that scheduling is still going on, jobs created one
+    /// after another must not each be taken for the end of testing. 0 turns it off.
+    pub quiet_period_s: u64,
+    /// Coverage policy: what must exist before an incident can pass, besides at least one job of
+    /// its own. One rule a string, `DISTRI/VERSION/FLAVOR/ARCH: [aggregate] [flavors=A|B]
+    /// [tests=x|y]` with globs (see `verdict::CoverageRule`).
+    pub coverage: Vec<String>,
     /// How often incidents still pending are evaluated without an event.
     pub reconcile_interval_s: u64,
     /// Decisions older than this many days (not an incident's latest, nothing left to deliver)
@@ -199,6 +207,7 @@ pub struct Config {
     pub queue_capacity: usize,
     pub http_timeout_s: u64,
     /// SUSE's Gitea (SLE 16 pull requests): base URL without `/api/v1`.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub gitea_url: String,
     /// Access token of the account that comments on pull requests.
     pub gitea_token: Option<Secret>,
@@ -210,6 +219,8 @@ pub struct Config {
     pub gitea_review_team: String,
     /// With `accept-decline`, also submit a native "request changes" review on a failure.
     pub gitea_request_changes: bool,
+    /// Report decisions about Gitea pull requests to Gitea (through the outbox).
+    pub report_gitea: bool,
 }
 
 impl Default for Config {
@@ -236,6 +247,8 @@ impl Default for Config {
             review_policy: ReviewPolicy::AcceptOnpass,
             ignore_groups: vec!["*Devel*".into(), "*Test*".into()],
             settle_ms: 0,
+            quiet_period_s: 0,
+            coverage: Vec::new(),
             reconcile_interval_s: 300,
             retention_days: 90,
             state_dir: PathBuf::from("/var/lib/incident-gate"),
@@ -248,6 +261,7 @@ impl Default for Config {
             gitea_review_bot: "qam-openqa-review".into(),
             gitea_review_team: "qam-openqa".into(),
             gitea_request_changes: false,
+            report_gitea: true,
         }
     }
 }
@@ -267,6 +281,11 @@ impl std::error::Error for ConfigError {}
 const SECRET_KEYS: &[&str] = &["openqa_api_secret", "obs_password", "amqp_url", "gitea_token"];
 
 impl Config {
+    /// The coverage policy, parsed (`validate` refused any rule that does not parse).
+    pub fn coverage_rules(&self) -> Vec<crate::verdict::CoverageRule> {
+        self.coverage.iter().filter_map(|r| crate::verdict::CoverageRule::parse(r).ok()).collect()
+    }
+
     pub fn from_json(text: &str) -> Result<Config, ConfigError> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ConfigError(format!("config is not valid JSON: {e}")))?;
@@ -298,6 +317,11 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("config key `{key}`: {why}")));
+        for rule in &self.coverage {
+            if let Err(why) = crate::verdict::CoverageRule::parse(rule) {
+                return bad("coverage", &format!("rule `{rule}`: {why}"));
+            }
+        }
         for (key, url) in
             [("openqa_url", &self.openqa_url), ("obs_url", &self.obs_url), ("gitea_url", &self.gitea_url)]
         {

@@ -1,6 +1,7 @@
 //! A decision: a final verdict taken once per (incident, request, verdict, set of job ids, blocking
 //! jobs with their results), and the outcome of delivering it to one sink (the broker, IBS).
 
+use crate::incident::Kind;
 use crate::verdict::Verdict;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -15,6 +16,10 @@ pub struct Decision {
     pub decided_at: String,
     /// Base URL of openQA, for links.
     pub openqa: String,
+    /// Whom to contact for each job group with a blocking job: the `Responsible: …` lines of the
+    /// group's description in openQA (group name → lines). Not part of what was decided.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub contacts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Decision {
@@ -23,6 +28,7 @@ impl Decision {
             key: decision_key(&verdict),
             decided_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             openqa: openqa.trim_end_matches('/').to_string(),
+            contacts: Default::default(),
             verdict,
         }
     }
@@ -30,12 +36,15 @@ impl Decision {
     /// The `incident.done` event body (DESIGN section 5, docs/events.md).
     pub fn event_json(&self) -> serde_json::Value {
         let v = &self.verdict;
-        serde_json::json!({
+        let mut body = serde_json::json!({
+            "schema_version": 2,
+            "kind": v.kind,
             "incident": v.incident,
             "request": v.request,
             "rrid": v.rrid,
             "result": v.result,
             "openqa": self.openqa,
+            "page": page_url(&self.openqa, v.incident),
             "jobs": {
                 "total": v.jobs.total,
                 "passed": v.jobs.passed,
@@ -44,15 +53,44 @@ impl Decision {
                 "accepted": v.jobs.accepted,
             },
             "blocking": v.blocking,
+            "complete": v.complete,
+            "waiting": v.waiting,
             "decided_at": self.decided_at,
             "event_id": self.key,
-        })
+        });
+        if v.kind == Kind::Gitea {
+            body["gitea"] = serde_json::json!({"repo": v.repo, "pr": v.incident, "sha": v.sha});
+        }
+        body
     }
+}
+
+/// The incident's page in openQA's web UI (served by the plugin): the verdict explained.
+pub fn page_url(openqa: &str, incident: u64) -> String {
+    format!("{}/incident_gate/{incident}", openqa.trim_end_matches('/'))
+}
+
+/// The `Responsible: …` lines of a job group's description, as maintenance teams write them
+/// (`Responsible: @qam-team, jane@example.com`), each without its label.
+pub fn responsible_lines(description: &str) -> Vec<String> {
+    description
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim().trim_start_matches(['*', '-', '#', ' ']);
+            let (label, rest) = line.split_once(':')?;
+            let rest = rest.trim().trim_end_matches("  ");
+            (label.trim().eq_ignore_ascii_case("responsible") && !rest.is_empty()).then(|| rest.to_string())
+        })
+        .collect()
 }
 
 pub fn decision_key(v: &Verdict) -> String {
     let mut h = Sha256::new();
     let request = v.request.map(|r| r.to_string()).unwrap_or_default();
+    if v.kind == Kind::Gitea {
+        // IBS keys stay what they were; a pull request's tested commit is part of its decision
+        h.update(format!("git|{}|", v.sha.as_deref().unwrap_or("")));
+    }
     h.update(format!("{}|{}|{}|", v.incident, request, v.result.as_str()));
     for id in &v.job_ids {
         h.update(format!("{id},"));
@@ -67,6 +105,11 @@ pub fn decision_key(v: &Verdict) -> String {
         for (id, result) in blocking {
             h.update(format!("{id}={result},"));
         }
+    }
+    // a failure reported while testing goes on, and the same failure once it is finished, are
+    // two decisions (the second may decline); left out when complete, so earlier keys stay
+    if !v.complete {
+        h.update("|incomplete");
     }
     hex::encode(&h.finalize()[..16])
 }
@@ -101,6 +144,9 @@ mod tests {
     fn failed(blocking: &[(u64, &str)]) -> Verdict {
         Verdict {
             incident: 1,
+            kind: Default::default(),
+            sha: None,
+            repo: None,
             request: Some(2),
             rrid: None,
             result: Outcome::Failed,
@@ -117,7 +163,17 @@ mod tests {
                 .collect(),
             job_ids: vec![10, 11],
             notes: vec![],
+            complete: true,
+            waiting: vec![],
         }
+    }
+
+    #[test]
+    fn responsible_lines_are_read_from_a_group_description() {
+        let d = "Maintenance tests of SLE 15 SP6.\n\nResponsible: @qam-sle, jane@example.com\n* responsible:  bob  \nNot responsible for: x\nResponsible:";
+        assert_eq!(responsible_lines(d), vec!["@qam-sle, jane@example.com".to_string(), "bob".to_string()]);
+        assert!(responsible_lines("no such line").is_empty());
+        assert_eq!(page_url("https://o.example/", 12), "https://o.example/incident_gate/12");
     }
 
     #[test]

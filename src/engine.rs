@@ -6,11 +6,11 @@
 use crate::config::Config;
 use crate::decision::Decision;
 use crate::events::Event;
-use crate::incident::incidents_of;
+use crate::incident::{submissions_of, Kind, Submission};
 use crate::openqa::client::{ApiError, OpenQaClient};
 use crate::openqa::model::{is_final_state, Comment, Job};
 use crate::store::{Recorded, Sink, Store};
-use crate::verdict::{self, Outcome, Rules, Verdict};
+use crate::verdict::{self, Outcome, Rules, Verdict, Wait};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -74,6 +74,8 @@ struct Looked {
     pending: Option<HashSet<u64>>,
     /// Every job looked at.
     known: HashSet<u64>,
+    /// Evaluate again after this long: a quiet period ends, or a scheduled product may be done.
+    recheck_in: Option<Duration>,
 }
 
 /// An error openQA will answer again however often it is asked (a 4xx, a malformed answer, an
@@ -154,13 +156,13 @@ pub struct Core {
     client: OpenQaClient,
     store: Arc<Store>,
     sinks: Vec<Sink>,
-    incidents: Mutex<HashMap<u64, IncidentState>>,
-    job_incidents: Mutex<HashMap<u64, Vec<u64>>>,
+    incidents: Mutex<HashMap<Submission, IncidentState>>,
+    job_incidents: Mutex<HashMap<u64, Vec<Submission>>>,
     stats: Stats,
     /// Events taken from the queue but not processed, plus evaluations running or scheduled.
     busy: AtomicUsize,
     /// Incidents for `check_waiting`, and its wake-up.
-    to_check: Mutex<HashSet<u64>>,
+    to_check: Mutex<HashSet<Submission>>,
     check_wake: Notify,
     /// Woken when a decision lands in the outbox.
     pub outbox_wake: Notify,
@@ -198,6 +200,9 @@ impl Core {
         }
         if cfg.report_obs {
             sinks.push(Sink::Obs);
+        }
+        if cfg.report_gitea {
+            sinks.push(Sink::Gitea);
         }
         Ok(Core {
             cfg,
@@ -296,13 +301,14 @@ impl Core {
     }
 
     /// The current verdict, straight from openQA; no side effects.
-    pub async fn evaluate(&self, incident: u64) -> Result<Verdict, EngineError> {
-        Ok(self.evaluation(incident).await?.verdict)
+    pub async fn evaluate(&self, incident: impl Into<Submission>) -> Result<Verdict, EngineError> {
+        Ok(self.evaluation(incident.into()).await?.verdict)
     }
 
-    async fn evaluation(&self, incident: u64) -> Result<Evaluation, EngineError> {
+    async fn evaluation(&self, incident: Submission) -> Result<Evaluation, EngineError> {
         let deleted = self.deleted_comments.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let evaluation = evaluate_with(&self.client, &self.cfg, incident, &deleted).await?;
+        let evaluation =
+            evaluate_with(&self.client, &self.cfg, incident, &deleted, Some(&self.store)).await?;
         self.remember_jobs(&evaluation.jobs);
         Ok(evaluation)
     }
@@ -349,12 +355,12 @@ impl Core {
             cache.clear();
         }
         for job in jobs {
-            cache.insert(job.id, incidents_of(&job.settings).into_iter().collect());
+            cache.insert(job.id, submissions_of(&job.settings).into_iter().collect());
         }
     }
 
     /// The incidents each of these jobs tests, asking openQA for the ones not seen before.
-    async fn incidents_of_jobs(&self, ids: &[u64]) -> Result<HashMap<u64, Vec<u64>>, ApiError> {
+    async fn incidents_of_jobs(&self, ids: &[u64]) -> Result<HashMap<u64, Vec<Submission>>, ApiError> {
         let unknown: Vec<u64> = {
             let cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
             ids.iter().copied().filter(|id| !cache.contains_key(id)).collect()
@@ -383,12 +389,29 @@ impl Core {
         if !deleted.is_empty() {
             self.forget_deleted_comments(&deleted);
         }
+        let products: Vec<u64> = batch.iter().flat_map(|e| e.products.iter().copied()).collect();
+        if !products.is_empty() {
+            self.busy.fetch_add(1, Relaxed);
+            tokio::spawn(watch_products(self.clone(), products));
+        }
         let Some(map) = self.look_up_jobs(ids).await else {
             return Err(EngineError::Incomplete("shutting down".into()));
         };
-        let mut touched: HashMap<u64, (bool, Vec<u64>)> = HashMap::new();
+        let mut touched: HashMap<Submission, (bool, Vec<u64>)> = HashMap::new();
         let mut finished: HashSet<u64> = HashSet::new();
         for event in &batch {
+            if event.creates_jobs() {
+                // a new job only restarts the quiet period: it is not final, so it cannot make
+                // a verdict final; its own done event evaluates
+                for job in &event.jobs {
+                    for incident in map.get(job).into_iter().flatten() {
+                        if let Err(e) = self.store.note_job(*incident, *job, true) {
+                            tracing::warn!("incident {incident}: {e}");
+                        }
+                    }
+                }
+                continue;
+            }
             for job in &event.jobs {
                 if event.finishes_jobs() {
                     finished.insert(*job);
@@ -410,7 +433,7 @@ impl Core {
                 Err(e) => tracing::warn!("cannot look up the incidents of deleted comments {deleted:?}: {e}"),
             }
         }
-        let mut incidents: Vec<u64> = touched.keys().copied().collect();
+        let mut incidents: Vec<Submission> = touched.keys().copied().collect();
         incidents.sort_unstable();
         let stored = self.store.mark_pending_many(&incidents);
         if let Err(e) = &stored {
@@ -436,7 +459,7 @@ impl Core {
     /// retried with backoff: events are never dropped for an outage. A chunk openQA refuses is
     /// split until each refused id is alone; those are given up (counted, shown in status), so one
     /// bad id never holds up the events of the others.
-    async fn look_up_jobs(&self, ids: Vec<u64>) -> Option<HashMap<u64, Vec<u64>>> {
+    async fn look_up_jobs(&self, ids: Vec<u64>) -> Option<HashMap<u64, Vec<Submission>>> {
         let mut map = HashMap::new();
         let mut todo = vec![ids];
         let mut delay = Duration::from_millis(100);
@@ -477,7 +500,7 @@ impl Core {
     /// Incidents whose latest verdict relied on an `acceptable_for` comment that is gone, looking
     /// at comments not checked for `older_than`. openQA tells nobody of some deletions (its AMQP
     /// plugin does not forward the bulk route, a job-done hook never hears of comments).
-    pub async fn audit_relied_comments(&self, older_than: Duration) -> Vec<u64> {
+    pub async fn audit_relied_comments(&self, older_than: Duration) -> Vec<Submission> {
         let claimed =
             match self.store.claim_relied_comments(older_than.as_millis() as i64, RELIED_AUDIT_BATCH) {
                 Ok(c) => c,
@@ -486,7 +509,7 @@ impl Core {
                     return Vec::new();
                 }
             };
-        let mut by_job: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        let mut by_job: HashMap<u64, Vec<(u64, Submission)>> = HashMap::new();
         for (comment, incident, job) in claimed {
             by_job.entry(job).or_default().push((comment, incident));
         }
@@ -494,7 +517,7 @@ impl Core {
         for (job, relied) in by_job {
             match self.client.comments(job).await {
                 Ok(present) => {
-                    let gone: Vec<(u64, u64)> =
+                    let gone: Vec<(u64, Submission)> =
                         relied.into_iter().filter(|(c, _)| !present.iter().any(|p| p.id == *c)).collect();
                     self.forget_deleted_comments(&gone.iter().map(|(c, _)| *c).collect::<Vec<_>>());
                     gone_for.extend(gone.into_iter().map(|(_, i)| i));
@@ -511,11 +534,11 @@ impl Core {
     /// another process may have had them. Looks at a few of those jobs for every such incident in
     /// one request, gathered over `CHECK_GATHER` so a stream of events costs few requests.
     async fn check_waiting(self: &Arc<Self>) {
-        let incidents: Vec<u64> =
+        let incidents: Vec<Submission> =
             std::mem::take(&mut *self.to_check.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .collect();
-        let samples: Vec<(u64, Vec<u64>)> = {
+        let samples: Vec<(Submission, Vec<u64>)> = {
             let states = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
             incidents
                 .iter()
@@ -546,7 +569,13 @@ impl Core {
     /// An event about `jobs` touched `incident`: evaluate it now, or answer true while its last
     /// evaluation waits on jobs not reported finished here (see `check_waiting`) and the event is
     /// about a job that evaluation looked at.
-    fn touch(self: &Arc<Self>, incident: u64, must: bool, jobs: &[u64], finished: &HashSet<u64>) -> bool {
+    fn touch(
+        self: &Arc<Self>,
+        incident: Submission,
+        must: bool,
+        jobs: &[u64],
+        finished: &HashSet<u64>,
+    ) -> bool {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if let Some(waiting) = &mut state.waiting_on {
@@ -568,7 +597,12 @@ impl Core {
     }
 
     /// After looking at `sample`: still waiting if one of them is unfinished, else evaluate.
-    fn after_check(self: &Arc<Self>, incident: u64, sample: &[u64], unfinished: Option<&HashSet<u64>>) {
+    fn after_check(
+        self: &Arc<Self>,
+        incident: Submission,
+        sample: &[u64],
+        unfinished: Option<&HashSet<u64>>,
+    ) {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if state.running {
@@ -586,7 +620,7 @@ impl Core {
     }
 
     /// Schedules an evaluation regardless of what the incident waits on (reconciliation).
-    fn schedule(self: &Arc<Self>, incident: u64) {
+    fn schedule(self: &Arc<Self>, incident: Submission) {
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         let state = incidents.entry(incident).or_default();
         if state.running {
@@ -597,7 +631,7 @@ impl Core {
         }
     }
 
-    fn spawn_evaluation(self: &Arc<Self>, incident: u64) {
+    fn spawn_evaluation(self: &Arc<Self>, incident: Submission) {
         self.busy.fetch_add(1, Relaxed);
         let core = self.clone();
         tokio::spawn(async move {
@@ -632,7 +666,16 @@ impl Core {
                     let state = incidents.entry(incident).or_default();
                     let meanwhile = std::mem::take(&mut state.finished_meanwhile);
                     let heard = std::mem::take(&mut state.heard_meanwhile);
-                    if let Ok(Looked { mut pending, known }) = outcome {
+                    if let Ok(Looked { recheck_in: Some(delay), .. }) = &outcome {
+                        let (core, delay) = (core.clone(), *delay);
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => core.schedule(incident),
+                                _ = core.until_shutdown() => {}
+                            }
+                        });
+                    }
+                    if let Ok(Looked { mut pending, known, .. }) = outcome {
                         if let Some(w) = &mut pending {
                             w.retain(|j| !meanwhile.contains(j));
                             // everything it waited on finished during the evaluation: look again
@@ -666,18 +709,25 @@ impl Core {
     }
 
     /// One evaluation; a final verdict becomes a decision (recorded once, queued for the sinks).
-    pub async fn decide(&self, incident: u64) -> Result<Verdict, EngineError> {
+    pub async fn decide(&self, incident: impl Into<Submission>) -> Result<Verdict, EngineError> {
+        let incident = incident.into();
         self.stats.evaluations.fetch_add(1, Relaxed);
         // before reading openQA: the ticket orders this evaluation's decision among all processes'
         let seen = self.store.begin_evaluation()?;
-        let Evaluation { verdict, relied_comments, .. } = self.evaluation(incident).await?;
+        let Evaluation { verdict, relied_comments, jobs } = self.evaluation(incident).await?;
         if verdict.result == Outcome::Pending {
             self.store.mark_pending(incident)?;
             return Ok(verdict);
         }
+        // an incomplete failure is reported, but the incident stays pending: reconciliation
+        // comes back to it should no event or timer do it first
+        let incomplete = !verdict.complete;
         self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
-        match self.store.record_decision(&mut decision, &self.sinks, seen)? {
+        decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
+        // the event for every submission, a report to the service the submission belongs to
+        let sinks: Vec<Sink> = self.sinks.iter().copied().filter(|s| s.serves(incident.kind)).collect();
+        match self.store.record_decision(&mut decision, &sinks, seen)? {
             Recorded::New => {
                 self.stats.decisions.fetch_add(1, Relaxed);
                 tracing::info!(
@@ -700,17 +750,31 @@ impl Core {
                 );
             }
         }
+        if incomplete {
+            self.store.mark_pending(incident)?;
+        }
         Ok(decision.verdict)
     }
 
     /// `decide`, returning the jobs a pending incident still waits on and every job looked at.
-    async fn evaluate_and_decide(&self, incident: u64) -> Result<Looked, EngineError> {
+    async fn evaluate_and_decide(&self, incident: Submission) -> Result<Looked, EngineError> {
         let verdict = self.decide(incident).await?;
-        let pending = (verdict.result == Outcome::Pending).then(|| {
-            let pending = verdict.notes.iter().filter(|n| n.counts && !is_final_state(&n.state));
-            pending.map(|n| n.id).collect()
-        });
-        Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect() })
+        // waiting on jobs only while some counted job runs: a verdict held back for coverage, a
+        // quiet period or scheduling has nothing to wait on here (and an empty set would mean
+        // "look again at once")
+        let running: HashSet<u64> =
+            verdict.notes.iter().filter(|n| n.counts && !is_final_state(&n.state)).map(|n| n.id).collect();
+        let pending = (verdict.result == Outcome::Pending && !running.is_empty()).then_some(running);
+        let recheck_in = verdict
+            .waiting
+            .iter()
+            .filter_map(|w| match w.kind.as_str() {
+                "quiet" => quiet_left(&self.cfg, self.store.last_job_at(incident).ok().flatten()),
+                "scheduling" => Some(SCHEDULING_RECHECK),
+                _ => None,
+            })
+            .min();
+        Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect(), recheck_in })
     }
 }
 
@@ -719,9 +783,12 @@ impl Core {
 pub async fn evaluate(
     client: &OpenQaClient,
     cfg: &Config,
-    incident: u64,
+    incident: impl Into<Submission>,
 ) -> Result<(Verdict, Vec<Job>), EngineError> {
-    let e = evaluate_with(client, cfg, incident, &HashSet::new()).await?;
+    // the state directory knows of scheduled products and the quiet period; without it (not
+    // writable here) the verdict is explained from openQA alone
+    let store = Store::open(&cfg.state_dir).ok();
+    let e = evaluate_with(client, cfg, incident.into(), &HashSet::new(), store.as_ref()).await?;
     Ok((e.verdict, e.jobs))
 }
 
@@ -740,14 +807,29 @@ pub struct Evaluation {
 pub async fn evaluate_with(
     client: &OpenQaClient,
     cfg: &Config,
-    incident: u64,
+    incident: Submission,
     deleted: &HashSet<u64>,
+    store: Option<&Store>,
 ) -> Result<Evaluation, EngineError> {
-    let id = incident.to_string();
-    let ids_own = client.job_ids_by_setting("INCIDENT_ID", &id);
-    let ids_aggregate = client.job_ids_by_list_setting("*_TEST_ISSUES", &id);
-    let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
-    let mut asked: HashSet<u64> = own.into_iter().chain(aggregate).collect();
+    let id = incident.number.to_string();
+    let mut asked: HashSet<u64> = match incident.kind {
+        Kind::Ibs => {
+            let ids_own = client.job_ids_by_setting("INCIDENT_ID", &id);
+            let ids_aggregate = client.job_ids_by_list_setting("*_TEST_ISSUES", &id);
+            let (own, aggregate) = tokio::try_join!(ids_own, ids_aggregate)?;
+            own.into_iter().chain(aggregate).collect()
+        }
+        // a pull request's own jobs only (aggregates list IBS incidents); INCIDENT_ID=<pr> finds
+        // those that carry neither SUBMISSION_ID nor _GITEA_PR, selection drops IBS jobs
+        Kind::Gitea => {
+            let git = format!("git:{id}");
+            let by_submission = client.job_ids_by_setting("SUBMISSION_ID", &git);
+            let by_pr = client.job_ids_by_setting("_GITEA_PR", &id);
+            let by_incident = client.job_ids_by_setting("INCIDENT_ID", &id);
+            let (a, b, c) = tokio::try_join!(by_submission, by_pr, by_incident)?;
+            a.into_iter().chain(b).chain(c).collect()
+        }
+    };
     let mut jobs = client.jobs(&asked.iter().copied().collect::<Vec<_>>()).await?;
     let link_base = crate::config::link_base(&cfg.openqa_url);
     let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &link_base };
@@ -757,7 +839,7 @@ pub async fn evaluate_with(
     for round in 0.. {
         follow_clones(client, &mut jobs, &mut asked).await?;
         let builds: Vec<(verdict::Product, String)> =
-            verdict::newest_aggregate_builds(incident, &jobs, &rules)
+            verdict::newest_aggregate_builds_of(incident, &jobs, &rules)
                 .into_iter()
                 .filter(|b| !whole.contains(b))
                 .collect();
@@ -785,7 +867,7 @@ pub async fn evaluate_with(
         }
         whole.extend(builds);
     }
-    let selection = verdict::select(incident, &jobs, &rules);
+    let selection = verdict::select_submission(incident, &jobs, &rules);
     let wanted = selection.needs_comments();
     let fetched = futures_util::future::try_join_all(wanted.iter().map(|&id| client.comments(id))).await?;
     let mut comments: HashMap<u64, Vec<Comment>> = wanted.into_iter().zip(fetched).collect();
@@ -793,14 +875,163 @@ pub async fn evaluate_with(
     for (job, list) in comments.iter_mut() {
         list.retain(|c| !deleted.contains(&c.id));
         for c in list.iter() {
-            if verdict::acceptable_for(std::slice::from_ref(c), incident).is_some() {
+            if verdict::acceptable_for(std::slice::from_ref(c), incident.number).is_some() {
                 relied_comments.push((c.id, *job));
             }
         }
     }
     relied_comments.sort_unstable();
-    let verdict = verdict::judge(&selection, &comments, &rules);
+    let mut verdict = verdict::judge(&selection, &comments, &rules);
+    let mut waiting: Vec<Wait> = verdict::missing_coverage(&selection, &cfg.coverage_rules())
+        .into_iter()
+        .map(|what| Wait::new("coverage", what, None))
+        .collect();
+    if let Some(store) = store {
+        waiting.extend(holds(client, cfg, store, incident, &selection).await?);
+    }
+    let started: HashMap<u64, String> =
+        selection.counted.iter().filter_map(|j| j.t_started.clone().map(|t| (j.id, t))).collect();
+    verdict::hold(&mut verdict, waiting, &started);
     Ok(Evaluation { verdict, jobs, relied_comments })
+}
+
+/// Whom to contact for each job group with a blocking job, from the `Responsible:` lines of the
+/// groups' descriptions. Best effort: a group openQA does not answer for names nobody.
+async fn contacts(
+    client: &OpenQaClient,
+    verdict: &Verdict,
+    jobs: &[Job],
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut groups: Vec<u64> = verdict
+        .blocking
+        .iter()
+        .filter_map(|b| jobs.iter().find(|j| j.id == b.id).and_then(|j| j.group_id))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let mut out = std::collections::BTreeMap::new();
+    for id in groups.into_iter().take(20) {
+        match client.job_group(id).await {
+            Ok(Some(g)) => {
+                let lines = crate::decision::responsible_lines(g.description.as_deref().unwrap_or(""));
+                if !lines.is_empty() {
+                    out.insert(g.name, lines);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("job group {id}: {e}; its contacts are not named"),
+        }
+    }
+    out
+}
+
+/// How often an incident named by a scheduled product still being scheduled is looked at again.
+const SCHEDULING_RECHECK: Duration = Duration::from_secs(2);
+/// How long a scheduled product is watched after `openqa_iso_create` at most; openQA schedules
+/// in seconds to minutes. Later, evaluations look at it when they come.
+const PRODUCT_WATCH: Duration = Duration::from_secs(3600);
+
+fn ms_rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What is left of the quiet period after the incident's last job appeared at `last` (unix ms).
+fn quiet_left(cfg: &Config, last: Option<i64>) -> Option<Duration> {
+    let quiet = cfg.quiet_period_s as i64 * 1000;
+    let left = last? + quiet - crate::store::now_ms();
+    (quiet > 0 && left > 0).then(|| Duration::from_millis(left as u64))
+}
+
+/// What the state directory says testing still waits for besides jobs and coverage: scheduled
+/// products naming the incident that are still being scheduled (asked again from openQA, so a
+/// process that stopped watching one leaves nothing stuck), and the quiet period after its
+/// newest job.
+async fn holds(
+    client: &OpenQaClient,
+    cfg: &Config,
+    store: &Store,
+    incident: crate::incident::Submission,
+    selection: &verdict::Selection<'_>,
+) -> Result<Vec<Wait>, EngineError> {
+    let mut waiting = Vec::new();
+    for (product, since) in store.scheduling_products(incident)? {
+        match client.scheduled_product(product).await? {
+            Some(p) if p.is_scheduling() => {
+                let what =
+                    format!("scheduled product {product} ({}, {} jobs so far)", p.status, p.job_ids.len());
+                waiting.push(Wait::new("scheduling", what, Some(ms_rfc3339(since))));
+            }
+            Some(p) => store.note_product(product, &[], &p.status)?,
+            None => store.note_product(product, &[], "gone")?,
+        }
+    }
+    if cfg.quiet_period_s > 0 {
+        if let Some(newest) = selection.counted.iter().map(|j| j.id).max() {
+            // jobs nobody announced (listen mode, hooks) start the quiet period when first seen
+            store.note_job(incident, newest, false)?;
+        }
+        let last = store.last_job_at(incident)?;
+        if quiet_left(cfg, last).is_some() {
+            let last = last.unwrap_or_default();
+            let what = format!(
+                "no new job for {} s (until {})",
+                cfg.quiet_period_s,
+                ms_rfc3339(last + cfg.quiet_period_s as i64 * 1000)
+            );
+            waiting.push(Wait::new("quiet", what, Some(ms_rfc3339(last))));
+        }
+    }
+    Ok(waiting)
+}
+
+/// Follows a scheduled product from `openqa_iso_create` until openQA created all its jobs: its
+/// incidents wait meanwhile (in the store, for every process), then are evaluated.
+async fn watch_products(core: Arc<Core>, products: Vec<u64>) {
+    let started = std::time::Instant::now();
+    let mut todo = products;
+    let mut noted: HashMap<u64, Vec<u64>> = HashMap::new();
+    // busy only until the products are noted: a flush must not wait for openQA to schedule
+    let mut busy = true;
+    while !todo.is_empty() && started.elapsed() < PRODUCT_WATCH && !core.is_shutting_down() {
+        let mut next = Vec::new();
+        for id in todo {
+            match core.client.scheduled_product(id).await {
+                Ok(Some(p)) => {
+                    let incidents: Vec<u64> =
+                        crate::incident::incidents_of(&p.string_settings()).into_iter().collect();
+                    if let Err(e) = core.store.note_product(id, &incidents, &p.status) {
+                        tracing::warn!("scheduled product {id}: {e}");
+                    }
+                    if p.is_scheduling() {
+                        noted.insert(id, incidents);
+                        next.push(id);
+                    } else {
+                        // its jobs exist now: whatever they say is decided on them, with them
+                        let incidents = noted.remove(&id).unwrap_or(incidents);
+                        incidents.into_iter().for_each(|i| core.schedule(i.into()));
+                    }
+                }
+                Ok(None) => {
+                    let _ = core.store.note_product(id, &[], "gone");
+                }
+                Err(e) => {
+                    tracing::warn!("cannot look at scheduled product {id}, retrying: {e}");
+                    next.push(id);
+                }
+            }
+        }
+        todo = next;
+        if std::mem::take(&mut busy) {
+            core.busy.fetch_sub(1, Relaxed);
+        }
+        if !todo.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    if busy {
+        core.busy.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Follows clone chains the settings queries did not list. A clone that is gone (404) simply

@@ -19,10 +19,16 @@ pub enum EventKind {
     /// Upstream's `DELETE /api/v1/comments`: `{ids, deleted}`, emitted after the rows are gone,
     /// in-process only.
     CommentsDelete,
+    /// A job was created (`{id}`; the AMQP plugin forwards it as `job.create`): testing of its
+    /// incidents goes on, and the quiet period starts again.
+    JobCreate,
+    /// `POST /api/v1/isos` created a scheduled product (`{scheduled_product_id}`, in-process
+    /// only): its incidents are not finished while it is being scheduled.
+    IsoCreate,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::JobDone,
         EventKind::JobCancel,
         EventKind::JobRestart,
@@ -33,6 +39,8 @@ impl EventKind {
         EventKind::CommentDelete,
         EventKind::CommentsCreate,
         EventKind::CommentsDelete,
+        EventKind::JobCreate,
+        EventKind::IsoCreate,
     ];
 
     /// The in-process event name (`OpenQA::Events`).
@@ -48,6 +56,8 @@ impl EventKind {
             EventKind::CommentDelete => "openqa_comment_delete",
             EventKind::CommentsCreate => "openqa_comments_create",
             EventKind::CommentsDelete => "openqa_comments_delete",
+            EventKind::JobCreate => "openqa_job_create",
+            EventKind::IsoCreate => "openqa_iso_create",
         }
     }
 
@@ -65,6 +75,8 @@ impl EventKind {
             EventKind::CommentDelete => "comment.delete",
             EventKind::CommentsCreate => "comments.create",
             EventKind::CommentsDelete => "comments.delete",
+            EventKind::JobCreate => "job.create",
+            EventKind::IsoCreate => "iso.create",
         }
     }
 
@@ -87,12 +99,19 @@ pub struct Event {
     /// in-process delete events name no job: the engine finds the incidents through the comments
     /// their decisions relied on, and no evaluation counts these comments any more.
     pub deleted_comments: Vec<u64>,
+    /// Scheduled products created (`openqa_iso_create`).
+    pub products: Vec<u64>,
 }
 
 impl Event {
     /// The event says these jobs reached a final state.
     pub fn finishes_jobs(&self) -> bool {
         matches!(self.kind, EventKind::JobDone | EventKind::JobCancel | EventKind::JobUpdateResult)
+    }
+
+    /// The event says these jobs were just created.
+    pub fn creates_jobs(&self) -> bool {
+        self.kind == EventKind::JobCreate
     }
 
     /// The event can change a verdict without a job finishing (a restart, a comment, a result
@@ -179,8 +198,14 @@ pub fn from_value(kind: EventKind, data: &Value) -> Result<Event, EventError> {
     let obj = data.as_object().ok_or_else(|| shape("event data must be a JSON object"))?;
     let mut jobs = Vec::new();
     let mut deleted_comments = Vec::new();
+    let mut products = Vec::new();
     match kind {
-        EventKind::JobDone | EventKind::JobCancel | EventKind::JobUpdateResult => {
+        EventKind::IsoCreate => {
+            let id =
+                obj.get("scheduled_product_id").ok_or_else(|| shape("missing `scheduled_product_id`"))?;
+            products.push(job_id(id).ok_or_else(|| shape("`scheduled_product_id` must be a positive id"))?);
+        }
+        EventKind::JobDone | EventKind::JobCancel | EventKind::JobUpdateResult | EventKind::JobCreate => {
             let id = obj.get("id").ok_or_else(|| shape("missing job `id`"))?;
             jobs.push(job_id(id).ok_or_else(|| shape("`id` must be a positive job id"))?);
         }
@@ -239,7 +264,7 @@ pub fn from_value(kind: EventKind, data: &Value) -> Result<Event, EventError> {
     deleted_comments.dedup();
     jobs.sort_unstable();
     jobs.dedup();
-    Ok(Event { kind, jobs, deleted_comments })
+    Ok(Event { kind, jobs, deleted_comments, products })
 }
 
 #[cfg(test)]
@@ -254,15 +279,11 @@ mod tests {
             let v: Value = serde_json::from_str(line).unwrap();
             let args = &v["args"][0];
             let name = args[2].as_str().unwrap();
-            if EventKind::from_name(name).is_none() {
-                assert_eq!(name, "openqa_job_create");
-                continue;
-            }
             let ev = parse(name, &args[3].to_string()).unwrap();
             assert!(!ev.jobs.is_empty(), "{line}");
             seen += 1;
         }
-        assert_eq!(seen, 17);
+        assert_eq!(seen, 28, "17 job and comment events, 11 job creations");
         let restart = parse("openqa_job_restart", r#"{"auto":0,"id":"2","result":{"2":12}}"#).unwrap();
         assert_eq!(restart.jobs, vec![2, 12]);
     }
@@ -309,5 +330,16 @@ mod tests {
         assert_eq!(created.jobs, vec![3, 4]);
         let many = parse("openqa_jobs_restart", r#"{"ids":[3,"4"],"results":[{"3":30},{"4":40}]}"#).unwrap();
         assert_eq!(many.jobs, vec![3, 4, 30, 40]);
+    }
+
+    #[test]
+    fn scheduling_events_parse() {
+        let iso = parse("openqa_iso_create", r#"{"scheduled_product_id":12}"#).unwrap();
+        assert_eq!((iso.products, iso.jobs.len()), (vec![12], 0));
+        let e = parse("openqa_iso_create", r#"{"scheduled_product_id":"x"}"#).unwrap_err();
+        assert_eq!(e.rejection, Rejection::InvalidShape);
+        let create = parse("openqa_job_create", r#"{"id":5}"#).unwrap();
+        assert!(create.creates_jobs() && !create.finishes_jobs());
+        assert_eq!(EventKind::from_routing_key("suse.openqa.job.create"), Some(EventKind::JobCreate));
     }
 }

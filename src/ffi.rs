@@ -233,6 +233,68 @@ pub unsafe extern "C" fn ig_gate_evaluate(
     })
 }
 
+/// The incidents the state directory knows, newest first, with their state, as JSON in
+/// `*out_json` (free it with `ig_string_free`): `{"incidents": [{incident, request, state, why,
+/// result, decided_at, deliveries}], "total", "states", "decisions"?}`. `query_json` is an object
+/// with the optional keys `state`, `search` (digits of the number), `incident` (adds every
+/// decision of it) and `limit`. Reads the store only: no network, no engine started.
+///
+/// # Safety
+/// `gate` comes from `ig_gate_new`; `query_json` is a NUL-terminated string; `out_json` is valid
+/// for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_incidents(
+    gate: *const ig_gate,
+    query_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> ig_status {
+    boundary(|| {
+        let gate = unsafe { gate_arg(gate) }?;
+        let text = unsafe { str_arg(query_json, "query_json") }?;
+        if out_json.is_null() {
+            return Err((ig_status::IG_NULL_ARGUMENT, "out_json is NULL".into()));
+        }
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| (ig_status::IG_INVALID_JSON, format!("query is not valid JSON: {e}")))?;
+        let query: crate::store::IncidentQuery = serde_json::from_value(value)
+            .map_err(|e| (ig_status::IG_INVALID_ARGUMENT, format!("invalid query: {e}")))?;
+        let list = gate.incidents(&query).map_err(|m| (ig_status::IG_UNAVAILABLE, m))?;
+        let value = serde_json::to_value(&list).map_err(|e| (ig_status::IG_PANIC, e.to_string()))?;
+        unsafe { put_string(out_json, &value) }
+    })
+}
+
+/// The current verdict of a submission named by text: `"12345"` or `"ibs:12345"` (an IBS
+/// incident, as `ig_gate_evaluate`) or `"git:124"` (a Gitea pull request; its jobs never count for
+/// the IBS incident of the same number). Otherwise as `ig_gate_evaluate`.
+///
+/// # Safety
+/// `gate` comes from `ig_gate_new`; `submission` is NULL or a NUL-terminated string;
+/// `verdict_json` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_evaluate_submission(
+    gate: *const ig_gate,
+    submission: *const c_char,
+    verdict_json: *mut *mut c_char,
+) -> ig_status {
+    boundary(|| {
+        let gate = unsafe { gate_arg(gate) }?;
+        let text = unsafe { str_arg(submission, "submission") }?;
+        if verdict_json.is_null() {
+            return Err((ig_status::IG_NULL_ARGUMENT, "verdict_json is NULL".into()));
+        }
+        let submission = crate::incident::Submission::parse(text).ok_or_else(|| {
+            (
+                ig_status::IG_INVALID_ARGUMENT,
+                "submission must be <incident>, ibs:<incident> or git:<pr>".into(),
+            )
+        })?;
+        let verdict = gate.evaluate(submission).map_err(|m| (ig_status::IG_UNAVAILABLE, m))?;
+        let value = serde_json::to_value(&verdict).map_err(|e| (ig_status::IG_PANIC, e.to_string()))?;
+        unsafe { put_string(verdict_json, &value) }
+    })
+}
+
 /// Counters, queue depth, recent decisions and the configuration (secrets redacted) as JSON in
 /// `*status_json` (free it with `ig_string_free`).
 ///

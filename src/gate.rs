@@ -127,7 +127,11 @@ impl Gate {
     /// The current verdict of an incident, straight from openQA (no side effects). Blocks.
     /// Uses the running engine of this process, or else a throwaway runtime, so that evaluating
     /// alone (the plugin does it in a short-lived child) never starts deliveries.
-    pub fn evaluate(&self, incident: u64) -> Result<crate::verdict::Verdict, String> {
+    pub fn evaluate(
+        &self,
+        incident: impl Into<crate::incident::Submission>,
+    ) -> Result<crate::verdict::Verdict, String> {
+        let incident = incident.into();
         let running = {
             let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
             guard
@@ -160,6 +164,16 @@ impl Gate {
         }
         // Called from inside some runtime (a Rust caller): block_on there would panic.
         std::thread::scope(|s| s.spawn(evaluate).join()).map_err(|_| "evaluation panicked".to_string())?
+    }
+
+    /// The incidents the state directory knows, for the incidents page (no engine needed: reads
+    /// the store directly, so any process of the web UI can answer).
+    pub fn incidents(
+        &self,
+        query: &crate::store::IncidentQuery,
+    ) -> Result<crate::store::IncidentList, String> {
+        let store = crate::store::Store::open(&self.config.state_dir).map_err(|e| e.to_string())?;
+        store.incidents(query).map_err(|e| e.to_string())
     }
 
     /// Waits until every queued event is processed and no evaluation is running or due.

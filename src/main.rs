@@ -59,8 +59,10 @@ enum Command {
     },
     /// Explain an incident's verdict: every relevant job and why it counts. No side effects.
     Check {
-        /// The incident number, e.g. 12345 for SUSE:Maintenance:12345.
-        incident: u64,
+        /// The submission: an incident number (12345 for SUSE:Maintenance:12345, also `ibs:12345`)
+        /// or a Gitea pull request (`git:124`).
+        #[arg(value_parser = parse_submission)]
+        incident: incident_gate::incident::Submission,
         /// Print the verdict as JSON (the document ig_gate_evaluate returns).
         #[arg(long)]
         json: bool,
@@ -179,4 +181,10 @@ fn main() -> ExitCode {
 
 fn core(config: Config) -> Result<Arc<Core>, String> {
     Core::new(Arc::new(config)).map(Arc::new).map_err(|e| e.to_string())
+}
+
+fn parse_submission(text: &str) -> Result<incident_gate::incident::Submission, String> {
+    incident_gate::incident::Submission::parse(text).ok_or_else(|| {
+        format!("{text:?} is neither an incident number (12345, ibs:12345) nor a pull request (git:124)")
+    })
 }

@@ -5,6 +5,7 @@ use crate::amqp::publish::Publisher;
 use crate::config::Config;
 use crate::decision::Delivery;
 use crate::engine::Core;
+use crate::gitea::{GiteaClient, PrReport};
 use crate::obs::client::ObsClient;
 use crate::store::{OutboxItem, Sink, Store};
 use std::sync::Arc;
@@ -22,13 +23,14 @@ pub fn spawn_dispatchers(core: &Arc<Core>) {
 enum Deliverer {
     Amqp(Box<Publisher>),
     Obs(Result<ObsClient, String>, Arc<Config>),
+    Gitea(Result<GiteaClient, String>, Arc<Config>),
 }
 
 impl Deliverer {
     async fn close(&mut self) {
         match self {
             Deliverer::Amqp(p) => p.close().await,
-            Deliverer::Obs(..) => {}
+            Deliverer::Obs(..) | Deliverer::Gitea(..) => {}
         }
     }
 
@@ -45,6 +47,17 @@ impl Deliverer {
                 }
             }
             Deliverer::Obs(Err(e), _) => Delivery::Retry(format!("IBS client: {e}")),
+            Deliverer::Gitea(Ok(client), cfg) => {
+                let Some(report) = pr_report(cfg, &item.decision) else {
+                    return Delivery::Final("not a Gitea pull request, or no repository known".into());
+                };
+                let limit = Duration::from_secs(crate::store::LEASE_S as u64 / 2);
+                match tokio::time::timeout(limit, crate::gitea::deliver(client, cfg, &report)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Delivery::Retry(format!("Gitea did not finish within {limit:?}")),
+                }
+            }
+            Deliverer::Gitea(Err(e), _) => Delivery::Retry(format!("Gitea client: {e}")),
         }
     }
 }
@@ -58,7 +71,34 @@ fn deliverer(core: &Core, sink: Sink) -> Deliverer {
             ObsClient::from_config(core.config()).map_err(|e| e.to_string()),
             core.config().clone(),
         ),
+        Sink::Gitea => Deliverer::Gitea(
+            GiteaClient::from_config(core.config()).map_err(|e| e.to_string()),
+            core.config().clone(),
+        ),
     }
+}
+
+/// What the Gitea reporter needs from a decision about a pull request: the repository from the
+/// jobs' `GITEA_REPO` (else `gitea_repo`), the tested commit from their `GITEA_SHA`.
+pub fn pr_report(cfg: &Config, d: &crate::decision::Decision) -> Option<PrReport> {
+    let v = &d.verdict;
+    if v.kind != crate::incident::Kind::Gitea {
+        return None;
+    }
+    let (owner, repo) = PrReport::split_repo(v.repo.as_deref().unwrap_or(&cfg.gitea_repo))?;
+    Some(PrReport {
+        owner,
+        repo,
+        number: v.incident,
+        tested_sha: v.sha.clone().unwrap_or_default(),
+        result: v.result,
+        jobs: v.jobs.clone(),
+        blocking: v.blocking.clone(),
+        overview_url: format!("{}/tests/overview?build=:git:{}", d.openqa, v.incident),
+        openqa: d.openqa.clone(),
+        key: d.key.clone(),
+        decided_at: d.decided_at.clone(),
+    })
 }
 
 /// How many items one round delivers before the dispatcher looks at shutdown again.
@@ -134,7 +174,7 @@ pub async fn drain(core: &Arc<Core>, timeout: Duration) -> u64 {
         }
         deliverer.close().await;
     }
-    core.store().backlog().map(|b| b.amqp + b.obs).unwrap_or(0)
+    core.store().backlog().map(|b| b.total()).unwrap_or(0)
 }
 
 async fn run(core: Arc<Core>, sink: Sink) {
@@ -166,10 +206,10 @@ async fn run(core: Arc<Core>, sink: Sink) {
 /// late (after backing off) could accept a review the newer decision answers otherwise. Events are
 /// history and are all published.
 fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
-    if sink != Sink::Obs {
+    if !sink.reports() {
         return None;
     }
-    match core.store().is_latest(item.decision.verdict.incident, &item.decision.key) {
+    match core.store().is_latest(item.decision.verdict.submission(), &item.decision.key) {
         Ok(true) => None,
         Ok(false) => {
             Some(Delivery::Final("superseded by a newer decision of this incident; not reported".into()))
@@ -179,7 +219,7 @@ fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
 }
 
 async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {
-    let incident = item.decision.verdict.incident;
+    let incident = item.decision.verdict.submission();
     let outcome = deliverer.deliver(item).await;
     match &outcome {
         Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),

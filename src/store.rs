@@ -3,6 +3,7 @@
 //! state directory; SQLite's locking makes "record this decision" succeed in exactly one of them.
 
 use crate::decision::{Decision, Delivery};
+use crate::incident::{Kind, Submission};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::fmt;
@@ -16,6 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub enum Sink {
     Amqp,
     Obs,
+    /// Gitea pull requests (decisions of `Kind::Gitea`).
+    Gitea,
 }
 
 impl Sink {
@@ -23,7 +26,23 @@ impl Sink {
         match self {
             Sink::Amqp => "amqp",
             Sink::Obs => "obs",
+            Sink::Gitea => "gitea",
         }
+    }
+
+    /// Whether the sink reports to the service of submissions of this kind (the event is for all).
+    pub fn serves(self, kind: Kind) -> bool {
+        match self {
+            Sink::Amqp => true,
+            Sink::Obs => kind == Kind::Ibs,
+            Sink::Gitea => kind == Kind::Gitea,
+        }
+    }
+
+    /// Sinks that report a decision to the submission's service: one decision of a submission at
+    /// a time, never a decision a newer one replaced.
+    pub fn reports(self) -> bool {
+        self != Sink::Amqp
     }
 }
 
@@ -59,6 +78,7 @@ pub struct OutboxItem {
 pub struct DecisionRow {
     pub key: String,
     pub incident: u64,
+    pub kind: Kind,
     pub request: Option<u64>,
     pub result: String,
     pub decided_at: String,
@@ -78,7 +98,8 @@ pub struct DeliveryRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub recent_decisions: Vec<DecisionRow>,
-    pub pending_incidents: Vec<u64>,
+    /// IBS incidents as numbers, Gitea pull requests as `"git:<pr>"`.
+    pub pending_incidents: Vec<Submission>,
     pub outbox_backlog: Backlog,
 }
 
@@ -86,6 +107,65 @@ pub struct Summary {
 pub struct Backlog {
     pub amqp: u64,
     pub obs: u64,
+    pub gitea: u64,
+}
+
+impl Backlog {
+    pub fn total(&self) -> u64 {
+        self.amqp + self.obs + self.gitea
+    }
+}
+
+/// What the incidents page asks for (`ig_gate_incidents`): all fields optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentQuery {
+    /// `pending`, `delivery_pending`, `reported`, or a result (`passed`, `failed`, `no_jobs`).
+    pub state: Option<String>,
+    /// Digits the incident number contains.
+    pub search: Option<String>,
+    /// Exactly this incident, with every decision of it.
+    pub incident: Option<u64>,
+    /// At most this many incidents (default 200, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentRow {
+    pub incident: u64,
+    pub request: Option<u64>,
+    pub state: String,
+    pub why: Option<String>,
+    pub result: Option<String>,
+    pub decided_at: Option<String>,
+    #[serde(skip)]
+    pub updated_ms: i64,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionHistory {
+    pub key: String,
+    pub result: String,
+    pub decided_at: String,
+    pub request: Option<u64>,
+    pub jobs: Option<crate::verdict::Counts>,
+    pub blocking: Vec<crate::verdict::BlockingJob>,
+    /// Whom to contact per job group with a blocking job (`Responsible:` lines).
+    pub contacts: std::collections::BTreeMap<String, Vec<String>>,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentList {
+    pub incidents: Vec<IncidentRow>,
+    /// How many matched before `limit`.
+    pub total: u64,
+    /// How many incidents are in each state (before filtering).
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// With `incident`: its decisions, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decisions: Option<Vec<DecisionHistory>>,
 }
 
 /// What `record_decision` did with a decision.
@@ -162,7 +242,12 @@ impl Store {
              CREATE TABLE IF NOT EXISTS relied_comments (
                 comment_id INTEGER NOT NULL, incident INTEGER NOT NULL, job_id INTEGER NOT NULL,
                 since INTEGER NOT NULL, checked_at INTEGER NOT NULL, PRIMARY KEY (comment_id, incident));
-             CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);",
+             CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);
+             CREATE TABLE IF NOT EXISTS job_activity (
+                incident INTEGER PRIMARY KEY, newest_job INTEGER NOT NULL, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS scheduling (
+                product INTEGER NOT NULL, incident INTEGER NOT NULL, status TEXT NOT NULL,
+                since INTEGER NOT NULL, PRIMARY KEY (product, incident));",
         )
         .map_err(named)?;
         add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
@@ -230,7 +315,7 @@ impl Store {
         seen: i64,
     ) -> Result<Recorded, StoreError> {
         let base = crate::decision::decision_key(&d.verdict);
-        let incident = d.verdict.incident as i64;
+        let incident = d.verdict.submission().store_key();
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let latest: Option<(String, i64)> = tx
@@ -283,12 +368,12 @@ impl Store {
     }
 
     /// Whether `key` is the incident's latest decision (an older one must not act on IBS).
-    pub fn is_latest(&self, incident: u64, key: &str) -> Result<bool, StoreError> {
+    pub fn is_latest(&self, incident: impl Into<Submission>, key: &str) -> Result<bool, StoreError> {
         let latest: Option<String> = self
             .conn()
             .query_row(
                 "SELECT key FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
-                [incident as i64],
+                [incident.into().store_key()],
                 |r| r.get(0),
             )
             .optional()?;
@@ -297,11 +382,12 @@ impl Store {
 
     /// Takes up to `limit` due items of `sink` for this process. A decision's sinks go in the order
     /// they were queued (the event first, then IBS, DESIGN section 4): an item waits while an
-    /// earlier one of the same decision is still queued. IBS hears one decision of an incident at
-    /// a time: an IBS item waits while another one of the same incident is leased (being delivered
-    /// by some process), and one take holds at most one per incident, the oldest first, so the
-    /// comments and review changes of two decisions never interleave. Taking an item leases it
-    /// (`LEASE_S`).
+    /// earlier one of the same decision is still queued. A review service (IBS, later Gitea) hears
+    /// one decision of an incident at a time: its item waits while another one of the same
+    /// incident and sink is leased (being delivered by some process), and one take holds at most
+    /// one per incident, the oldest first, so the comments and review changes of two decisions
+    /// never interleave. Events are not held back: each is a message of its own. Taking an item
+    /// leases it (`LEASE_S`).
     pub fn take_due(&self, sink: Sink, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let now = now_ms();
         let lease_until = now + LEASE_S * 1000;
@@ -315,9 +401,9 @@ impl Store {
                  WHERE o.sink = ?1 AND o.state = 'queued' AND o.next_at <= ?2 AND o.lease_until <= ?2
                  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = o.key
                      AND earlier.id < o.id AND earlier.state = 'queued')
-                 AND (o.sink != 'obs' OR NOT EXISTS (
+                 AND (o.sink = 'amqp' OR NOT EXISTS (
                      SELECT 1 FROM outbox AS busy JOIN decisions AS bd ON bd.key = busy.key
-                     WHERE busy.sink = 'obs' AND busy.state = 'queued' AND busy.lease_until > ?2
+                     WHERE busy.sink = o.sink AND busy.state = 'queued' AND busy.lease_until > ?2
                      AND busy.id != o.id AND bd.incident = d.incident))
                  ORDER BY o.id",
             )?;
@@ -327,7 +413,7 @@ impl Store {
                 let Some(row) = rows.next()? else { break };
                 let (id, attempts, key, incident, body): (i64, u32, String, i64, String) =
                     (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
-                if sink == Sink::Obs && !incidents.insert(incident) {
+                if sink.reports() && !incidents.insert(incident) {
                     continue;
                 }
                 let decision = serde_json::from_str(&body)
@@ -410,13 +496,14 @@ impl Store {
         Ok(())
     }
 
-    /// Milliseconds until the next queued item of `sink` is due (None: nothing queued). An IBS
-    /// item of an incident whose other IBS item is being delivered is due when that lease ends.
+    /// Milliseconds until the next queued item of `sink` is due (None: nothing queued). A review
+    /// item of an incident whose other item of that sink is being delivered is due when that
+    /// lease ends.
     pub fn next_due_in(&self, sink: Sink) -> Result<Option<i64>, StoreError> {
         let next: Option<i64> = self.conn().query_row(
-            "SELECT MIN(MAX(o.next_at, o.lease_until, CASE WHEN o.sink = 'obs' THEN COALESCE((
+            "SELECT MIN(MAX(o.next_at, o.lease_until, CASE WHEN o.sink != 'amqp' THEN COALESCE((
                  SELECT MAX(busy.lease_until) FROM outbox AS busy JOIN decisions AS bd ON bd.key = busy.key
-                 WHERE busy.sink = 'obs' AND busy.state = 'queued' AND busy.id != o.id
+                 WHERE busy.sink = o.sink AND busy.state = 'queued' AND busy.id != o.id
                  AND bd.incident = d.incident), 0) ELSE 0 END))
              FROM outbox AS o JOIN decisions AS d ON d.key = o.key
              WHERE o.sink = ?1 AND o.state = 'queued'
@@ -445,18 +532,18 @@ impl Store {
                 |r| r.get::<_, i64>(0),
             )? as u64)
         };
-        Ok(Backlog { amqp: count(Sink::Amqp)?, obs: count(Sink::Obs)? })
+        Ok(Backlog { amqp: count(Sink::Amqp)?, obs: count(Sink::Obs)?, gitea: count(Sink::Gitea)? })
     }
 
-    pub fn mark_pending(&self, incident: u64) -> Result<(), StoreError> {
-        self.mark_pending_many(&[incident])
+    pub fn mark_pending(&self, incident: impl Into<Submission>) -> Result<(), StoreError> {
+        self.mark_pending_many(&[incident.into()])
     }
 
     /// Marks incidents pending in one transaction, with the current evaluation ticket: an
     /// evaluation that began before the mark (and so may have read openQA before the event that
     /// caused it) does not clear it; the incident stays pending until one that began later
     /// decides. This is what lets the listener acknowledge a message once the mark is stored.
-    pub fn mark_pending_many(&self, incidents: &[u64]) -> Result<(), StoreError> {
+    pub fn mark_pending_many(&self, incidents: &[Submission]) -> Result<(), StoreError> {
         if incidents.is_empty() {
             return Ok(());
         }
@@ -471,7 +558,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO pending (incident, since, checked_at, ticket) VALUES (?1, ?2, ?2, ?3)
                  ON CONFLICT(incident) DO UPDATE SET checked_at = ?2, ticket = MAX(ticket, ?3)",
-                params![*incident as i64, now, ticket],
+                params![incident.store_key(), now, ticket],
             )?;
         }
         tx.commit()?;
@@ -480,23 +567,26 @@ impl Store {
 
     /// Pending incidents not evaluated for `older_than_ms`, claimed for this process: several
     /// processes reconcile the same state directory, and each stale incident goes to one of them.
-    pub fn claim_stale_pending(&self, older_than_ms: i64) -> Result<Vec<u64>, StoreError> {
+    pub fn claim_stale_pending(&self, older_than_ms: i64) -> Result<Vec<Submission>, StoreError> {
         let now = now_ms();
         let conn = self.conn();
         let mut stmt =
             conn.prepare("UPDATE pending SET checked_at = ?1 WHERE checked_at <= ?2 RETURNING incident")?;
         let rows = stmt.query_map([now, now - older_than_ms], |r| r.get::<_, i64>(0))?;
-        let mut incidents: Vec<u64> =
-            rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect();
+        let mut incidents: Vec<Submission> =
+            rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(Submission::from_store_key).collect();
         incidents.sort_unstable();
         Ok(incidents)
     }
 
-    pub fn pending(&self) -> Result<Vec<u64>, StoreError> {
+    pub fn pending(&self) -> Result<Vec<Submission>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT incident FROM pending ORDER BY incident")?;
         let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|i| i as u64).collect())
+        let mut pending: Vec<Submission> =
+            rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(Submission::from_store_key).collect();
+        pending.sort_unstable();
+        Ok(pending)
     }
 
     /// The most recent decisions, newest first, with how their deliveries went.
@@ -506,9 +596,11 @@ impl Store {
             "SELECT key, incident, request, result, decided_at FROM decisions ORDER BY rowid DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
+            let submission = Submission::from_store_key(r.get(1)?);
             Ok(DecisionRow {
                 key: r.get(0)?,
-                incident: r.get::<_, i64>(1)? as u64,
+                incident: submission.number,
+                kind: submission.kind,
                 request: r.get::<_, Option<i64>>(2)?.map(|r| r as u64),
                 result: r.get(3)?,
                 decided_at: r.get(4)?,
@@ -528,12 +620,12 @@ impl Store {
     }
 
     /// The latest decision recorded for an incident, if any.
-    pub fn latest_decision(&self, incident: u64) -> Result<Option<Decision>, StoreError> {
+    pub fn latest_decision(&self, incident: impl Into<Submission>) -> Result<Option<Decision>, StoreError> {
         let body: Option<String> = self
             .conn()
             .query_row(
                 "SELECT body FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
-                [incident as i64],
+                [incident.into().store_key()],
                 |r| r.get(0),
             )
             .optional()?;
@@ -543,25 +635,29 @@ impl Store {
     /// Replaces the comments (id, job) the incident's latest final verdict relied on: the
     /// `acceptable_for` comments that made failed jobs acceptable. openQA's in-process deletion
     /// events carry only comment ids; this is how they find their incident.
-    pub fn set_relied_comments(&self, incident: u64, comments: &[(u64, u64)]) -> Result<(), StoreError> {
+    pub fn set_relied_comments(
+        &self,
+        incident: impl Into<Submission>,
+        comments: &[(u64, u64)],
+    ) -> Result<(), StoreError> {
+        let incident = incident.into().store_key();
         let now = now_ms();
         let mut conn = self.conn();
         // most verdicts rely on no comment: no write lock for them
-        let known: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM relied_comments WHERE incident = ?1",
-            [incident as i64],
-            |r| r.get(0),
-        )?;
+        let known: i64 =
+            conn.query_row("SELECT COUNT(*) FROM relied_comments WHERE incident = ?1", [incident], |r| {
+                r.get(0)
+            })?;
         if known == 0 && comments.is_empty() {
             return Ok(());
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident as i64])?;
+        tx.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident])?;
         for (comment, job) in comments {
             tx.execute(
                 "INSERT OR IGNORE INTO relied_comments (comment_id, incident, job_id, since, checked_at)
                  VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![*comment as i64, incident as i64, *job as i64, now],
+                params![*comment as i64, incident, *job as i64, now],
             )?;
         }
         tx.commit()?;
@@ -569,7 +665,7 @@ impl Store {
     }
 
     /// Incidents whose latest final verdict relied on one of these comments.
-    pub fn incidents_relying_on(&self, comments: &[u64]) -> Result<Vec<u64>, StoreError> {
+    pub fn incidents_relying_on(&self, comments: &[u64]) -> Result<Vec<Submission>, StoreError> {
         if comments.is_empty() {
             return Ok(Vec::new());
         }
@@ -579,7 +675,7 @@ impl Store {
         for c in comments {
             let rows = stmt.query_map([*c as i64], |r| r.get::<_, i64>(0))?;
             for row in rows {
-                incidents.push(row? as u64);
+                incidents.push(Submission::from_store_key(row?));
             }
         }
         incidents.sort_unstable();
@@ -594,7 +690,7 @@ impl Store {
         &self,
         older_than_ms: i64,
         limit: usize,
-    ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+    ) -> Result<Vec<(u64, Submission, u64)>, StoreError> {
         let now = now_ms();
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -603,8 +699,227 @@ impl Store {
              RETURNING comment_id, incident, job_id",
         )?;
         let rows = stmt.query_map(params![now, now - older_than_ms, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                Submission::from_store_key(r.get(1)?),
+                r.get::<_, i64>(2)? as u64,
+            ))
         })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The incidents this state directory knows (a decision or a pending evaluation), newest
+    /// first, each with its state for the incidents page: `pending` (waiting for jobs), the latest
+    /// decision's result, `delivery_pending` while one of its deliveries waits (with the last
+    /// outcome as the reason) and `reported` once IBS (or Gitea) took it.
+    pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentList, StoreError> {
+        let conn = self.conn();
+        let mut rows: Vec<IncidentRow> = Vec::new();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT d.key, d.incident, d.request, d.result, d.decided_at, p.since FROM decisions AS d
+                 LEFT JOIN pending AS p ON p.incident = d.incident
+                 WHERE d.rowid IN (SELECT MAX(rowid) FROM decisions GROUP BY incident)",
+            )?;
+            let it = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })?;
+            let mut deliveries =
+                conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY id")?;
+            for row in it {
+                let (key, incident, request, result, decided_at, pending_since) = row?;
+                let d: Vec<DeliveryRow> = deliveries
+                    .query_map([&key], |r| {
+                        Ok(DeliveryRow {
+                            sink: r.get(0)?,
+                            state: r.get(1)?,
+                            attempts: r.get(2)?,
+                            outcome: r.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let decided_ms = humantime::parse_rfc3339(&decided_at)
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                let waiting = d.iter().find(|x| x.state == "queued");
+                let (state, why) = if pending_since.is_some_and(|s| s >= decided_ms) {
+                    ("pending".to_string(), Some("waiting for jobs to finish".to_string()))
+                } else if let Some(w) = waiting {
+                    let why = match &w.outcome {
+                        Some(o) => format!("{} after {} attempt(s): {o}", w.sink, w.attempts),
+                        None => format!("{}: not delivered yet", w.sink),
+                    };
+                    ("delivery_pending".to_string(), Some(why))
+                } else {
+                    // what IBS (or Gitea) was told, when it was
+                    let told = d.iter().rev().find(|x| x.sink != "amqp" && x.outcome.is_some());
+                    let reported = told.is_some_and(|x| x.state == "done");
+                    let state = if reported && result == "passed" { "reported" } else { result.as_str() };
+                    (state.to_string(), told.and_then(|x| x.outcome.clone()))
+                };
+                let updated = pending_since.unwrap_or(0).max(decided_ms);
+                rows.push(IncidentRow {
+                    incident,
+                    request,
+                    state,
+                    why,
+                    result: Some(result),
+                    decided_at: Some(decided_at),
+                    updated_ms: updated,
+                    deliveries: d,
+                });
+            }
+        }
+        {
+            let mut stmt = conn.prepare(
+                "SELECT incident, since FROM pending WHERE incident NOT IN (SELECT incident FROM decisions)",
+            )?;
+            let it = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)))?;
+            for row in it {
+                let (incident, since) = row?;
+                rows.push(IncidentRow {
+                    incident,
+                    request: None,
+                    state: "pending".into(),
+                    why: Some("waiting for jobs to finish".into()),
+                    result: None,
+                    decided_at: None,
+                    updated_ms: since,
+                    deliveries: Vec::new(),
+                });
+            }
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for r in &rows {
+            *counts.entry(r.state.clone()).or_insert(0u64) += 1;
+        }
+        rows.retain(|r| {
+            q.state.as_deref().is_none_or(|s| r.state == s || r.result.as_deref() == Some(s))
+                && q.search.as_deref().is_none_or(|s| r.incident.to_string().contains(s))
+                && q.incident.is_none_or(|i| r.incident == i)
+        });
+        rows.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.incident.cmp(&a.incident)));
+        let total = rows.len() as u64;
+        rows.truncate(q.limit.unwrap_or(200).clamp(1, 1000));
+        let decisions = match q.incident {
+            Some(i) => Some(Self::history(&conn, i)?),
+            None => None,
+        };
+        Ok(IncidentList { incidents: rows, total, states: counts, decisions })
+    }
+
+    /// Every decision of an incident, newest first, with what was sent where and how it went.
+    fn history(conn: &Connection, incident: u64) -> Result<Vec<DecisionHistory>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT key, result, decided_at, body FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 50",
+        )?;
+        let mut deliveries =
+            conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY id")?;
+        let it = stmt.query_map([incident as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in it {
+            let (key, result, decided_at, body) = row?;
+            let decision: Option<Decision> = serde_json::from_str(&body).ok();
+            let d = deliveries
+                .query_map([&key], |r| {
+                    Ok(DeliveryRow {
+                        sink: r.get(0)?,
+                        state: r.get(1)?,
+                        attempts: r.get(2)?,
+                        outcome: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            out.push(DecisionHistory {
+                key,
+                result,
+                decided_at,
+                request: decision.as_ref().and_then(|d| d.verdict.request),
+                jobs: decision.as_ref().map(|d| d.verdict.jobs.clone()),
+                contacts: decision.as_ref().map(|d| d.contacts.clone()).unwrap_or_default(),
+                blocking: decision.map(|d| d.verdict.blocking).unwrap_or_default(),
+                deliveries: d,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A job of `incident` was created (or seen for the first time): the quiet period starts
+    /// again. Kept in the store because every process of the state directory waits on it.
+    pub fn note_job(
+        &self,
+        incident: impl Into<Submission>,
+        job: u64,
+        created: bool,
+    ) -> Result<(), StoreError> {
+        let incident = incident.into().store_key();
+        // an evaluation notes every job it sees: only a newer job than any noted restarts the
+        // clock; a creation event always does
+        self.conn().execute(
+            "INSERT INTO job_activity (incident, newest_job, at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(incident) DO UPDATE SET newest_job = max(newest_job, ?2), at = ?3
+             WHERE ?4 OR ?2 > newest_job",
+            params![incident, job as i64, now_ms(), created],
+        )?;
+        Ok(())
+    }
+
+    /// When the incident's newest job was created or first seen (unix ms).
+    pub fn last_job_at(&self, incident: impl Into<Submission>) -> Result<Option<i64>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let incident = incident.into().store_key();
+        Ok(self
+            .conn()
+            .query_row("SELECT at FROM job_activity WHERE incident = ?1", [incident], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// A scheduled product naming `incidents` has `status`; one still scheduling holds them back.
+    pub fn note_product(&self, product: u64, incidents: &[u64], status: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        if !matches!(status, "added" | "scheduling") {
+            // done creating jobs: nothing to wait for, nothing to keep
+            conn.execute("DELETE FROM scheduling WHERE product = ?1", [product as i64])?;
+            return Ok(());
+        }
+        for incident in incidents {
+            conn.execute(
+                "INSERT INTO scheduling (product, incident, status, since) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(product, incident) DO UPDATE SET status = ?3",
+                params![product as i64, *incident as i64, status, now_ms()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Scheduled products naming `incident` last known to be still scheduling: (product, since ms).
+    pub fn scheduling_products(
+        &self,
+        incident: impl Into<Submission>,
+    ) -> Result<Vec<(u64, i64)>, StoreError> {
+        let incident = incident.into().store_key();
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT product, since FROM scheduling WHERE incident = ?1 AND status IN ('added', 'scheduling')
+             ORDER BY product",
+        )?;
+        let rows = stmt.query_map([incident], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -627,6 +942,9 @@ mod tests {
     fn decision(incident: u64, jobs: Vec<u64>) -> Decision {
         let v = Verdict {
             incident,
+            kind: Default::default(),
+            sha: None,
+            repo: None,
             request: Some(300001),
             rrid: None,
             result: Outcome::Passed,
@@ -634,8 +952,39 @@ mod tests {
             blocking: vec![],
             job_ids: jobs,
             notes: vec![],
+            complete: true,
+            waiting: vec![],
         };
         Decision::new(v, "http://openqa")
+    }
+
+    #[test]
+    fn an_incident_and_a_pull_request_of_the_same_number_have_their_own_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut ibs = decision(124, vec![1]);
+        let mut pr = decision(124, vec![2]);
+        pr.verdict.kind = Kind::Gitea;
+        pr.verdict.sha = Some("abc".into());
+        pr.key = crate::decision::decision_key(&pr.verdict);
+        s.mark_pending(Submission::gitea(124)).unwrap();
+        s.mark_pending(124).unwrap();
+        assert_eq!(s.pending().unwrap(), vec![Submission::ibs(124), Submission::gitea(124)]);
+        let t = s.begin_evaluation().unwrap();
+        assert_eq!(s.record_decision(&mut ibs, &[Sink::Amqp, Sink::Obs], t).unwrap(), Recorded::New);
+        assert_eq!(s.pending().unwrap(), vec![Submission::gitea(124)], "only the incident is decided");
+        assert_eq!(s.record_decision(&mut pr, &[Sink::Amqp, Sink::Gitea], t).unwrap(), Recorded::New);
+        assert!(s.is_latest(124, &ibs.key).unwrap() && s.is_latest(Submission::gitea(124), &pr.key).unwrap());
+        assert_eq!(s.latest_decision(Submission::gitea(124)).unwrap().unwrap().verdict.kind, Kind::Gitea);
+        assert_eq!(s.latest_decision(124).unwrap().unwrap().verdict.kind, Kind::Ibs);
+        for item in s.take_due(Sink::Amqp, 10).unwrap() {
+            s.complete(&item, &Delivery::Done("published".into())).unwrap();
+        }
+        // both reports are due at once: one per submission, not one per number
+        assert_eq!(s.take_due(Sink::Obs, 10).unwrap().len(), 1);
+        let gitea = s.take_due(Sink::Gitea, 10).unwrap();
+        assert_eq!(gitea.len(), 1);
+        assert_eq!(gitea[0].decision.verdict.submission(), Submission::gitea(124));
     }
 
     #[test]
@@ -774,11 +1123,11 @@ mod tests {
         s.mark_pending(5).unwrap();
         s.mark_pending(6).unwrap();
         let other = Store::open(dir.path()).unwrap();
-        assert_eq!(s.claim_stale_pending(0).unwrap(), vec![5, 6]);
+        assert_eq!(s.claim_stale_pending(0).unwrap(), vec![Submission::ibs(5), Submission::ibs(6)]);
         assert!(other.claim_stale_pending(1_000).unwrap().is_empty(), "claimed by the first process");
         assert!(s.claim_stale_pending(60_000).unwrap().is_empty());
         s.record_decision(&mut decision(5, vec![1]), &[], s_next()).unwrap();
-        assert_eq!(s.pending().unwrap(), vec![6]);
+        assert_eq!(s.pending().unwrap(), vec![Submission::ibs(6)]);
     }
 
     #[test]
@@ -863,11 +1212,14 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         s.set_relied_comments(12345, &[(7, 70), (8, 80)]).unwrap();
         s.set_relied_comments(12346, &[(8, 80)]).unwrap();
-        assert_eq!(s.incidents_relying_on(&[8]).unwrap(), vec![12345, 12346]);
-        assert_eq!(s.incidents_relying_on(&[7, 99]).unwrap(), vec![12345]);
+        assert_eq!(
+            s.incidents_relying_on(&[8]).unwrap(),
+            vec![Submission::ibs(12345), Submission::ibs(12346)]
+        );
+        assert_eq!(s.incidents_relying_on(&[7, 99]).unwrap(), vec![Submission::ibs(12345)]);
         s.set_relied_comments(12345, &[]).unwrap();
         assert!(s.incidents_relying_on(&[7]).unwrap().is_empty(), "replaced by the newer verdict");
-        assert_eq!(s.claim_relied_comments(0, 10).unwrap(), vec![(8, 12346, 80)]);
+        assert_eq!(s.claim_relied_comments(0, 10).unwrap(), vec![(8, Submission::ibs(12346), 80)]);
         assert!(s.claim_relied_comments(60_000, 10).unwrap().is_empty(), "just checked");
     }
 
@@ -877,5 +1229,97 @@ mod tests {
         assert_eq!(backoff_ms(1), 1000);
         assert_eq!(backoff_ms(10), MAX_BACKOFF_MS);
         assert_eq!(backoff_ms(u32::MAX), MAX_BACKOFF_MS);
+    }
+
+    #[test]
+    fn incidents_list_their_state_newest_first_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let both = [Sink::Amqp, Sink::Obs];
+        // 101: delivered everywhere → reported
+        s.record_decision(&mut decision(101, vec![1]), &both, s_next()).unwrap();
+        for sink in both {
+            let item = s.take_due(sink, 10).unwrap().remove(0);
+            s.complete(&item, &Delivery::Done("ok".into())).unwrap();
+        }
+        // 102: IBS failed once → delivery pending, with the reason
+        s.record_decision(&mut decision(102, vec![2]), &both, s_next()).unwrap();
+        let item = s.take_due(Sink::Amqp, 10).unwrap().remove(0);
+        s.complete(&item, &Delivery::Done("ok".into())).unwrap();
+        let item = s.take_due(Sink::Obs, 10).unwrap().remove(0);
+        s.complete(&item, &Delivery::Retry("IBS: 503 Service Unavailable".into())).unwrap();
+        // 103: only an event, published → its result
+        s.record_decision(&mut decision(103, vec![3]), &[Sink::Amqp], s_next()).unwrap();
+        let item = s.take_due(Sink::Amqp, 10).unwrap().remove(0);
+        s.complete(&item, &Delivery::Final("dry-run".into())).unwrap();
+        // 204: waiting for jobs
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.mark_pending(204).unwrap();
+
+        let all = s.incidents(&IncidentQuery::default()).unwrap();
+        let states: Vec<(u64, &str)> = all.incidents.iter().map(|r| (r.incident, r.state.as_str())).collect();
+        assert_eq!(states[0], (204, "pending"), "the newest first: {states:?}");
+        assert!(states.contains(&(101, "reported")), "{states:?}");
+        assert!(states.contains(&(102, "delivery_pending")), "{states:?}");
+        assert!(states.contains(&(103, "passed")), "{states:?}");
+        let pending = all.incidents.iter().find(|r| r.incident == 102).unwrap();
+        let why = pending.why.as_deref().unwrap_or("");
+        assert!(why.contains("obs") && why.contains("503"), "{why}");
+        assert_eq!(all.total, 4);
+        assert_eq!(all.states.get("pending"), Some(&1));
+
+        let q = |state: Option<&str>, search: Option<&str>| {
+            let q = IncidentQuery {
+                state: state.map(str::to_string),
+                search: search.map(str::to_string),
+                ..Default::default()
+            };
+            s.incidents(&q).unwrap().incidents.iter().map(|r| r.incident).collect::<Vec<_>>()
+        };
+        assert_eq!(q(Some("reported"), None), vec![101]);
+        assert_eq!(q(Some("pending"), None), vec![204]);
+        assert_eq!(q(None, Some("02")), vec![102]);
+        assert_eq!(q(Some("failed"), None), Vec::<u64>::new());
+
+        let one = s.incidents(&IncidentQuery { incident: Some(102), ..Default::default() }).unwrap();
+        let history = one.decisions.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].deliveries.len(), 2);
+        assert_eq!(history[0].deliveries[1].outcome.as_deref(), Some("IBS: 503 Service Unavailable"));
+    }
+
+    #[test]
+    fn scheduling_products_hold_their_incidents_until_scheduled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.note_product(7, &[100, 200], "added").unwrap();
+        s.note_product(7, &[100, 200], "scheduling").unwrap();
+        assert_eq!(s.scheduling_products(100).unwrap().iter().map(|p| p.0).collect::<Vec<_>>(), [7]);
+        // another process of the same state directory sees it too
+        let other = Store::open(dir.path()).unwrap();
+        assert_eq!(other.scheduling_products(200).unwrap().len(), 1);
+        other.note_product(7, &[], "scheduled").unwrap();
+        assert!(s.scheduling_products(100).unwrap().is_empty(), "scheduled: nothing to wait for");
+        assert!(s.scheduling_products(200).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_newer_job_or_a_creation_restarts_the_quiet_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), None);
+        s.note_job(1, 50, false).unwrap();
+        let first = s.last_job_at(1).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.note_job(1, 40, false).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), Some(first), "an older job seen again changes nothing");
+        s.note_job(1, 50, false).unwrap();
+        assert_eq!(s.last_job_at(1).unwrap(), Some(first), "nor the same job");
+        s.note_job(1, 51, false).unwrap();
+        assert!(s.last_job_at(1).unwrap().unwrap() > first, "a newer job does");
+        let second = s.last_job_at(1).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.note_job(1, 45, true).unwrap();
+        assert!(s.last_job_at(1).unwrap().unwrap() > second, "a creation event always does");
     }
 }

@@ -1,7 +1,9 @@
 //! The verdict of DESIGN section 4, as pure functions: which jobs count for an incident, and
 //! whether they say passed, failed, pending or nothing at all.
 
-use crate::incident::{is_incident_job, is_test_issues_key, parse_issue_list, parse_rrid};
+use crate::incident::{
+    is_gitea_job, is_own_job, is_test_issues_key, parse_issue_list, parse_rrid, Kind, Submission,
+};
 use crate::openqa::model::{Comment, Job};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -61,11 +63,23 @@ pub struct JobNote {
     pub role: String,
     pub counts: bool,
     pub why: String,
+    /// The `acceptable_for` comment that made a failed job acceptable (its id in openQA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
+    /// The submission's number: the IBS incident, or the Gitea pull request (see `kind`).
     pub incident: u64,
+    /// Absent in decisions recorded before Gitea pull requests: those are IBS incidents.
+    #[serde(default)]
+    pub kind: Kind,
+    /// Gitea: the commit the counted jobs tested (`GITEA_SHA`), and `owner/name` (`GITEA_REPO`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
     pub request: Option<u64>,
     pub rrid: Option<String>,
     pub result: Outcome,
@@ -74,6 +88,124 @@ pub struct Verdict {
     /// Sorted ids of the jobs that count; part of the identity of a decision.
     pub job_ids: Vec<u64>,
     pub notes: Vec<JobNote>,
+    /// Testing is finished: nothing more is expected (no scheduled product naming the incident is
+    /// still being scheduled, the coverage policy is met, no quiet period runs, every job is
+    /// final). Only a complete verdict is ever approved or declined; verdicts recorded before
+    /// this field existed were taken as complete.
+    #[serde(default = "complete_by_default")]
+    pub complete: bool,
+    /// What testing still waits for, and since when: why the verdict is not complete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Wait>,
+}
+
+fn complete_by_default() -> bool {
+    true
+}
+
+/// One thing an incident's testing still waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wait {
+    /// `coverage` (a job the policy requires does not exist), `scheduling` (a scheduled product
+    /// naming the incident is still being scheduled), `quiet` (jobs were created too recently),
+    /// `running` (a counted job is not final).
+    pub kind: String,
+    pub what: String,
+    /// RFC 3339 (or openQA's own timestamp for jobs), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+impl Wait {
+    pub fn new(kind: &str, what: String, since: Option<String>) -> Wait {
+        Wait { kind: kind.to_string(), what, since }
+    }
+}
+
+/// One rule of the coverage policy (config key `coverage`): for the incident's own jobs of a
+/// product matching the globs, what must exist besides them before the incident can pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoverageRule {
+    /// Globs over DISTRI, VERSION, FLAVOR, ARCH.
+    pub product: [String; 4],
+    /// An aggregate job of the same DISTRI, VERSION and ARCH must list the incident.
+    pub aggregate: bool,
+    /// Own jobs of each of these flavors (same DISTRI, VERSION, ARCH) must exist.
+    pub flavors: Vec<String>,
+    /// Jobs (own or aggregate, same DISTRI, VERSION, ARCH) running each of these tests must exist.
+    pub tests: Vec<String>,
+}
+
+impl CoverageRule {
+    /// `DISTRI/VERSION/FLAVOR/ARCH: [aggregate] [flavors=A|B] [tests=x|y]`, e.g.
+    /// `sle/15-SP6/*-Incidents/x86_64: aggregate flavors=Server-DVD-Incidents|Desktop-DVD-Incidents`.
+    pub fn parse(text: &str) -> Result<CoverageRule, String> {
+        let (product, rest) = text.split_once(':').ok_or("expected `DISTRI/VERSION/FLAVOR/ARCH: ...`")?;
+        let parts: Vec<&str> = product.trim().split('/').map(str::trim).collect();
+        let [d, v, f, a] = parts.as_slice() else {
+            return Err(format!("`{}` is not DISTRI/VERSION/FLAVOR/ARCH", product.trim()));
+        };
+        let mut rule = CoverageRule {
+            product: [d, v, f, a].map(|s| if s.is_empty() { "*".to_string() } else { s.to_string() }),
+            aggregate: false,
+            flavors: Vec::new(),
+            tests: Vec::new(),
+        };
+        let list =
+            |v: &str| v.split('|').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        for word in rest.split_whitespace() {
+            match word.split_once('=') {
+                None if word == "aggregate" => rule.aggregate = true,
+                Some(("flavors", v)) => rule.flavors = list(v),
+                Some(("tests", v)) => rule.tests = list(v),
+                _ => return Err(format!("unknown requirement `{word}` (aggregate, flavors=A|B, tests=x|y)")),
+            }
+        }
+        Ok(rule)
+    }
+
+    fn matches(&self, product: &Product) -> bool {
+        self.product.iter().zip(product.iter()).all(|(g, v)| glob_match(g, v))
+    }
+}
+
+/// What the coverage policy still misses for the counted jobs of `sel`: always at least one job
+/// of the incident's own, then every requirement of each rule matching one of its own products.
+/// Pure: whether those jobs passed is `judge`'s business.
+pub fn missing_coverage(sel: &Selection, policy: &[CoverageRule]) -> Vec<String> {
+    let incident = sel.submission;
+    let own: Vec<&Job> = sel.counted.iter().copied().filter(|j| is_own_job(&j.settings, incident)).collect();
+    if own.is_empty() {
+        return vec![format!("a job of {incident}'s own")];
+    }
+    let products: std::collections::BTreeSet<Product> = own.iter().map(|j| product_of(j)).collect();
+    let same_base = |j: &Job, p: &Product| {
+        j.setting("DISTRI") == p[0] && j.setting("VERSION") == p[1] && j.setting("ARCH") == p[3]
+    };
+    let mut missing = Vec::new();
+    for product in &products {
+        let base = format!("{} {} {}", product[0], product[1], product[3]);
+        for rule in policy.iter().filter(|r| r.matches(product)) {
+            if rule.aggregate
+                && !sel.counted.iter().any(|j| !is_own_job(&j.settings, incident) && same_base(j, product))
+            {
+                missing.push(format!("an aggregate job listing incident {incident} for {base}"));
+            }
+            for flavor in &rule.flavors {
+                if !own.iter().any(|j| same_base(j, product) && j.setting("FLAVOR") == flavor) {
+                    missing.push(format!("jobs of flavor {flavor} for {base}"));
+                }
+            }
+            for test in &rule.tests {
+                if !sel.counted.iter().any(|j| same_base(j, product) && j.setting("TEST") == test) {
+                    missing.push(format!("test {test} for {base}"));
+                }
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    missing
 }
 
 pub struct Rules<'a> {
@@ -84,6 +216,10 @@ pub struct Rules<'a> {
 /// The outcome of selection: the jobs that count, and a note for every job looked at.
 pub struct Selection<'a> {
     pub incident: u64,
+    pub submission: Submission,
+    /// Gitea: the tested commit and repository of the counted jobs.
+    pub sha: Option<String>,
+    pub repo: Option<String>,
     pub counted: Vec<&'a Job>,
     pub request: Option<u64>,
     pub rrid: Option<String>,
@@ -127,7 +263,11 @@ pub fn wildcard_match(pattern: &str, text: &str, many: char, one: char) -> bool 
 }
 
 fn lists_incident(job: &Job, incident: u64) -> bool {
-    job.settings.iter().any(|(k, v)| is_test_issues_key(k) && parse_issue_list(v).any(|i| i == incident))
+    !is_gitea_job(&job.settings)
+        && job
+            .settings
+            .iter()
+            .any(|(k, v)| is_test_issues_key(k) && parse_issue_list(v).any(|i| i == incident))
 }
 
 /// Aggregate builds are `YYYYMMDD-N`; compare them as numbers so `20261124-10` beats `-9`.
@@ -158,10 +298,15 @@ fn ignored_by<'r>(job: &Job, rules: &'r Rules) -> Option<&'r String> {
 /// Rule 3's choice: the newest aggregate build listing `incident`, per product, among the jobs
 /// that are not in an ignored group. The engine fetches these builds whole before judging.
 pub fn newest_aggregate_builds(incident: u64, jobs: &[Job], rules: &Rules) -> HashMap<Product, String> {
+    newest_aggregate_builds_of(Submission::ibs(incident), jobs, rules)
+}
+
+/// [`newest_aggregate_builds`] for any submission; aggregates list IBS incidents only.
+pub fn newest_aggregate_builds_of(s: Submission, jobs: &[Job], rules: &Rules) -> HashMap<Product, String> {
     let aggregate = jobs
         .iter()
         .filter(|j| ignored_by(j, rules).is_none())
-        .filter(|j| !is_incident_job(&j.settings, incident) && lists_incident(j, incident));
+        .filter(|j| s.kind == Kind::Ibs && !is_own_job(&j.settings, s) && lists_incident(j, s.number));
     newest_builds(aggregate)
 }
 
@@ -181,8 +326,21 @@ fn newest_builds<'a>(aggregate: impl Iterator<Item = &'a Job>) -> HashMap<Produc
         .collect()
 }
 
-/// Rules 1-4 of DESIGN section 4.
+/// Rules 1-4 of DESIGN section 4, for an IBS incident.
 pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a> {
+    select_submission(Submission::ibs(incident), jobs, rules)
+}
+
+/// Rules 1-4 of DESIGN section 4 for a submission. A Gitea pull request's jobs never count for
+/// the IBS incident of the same number, nor the other way round; aggregates count for IBS
+/// incidents only; for a pull request, rule 2 keeps the jobs of the newest tested commit (the
+/// `GITEA_SHA` of its newest job) instead of the newest release request.
+pub fn select_submission<'a>(sub: Submission, jobs: &'a [Job], rules: &Rules) -> Selection<'a> {
+    let incident = sub.number;
+    let what = match sub.kind {
+        Kind::Ibs => format!("incident {incident}"),
+        Kind::Gitea => format!("pull request {incident}"),
+    };
     let mut dropped: Vec<(&Job, &'static str, String)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut own = Vec::new();
@@ -191,12 +349,12 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
         if !seen.insert(job.id) {
             continue; // job_settings lists a job once per matching row
         }
-        let bucket = if is_incident_job(&job.settings, incident) {
+        let bucket = if is_own_job(&job.settings, sub) {
             &mut own
-        } else if lists_incident(job, incident) {
+        } else if sub.kind == Kind::Ibs && lists_incident(job, incident) {
             &mut aggregate
         } else {
-            dropped.push((job, "unrelated", format!("does not test incident {incident}")));
+            dropped.push((job, "unrelated", format!("does not test {what}")));
             continue;
         };
         // 1. ignored groups first: a Devel job with a newer RRID or a newer build must not push
@@ -204,16 +362,30 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
         match ignored_by(job, rules) {
             Some(glob) => {
                 let group = job.group.as_deref().unwrap_or("");
-                dropped.push((job, role(job, incident), format!("group {group:?} is ignored ({glob})")));
+                dropped.push((job, role(job, sub), format!("group {group:?} is ignored ({glob})")));
             }
             None => bucket.push(job),
         }
     }
 
     // 2. newest release request only
-    let request_of = |j: &Job| parse_rrid(j.setting("RRID")).filter(|(i, _)| *i == incident);
+    let request_of =
+        |j: &Job| parse_rrid(j.setting("RRID")).filter(|(i, _)| *i == incident && sub.kind == Kind::Ibs);
     let newest = own.iter().filter_map(|j| request_of(j)).map(|(_, r)| r).max();
     let mut counted: Vec<&Job> = Vec::new();
+    // 2'. a pull request: the commit tested by its newest job
+    let sha_of = |j: &Job| Some(j.setting("GITEA_SHA").trim()).filter(|s| !s.is_empty()).map(str::to_string);
+    let newest_sha = own.iter().filter(|j| sha_of(j).is_some()).max_by_key(|j| j.id).and_then(|j| sha_of(j));
+    if let Some(head) = &newest_sha {
+        own.retain(|job| match sha_of(job) {
+            Some(sha) if &sha != head => {
+                dropped.push((job, "incident", format!("tested commit {sha} is older than {head}")));
+                false
+            }
+            _ => true,
+        });
+    }
+    let repo = own.iter().map(|j| j.setting("GITEA_REPO").trim()).find(|r| !r.is_empty()).map(str::to_string);
     for job in own {
         match (newest, request_of(job)) {
             (Some(n), Some((_, r))) if r < n => {
@@ -251,7 +423,7 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
             Some(c) if c == newest => format!("restarted as {c}"),
             _ => format!("superseded by {newest} in the same scenario"),
         };
-        dropped.push((job, role(job, incident), why));
+        dropped.push((job, role(job, sub), why));
         false
     });
     counted.sort_by_key(|j| j.id);
@@ -259,6 +431,9 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
     let current = counted.iter().filter_map(|j| request_of(j)).map(|(_, r)| r).max();
     Selection {
         incident,
+        submission: sub,
+        sha: newest_sha.filter(|_| sub.kind == Kind::Gitea),
+        repo: repo.filter(|_| sub.kind == Kind::Gitea),
         counted,
         request: current,
         rrid: current.map(|r| format!("SUSE:Maintenance:{incident}:{r}")),
@@ -266,8 +441,8 @@ pub fn select<'a>(incident: u64, jobs: &'a [Job], rules: &Rules) -> Selection<'a
     }
 }
 
-fn role(job: &Job, incident: u64) -> &'static str {
-    if is_incident_job(&job.settings, incident) {
+fn role(job: &Job, sub: Submission) -> &'static str {
+    if is_own_job(&job.settings, sub) {
         "incident"
     } else {
         "aggregate"
@@ -304,6 +479,7 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
     let base = rules.openqa_url.trim_end_matches('/');
     for job in &sel.counted {
         counts.total += 1;
+        let mut accepted_by = None;
         let why = if !job.is_final() {
             counts.pending += 1;
             format!("still {}", job.state)
@@ -313,8 +489,12 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
         } else if job.result == "softfailed" {
             counts.softfailed += 1;
             "softfailed".to_string()
-        } else if let Some(reason) = comments.get(&job.id).and_then(|c| acceptable_for(c, sel.incident)) {
+        } else if let Some((comment, reason)) = comments.get(&job.id).and_then(|c| {
+            c.iter()
+                .find_map(|one| acceptable_for(std::slice::from_ref(one), sel.incident).map(|r| (one.id, r)))
+        }) {
             counts.accepted += 1;
+            accepted_by = Some(comment);
             format!("{} but acceptable for incident {}: {reason}", job.result, sel.incident)
         } else {
             counts.failed += 1;
@@ -327,7 +507,9 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
             });
             format!("{}: blocks", job.result)
         };
-        notes.push(note(job, role(job, sel.incident), true, why));
+        let mut n = note(job, role(job, sel.submission), true, why);
+        n.comment = accepted_by;
+        notes.push(n);
     }
     for (job, role, why) in &sel.dropped {
         notes.push(note(job, role, false, why.clone()));
@@ -344,6 +526,9 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
     };
     Verdict {
         incident: sel.incident,
+        kind: sel.submission.kind,
+        sha: sel.sha.clone(),
+        repo: sel.repo.clone(),
         request: sel.request,
         rrid: sel.rrid.clone(),
         result,
@@ -351,7 +536,25 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
         blocking,
         job_ids: sel.counted.iter().map(|j| j.id).collect(),
         notes,
+        complete: result.is_final(),
+        waiting: Vec::new(),
     }
+}
+
+/// Holds back what is not finished: with anything in `waiting`, a verdict is not complete; a
+/// pass becomes `pending` (nothing is approved before testing finished), a failure stays a
+/// failure that may be reported, but as incomplete (never declined on). The jobs still running
+/// are added to `waiting` so that one list explains the wait.
+pub fn hold(verdict: &mut Verdict, mut waiting: Vec<Wait>, started: &HashMap<u64, String>) {
+    for n in verdict.notes.iter().filter(|n| n.counts && !crate::openqa::model::is_final_state(&n.state)) {
+        let what = format!("job {} {} ({})", n.id, n.name, n.state);
+        waiting.push(Wait::new("running", what, started.get(&n.id).cloned()));
+    }
+    if waiting.iter().any(|w| w.kind != "running") && verdict.result == Outcome::Passed {
+        verdict.result = Outcome::Pending;
+    }
+    verdict.complete = verdict.result.is_final() && waiting.is_empty();
+    verdict.waiting = waiting;
 }
 
 fn note(job: &Job, role: &str, counts: bool, why: String) -> JobNote {
@@ -364,10 +567,17 @@ fn note(job: &Job, role: &str, counts: bool, why: String) -> JobNote {
         role: role.to_string(),
         counts,
         why,
+        comment: None,
     }
 }
 
 /// `select` then `judge`, for callers that already hold every comment.
 pub fn decide(incident: u64, jobs: &[Job], comments: &HashMap<u64, Vec<Comment>>, rules: &Rules) -> Verdict {
     judge(&select(incident, jobs, rules), comments, rules)
+}
+
+impl Verdict {
+    pub fn submission(&self) -> Submission {
+        Submission { kind: self.kind, number: self.incident }
+    }
 }

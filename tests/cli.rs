@@ -264,3 +264,59 @@ async fn queue_bound(exchange: &str) -> bool {
     let _ = conn.close(200, "".into()).await;
     ok
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_a_pull_request_by_kind_and_number() {
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let env = env_for(&qa.url(), state.path());
+    let sha = "2cf58b3a9c32d139470a5f32d5aa64efbd0fa90dda0144b09421709252fcb0ea";
+    let pr = qa.gitea_job("products/SLFO", 8101, sha, "t0");
+    let ibs = qa.incident_job(8101, 1, "t0");
+    qa.sim.set_done(pr, "passed");
+    qa.sim.set_done(ibs, "failed");
+    let (git, incident, bad) = tokio::task::spawn_blocking(move || {
+        (run(&["check", "git:8101"], &env), run(&["check", "8101"], &env), run(&["check", "pr:8101"], &env))
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&git.stdout);
+    assert_eq!(git.status.code(), Some(0), "{text}");
+    assert!(text.contains("pull request git:8101: passed") && text.contains(&sha[..12]), "{text}");
+    assert!(!text.contains(&format!("counts  {ibs:>8}")), "the incident's job does not count: {text}");
+    assert_eq!(incident.status.code(), Some(1), "{}", String::from_utf8_lossy(&incident.stdout));
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+/// Issue 12: `check` says why a verdict is not final yet: the coverage policy's missing pieces and
+/// the quiet period since the incident's newest job, each with what and since when.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_explains_what_testing_still_waits_for() {
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut env = env_for(&qa.url(), state.path());
+    let job = qa.incident_job(8201, 1, "t0");
+    qa.sim.set_done(job, "passed");
+    env.push(("INCIDENT_GATE_COVERAGE", "*/*/*/*: tests=t0|t1".into()));
+    let out = tokio::task::spawn_blocking({
+        let env = env.clone();
+        move || run(&["check", "8201"], &env)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "a pass missing a required test is pending: {text}");
+    assert!(text.contains("testing not finished; still expected:"), "{text}");
+    assert!(text.contains("coverage   test t1 for "), "{text}");
+
+    // without the policy but with a quiet period: the job just seen holds the pass back
+    env.pop();
+    env.push(("INCIDENT_GATE_QUIET_PERIOD_S", "600".into()));
+    let out = tokio::task::spawn_blocking(move || run(&["check", "8201", "--json"], &env)).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!((v["result"].as_str(), v["complete"].as_bool()), (Some("pending"), Some(false)));
+    assert_eq!(v["waiting"][0]["kind"], "quiet");
+    assert!(v["waiting"][0]["what"].as_str().unwrap().starts_with("no new job for 600 s (until "), "{v}");
+    assert!(v["waiting"][0]["since"].is_string(), "{v}");
+}

@@ -372,3 +372,54 @@ async fn a_newer_aggregate_build_is_decided_without_waiting_for_the_older_builds
     assert_eq!(decided.len(), 1, "decided at the new build's last job: {decided:?}");
     assert_eq!(decided[0]["result"], "passed");
 }
+
+/// Issue 12: an incident named by a scheduled product still being scheduled is not decided, even
+/// when every job that exists has passed; once openQA finished scheduling it, it is decided once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_product_still_scheduling_holds_its_incidents() {
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    let product = qa.sim.add_scheduled_product(&[
+        ("DISTRI", "sle"),
+        ("VERSION", "15-SP6"),
+        ("FLAVOR", "Server-DVD-Incidents"),
+        ("ARCH", "x86_64"),
+        ("INCIDENT_ID", "4101"),
+        ("BUILD", ":4101:pkg"),
+    ]);
+    assert_eq!(
+        gate.submit("openqa_iso_create", &serde_json::json!({"scheduled_product_id": product})),
+        ig_status::IG_OK
+    );
+    qa.sim.set_product_status(product, "scheduling", &[]);
+    let first = qa.incident_job(4101, 304101, "t0");
+    assert_eq!(gate.submit("openqa_job_create", &serde_json::json!({"id": first})), ig_status::IG_OK);
+    qa.sim.set_done(first, "passed");
+    gate.job_done(first, "passed");
+    gate.flushed();
+    assert!(decisions_for(&gate, 4101).is_empty(), "no decision while the product is scheduling");
+    let v = gate.evaluate(4101).unwrap();
+    assert_eq!((v["result"].as_str(), v["complete"].as_bool()), (Some("pending"), Some(false)), "{v}");
+    assert_eq!(v["waiting"][0]["kind"], "scheduling", "{v}");
+    assert!(
+        v["waiting"][0]["what"].as_str().unwrap().contains(&format!("scheduled product {product}")),
+        "{v}"
+    );
+    assert!(v["waiting"][0]["since"].is_string(), "{v}");
+
+    // openQA creates the second job and finishes scheduling: decided once, over both jobs
+    let second = qa.incident_job(4101, 304101, "t1");
+    qa.sim.set_product_status(product, "scheduled", &[first, second]);
+    qa.sim.set_done(second, "passed");
+    gate.job_done(second, "passed");
+    let decided = common::eventually(Duration::from_secs(10), || {
+        let d = decisions_for(&gate, 4101);
+        (!d.is_empty()).then_some(d)
+    })
+    .await
+    .expect("decided once scheduling finished");
+    gate.flushed();
+    assert_eq!(decisions_for(&gate, 4101).len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["result"], "passed");
+}

@@ -37,6 +37,9 @@ fn decision(result: Outcome, request: Option<u64>, job_ids: &[u64]) -> Decision 
     let failed = blocking.len() as u64;
     let verdict = Verdict {
         incident: 12345,
+        kind: Default::default(),
+        sha: None,
+        repo: None,
         request,
         rrid: request.map(|r| format!("SUSE:Maintenance:12345:{r}")),
         result,
@@ -44,6 +47,8 @@ fn decision(result: Outcome, request: Option<u64>, job_ids: &[u64]) -> Decision 
         blocking,
         job_ids: job_ids.to_vec(),
         notes: vec![],
+        complete: true,
+        waiting: vec![],
     };
     Decision::new(verdict, "https://openqa.example.com")
 }

@@ -76,6 +76,7 @@ fn job(id: u64, test: &str, state: &str, result: &str, group: &str, extra: &[(&s
         group_id: Some(1),
         settings,
         t_finished: None,
+        t_started: None,
     }
 }
 
@@ -338,4 +339,81 @@ fn acceptable_for_reads_the_forms_openqa_users_write() {
     let v = verdict(200, &both, &[(2, text)]);
     let why = &v.notes.iter().find(|n| n.id == 2).unwrap().why;
     assert!(why.ends_with("acceptable for incident 200: bsc#1"), "{why}");
+}
+
+/// `select`, coverage and `hold` as the engine chains them (without the state directory).
+fn finished(incident: u64, jobs: &[Job], policy: &[&str]) -> Verdict {
+    use incident_gate::verdict::{hold, judge, missing_coverage, select, CoverageRule, Wait};
+    let (groups, url) = rules();
+    let rules = Rules { ignore_groups: &groups, openqa_url: url };
+    let sel = select(incident, jobs, &rules);
+    let policy: Vec<CoverageRule> = policy.iter().map(|r| CoverageRule::parse(r).unwrap()).collect();
+    let mut v = judge(&sel, &HashMap::new(), &rules);
+    let waiting =
+        missing_coverage(&sel, &policy).into_iter().map(|w| Wait::new("coverage", w, None)).collect();
+    hold(&mut v, waiting, &HashMap::new());
+    v
+}
+
+#[test]
+fn an_incident_with_no_job_of_its_own_never_passes() {
+    let jobs = [agg(1, "a", "20261124-1", "100", "done", "passed")];
+    let v = finished(100, &jobs, &[]);
+    assert_eq!(v.result, Outcome::Pending, "aggregate coverage alone is no pass");
+    assert!(!v.complete);
+    assert_eq!(v.waiting[0].what, "a job of incident 100's own (INCIDENT_ID=100)");
+    // a failing aggregate is still a failure worth telling, but not the end of testing
+    let jobs = [agg(1, "a", "20261124-1", "100", "done", "failed")];
+    let v = finished(100, &jobs, &[]);
+    assert_eq!((v.result, v.complete), (Outcome::Failed, false));
+}
+
+#[test]
+fn the_coverage_policy_holds_a_pass_until_what_it_names_exists() {
+    let own = inc(1, "a", 1, "done", "passed");
+    let policy =
+        ["sle/15-SP*/*-Incidents/x86_64: aggregate flavors=Server-DVD-Incidents|Desktop-DVD-Incidents"];
+    let v = finished(100, std::slice::from_ref(&own), &policy);
+    assert_eq!((v.result, v.complete), (Outcome::Pending, false));
+    let what: Vec<&str> = v.waiting.iter().map(|w| w.what.as_str()).collect();
+    assert_eq!(
+        what,
+        [
+            "an aggregate job listing incident 100 for sle 15-SP6 x86_64",
+            "jobs of flavor Desktop-DVD-Incidents for sle 15-SP6 x86_64"
+        ]
+    );
+    let desktop = job(
+        2,
+        "b",
+        "done",
+        "passed",
+        "Maintenance: SLE 15 SP6 Incidents",
+        &[("INCIDENT_ID", "100"), ("RRID", "SUSE:Maintenance:100:1"), ("FLAVOR", "Desktop-DVD-Incidents")],
+    );
+    let aggregate = agg(3, "c", "20261124-1", "100", "done", "passed");
+    let v = finished(100, &[own.clone(), desktop.clone(), aggregate], &policy);
+    assert_eq!((v.result, v.complete), (Outcome::Passed, true), "{:?}", v.waiting);
+    // a failing aggregate while a flavor is still missing: reported, incomplete
+    let aggregate = agg(3, "c", "20261124-1", "100", "done", "failed");
+    let v = finished(100, &[own.clone(), aggregate], &policy);
+    assert_eq!((v.result, v.complete), (Outcome::Failed, false));
+    // a policy for another product asks nothing of this one
+    let v = finished(100, &[own], &["sle/12-SP5/*/*: aggregate"]);
+    assert_eq!((v.result, v.complete), (Outcome::Passed, true));
+    // running jobs are named as what testing waits for
+    let v = finished(100, &[inc(1, "a", 1, "running", "none")], &[]);
+    assert_eq!(v.waiting[0].kind, "running");
+}
+
+#[test]
+fn coverage_rules_parse_or_say_why_not() {
+    use incident_gate::verdict::CoverageRule;
+    let r = CoverageRule::parse("sle/15-SP6/*/x86_64: aggregate tests=ltp|kernel").unwrap();
+    assert!(r.aggregate);
+    assert_eq!(r.tests, ["ltp", "kernel"]);
+    assert!(CoverageRule::parse("sle/15-SP6: aggregate").unwrap_err().contains("DISTRI/VERSION/FLAVOR/ARCH"));
+    assert!(CoverageRule::parse("a/b/c/d: everything").unwrap_err().contains("everything"));
+    let e = incident_gate::config::Config::from_json(r#"{"coverage":["nonsense"]}"#).unwrap_err();
+    assert!(e.0.contains("coverage"), "{e}");
 }

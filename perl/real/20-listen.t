@@ -18,7 +18,7 @@ my $pid = fork // die "fork: $!";
 if (!$pid) {
     open STDOUT, '>', "$ini.log" or die;
     open STDERR, '>&', \*STDOUT or die;
-    exec bin(), '--config', $ini, 'listen' or die "exec: $!";
+    exec bin(), 'listen', '--config', $ini or die "exec: $!";
 }
 
 run_scenarios($w, $oq);

@@ -13,7 +13,7 @@ use IGTest::Scenarios qw(new_world run_scenarios);
 my $w = new_world(base => 30000);
 # the hook reads its configuration when openQA runs it: written once openQA's URL is known
 my $ini = IGTest::tempdir(CLEANUP => 1) . '/openqa.ini';
-my $hook = join ' ', bin(), '--config', $ini, 'hook';
+my $hook = join ' ', bin(), 'hook', '--config', $ini;
 my $oq = IGTest::RealOpenQA->start(exchange => $w->{exchange}, prefix => $w->{prefix}, gru => 1,
     ini => {hooks => {map { ("job_done_hook_$_" => $hook) } qw(passed softfailed failed incomplete)}});
 Mojo::File::path($ini)->spurt(Mojo::File::path(write_ini({incident_gate => $w->gate_section($oq->url)}))->slurp);

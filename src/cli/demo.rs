@@ -5,12 +5,14 @@ use super::world::{self, World};
 use incident_gate::config::Config;
 use incident_gate::gate::Gate;
 use incident_gate::sim;
+use incident_gate::sim::gitea::{GiteaSim, GiteaSimConfig, Reviewer};
 use incident_gate::sim::openqa::SimEvent;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 struct Demo {
     world: World,
+    gitea: GiteaSim,
     gate: Gate,
     consumer: lapin::Consumer,
     seen_decisions: HashSet<String>,
@@ -20,6 +22,12 @@ struct Demo {
 
 const EXCHANGE: &str = "pubsub";
 const PACE: Duration = Duration::from_millis(250);
+/// The Gitea pull request of the demo: the same number as the IBS incident 12400.
+const PR: u64 = 12400;
+const SLFO: &str = "products/SLFO";
+const PR_SHA1: &str = "2cf58b3a9c32d139470a5f32d5aa64efbd0fa90dda0144b09421709252fcb0ea";
+const PR_SHA2: &str = "9d1e0c0ffee0c0dec0ffee0c0dec0ffee0c0dec0ffee0c0dec0ffee0c0debeef";
+const GITEA_USER: &str = "qam-openqa";
 
 fn say(started: Instant, text: &str) {
     out!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
@@ -51,7 +59,7 @@ impl Demo {
             let status = self.gate.status();
             let engine = &status["engine"];
             let backlog = &engine["outbox_backlog"];
-            if backlog["amqp"] == 0 && backlog["obs"] == 0 {
+            if backlog["amqp"] == 0 && backlog["obs"] == 0 && backlog["gitea"] == 0 {
                 let decisions = engine["recent_decisions"].as_array().cloned().unwrap_or_default();
                 let mut decided = false;
                 for d in decisions.iter().rev() {
@@ -63,7 +71,8 @@ impl Demo {
                     say(
                         self.started,
                         &format!(
-                            "incident-gate: incident {} → {} (request {}), {} ms after the event",
+                            "incident-gate: {}{} → {} (request {}), {} ms after the event",
+                            if d["kind"] == "gitea" { "pull request git:" } else { "incident " },
                             d["incident"],
                             d["result"].as_str().unwrap_or("?").to_uppercase(),
                             d["request"],
@@ -71,7 +80,11 @@ impl Demo {
                         ),
                     );
                     for delivery in d["deliveries"].as_array().into_iter().flatten() {
-                        let sink = if delivery["sink"] == "obs" { "IBS" } else { "AMQP" };
+                        let sink = match delivery["sink"].as_str() {
+                            Some("obs") => "IBS",
+                            Some("gitea") => "Gitea",
+                            _ => "AMQP",
+                        };
                         say(
                             self.started,
                             &format!("    {sink}: {}", delivery["outcome"].as_str().unwrap_or("-")),
@@ -81,7 +94,8 @@ impl Demo {
                         say(
                             self.started,
                             &format!(
-                                "    broker: suse.openqa.incident.done {{incident: {}, result: {}, blocking: {}}}",
+                                "    broker: suse.openqa.incident.done {{kind: {}, incident: {}, result: {}, blocking: {}}}",
+                                event["kind"],
                                 event["incident"],
                                 event["result"],
                                 event["blocking"].as_array().map_or(0, |b| b.len())
@@ -122,13 +136,21 @@ pub async fn run() -> Result<u8, String> {
     let (_conn, consumer) = world::incident_done_consumer(&amqp, EXCHANGE).await?;
     let state = std::env::temp_dir().join(format!("incident-gate-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    let config = Config::from_value(world.gate_config(&state, &amqp, EXCHANGE)).map_err(|e| e.to_string())?;
+    let token = format!("demo-{}", std::process::id());
+    let gitea = incident_gate::sim::gitea::try_start(GiteaSimConfig::new(&token, GITEA_USER))
+        .await
+        .map_err(|e| format!("Gitea simulator: {e}"))?;
+    let mut gate_config = world.gate_config(&state, &amqp, EXCHANGE);
+    gate_config["gitea_url"] = gitea.url().into();
+    gate_config["gitea_token"] = token.into();
+    let config = Config::from_value(gate_config).map_err(|e| e.to_string())?;
     say(
         started,
         &format!(
-            "openQA simulator {}  IBS simulator {}  broker {}",
+            "openQA simulator {}  IBS simulator {}  Gitea simulator {}  broker {}",
             world.openqa.url(),
             world.obs.url(),
+            gitea.url(),
             config.amqp_url.redacted()
         ),
     );
@@ -143,7 +165,7 @@ pub async fn run() -> Result<u8, String> {
     );
     let gate = Gate::new(config);
     let mut demo =
-        Demo { world, gate, consumer, seen_decisions: HashSet::new(), events: Vec::new(), started };
+        Demo { world, gitea, gate, consumer, seen_decisions: HashSet::new(), events: Vec::new(), started };
     let result = play(&mut demo).await;
     let _ = std::fs::remove_dir_all(&state);
     world::remove_created_exchanges(&amqp).await;
@@ -213,6 +235,38 @@ async fn play(d: &mut Demo) -> Result<(), String> {
     d.event("the aggregate failure is known for openssl (12345) too", ev).await?;
     let ev = d.world.openqa.set_done(clone, "passed");
     d.event(&format!("12345 qam-minimal (clone {clone}) passed"), ev).await?;
+    gitea_pull_request(d).await
+}
+
+/// SLE 16: a Gitea pull request with the same number as IBS incident 12400, decided on its own
+/// jobs; a push after testing is not approved, the new head is.
+async fn gitea_pull_request(d: &mut Demo) -> Result<(), String> {
+    d.step(&format!(
+        "SLE 16: Gitea pull request {SLFO}#{PR} (the same number as incident 12400) asks qam-openqa"
+    ));
+    d.gitea.create_pr(SLFO, PR, PR_SHA1);
+    d.gitea.request_review(SLFO, PR, Reviewer::User("qam-openqa-review".into()));
+    let group = d.world.incidents_group;
+    let job = |d: &Demo, sha: &str, test: &str| {
+        let settings = sim::gitea_job_settings(SLFO, PR, sha, "kernel-default", test);
+        d.world.openqa.create_job(&sim::borrowed(&settings), group)
+    };
+    let (a, b) = (job(d, PR_SHA1, "qam-minimal"), job(d, PR_SHA1, "mau-extratests"));
+    say(d.started, &format!("openQA: 2 jobs with SUBMISSION_ID=git:{PR}, GITEA_SHA={}", &PR_SHA1[..12]));
+    let ev = d.world.openqa.set_done(a, "passed");
+    d.event(&format!("git:{PR} qam-minimal passed"), ev).await?;
+    d.step("The maintainer pushes a new commit before testing ends");
+    d.gitea.push(SLFO, PR, PR_SHA2);
+    say(d.started, &format!("Gitea: head of #{PR} is now {}", &PR_SHA2[..12]));
+    let ev = d.world.openqa.set_done(b, "passed");
+    d.event(&format!("git:{PR} mau-extratests passed: results for the old commit"), ev).await?;
+    d.step("The workflow bot requests the review again; openQA tests the new head");
+    d.gitea.request_review(SLFO, PR, Reviewer::User("qam-openqa-review".into()));
+    let (a, b) = (job(d, PR_SHA2, "qam-minimal"), job(d, PR_SHA2, "mau-extratests"));
+    let ev = d.world.openqa.set_done(a, "passed");
+    d.event(&format!("git:{PR} qam-minimal passed ({})", &PR_SHA2[..12]), ev).await?;
+    let ev = d.world.openqa.set_done(b, "passed");
+    d.event(&format!("git:{PR} mau-extratests passed ({})", &PR_SHA2[..12]), ev).await?;
     Ok(())
 }
 
@@ -228,7 +282,8 @@ fn summary(d: &Demo) {
             .map(|b| format!("{} {}", b["id"], b["result"].as_str().unwrap_or("")))
             .collect();
         out!(
-            "  incident {} request {} {:<7} jobs {} blocking [{}] event_id {}",
+            "  {:<6} {} request {} {:<7} jobs {} blocking [{}] event_id {}",
+            e["kind"].as_str().unwrap_or(""),
             e["incident"],
             e["request"],
             e["result"].as_str().unwrap_or(""),
@@ -257,6 +312,13 @@ fn summary(d: &Demo) {
             for line in c.text.lines().take(8) {
                 out!("      │ {line}");
             }
+        }
+    }
+    out!("\nGitea pull request {SLFO}#{PR} (head {}):", d.gitea.head(SLFO, PR).unwrap_or_default());
+    for c in d.gitea.comments(SLFO, PR) {
+        out!("  comment by {}:", c.user);
+        for line in c.body.lines().filter(|l| !l.trim().is_empty()).take(5) {
+            out!("      │ {line}");
         }
     }
     out!("\nDone in {:.1}s.", d.started.elapsed().as_secs_f64());

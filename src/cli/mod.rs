@@ -2,7 +2,7 @@
 
 use incident_gate::config::Config;
 use incident_gate::engine::Core;
-use incident_gate::incident::incidents_of;
+use incident_gate::incident::{submissions_of, Kind, Submission};
 use incident_gate::verdict::{Outcome, Verdict};
 use std::path::Path;
 use std::sync::Arc;
@@ -92,7 +92,7 @@ const EXIT_UNAVAILABLE: u8 = 3;
 /// backoff: a run is the only chance a hook-only setup has. 3 when deliveries stay queued.
 pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, String> {
     let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
-    let mut incidents = job.as_ref().map(|j| incidents_of(&j.settings)).unwrap_or_default();
+    let mut incidents = job.as_ref().map(|j| submissions_of(&j.settings)).unwrap_or_default();
     match &job {
         None => out!("job {job_id} does not exist (any more)"),
         Some(_) if incidents.is_empty() => out!("job {job_id} tests no maintenance incident"),
@@ -158,18 +158,32 @@ fn summary(v: &Verdict) -> String {
     if let Some(rrid) = &v.rrid {
         s.push_str(&format!(" ({rrid})"));
     }
+    if let Some(sha) = &v.sha {
+        s.push_str(&format!(" (tested commit {sha})"));
+    }
     s
 }
 
-pub async fn check(core: Arc<Core>, incident: u64, json: bool) -> Result<u8, String> {
+pub async fn check(core: Arc<Core>, incident: Submission, json: bool) -> Result<u8, String> {
     let verdict = core.evaluate(incident).await.map_err(|e| e.to_string())?;
     if json {
         out!("{}", serde_json::to_string_pretty(&verdict).map_err(|e| e.to_string())?);
         return Ok(exit_code(verdict.result));
     }
-    out!("incident {incident}: {}", summary(&verdict));
+    let what = if incident.kind == Kind::Gitea { "pull request" } else { "incident" };
+    out!("{what} {incident}: {}", summary(&verdict));
     for b in &verdict.blocking {
         out!("  BLOCKING {} {} ({}) {}", b.id, b.result, b.group, b.url);
+    }
+    if verdict.complete {
+        out!("testing finished");
+    } else {
+        // why nothing is approved yet: what is still expected or running, and since when
+        out!("testing not finished; still expected:");
+        for w in &verdict.waiting {
+            let since = w.since.as_deref().map(|s| format!(" since {s}")).unwrap_or_default();
+            out!("  {:<10} {}{since}", w.kind, w.what);
+        }
     }
     out!("jobs:");
     for n in &verdict.notes {
@@ -190,7 +204,7 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
     }
     let (backlog, pending) = (&summary.outbox_backlog, &summary.pending_incidents);
     out!("state: {}", store.path().display());
-    out!("outbox backlog: {} AMQP, {} IBS", backlog.amqp, backlog.obs);
+    out!("outbox backlog: {} AMQP, {} IBS, {} Gitea", backlog.amqp, backlog.obs, backlog.gitea);
     out!("pending incidents: {pending:?}");
     out!("recent decisions:");
     for d in summary.recent_decisions {
@@ -202,7 +216,7 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
         out!(
             "  {} incident {} request {} {} — {}",
             d.decided_at,
-            d.incident,
+            Submission { kind: d.kind, number: d.incident },
             d.request.map(|r| r.to_string()).unwrap_or_else(|| "?".into()),
             d.result,
             deliveries.join("; ")

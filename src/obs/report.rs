@@ -149,6 +149,9 @@ pub fn summary_line(decision: &Decision) -> String {
     }
 }
 
+/// Entries of "still expected" shown in a comment; the rest is counted.
+const MAX_WAITS_SHOWN: usize = 20;
+
 /// The request comment: marker, verdict, counts, blocking jobs (as many as fit), overview link.
 pub fn render_comment(decision: &Decision) -> String {
     let v = &decision.verdict;
@@ -172,8 +175,34 @@ pub fn render_comment(decision: &Decision) -> String {
         head.push_str(&counts_line(decision));
         head.push_str("\n\n");
     }
+    if !v.complete {
+        // a failure is reported at once, but it is not the end: say what is still expected
+        head.push_str("Testing is not finished yet; still expected:\n\n");
+        for w in v.waiting.iter().take(MAX_WAITS_SHOWN) {
+            let since =
+                w.since.as_deref().map(|s| format!(" (since {})", escape_markdown(s))).unwrap_or_default();
+            head.push_str(&format!("- {}{since}\n", escape_markdown(&cut(&w.what, MAX_NAME_CHARS))));
+        }
+        if v.waiting.len() > MAX_WAITS_SHOWN {
+            head.push_str(&format!("- ... and {} more\n", v.waiting.len() - MAX_WAITS_SHOWN));
+        }
+        head.push('\n');
+    }
 
     let mut tail = String::new();
+    if v.result == Outcome::Failed && !decision.contacts.is_empty() {
+        tail.push_str("Whom to contact for the blocking jobs:\n\n");
+        for (group, lines) in decision.contacts.iter().take(20) {
+            tail.push_str(&format!(
+                "- {}: {}\n",
+                escape_markdown(&cut(group, MAX_NAME_CHARS)),
+                escape_markdown(&cut(&lines.join("; "), 300))
+            ));
+        }
+        tail.push('\n');
+    }
+    let page = escape_url(&crate::decision::page_url(&decision.openqa, v.incident));
+    tail.push_str(&format!("[Why: incident {} explained on openQA]({page})\n\n", v.incident));
     let overview = escape_url(&overview_url(&decision.openqa, v.incident));
     tail.push_str(&format!("[All openQA jobs of incident {}]({overview})\n\n", v.incident));
     tail.push_str(&format!("Decided by incident-gate at {}.\n", escape_markdown(&decision.decided_at)));
@@ -229,7 +258,7 @@ pub fn review_message(decision: &Decision) -> String {
         Outcome::Passed => format!(
             "{}. Details: {}",
             summary_line(decision),
-            overview_url(&decision.openqa, decision.verdict.incident)
+            crate::decision::page_url(&decision.openqa, decision.verdict.incident)
         ),
         _ => render_comment(decision),
     }
@@ -244,6 +273,9 @@ mod tests {
         let failed = blocking.len() as u64;
         let verdict = Verdict {
             incident: 12345,
+            kind: Default::default(),
+            sha: None,
+            repo: None,
             request: Some(300001),
             rrid: Some("SUSE:Maintenance:12345:300001".into()),
             result,
@@ -251,6 +283,8 @@ mod tests {
             blocking,
             job_ids: vec![1, 2, 3],
             notes: vec![],
+            complete: true,
+            waiting: vec![],
         };
         let mut d = Decision::new(verdict, "https://openqa.example.com/");
         d.decided_at = "2026-11-24T17:03:12Z".into();
@@ -305,6 +339,28 @@ mod tests {
         for line in body.lines().filter(|l| l.starts_with("| [")) {
             assert_eq!(line.matches('|').count(), 5, "{line}");
         }
+    }
+
+    #[test]
+    fn comments_link_the_incident_page_and_name_whom_to_contact() {
+        let mut d = decision(Outcome::Failed, vec![job(4711, "mau-extratests")]);
+        d.contacts
+            .insert("Maintenance: SLE 15 SP6 Incidents".into(), vec!["@qam-sle, jane@example.com".into()]);
+        let body = render_comment(&d);
+        assert!(
+            body.contains(
+                "[Why: incident 12345 explained on openQA](https://openqa.example.com/incident%5Fgate/12345)"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("Whom to contact for the blocking jobs:"), "{body}");
+        assert!(
+            body.contains("- Maintenance: SLE 15 SP6 Incidents: &#64;qam-sle, jane&#64;example.com"),
+            "{body}"
+        );
+        let passed = review_message(&decision(Outcome::Passed, vec![]));
+        assert!(passed.ends_with("Details: https://openqa.example.com/incident_gate/12345"), "{passed}");
+        assert_eq!(d.event_json()["page"], "https://openqa.example.com/incident_gate/12345");
     }
 
     #[test]

@@ -21,8 +21,11 @@ pub struct Plan {
     pub comment: bool,
 }
 
-pub fn plan(policy: ReviewPolicy, result: Outcome) -> Plan {
+/// `complete`: testing is finished. Before that nothing is approved or declined, whatever the
+/// policy: a failure is only commented (more jobs, or a restart, may still come).
+pub fn plan(policy: ReviewPolicy, result: Outcome, complete: bool) -> Plan {
     let review = match (policy, result) {
+        _ if !complete => None,
         (ReviewPolicy::AcceptOnpass | ReviewPolicy::AcceptDecline, Outcome::Passed) => {
             Some(ReviewDecision::Accepted)
         }
@@ -87,11 +90,11 @@ async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> 
     }
     if cfg.review_policy == ReviewPolicy::DryRun {
         // what the default policy would have done, without even reading the request
-        let would = describe(plan(ReviewPolicy::AcceptOnpass, v.result), group, rr);
+        let would = describe(plan(ReviewPolicy::AcceptOnpass, v.result, v.complete), group, rr);
         tracing::info!(incident = v.incident, request = rr, "dry-run: would {would}");
         return Delivery::Final(format!("dry-run: would {would} ({})", v.result.as_str()));
     }
-    let plan = plan(cfg.review_policy, v.result);
+    let plan = plan(cfg.review_policy, v.result, v.complete);
 
     let request = match client.get_request(rr).await {
         Ok(r) => r,
@@ -117,7 +120,7 @@ async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> 
         if let Err(e) = client.change_review(rr, ReviewDecision::Reopened, group, &message).await {
             return failed(&format!("request {rr}: cannot reopen the {group} review"), &e);
         }
-        tracing::warn!(incident = v.incident, request = rr, "reopened the {group} review we had accepted");
+        tracing::info!(incident = v.incident, request = rr, "reopened the {group} review we had accepted");
         done.push(format!("reopened the {group} review we had accepted"));
     }
 
@@ -238,13 +241,16 @@ mod tests {
     #[test]
     fn plans_per_policy() {
         use ReviewPolicy::*;
-        let p = |pol, res| plan(pol, res).review;
+        let p = |pol, res| plan(pol, res, true).review;
         assert_eq!(p(AcceptOnpass, Outcome::Passed), Some(ReviewDecision::Accepted));
         assert_eq!(p(AcceptOnpass, Outcome::Failed), None);
         assert_eq!(p(AcceptDecline, Outcome::Failed), Some(ReviewDecision::Declined));
         assert_eq!(p(AcceptDecline, Outcome::NoJobs), None);
         assert_eq!(p(Comment, Outcome::Passed), None);
         assert_eq!(p(DryRun, Outcome::Passed), None);
-        assert!(!plan(DryRun, Outcome::Passed).comment);
+        assert!(!plan(DryRun, Outcome::Passed, true).comment);
+        // testing not finished: a failure is commented, never declined
+        assert_eq!(plan(AcceptDecline, Outcome::Failed, false).review, None);
+        assert!(plan(AcceptDecline, Outcome::Failed, false).comment);
     }
 }

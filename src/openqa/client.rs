@@ -8,7 +8,7 @@
 
 use crate::config::{Config, Secret};
 use crate::openqa::auth;
-use crate::openqa::model::{Comment, Job, JobEnvelope, JobGroup, JobIds, JobList};
+use crate::openqa::model::{Comment, Job, JobEnvelope, JobGroup, JobIds, JobList, ScheduledProduct};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
@@ -436,6 +436,18 @@ impl OpenQaClient {
     pub async fn comments(&self, job_id: u64) -> Result<Vec<Comment>, ApiError> {
         let path = format!("/api/v1/jobs/{job_id}/comments");
         Ok(self.get_json::<Vec<Comment>>(&path, &[], true).await?.unwrap_or_default())
+    }
+
+    /// `GET /api/v1/job_groups/<id>`: one job group (openQA answers a list of one); None when gone.
+    pub async fn job_group(&self, id: u64) -> Result<Option<JobGroup>, ApiError> {
+        let path = format!("/api/v1/job_groups/{id}");
+        Ok(self.get_json::<Vec<JobGroup>>(&path, &[], true).await?.and_then(|g| g.into_iter().next()))
+    }
+
+    /// `GET /api/v1/isos/<id>?include_job_ids=1`: a scheduled product, None when it is gone.
+    pub async fn scheduled_product(&self, id: u64) -> Result<Option<ScheduledProduct>, ApiError> {
+        let path = format!("/api/v1/isos/{id}");
+        self.get_json::<ScheduledProduct>(&path, &[("include_job_ids", "1")], true).await
     }
 
     /// `GET /api/v1/job_groups`: every job group.

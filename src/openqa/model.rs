@@ -27,6 +27,9 @@ pub struct Job {
     pub settings: BTreeMap<String, String>,
     #[serde(default)]
     pub t_finished: Option<String>,
+    /// Shown as "running since" while testing waits on the job.
+    #[serde(default)]
+    pub t_started: Option<String>,
 }
 
 impl Job {
@@ -77,4 +80,40 @@ pub struct JobGroup {
     pub parent_id: Option<u64>,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// A scheduled product as `GET /api/v1/isos/<id>?include_job_ids=1` shows it (openQA sends more
+/// columns; these say whether it still creates jobs and for which incidents).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledProduct {
+    pub id: u64,
+    /// `added`, `scheduling`, `scheduled`, `cancelling`, `cancelled`.
+    pub status: String,
+    #[serde(default)]
+    pub settings: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    pub job_ids: Vec<u64>,
+    #[serde(default)]
+    pub t_created: Option<String>,
+}
+
+impl ScheduledProduct {
+    /// Still creating jobs: an incident it names is not finished.
+    pub fn is_scheduling(&self) -> bool {
+        matches!(self.status.as_str(), "added" | "scheduling")
+    }
+
+    /// Its settings as strings (openQA stores what was posted; numbers may come back as numbers).
+    pub fn string_settings(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (k, v) in self.settings.iter().flatten() {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            out.insert(k.clone(), v);
+        }
+        out
+    }
 }

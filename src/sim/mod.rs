@@ -29,6 +29,31 @@ pub fn incident_job_settings(
     ])
 }
 
+/// Settings of a job of Gitea pull request `pr` of `repo` at commit `sha`, as qem-bot's
+/// gitea-trigger schedules them (`INCIDENT_ID` is the bare PR number, as on real jobs).
+pub fn gitea_job_settings(
+    repo: &str,
+    pr: u64,
+    sha: &str,
+    package: &str,
+    test: &str,
+) -> Vec<(String, String)> {
+    settings(&[
+        ("DISTRI", "sle"),
+        ("VERSION", "16.0"),
+        ("FLAVOR", "Online-Increments"),
+        ("ARCH", "x86_64"),
+        ("MACHINE", "64bit"),
+        ("TEST", test),
+        ("BUILD", &format!(":git:{pr}:{package}")),
+        ("INCIDENT_ID", &pr.to_string()),
+        ("SUBMISSION_ID", &format!("git:{pr}")),
+        ("_GITEA_PR", &pr.to_string()),
+        ("GITEA_REPO", repo),
+        ("GITEA_SHA", sha),
+    ])
+}
+
 /// Settings of an aggregate job of `build` listing `incidents` in `OS_TEST_ISSUES`.
 pub fn aggregate_job_settings(build: &str, incidents: &[u64], test: &str) -> Vec<(String, String)> {
     let issues: Vec<String> = incidents.iter().map(|i| i.to_string()).collect();

@@ -65,7 +65,8 @@ pub enum Flavor {
     /// openQA as packaged in Debian 12 (4.6.1674490999): `job_settings/jobs` knows only
     /// `list_value` (400 "list_value missing" for `value=`) and no `[]` keys, no bulk comment
     /// routes, no `failedmodules` in AMQP job messages, no CASEDIR priority adjustment, comments
-    /// always rendered, a non-numeric `ids` element is a 500.
+    /// always rendered, a non-numeric `ids` element is a 500, no `follow=` or `job_setting=`,
+    /// errors without `error_status`, list pages of 10 000 jobs (at most 100 000).
     Debian12,
 }
 
@@ -174,6 +175,8 @@ fn is_num(s: &str) -> bool {
 }
 
 /// SQL `LIKE` with openQA's `*` -> `%`: `%` any run, `_` any one character, the rest literal.
+/// Callers test the cheap value match first: this allocates, and the settings scan of a busy
+/// simulated day runs it for every row.
 fn like(pattern: &str, text: &str) -> bool {
     crate::verdict::wildcard_match(&pattern.replace('*', "%"), text, '%', '_')
 }
@@ -1052,8 +1055,8 @@ impl Db {
         let limit: usize = params
             .get("limit")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(GENERIC_DEFAULT_LIMIT)
-            .min(self.max_limit.unwrap_or(GENERIC_MAX_LIMIT));
+            .unwrap_or(self.default_limit())
+            .min(self.max_limit.unwrap_or(self.flavor_max_limit()));
         if limit == 0 {
             return refuse(400, "Limit exceeds maximum");
         }
@@ -1185,7 +1188,7 @@ impl Db {
                     .settings
                     .iter()
                     .filter(|r| {
-                        r.job_id > min_id && like(key, &r.key) && r.value.split(',').any(|e| e == element)
+                        r.job_id > min_id && r.value.split(',').any(|e| e == element) && like(key, &r.key)
                     })
                     .collect();
                 matching.sort_by(|a, b| b.job_id.cmp(&a.job_id).then(b.id.cmp(&a.id)));
@@ -1221,10 +1224,28 @@ impl Db {
         let mut matching: Vec<&SettingRow> = self
             .settings
             .iter()
-            .filter(|r| r.job_id > min_id && like(key, &r.key) && r.value.split(',').any(|e| e == element))
+            .filter(|r| r.job_id > min_id && r.value.split(',').any(|e| e == element) && like(key, &r.key))
             .collect();
         matching.sort_by(|a, b| b.job_id.cmp(&a.job_id).then(b.id.cmp(&a.id)));
         Ok(json!({ "jobs": matching.into_iter().map(|r| r.job_id).collect::<Vec<_>>() }))
+    }
+
+    /// `misc_limits.generic_default_limit`: Debian 12's openQA shipped 10 000, upstream 1 000.
+    fn default_limit(&self) -> usize {
+        if self.flavor == Flavor::Debian12 {
+            10 * GENERIC_DEFAULT_LIMIT
+        } else {
+            GENERIC_DEFAULT_LIMIT
+        }
+    }
+
+    /// `misc_limits.generic_max_limit`: Debian 12's openQA shipped 100 000, upstream 10 000.
+    fn flavor_max_limit(&self) -> usize {
+        if self.flavor == Flavor::Debian12 {
+            10 * GENERIC_MAX_LIMIT
+        } else {
+            GENERIC_MAX_LIMIT
+        }
     }
 
     /// Fault injection: the refusal configured for one of these jobs.
@@ -1323,6 +1344,8 @@ struct Shared {
     credentials: Mutex<Option<(String, String)>>,
     signatures_ok: AtomicU64,
     signatures_bad: AtomicU64,
+    /// Scheduled products (`POST /api/v1/isos`), as `ScheduledProducts::to_hash` renders them.
+    products: Mutex<BTreeMap<u64, Value>>,
 }
 
 impl Shared {
@@ -1374,6 +1397,7 @@ pub async fn start_on(addr: SocketAddr) -> std::io::Result<OpenQaSim> {
         credentials: Mutex::new(None),
         signatures_ok: AtomicU64::new(0),
         signatures_bad: AtomicU64::new(0),
+        products: Mutex::new(BTreeMap::new()),
     });
     let app = Router::new().fallback(handle).with_state(shared.clone());
     let server = tokio::spawn(async move {
@@ -1392,6 +1416,40 @@ impl OpenQaSim {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A scheduled product as `POST /api/v1/isos` creates it (status `added`), announced like
+    /// openQA does with the in-process `openqa_iso_create` `{scheduled_product_id}` (the AMQP
+    /// plugin does not forward it). Its jobs are created with `create_job`; `set_product_status`
+    /// moves it on (`scheduling`, `scheduled`, `cancelled`) as openQA's scheduling task does.
+    pub fn add_scheduled_product(&self, settings: &[(&str, &str)]) -> u64 {
+        let id = {
+            let mut products = self.shared.products.lock().unwrap_or_else(|p| p.into_inner());
+            let id = products.keys().next_back().copied().unwrap_or(0) + 1;
+            let settings: serde_json::Map<String, Value> =
+                settings.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            let now = iso_plain(SystemTime::now());
+            products.insert(
+                id,
+                json!({"id": id, "status": "added", "settings": settings, "results": null,
+                       "distri": settings.get("DISTRI"), "version": settings.get("VERSION"),
+                       "flavor": settings.get("FLAVOR"), "arch": settings.get("ARCH"),
+                       "build": settings.get("BUILD"), "iso": settings.get("ISO"),
+                       "user_id": 1, "gru_task_id": null, "minion_job_id": null,
+                       "t_created": now, "t_updated": now, "job_ids_": []}),
+            );
+            id
+        };
+        self.shared.emit(&SimEvent::in_process("openqa_iso_create", json!({"scheduled_product_id": id})));
+        id
+    }
+
+    pub fn set_product_status(&self, id: u64, status: &str, job_ids: &[u64]) {
+        let mut products = self.shared.products.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = products.get_mut(&id) {
+            p["status"] = json!(status);
+            p["job_ids_"] = json!(job_ids);
+        }
     }
 
     /// Creates a job group; returns its id. Panics if the name is empty or taken.
@@ -1791,6 +1849,21 @@ async fn route(
         ["comments"] if post && upstream => write(&sim, |db| db.create_comments(&params)),
         ["comments"] if method == Method::DELETE && upstream => write(&sim, |db| db.delete_comments(&params)),
         ["job_settings", "jobs"] if get => reply(sim.db().job_settings_jobs(&params)),
+        ["isos", id] if get => {
+            let products = sim.products.lock().unwrap_or_else(|p| p.into_inner());
+            match numeric(id).and_then(|id| products.get(&id)) {
+                Some(p) => {
+                    let mut body = p.clone();
+                    let ids = body.as_object_mut().and_then(|o| o.remove("job_ids_"));
+                    // `include_job_ids` as Perl reads it: any true value
+                    if params.get("include_job_ids").is_some_and(|v| !v.is_empty() && v != "0") {
+                        body["job_ids"] = ids.unwrap_or(json!([]));
+                    }
+                    json_response(200, &body)
+                }
+                None => json_response(404, &json!({"error": "Scheduled product does not exist."})),
+            }
+        }
         ["job_groups"] if get => reply(sim.db().groups_json(None)),
         ["job_groups"] if post => write(&sim, |db| db.create_group(&params).map(|(r, _)| (200, r, vec![]))),
         ["job_groups", id] if get => match numeric(id) {

@@ -85,6 +85,19 @@ static void bad_input(const char *config) {
               strstr(out, "\"invalid_shape\":3"),
           "status counts rejections by reason: %s", out ? out : "(null)");
     ig_string_free(out);
+    out = NULL;
+    EXPECT_STATUS(ig_gate_incidents(NULL, "{}", &out), IG_NULL_ARGUMENT, "incidents(NULL gate)");
+    EXPECT_STATUS(ig_gate_incidents(gate, NULL, &out), IG_NULL_ARGUMENT, "incidents(NULL query)");
+    EXPECT_STATUS(ig_gate_incidents(gate, "{}", NULL), IG_NULL_ARGUMENT, "incidents(NULL out)");
+    EXPECT_STATUS(ig_gate_incidents(gate, "{\"state\":", &out), IG_INVALID_JSON, "incidents(invalid JSON)");
+    EXPECT_STATUS(ig_gate_incidents(gate, "{\"state\":1}", &out), IG_INVALID_ARGUMENT, "incidents(state of wrong type)");
+    EXPECT_STATUS(ig_gate_incidents(gate, "{\"nope\":1}", &out), IG_INVALID_ARGUMENT, "incidents(unknown key)");
+    CHECK(strstr(ig_last_error(), "nope") != NULL, "the message names the key: %s", ig_last_error());
+    EXPECT_STATUS(ig_gate_incidents(gate, "{\"search\":\"\xc3\x28\"}", &out), IG_INVALID_UTF8, "incidents(invalid UTF-8)");
+    EXPECT_STATUS(ig_gate_incidents(gate, "{}", &out), IG_OK, "incidents");
+    CHECK(out && strstr(out, "\"incidents\":[]") && strstr(out, "\"total\":0"), "no incidents known yet: %s",
+          out ? out : "(null)");
+    ig_string_free(out);
     ig_string_free(NULL);
     ig_gate_free(NULL);
     CHECK(strlen(ig_version()) > 0, "version %s", ig_version());
@@ -128,6 +141,14 @@ static void drive(ig_gate *gate, const char *who, unsigned long long incident, i
     CHECK(status && strstr(status, "\"running\":true") && strstr(status, "\"result\":\"passed\""),
           "%s: status shows the engine running and the decision: %.300s", who, status ? status : "");
     ig_string_free(status);
+    char query[96], *list = NULL, incident_key[64];
+    snprintf(query, sizeof query, "{\"incident\":%llu}", incident);
+    snprintf(incident_key, sizeof incident_key, "\"incident\":%llu,", incident);
+    EXPECT_STATUS(ig_gate_incidents(gate, query, &list), IG_OK, "incidents");
+    CHECK(list && strstr(list, incident_key) && strstr(list, "\"result\":\"passed\"") &&
+              strstr(list, "\"decisions\":[{"),
+          "%s: incidents lists the decided incident with its decisions: %.400s", who, list ? list : "");
+    ig_string_free(list);
 }
 
 struct log_seen {

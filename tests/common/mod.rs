@@ -41,6 +41,12 @@ impl OpenQa {
         self.sim.create_job(&sim::borrowed(&settings), self.incidents_group)
     }
 
+    /// A job of Gitea pull request `pr` of `repo` at commit `sha`.
+    pub fn gitea_job(&self, repo: &str, pr: u64, sha: &str, test: &str) -> u64 {
+        let settings = sim::gitea_job_settings(repo, pr, sha, "pkg", test);
+        self.sim.create_job(&sim::borrowed(&settings), self.incidents_group)
+    }
+
     /// An aggregate job of `build` listing `incidents`.
     pub fn aggregate_job(&self, build: &str, incidents: &[u64], test: &str) -> u64 {
         let settings = sim::aggregate_job_settings(build, incidents, test);
@@ -115,6 +121,12 @@ impl CGate {
 
     pub fn evaluate(&self, incident: u64) -> Result<serde_json::Value, ig_status> {
         self.take_string(|out| unsafe { ig_gate_evaluate(self.0, incident, out) })
+    }
+
+    /// `ig_gate_evaluate_submission`: `"git:124"`, `"124"`.
+    pub fn evaluate_submission(&self, submission: &str) -> Result<serde_json::Value, ig_status> {
+        let s = CString::new(submission).unwrap();
+        self.take_string(|out| unsafe { ig_gate_evaluate_submission(self.0, s.as_ptr(), out) })
     }
 
     /// Decisions recorded in the state directory, newest first, as the status shows them.

@@ -39,7 +39,10 @@ sub new ($class, $library) {
         gate_new => $ffi->function(ig_gate_new => ['string', 'opaque*'] => 'int'),
         submit => $ffi->function(ig_gate_submit => ['opaque', 'string', 'string'] => 'int'),
         evaluate => $ffi->function(ig_gate_evaluate => ['opaque', 'uint64', 'opaque*'] => 'int'),
+        evaluate_submission =>
+          $ffi->function(ig_gate_evaluate_submission => ['opaque', 'string', 'opaque*'] => 'int'),
         status => $ffi->function(ig_gate_status => ['opaque', 'opaque*'] => 'int'),
+        incidents => $ffi->function(ig_gate_incidents => ['opaque', 'string', 'opaque*'] => 'int'),
         flush => $ffi->function(ig_gate_flush => ['opaque', 'uint32'] => 'int'),
         free => $ffi->function(ig_gate_free => ['opaque'] => 'void'),
         string_free => $ffi->function(ig_string_free => ['opaque'] => 'void'),
@@ -109,9 +112,22 @@ sub evaluate ($self, $incident) {
     return $status == 0 ? (0, $self->{lib}->_take_string($out)) : $self->_fail($status);
 }
 
+# Blocking, for a submission named "12345", "ibs:12345" or "git:124": as evaluate.
+sub evaluate_submission ($self, $submission) {
+    my $status = $self->{lib}{f}{evaluate_submission}->call($self->{ptr}, $submission, \my $out);
+    return $status == 0 ? (0, $self->{lib}->_take_string($out)) : $self->_fail($status);
+}
+
 # (IG_OK, $status_json) or ($status, $error).
 sub status ($self) {
     my $status = $self->{lib}{f}{status}->call($self->{ptr}, \my $out);
+    return $status == 0 ? (0, $self->{lib}->_take_string($out)) : $self->_fail($status);
+}
+
+# The incidents the state directory knows, for a JSON query ({state, search, incident, limit}):
+# (IG_OK, $list_json) or ($status, $error).
+sub incidents ($self, $query_json) {
+    my $status = $self->{lib}{f}{incidents}->call($self->{ptr}, $query_json, \my $out);
     return $status == 0 ? (0, $self->{lib}->_take_string($out)) : $self->_fail($status);
 }
 

@@ -44,7 +44,13 @@ sub gate_section ($self, $openqa_url, %extra) {
         amqp_exchange => $self->{exchange}, amqp_topic_prefix => $self->{prefix},
         obs_url => $self->{sim}{obs}, obs_user => $self->{sim}{obs_user},
         obs_password => $self->{sim}{obs_password}, review_policy => 'accept-onpass',
-        (defined $openqa_url ? (openqa_url => $openqa_url) : ()), state_dir => IGTest::tempdir(CLEANUP => 1), %extra,
+        (defined $openqa_url ? (openqa_url => $openqa_url) : ()), state_dir => IGTest::tempdir(CLEANUP => 1),
+        # the coverage policy of the "testing is finished" scenarios; each its own VERSION so that
+        # the other scenarios (15-SP6) are not affected
+        coverage => join(', ', 'sle/15-SP7/*-Incidents/x86_64: tests=mau-extratests|qam-minimal|mau-webserver',
+            'sle/15-SP8/*-Incidents/x86_64: flavors=Server-DVD-Incidents|Desktop-DVD-Incidents',
+            'sle/15-SP9/*-Incidents/x86_64: aggregate'),
+        %extra,
     };
 }
 
@@ -296,9 +302,88 @@ my @SCENARIOS = (
             $oq->set_done($new_agg, 'passed');
             @m = $w->await_done($i, 2);
             ok @m >= 2, 'a new decision' or return;
-            is $m[-1]{json}{result}, 'passed', 'passed: the older job and the older build do not count';
+            is $m[-1]{json}{result}, 'passed', 'passed: the older job and the older build do not count'
+              or diag explain [map { $_->{json} } @m];
             is $m[-1]{json}{jobs}{total}, 2, 'over the newer incident job and the newer aggregate';
             ok $w->await_review($rr, 'accepted'), 'the review is accepted';
+        }
+    ],
+    [
+        'testing finished: jobs created one at a time wait for the tests the policy names' => sub ($w, $oq, $n) {
+            my ($i, $rr) = ($n, 300000 + $n);
+            $w->release_request($rr);
+            for my $test (qw(mau-extratests qam-minimal)) {
+                my $j = incident_job($oq, $i, $rr, $test, VERSION => '15-SP7');
+                $oq->set_done($j, 'passed');
+                is scalar $w->quiet_done($i), 0, "after $test alone: no incident.done, testing is not finished";
+                is $w->review_state($rr), 'new', 'no premature accept';
+            }
+            my $last = incident_job($oq, $i, $rr, 'mau-webserver', VERSION => '15-SP7');
+            $oq->set_done($last, 'passed');
+            my @m = $w->await_done($i);
+            is scalar @m, 1, 'one incident.done once the last test exists and passed' or return;
+            is $m[0]{json}{result}, 'passed', 'passed';
+            ok $m[0]{json}{complete}, 'marked complete';
+            is $m[0]{json}{jobs}{total}, 3, 'over the three jobs';
+            ok $w->await_review($rr, 'accepted'), 'accepted once';
+            is scalar $w->quiet_done($i), 1, 'exactly one incident.done for the request';
+        }
+    ],
+    [
+        'testing finished: a second flavor posted after the first finished' => sub ($w, $oq, $n) {
+            my ($i, $rr) = ($n, 300000 + $n);
+            $w->release_request($rr);
+            my @server = map { incident_job($oq, $i, $rr, $_, VERSION => '15-SP8') } qw(mau-extratests qam-minimal);
+            $oq->set_done($_, 'passed') for @server;
+            is scalar $w->quiet_done($i), 0, 'Server passed alone: nothing published';
+            is $w->review_state($rr), 'new', 'no premature accept';
+            my $desktop = incident_job($oq, $i, $rr, 'qam-gnome', VERSION => '15-SP8', FLAVOR => 'Desktop-DVD-Incidents');
+            $oq->set_done($desktop, 'passed');
+            my @m = $w->await_done($i);
+            is scalar @m, 1, 'one incident.done with both flavors' or return;
+            is $m[0]{json}{result}, 'passed', 'passed';
+            is $m[0]{json}{jobs}{total}, 3, 'over both flavors';
+            ok $w->await_review($rr, 'accepted'), 'accepted';
+            is scalar $w->quiet_done($i), 1, 'exactly one incident.done';
+        }
+    ],
+    [
+        'testing finished: an aggregate build appearing after the own jobs passed fails the incident' => sub ($w, $oq, $n) {
+            my ($i, $rr) = ($n, 300000 + $n);
+            $w->release_request($rr);
+            my $own = incident_job($oq, $i, $rr, 'mau-extratests', VERSION => '15-SP9');
+            $oq->set_done($own, 'passed');
+            is scalar $w->quiet_done($i), 0, 'own jobs passed, no aggregate yet: nothing published';
+            is $w->review_state($rr), 'new', 'no premature accept';
+            my $updates = group($oq, 'Maintenance: SLE 15 SP9 Updates');
+            my $agg = $oq->create_job(TEST => 'mau-aggregate', VERSION => '15-SP9', BUILD => '20261129-1',
+                FLAVOR => 'Server-DVD-Updates', SLES_TEST_ISSUES => $i, _GROUP_ID => $updates);
+            $oq->set_done($agg, 'failed');
+            my @m = $w->await_done($i);
+            is scalar @m, 1, 'one incident.done' or return;
+            is $m[0]{json}{result}, 'failed', 'failed by the aggregate job';
+            ok $m[0]{json}{complete}, 'testing is finished';
+            is_deeply [map { $_->{id} } @{$m[0]{json}{blocking}}], [$agg], 'blocked by the aggregate';
+            ok $w->await_comment($rr, qr/\b$agg\b/), 'IBS gets a comment naming it';
+            is $w->review_state($rr), 'new', 'never accepted';
+            is scalar $w->quiet_done($i), 1, 'exactly one incident.done';
+        }
+    ],
+    [
+        'testing finished: an incident listed only by an aggregate is never passed' => sub ($w, $oq, $n) {
+            my ($i, $rr) = ($n, 300000 + $n);
+            $w->release_request($rr);
+            my $updates = group($oq, 'Maintenance: SLE 15 SP6 Updates');
+            my $agg = $oq->create_job(TEST => 'mau-aggregate', BUILD => '20261129-2', FLAVOR => 'Server-DVD-Updates',
+                SLES_TEST_ISSUES => $i, _GROUP_ID => $updates);
+            $oq->set_done($agg, 'passed');
+            is scalar $w->quiet_done($i), 0, 'no incident.done: no job of its own';
+            is $w->review_state($rr), 'new', 'the review is not accepted';
+            # the plugin's incident route (absent in the listen and hook modes)
+            if (my $v = eval { $oq->api(GET => "/api/v1/incident_gate/incidents/$i") }) {
+                is $v->{result}, 'pending', 'the plugin route says pending';
+                like $v->{waiting}[0]{what}, qr/a job of incident ${i}'s own/, 'and names what is missing';
+            }
         }
     ],
 );
@@ -312,6 +397,19 @@ sub plugin_suite (%o) {
     ok((grep { /IncidentGate: libincident_gate/ } $oq->log_lines), 'openQA loaded the plugin')
       or diag join "\n", $oq->log_lines;
     run_scenarios($w, $oq);
+    subtest "decisions public, internals for operators, the library's log in openQA's" => sub {
+        my $public = $oq->ua->get($oq->url . '/api/v1/incident_gate/status')->result;
+        is $public->code, 200, 'the status answers anyone';
+        ok @{$public->json->{recent_decisions} // []}, 'with the decisions';
+        unlike $public->body, qr/config|intake|deliveries|\Q$w->{exchange}\E/, 'and nothing of the configuration';
+        my $anonymous = $oq->ua->get($oq->url . '/api/v1/incident_gate/internals')->result;
+        is $anonymous->code, 403, "internals need openQA's API authentication";
+        my $operator = $oq->request(GET => '/api/v1/incident_gate/internals');
+        is $operator->code, 200, 'which an operator has';
+        is $operator->json->{config}{amqp_exchange}, $w->{exchange}, 'and sees the configuration';
+        ok((grep { /\[info\].*IncidentGate: incident \d+: (passed|failed)/ } $oq->log_lines),
+            "the engine's decisions are in openQA's log") or diag join "\n", $oq->log_lines;
+    };
     is_deeply [$oq->alarming_lines], [], 'openQA logged no errors';
 }
 

@@ -7,12 +7,15 @@ use Mojo::Base 'Mojolicious::Plugin', -signatures;
 use IncidentGate::FFI qw(:status);
 use Mojo::File;
 use Mojo::IOLoop;
+use Mojo::Promise;
 use Mojo::JSON qw(decode_json encode_json);
 
 # comments_create/comments_delete: upstream's bulk comment routes (openQA since 2024), which the
-# AMQP plugin does not forward; subscribing to a name an older openQA never emits is harmless
+# AMQP plugin does not forward; subscribing to a name an older openQA never emits is harmless.
+# job_create and iso_create tell that testing goes on (a scheduled product still creating jobs,
+# the quiet period after the newest job): no incident is decided before it is finished.
 our @EVENTS = map { "openqa_$_" } qw(job_done job_cancel job_restart jobs_restart job_update_result
-  comment_create comment_update comment_delete comments_create comments_delete);
+  comment_create comment_update comment_delete comments_create comments_delete job_create iso_create);
 our @LIBRARY_PATHS = map { "$_/incident-gate/libincident_gate.so" }
   qw(/usr/lib64 /usr/lib /usr/local/lib64 /usr/local/lib);
 use constant SECTION => 'incident_gate';
@@ -110,18 +113,124 @@ sub _copy ($v, $depth = 0) {
     return $v;
 }
 
-# Public: what openQA shows anyone anyway (verdicts, decisions). Configuration and delivery
-# internals only for operators, under openQA's own API authentication (the route its ObsRsync
-# plugin uses too); without that route (not openQA) they are not served at all.
+# Public: what openQA shows anyone anyway (verdicts, decisions, the incidents page). Configuration
+# and delivery internals only for operators, under openQA's own API authentication (the route its
+# ObsRsync plugin uses too); without that route (not openQA) they are not served at all.
 sub _routes ($self, $app) {
     my $r = $app->routes;
     my $api = $r->find('api_public') // $r->any('/api/v1');
     $api->get('/incident_gate/status' => sub ($c) { $self->_status($c) })->name('incident_gate_status');
+    $api->get('/incident_gate/incidents' => sub ($c) { $self->_list_json($c) })->name('incident_gate_list');
     $api->get('/incident_gate/incidents/<incident:num>' => sub ($c) { $self->_evaluate($c) })
       ->name('incident_gate_incident');
+    # the incidents page, in openQA's layout (templates next to this module, as ObsRsync does)
+    push @{$app->renderer->paths}, Mojo::File->new(__FILE__)->sibling('IncidentGate', 'templates')->to_string;
+    $r->get('/incident_gate' => sub ($c) { $self->_index_page($c) })->name('incident_gate_index');
+    $r->get('/incident_gate/<incident:num>' => sub ($c) { $self->_incident_page($c) })->name('incident_gate_page');
+    $app->config->{plugin_links}{operator}{Incidents} = 'incident_gate_index';
+    # a submission by kind and number: 12345 or ibs:12345 (IBS incident), git:124 (Gitea PR)
+    $api->get('/incident_gate/submissions/<submission>' => sub ($c) { $self->_evaluate($c, 1) })
+      ->name('incident_gate_submission');
     my $operator = $r->find('api_ensure_operator') or return;
     $operator->get('/incident_gate/internals' => sub ($c) { $self->_internals($c) })
       ->name('incident_gate_internals');
+}
+
+# openQA's own layout where there is one; a plain page elsewhere (the plugin's test app).
+sub _layout ($self, $c) {
+    $self->{layout} //= $c->app->renderer->template_path({template => 'layouts/bootstrap', format => 'html',
+        handler => 'ep'}) ? 'bootstrap' : 'incident_gate_plain';
+}
+
+our %STATES = (pending => 'waiting for jobs', delivery_pending => 'delivery pending', failed => 'failed',
+    passed => 'passed', reported => 'reported', no_jobs => 'no jobs');
+our @STATE_ORDER = qw(pending delivery_pending failed passed reported no_jobs);
+
+# Delivery outcomes are for users: they say what happened, never where the services live.
+sub _public_text ($text) {
+    return $text unless defined $text;
+    return $text =~ s{\b[a-z][a-z0-9+.-]*://[^\s"'<>]+}{<url>}gir;
+}
+
+# What went wrong in a delivery that is retried (a broker's or IBS's error message) may name
+# configuration: operators (logged in to openQA) see it, anyone else that it is being retried.
+sub _public_list ($list, $operator) {
+    for my $row (@{$list->{incidents} // []}, @{$list->{decisions} // []}) {
+        for my $d (@{$row->{deliveries} // []}) {
+            $d->{outcome} = "not delivered yet, retrying ($d->{attempts} attempts so far)"
+              if !$operator && $d->{state} eq 'queued' && $d->{attempts};
+            $d->{outcome} = _public_text($d->{outcome});
+        }
+        if (($row->{state} // '') eq 'delivery_pending' && !$operator) {
+            my ($d) = grep { $_->{state} eq 'queued' } @{$row->{deliveries} // []};
+            $row->{why} = $d ? "$d->{sink}: " . ($d->{outcome} // 'not delivered yet') : undef;
+        }
+        $row->{why} = _public_text($row->{why}) if exists $row->{why};
+    }
+    return $list;
+}
+
+sub _is_operator ($c) {
+    return 0 unless $c->app->renderer->get_helper('is_operator');
+    return eval { $c->is_operator } ? 1 : 0;
+}
+
+# The incidents of the state directory for a query: (list) or (undef, $error).
+sub _incidents ($self, $c, %query) {
+    return (undef, "incident-gate is inactive: $self->{error}") if $self->{error};
+    my ($status, $json) = eval { $self->_gate->incidents(encode_json(\%query)) };
+    ($status, $json) = (IG_PANIC, $@ =~ s/\n\z//r) unless defined $status;
+    return (undef, $json) unless $status == IG_OK;
+    return (_public_list(decode_json($json), _is_operator($c)));
+}
+
+sub _query ($c) {
+    my %q;
+    my $state = $c->param('state') // '';
+    $q{state} = $state if exists $STATES{$state};
+    my $search = $c->param('q') // '';
+    $search =~ s/\D//g;
+    $q{search} = substr($search, 0, 20) if length $search;
+    my $limit = $c->param('limit') // '';
+    $q{limit} = 0 + $limit if $limit =~ /^[1-9][0-9]{0,3}$/;
+    return %q;
+}
+
+sub _list_json ($self, $c) {
+    return if $self->_inactive($c);
+    my ($list, $error) = $self->_incidents($c, _query($c));
+    return $c->render(json => {error => $error}, status => 500) unless $list;
+    $c->render(json => $list);
+}
+
+sub _index_page ($self, $c) {
+    my %q = _query($c);
+    my ($list, $error) = $self->_incidents($c, %q);
+    $c->stash(layout => $self->_layout($c), title => 'Incidents', list => $list, error => $error,
+        states => \%STATES, state_order => \@STATE_ORDER, state => $q{state} // '', search => $q{search} // '');
+    $c->render(template => 'incident_gate/index', status => $list ? 200 : 503);
+}
+
+sub _incident_page ($self, $c) {
+    my $incident = $c->param('incident');
+    $c->stash(layout => $self->_layout($c), title => "Incident $incident", incident => $incident,
+        states => \%STATES, verdict => undef, verdict_error => undef, record => undef, decisions => []);
+    return $c->render(template => 'incident_gate/incident', status => 400,
+        error => 'the incident must be a positive number below 10^19')
+      unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
+    $incident = $1;
+    my ($list, $error) = $self->_incidents($c, incident => 0 + $incident);
+    $c->stash(incident => $incident, error => $error, record => $list && $list->{incidents}[0],
+        decisions => $list ? $list->{decisions} // [] : []);
+    return $c->render(template => 'incident_gate/incident', status => 503) unless $list;
+    $c->render_later;
+    $self->_evaluate_p($incident)->then(
+        sub ($status, $text) {
+            if ($status == IG_OK) { $c->stash(verdict => decode_json($text)) }
+            else { $c->stash(verdict_error => 'openQA could not be asked just now (' . status_name($status) . ')') }
+        }
+    )->catch(sub ($err) { $c->stash(verdict_error => 'openQA could not be asked just now') })
+      ->finally(sub { $c->render(template => 'incident_gate/incident') });
 }
 
 sub _inactive ($self, $c) {
@@ -157,24 +266,39 @@ sub _internals ($self, $c) {
 }
 
 # ig_gate_evaluate asks openQA and blocks: run it in a forked child (the library supports that); a
-# gate that has not started its engine in the child only evaluates.
-sub _evaluate ($self, $c) {
-    return if $self->_inactive($c);
-    my $incident = $c->param('incident');
-    return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
-      unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
-    $incident = $1;
-    return $c->render(json => {error => 'too many verdicts are being evaluated, try again shortly'}, status => 503)
+# gate that has not started its engine in the child only evaluates. A promise of ($status, $text);
+# rejected when MAX_EVALUATIONS already run in this worker.
+sub _evaluate_p ($self, $incident, $by_kind = 0) {
+    return Mojo::Promise->reject("too many verdicts are being evaluated, try again shortly\n")
       if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
     $self->{evaluating}++;
-    $c->render_later;
-    Mojo::IOLoop->subprocess->run_p(
+    return Mojo::IOLoop->subprocess->run_p(
         sub {
             my ($gate, @failed) = $self->{lib}->gate($self->{config_json});
             return @failed unless $gate;
-            return $gate->evaluate($incident);
-        }
-    )->then(
+            return $by_kind ? $gate->evaluate_submission($incident) : $gate->evaluate($incident);
+        })->finally(sub { $self->{evaluating}-- });
+}
+
+sub _evaluate ($self, $c, $by_kind = 0) {
+    return if $self->_inactive($c);
+    my $incident = $c->param($by_kind ? 'submission' : 'incident');
+    if ($by_kind) {
+        return $c->render(
+            json => {error => 'submission must be <incident>, ibs:<incident> or git:<pr>, numbers below 10^19'},
+            status => 400
+        ) unless $incident =~ /^(?:(ibs|git|gitea):)?0*([1-9][0-9]{0,18})$/;
+        $incident = ($1 && $1 ne 'ibs') ? "git:$2" : $2;
+    }
+    else {
+        return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
+          unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
+        $incident = $1;
+    }
+    return $c->render(json => {error => 'too many verdicts are being evaluated, try again shortly'}, status => 503)
+      if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
+    $c->render_later;
+    $self->_evaluate_p($incident, $by_kind)->then(
         sub ($status, $text) {
             return $c->render(data => $text, format => 'json') if $status == IG_OK;
             my $code = $status == IG_UNAVAILABLE ? 503 : $status == IG_INVALID_ARGUMENT ? 400 : 500;
@@ -184,7 +308,7 @@ sub _evaluate ($self, $c) {
         sub ($err) {
             $self->{app}->log->error("IncidentGate: evaluating incident $incident failed: $err");
             $c->render(json => {error => "evaluation failed: $err"}, status => 500);
-        })->finally(sub { $self->{evaluating}-- });
+        });
 }
 
 1;
