@@ -178,6 +178,9 @@ pub struct Config {
     pub obs_ssh_key: Option<PathBuf>,
     /// Also post a status check on the request (many OBS instances refuse it; never fatal).
     pub obs_status_report: bool,
+    /// IBS refused our credentials or permissions (401, 403): try again after this long, until
+    /// it accepts them (the operator fixes the password, key or group membership).
+    pub obs_denied_retry_s: u64,
     pub review_group: String,
     pub review_policy: ReviewPolicy,
     /// Job groups whose jobs never count (globs with `*` and `?`).
@@ -194,6 +197,9 @@ pub struct Config {
     pub coverage: Vec<String>,
     /// How often incidents still pending are evaluated without an event.
     pub reconcile_interval_s: u64,
+    /// Decisions older than this many days (not an incident's latest, nothing left to deliver)
+    /// are removed with their delivered outbox rows; 0 keeps them for ever.
+    pub retention_days: u64,
     pub state_dir: PathBuf,
     /// At most this many openQA or IBS requests in flight at once.
     pub concurrency: usize,
@@ -236,6 +242,7 @@ impl Default for Config {
             obs_password: None,
             obs_ssh_key: None,
             obs_status_report: false,
+            obs_denied_retry_s: 600,
             review_group: "qam-openqa".into(),
             review_policy: ReviewPolicy::AcceptOnpass,
             ignore_groups: vec!["*Devel*".into(), "*Test*".into()],
@@ -243,6 +250,7 @@ impl Default for Config {
             quiet_period_s: 0,
             coverage: Vec::new(),
             reconcile_interval_s: 300,
+            retention_days: 90,
             state_dir: PathBuf::from("/var/lib/incident-gate"),
             concurrency: 4,
             queue_capacity: 10_000,
@@ -349,6 +357,9 @@ impl Config {
         }
         if self.queue_capacity == 0 || self.queue_capacity > 10_000_000 {
             return bad("queue_capacity", "must be between 1 and 10000000");
+        }
+        if self.obs_denied_retry_s == 0 {
+            return bad("obs_denied_retry_s", "must be at least 1");
         }
         if self.reconcile_interval_s == 0 {
             return bad("reconcile_interval_s", "must be at least 1");

@@ -131,6 +131,9 @@ pub enum Delivery {
     Final(String),
     /// A passing fault (connection, 5xx, broker refusal): try again later.
     Retry(String),
+    /// The service refused our credentials or permissions (IBS 401/403): nothing about the
+    /// request is known yet; try again after this many milliseconds, until it accepts them.
+    Denied(String, i64),
 }
 
 #[cfg(test)]

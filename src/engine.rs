@@ -170,6 +170,8 @@ pub struct Core {
     shutdown_notify: Notify,
     refusals: Mutex<Vec<Refusal>>,
     deleted_comments: Mutex<HashSet<u64>>,
+    /// When this core was made (ms): pending marks older than that were left by a process before.
+    started_ms: i64,
 }
 
 impl Core {
@@ -218,6 +220,7 @@ impl Core {
             shutdown_notify: Notify::new(),
             refusals: Mutex::default(),
             deleted_comments: Mutex::default(),
+            started_ms: crate::store::now_ms(),
         })
     }
 
@@ -370,8 +373,12 @@ impl Core {
         Ok(ids.iter().filter_map(|id| cache.get(id).map(|i| (*id, i.clone()))).collect())
     }
 
-    /// Takes a batch of events: finds the incidents they touch and schedules what must be evaluated.
-    pub async fn take_events(self: &Arc<Self>, batch: Vec<Event>) {
+    /// Takes a batch of events: finds the incidents they touch, records them pending in the store
+    /// and schedules what must be evaluated. `Ok` means the batch's effect is durable (or the
+    /// events touch no incident): a caller may acknowledge it. `Err` (shutting down before the
+    /// jobs could be looked up, or the store refused the write) means it must not: the incidents
+    /// may be scheduled in memory, but only the sender still holds the events for a restart.
+    pub async fn take_events(self: &Arc<Self>, batch: Vec<Event>) -> Result<(), EngineError> {
         let ids: Vec<u64> = {
             let mut ids: Vec<u64> = batch.iter().flat_map(|e| e.jobs.iter().copied()).collect();
             ids.sort_unstable();
@@ -388,7 +395,7 @@ impl Core {
             tokio::spawn(watch_products(self.clone(), products));
         }
         let Some(map) = self.look_up_jobs(ids).await else {
-            return;
+            return Err(EngineError::Incomplete("shutting down".into()));
         };
         let mut touched: HashMap<Submission, (bool, Vec<u64>)> = HashMap::new();
         let mut finished: HashSet<u64> = HashSet::new();
@@ -426,6 +433,12 @@ impl Core {
                 Err(e) => tracing::warn!("cannot look up the incidents of deleted comments {deleted:?}: {e}"),
             }
         }
+        let mut incidents: Vec<Submission> = touched.keys().copied().collect();
+        incidents.sort_unstable();
+        let stored = self.store.mark_pending_many(&incidents);
+        if let Err(e) = &stored {
+            tracing::warn!("cannot record incidents {incidents:?} as pending: {e}");
+        }
         let mut queued = 0;
         {
             let mut to_check = self.to_check.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,6 +452,7 @@ impl Core {
             self.busy.fetch_add(queued, Relaxed);
             self.check_wake.notify_one();
         }
+        Ok(stored?)
     }
 
     /// The incidents of these jobs (`None` when shutting down first). Transient failures are
@@ -1057,7 +1071,8 @@ async fn intake(core: Arc<Core>, mut rx: mpsc::Receiver<Event>) {
         }
         let n = batch.len();
         core.stats.events.fetch_add(n as u64, Relaxed);
-        core.take_events(std::mem::take(&mut batch)).await;
+        // the plugin's intake: what could not be stored is caught up by reconciliation
+        let _ = core.take_events(std::mem::take(&mut batch)).await;
         core.busy.fetch_sub(n, Relaxed);
     }
 }
@@ -1075,15 +1090,36 @@ async fn checker(core: Arc<Core>) {
 
 async fn reconcile(core: Arc<Core>) {
     let interval = Duration::from_secs(core.cfg.reconcile_interval_s);
+    // on start: every incident left pending (a process killed after storing an event's mark,
+    // before deciding) is evaluated at once, not one interval later
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = core.until_shutdown() => return,
-        }
-        match core.store.claim_stale_pending(interval.as_millis() as i64) {
+        let claimed = if first {
+            // marked before this core existed: not being evaluated by this process
+            let since_start = crate::store::now_ms() - core.started_ms + 1;
+            core.store.claim_stale_pending(since_start)
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = core.until_shutdown() => return,
+            }
+            core.store.claim_stale_pending(interval.as_millis() as i64)
+        };
+        first = false;
+        match claimed {
             Ok(incidents) => incidents.into_iter().for_each(|i| core.schedule(i)),
             Err(e) => tracing::warn!("reconciliation: {e}"),
         }
         core.audit_relied_comments(interval).await.into_iter().for_each(|i| core.schedule(i));
+        if core.cfg.retention_days > 0 {
+            let keep = Duration::from_secs(core.cfg.retention_days.saturating_mul(86_400));
+            let cutoff = std::time::SystemTime::now().checked_sub(keep).unwrap_or(std::time::UNIX_EPOCH);
+            let cutoff = humantime::format_rfc3339_seconds(cutoff).to_string();
+            match core.store.prune(&cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("retention: removed {n} decisions decided before {cutoff}"),
+                Err(e) => tracing::warn!("retention: {e}"),
+            }
+        }
     }
 }

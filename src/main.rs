@@ -46,6 +46,14 @@ enum Command {
     Hook {
         /// The openQA job id openQA passes to the hook script.
         job_id: u64,
+        /// Exit with this code instead of 3 (unavailable, deliveries still queued) and 4 (pending):
+        /// openQA's GRU runs the hook again later on OPENQA_JOB_DONE_HOOK_SKIP_RC (default 142).
+        #[arg(long, value_name = "RC")]
+        skip_rc: Option<u8>,
+        /// Seconds to spend delivering what is due before exiting (keep it under openQA's
+        /// OPENQA_JOB_DONE_HOOK_TIMEOUT, default 5m).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        budget: u64,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -141,7 +149,17 @@ fn main() -> ExitCode {
         let core = || core.ok_or_else(|| "no configuration".to_string());
         match args.command {
             Command::Listen { .. } => cli::listen(core()?).await,
-            Command::Hook { job_id, .. } => cli::hook(core()?, job_id).await,
+            Command::Hook { job_id, skip_rc, budget, .. } => {
+                let code = cli::hook(core()?, job_id, std::time::Duration::from_secs(budget)).await;
+                let code = code.unwrap_or_else(|e| {
+                    eprintln!("incident-gate: {e}");
+                    EXIT_UNAVAILABLE
+                });
+                Ok(match skip_rc {
+                    Some(rc) if code == EXIT_UNAVAILABLE || code == cli::EXIT_PENDING => rc,
+                    _ => code,
+                })
+            }
             Command::Check { incident, json, .. } => cli::check(core()?, incident, json).await,
             Command::Status { json, .. } => cli::status(core()?, json),
             Command::Sim { openqa_port, obs_port, openqa_flavor } => {

@@ -226,6 +226,11 @@ async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -
         Delivery::Final(m) => {
             tracing::info!("incident {incident} → {}: nothing more to do: {m}", sink.as_str())
         }
+        Delivery::Denied(m, _) => tracing::error!(
+            "incident {incident} → {}: attempt {} refused, will retry: {m}",
+            sink.as_str(),
+            item.attempts + 1
+        ),
         Delivery::Retry(m) => tracing::warn!(
             "incident {incident} → {}: attempt {} failed, will retry: {m}",
             sink.as_str(),

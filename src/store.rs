@@ -252,6 +252,10 @@ impl Store {
         .map_err(named)?;
         add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
             .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
+        // the evaluation ticket current when an incident was marked pending: only an evaluation
+        // that began later (a higher ticket) may clear the mark
+        add_column(&mut conn, "pending", "ticket", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Store { conn: Mutex::new(conn), path })
     }
 
@@ -265,6 +269,27 @@ impl Store {
             [],
             |r| r.get(0),
         )?)
+    }
+
+    /// Proves the store usable for a service that acknowledges work only once it is stored: an
+    /// integrity check and one real write. The error names the file.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        let named = |e: rusqlite::Error| StoreError(format!("cannot use {}: {e}", self.path.display()));
+        let conn = self.conn();
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(named)?;
+        if check != "ok" {
+            return Err(StoreError(format!(
+                "cannot use {}: the database is corrupt: {check}",
+                self.path.display()
+            )));
+        }
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('opened', 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            [],
+        )
+        .map_err(named)?;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -302,7 +327,14 @@ impl Store {
             .optional()?;
         match &latest {
             Some((_, newer)) if *newer > seen => return Ok(Recorded::Stale),
-            Some((latest, _)) if *latest == base => return Ok(Recorded::Repeat),
+            Some((latest, _)) if *latest == base => {
+                tx.execute(
+                    "DELETE FROM pending WHERE incident = ?1 AND ticket < ?2",
+                    params![incident, seen],
+                )?;
+                tx.commit()?;
+                return Ok(Recorded::Repeat);
+            }
             _ => {}
         }
         let earlier: i64 =
@@ -330,7 +362,7 @@ impl Store {
                 tx.execute("INSERT INTO outbox (key, sink) VALUES (?1, ?2)", params![d.key, sink.as_str()])?;
             }
         }
-        tx.execute("DELETE FROM pending WHERE incident = ?1", [incident])?;
+        tx.execute("DELETE FROM pending WHERE incident = ?1 AND ticket < ?2", params![incident, seen])?;
         tx.commit()?;
         Ok(if inserted { Recorded::New } else { Recorded::Repeat })
     }
@@ -408,8 +440,14 @@ impl Store {
                     params![state, msg, item.id],
                 )?;
             }
-            Delivery::Retry(msg) => {
-                let next = now_ms() + backoff_ms(item.attempts);
+            Delivery::Retry(_) | Delivery::Denied(..) => {
+                let (msg, wait) = match outcome {
+                    Delivery::Denied(msg, wait) => (msg, *wait),
+                    Delivery::Retry(msg) | Delivery::Done(msg) | Delivery::Final(msg) => {
+                        (msg, backoff_ms(item.attempts))
+                    }
+                };
+                let next = now_ms() + wait;
                 // only while the lease is still ours: after it ran out another process may hold it
                 conn.execute(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2
@@ -418,6 +456,32 @@ impl Store {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// Retention: removes decisions decided before `cutoff` (RFC 3339, as `decided_at`) that are
+    /// not their incident's latest and have nothing left to deliver, with their outbox rows. The
+    /// latest decision of each incident stays: it is what a repeated verdict is compared with.
+    /// Returns how many decisions were removed.
+    pub fn prune(&self, cutoff: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let old = "SELECT d.key FROM decisions AS d WHERE d.decided_at < ?1
+             AND d.rowid < (SELECT MAX(l.rowid) FROM decisions AS l WHERE l.incident = d.incident)
+             AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.key = d.key AND o.state = 'queued')";
+        tx.execute(&format!("DELETE FROM outbox WHERE key IN ({old})"), [cutoff])?;
+        let removed = tx.execute(&format!("DELETE FROM decisions WHERE key IN ({old})"), [cutoff])?;
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Makes every queued delivery due now, whatever its backoff (not one another process holds):
+    /// for `incident-gate hook`, whose runs are the only chance to deliver.
+    pub fn expedite_queued(&self) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE outbox SET next_at = 0 WHERE state = 'queued' AND next_at > ?1 AND lease_until <= ?1",
+            [now_ms()],
+        )?;
         Ok(())
     }
 
@@ -472,12 +536,32 @@ impl Store {
     }
 
     pub fn mark_pending(&self, incident: impl Into<Submission>) -> Result<(), StoreError> {
+        self.mark_pending_many(&[incident.into()])
+    }
+
+    /// Marks incidents pending in one transaction, with the current evaluation ticket: an
+    /// evaluation that began before the mark (and so may have read openQA before the event that
+    /// caused it) does not clear it; the incident stays pending until one that began later
+    /// decides. This is what lets the listener acknowledge a message once the mark is stored.
+    pub fn mark_pending_many(&self, incidents: &[Submission]) -> Result<(), StoreError> {
+        if incidents.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
-        self.conn().execute(
-            "INSERT INTO pending (incident, since, checked_at) VALUES (?1, ?2, ?2)
-             ON CONFLICT(incident) DO UPDATE SET checked_at = ?2",
-            params![incident.into().store_key(), now],
-        )?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ticket: i64 = tx
+            .query_row("SELECT value FROM counters WHERE name = 'evaluation'", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        for incident in incidents {
+            tx.execute(
+                "INSERT INTO pending (incident, since, checked_at, ticket) VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT(incident) DO UPDATE SET checked_at = ?2, ticket = MAX(ticket, ?3)",
+                params![incident.store_key(), now, ticket],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -1010,6 +1094,26 @@ mod tests {
         assert_eq!(again[0].attempts, 0, "a release is no attempt");
         a.release(&taken[0]).unwrap();
         assert!(a.take_due(Sink::Amqp, 10).unwrap().is_empty(), "a's old lease cannot free b's");
+    }
+
+    #[test]
+    fn retention_keeps_each_incidents_latest_decision_and_what_is_undelivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for (incident, jobs) in [(1, vec![1]), (1, vec![1, 2]), (2, vec![3]), (2, vec![3, 4])] {
+            let seen = s.begin_evaluation().unwrap();
+            let mut d = decision(incident, jobs);
+            d.decided_at = "2020-01-01T00:00:00Z".into();
+            assert_eq!(s.record_decision(&mut d, &[Sink::Amqp], seen).unwrap(), Recorded::New);
+        }
+        // incident 1's first decision was delivered, incident 2's is still queued
+        let items = s.take_due(Sink::Amqp, 10).unwrap();
+        let first_of_1 = items.iter().find(|i| i.decision.verdict.incident == 1).unwrap();
+        s.complete(first_of_1, &Delivery::Done("sent".into())).unwrap();
+        assert_eq!(s.prune("2019-01-01T00:00:00Z").unwrap(), 0, "nothing old enough");
+        assert_eq!(s.prune("2021-01-01T00:00:00Z").unwrap(), 1);
+        assert_eq!(s.decision_count().unwrap(), 3);
+        assert_eq!(s.latest_decision(1).unwrap().unwrap().verdict.job_ids, vec![1, 2]);
     }
 
     #[test]

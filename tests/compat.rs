@@ -186,7 +186,7 @@ async fn listen_a_deleted_comment_message_reaches_the_verdict() {
             let body = serde_json::to_vec(&e.amqp_body).unwrap();
             let event =
                 incident_gate::amqp::listen::parse_message(&e.routing_key("suse"), &body).unwrap().unwrap();
-            core.take_events(vec![event]).await;
+            let _ = core.take_events(vec![event]).await;
             common::eventually(Duration::from_secs(30), || core.is_idle().then_some(())).await.expect("idle");
         }
     };

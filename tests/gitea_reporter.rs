@@ -113,7 +113,7 @@ fn is_done(d: &Delivery) -> bool {
 
 fn text(d: &Delivery) -> &str {
     match d {
-        Delivery::Done(t) | Delivery::Final(t) | Delivery::Retry(t) => t,
+        Delivery::Done(t) | Delivery::Final(t) | Delivery::Retry(t) | Delivery::Denied(t, _) => t,
     }
 }
 

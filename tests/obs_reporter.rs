@@ -101,6 +101,17 @@ fn done(d: &Delivery) -> &str {
     }
 }
 
+/// IBS refused our credentials or permissions: retried every `obs_denied_retry_s`, never final.
+fn denied(d: &Delivery) -> &str {
+    match d {
+        Delivery::Denied(s, wait) => {
+            assert_eq!(*wait, 600_000, "obs_denied_retry_s");
+            s
+        }
+        other => panic!("expected Denied, got {other:?}"),
+    }
+}
+
 fn final_(d: &Delivery) -> &str {
     match d {
         Delivery::Final(s) => s,
@@ -387,7 +398,7 @@ async fn connection_refused_is_retry() {
 }
 
 #[tokio::test]
-async fn review_permission_and_comment_refusals_are_final_and_readable() {
+async fn review_permission_refusals_are_retried_comment_refusals_final_and_readable() {
     let mut cfg_sim = ObsSimConfig::default();
     cfg_sim.groups.insert(GROUP.into(), vec!["someone-else".into()]);
     let sim = start(cfg_sim).await;
@@ -396,7 +407,7 @@ async fn review_permission_and_comment_refusals_are_final_and_readable() {
     let d =
         deliver(&c, &config(&sim, ReviewPolicy::AcceptOnpass), &decision(Outcome::Passed, Some(RR), &[1]))
             .await;
-    let text = final_(&d);
+    let text = denied(&d);
     assert!(
         text.contains("403 review_change_state_no_permission: review state change for group qam-openqa is not permitted for incident-gate"),
         "{text}"
@@ -497,10 +508,7 @@ async fn basic_auth_works_and_a_wrong_password_is_final_and_readable() {
     bad_cfg.obs_password = Some(Secret::new(wrong));
     let bad = ObsClient::from_config(&bad_cfg).unwrap();
     let d = deliver(&bad, &bad_cfg, &decision(Outcome::Failed, Some(RR), &[1])).await;
-    let text = match &d {
-        Delivery::Final(t) => t.clone(),
-        other => panic!("expected Final, got {other:?}"),
-    };
+    let text = denied(&d).to_string();
     assert!(text.contains("401 authentication_required: Unknown user 'bot' or invalid password"), "{text}");
     let err = bad.get_request(RR).await.unwrap_err();
     assert!(!err.is_retryable());
@@ -549,7 +557,7 @@ async fn signature_round(kind: &str) {
     bad_cfg.obs_ssh_key = Some(other.clone());
     let bad = ObsClient::from_config(&bad_cfg).unwrap();
     let d = deliver(&bad, &bad_cfg, &decision(Outcome::Failed, Some(RR), &[4711, 1])).await;
-    let text = final_(&d).to_string();
+    let text = denied(&d).to_string();
     assert!(
         text.contains("401 authentication_required: SSH signature rejected: signed by a different key"),
         "{text}"

@@ -1,6 +1,8 @@
 //! Consumes openQA's own `<prefix>.openqa.job.*` / `comment.*` messages (standalone mode: no plugin
 //! in openQA needed) and hands them to the engine. A message is acknowledged only after the engine
-//! has taken it; a malformed one is rejected without requeue and never stops the consumer.
+//! has recorded the incidents it touches as pending in the store (so a `kill -9` right after loses
+//! nothing: the next start evaluates them); a batch the store refuses goes back to the queue. A
+//! malformed message is rejected without requeue and never stops the consumer.
 
 use crate::config::Config;
 use crate::engine::Core;
@@ -8,8 +10,8 @@ use crate::events::{self, Event, EventKind};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const BATCH: usize = 256;
+const STORE_RETRY: Duration = Duration::from_secs(2);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 
 /// The routing-key patterns bound to our queue.
@@ -149,9 +152,25 @@ async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<bool, Stri
             }
         }
     }
-    core.take_events(events).await;
+    let good_len = good.len();
+    let taken = core.take_events(events).await;
     if core.is_shutting_down() {
         return Ok(false);
+    }
+    if let Err(e) = taken {
+        // not durable: back to the queue, and a pause before taking them again
+        for delivery in good {
+            delivery
+                .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tracing::warn!("returned {n} messages to the queue: {e}", n = good_len);
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_RETRY) => {}
+            _ = core.until_shutdown() => {}
+        }
+        return Ok(true);
     }
     for delivery in good {
         delivery.ack(BasicAckOptions::default()).await.map_err(|e| e.to_string())?;

@@ -64,6 +64,11 @@ fn exit_code(result: Outcome) -> u8 {
 }
 
 pub async fn listen(core: Arc<Core>) -> Result<u8, String> {
+    // acknowledging a message promises its effect is stored: never start on a store that cannot
+    if let Err(e) = core.store().check_writable() {
+        eprintln!("incident-gate: {e}");
+        return Ok(2);
+    }
     core.spawn_background();
     let listener = tokio::spawn(incident_gate::amqp::listen::run(core.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -79,7 +84,13 @@ pub async fn listen(core: Arc<Core>) -> Result<u8, String> {
     Ok(0)
 }
 
-pub async fn hook(core: Arc<Core>, job_id: u64) -> Result<u8, String> {
+pub const EXIT_PENDING: u8 = 4;
+const EXIT_UNAVAILABLE: u8 = 3;
+
+/// One run of openQA's job-done hook. Besides the job's incidents it evaluates those left pending
+/// (an earlier run's "ask me again"), and it tries every queued delivery at once, whatever its
+/// backoff: a run is the only chance a hook-only setup has. 3 when deliveries stay queued.
+pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, String> {
     let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
     let mut incidents = job.as_ref().map(|j| submissions_of(&j.settings)).unwrap_or_default();
     match &job {
@@ -90,6 +101,10 @@ pub async fn hook(core: Arc<Core>, job_id: u64) -> Result<u8, String> {
     // openQA runs no hook when a comment is deleted: look whether an acceptance recorded earlier
     // lost its comment (bounded, and each comment at most once per reconciliation interval)
     let interval = Duration::from_secs(core.config().reconcile_interval_s);
+    match core.store().claim_stale_pending(interval.as_millis() as i64) {
+        Ok(pending) => incidents.extend(pending),
+        Err(e) => eprintln!("{e}"),
+    }
     for incident in core.audit_relied_comments(interval).await {
         out!("incident {incident}: a comment its verdict relied on was deleted");
         incidents.insert(incident);
@@ -99,14 +114,31 @@ pub async fn hook(core: Arc<Core>, job_id: u64) -> Result<u8, String> {
         return Ok(0);
     }
     let mut worst = 0;
+    let mut unavailable = None;
     for incident in incidents {
-        let verdict = core.decide(incident).await.map_err(|e| e.to_string())?;
-        out!("incident {incident}: {}", summary(&verdict));
-        worst = worst.max(exit_code(verdict.result));
+        match core.decide(incident).await {
+            Ok(verdict) => {
+                out!("incident {incident}: {}", summary(&verdict));
+                worst = worst.max(exit_code(verdict.result));
+            }
+            Err(e) => {
+                // the others are still decided and delivered; this one is asked again
+                let _ = core.store().mark_pending(incident);
+                eprintln!("incident {incident}: no verdict now: {e}");
+                unavailable = Some(e.to_string());
+            }
+        }
     }
-    let left = incident_gate::outbox::drain(&core, Duration::from_secs(30)).await;
+    if let Err(e) = core.store().expedite_queued() {
+        eprintln!("{e}");
+    }
+    let left = incident_gate::outbox::drain(&core, budget).await;
     if left > 0 {
         eprintln!("{left} deliveries are still queued in the outbox; the next run delivers them");
+        return Ok(EXIT_UNAVAILABLE);
+    }
+    if unavailable.is_some() {
+        return Ok(EXIT_UNAVAILABLE);
     }
     Ok(worst)
 }

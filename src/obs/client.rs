@@ -39,6 +39,22 @@ impl ObsError {
         }
     }
 
+    /// About us, not the request: IBS refused our credentials (401), our permissions (403), or
+    /// our key cannot be used. The operator can fix that, so it is retried (slowly) until it passes;
+    /// a 403 that was about the request's state shows as such once the request is read again.
+    pub fn is_denied(&self) -> bool {
+        match self {
+            ObsError::Http { status, .. } => *status == 401 || *status == 403,
+            ObsError::Auth(_) => true,
+            _ => false,
+        }
+    }
+
+    /// IBS does not know us (401) or our key cannot be used.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, ObsError::Http { status: 401, .. } | ObsError::Auth(_))
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ObsError::Http { status, .. } => Some(*status),

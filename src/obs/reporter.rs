@@ -55,7 +55,10 @@ fn retry(what: &str, e: &ObsError) -> Delivery {
 }
 
 fn failed(what: &str, e: &ObsError) -> Delivery {
-    if e.is_retryable() {
+    if e.is_denied() {
+        // the caller (`deliver`) sets the delay from the configuration
+        Delivery::Denied(format!("{what}: IBS refused our credentials or permissions: {e}"), 0)
+    } else if e.is_retryable() {
         retry(what, e)
     } else {
         Delivery::Final(format!("{what}: {e}"))
@@ -64,6 +67,16 @@ fn failed(what: &str, e: &ObsError) -> Delivery {
 
 /// Reports `decision` on its release request. Never panics, never shows a credential.
 pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> Delivery {
+    match deliver_once(client, cfg, decision).await {
+        Delivery::Denied(m, _) => {
+            let wait = cfg.obs_denied_retry_s;
+            Delivery::Denied(format!("{m} (retrying every {wait} s)"), (wait as i64).saturating_mul(1000))
+        }
+        other => other,
+    }
+}
+
+async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> Delivery {
     let v = &decision.verdict;
     let group = cfg.review_group.as_str();
     let Some(rr) = v.request else {
@@ -115,7 +128,10 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
     if plan.comment {
         match sync_comment(client, rr, decision).await {
             Ok(what) => done.push(what),
-            Err(e) if e.is_retryable() => return retry(&format!("comment on request {rr}"), &e),
+            // a 401 is about us; a 403 on comments is the request's (comments locked)
+            Err(e) if e.is_retryable() || e.is_unauthenticated() => {
+                return failed(&format!("comment on request {rr}"), &e)
+            }
             // a refused comment must not keep the review from being changed: the review message
             // carries the reasons as well
             Err(e) => problems.push(format!("comment not possible: {e}")),

@@ -1,0 +1,383 @@
+//! Nothing acknowledged is lost (issue 13): `incident-gate listen` killed with SIGKILL at random
+//! points of a stream of incidents and started again, IBS refusing our credentials and then
+//! accepting them, a corrupt store, and the hook as openQA's GRU runs it. Each test prints what it
+//! counted and asserts what a user sees: messages on the broker, reviews on the IBS simulator,
+//! exit codes, status output.
+
+mod common;
+
+use common::{amqp_url, OpenQa};
+use futures_util::StreamExt;
+use incident_gate::sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
+const OBS_USER: &str = "qam-bot";
+const OBS_PASSWORD: &str = "pw-durable-13";
+
+fn unique(test: &str) -> String {
+    format!("ig-test-{}-{test}", std::process::id())
+}
+
+/// A small deterministic generator: the kill points differ per run (seeded by the pid) and the
+/// seed is printed, so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+async fn connect() -> (Connection, Channel) {
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(&amqp_url(), ConnectionProperties::default()),
+    )
+    .await
+    .expect("connecting to RabbitMQ timed out")
+    .expect("RabbitMQ is needed");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    (conn, ch)
+}
+
+/// Deletes the test's exchange and queue, also when the test fails.
+struct Leftovers {
+    exchange: String,
+    queue: String,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let (exchange, queue) = (self.exchange.clone(), self.queue.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let Ok(Ok(conn)) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()),
+                )
+                .await
+                else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else { return };
+                let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                let _ = conn.close(200, "".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn subscribe_done(ch: &Channel, exchange: &str) -> Consumer {
+    let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, options, FieldTable::default()).await.unwrap();
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let queue = ch.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
+    let name = queue.name().clone();
+    ch.queue_bind(
+        name.clone(),
+        exchange.into(),
+        "#.incident.done".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    ch.basic_consume(name, "".into(), options, FieldTable::default()).await.unwrap()
+}
+
+async fn publish(ch: &Channel, exchange: &str, routing_key: &str, body: &[u8]) {
+    let props = BasicProperties::default().with_content_type("application/json".into());
+    let confirm = ch
+        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+}
+
+fn env_for(qa: &OpenQa, obs: &ObsSim, state: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("INCIDENT_GATE_OPENQA_URL", qa.url()),
+        ("INCIDENT_GATE_STATE_DIR", state.display().to_string()),
+        ("INCIDENT_GATE_OBS_URL", obs.url()),
+        ("INCIDENT_GATE_OBS_USER", OBS_USER.into()),
+        ("INCIDENT_GATE_OBS_PASSWORD", OBS_PASSWORD.into()),
+        ("INCIDENT_GATE_HTTP_TIMEOUT_S", "5".into()),
+        ("INCIDENT_GATE_RECONCILE_INTERVAL_S", "2".into()),
+        ("INCIDENT_GATE_OBS_DENIED_RETRY_S", "1".into()),
+    ]
+}
+
+fn command(env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn start_obs() -> ObsSim {
+    let auth = SimAuth::Basic { user: OBS_USER.into(), password: OBS_PASSWORD.into() };
+    incident_gate::sim::obs::start(ObsSimConfig::new(auth)).await
+}
+
+/// Review changes IBS accepted for request `rr`.
+fn review_changes(obs: &ObsSim, rr: u64) -> usize {
+    let path = format!("/request/{rr}");
+    obs.received()
+        .iter()
+        .filter(|r| {
+            r.method == "POST" && r.path == path && r.query.contains("changereviewstate") && r.status == 200
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_killed_at_random_points_loses_no_incident_and_acts_once() {
+    const INCIDENTS: u64 = 40;
+    let (exchange, prefix) = (unique("kill9"), unique("kill9-prefix"));
+    let queue = format!("{exchange}-listen");
+    let _leftovers = Leftovers { exchange: exchange.clone(), queue: queue.clone() };
+    let (_conn, ch) = connect().await;
+    let mut done = subscribe_done(&ch, &exchange).await;
+    let qa = OpenQa::start().await;
+    let obs = start_obs().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut env = env_for(&qa, &obs, state.path());
+    env.extend([
+        ("INCIDENT_GATE_AMQP_URL", amqp_url()),
+        ("INCIDENT_GATE_AMQP_EXCHANGE", exchange.clone()),
+        ("INCIDENT_GATE_AMQP_DECLARE_EXCHANGE", "true".into()),
+        ("INCIDENT_GATE_AMQP_TOPIC_PREFIX", prefix.clone()),
+        ("INCIDENT_GATE_AMQP_QUEUE", queue.clone()),
+        ("INCIDENT_GATE_AMQP_QUEUE_DURABLE", "false".into()),
+    ]);
+    let log = state.path().join("listen.log");
+    let spawn = || -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        command(&env).arg("listen").stdout(Stdio::null()).stderr(log).spawn().expect("listen starts")
+    };
+    let seed = std::process::id() as u64;
+    let mut rng = Rng(seed);
+    let mut child = spawn();
+    // the queue exists (declared by the listener) before the first message is published
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut kills = 0;
+    let mut incidents = BTreeMap::new();
+    for n in 0..INCIDENTS {
+        let (incident, rr) = (13_000 + n, 313_000 + n);
+        obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+        let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(incident, rr, &format!("t{i}"))).collect();
+        incidents.insert(incident, rr);
+        for job in jobs {
+            let event = qa.sim.set_done(job, "passed").unwrap();
+            publish(&ch, &exchange, &event.routing_key(&prefix), event.amqp_body.to_string().as_bytes())
+                .await;
+        }
+        if rng.below(4) == 0 {
+            tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+            child = spawn();
+        }
+    }
+
+    // collect until every incident was decided (and a little longer, to see duplicates)
+    let mut messages: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut quiet_until = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now > deadline || quiet_until.is_some_and(|q| now > q) {
+            break;
+        }
+        let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(500), done.next()).await else {
+            continue;
+        };
+        let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+        let id = d.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
+        messages.entry(body["incident"].as_u64().unwrap()).or_default().push(id);
+        if messages.len() as u64 == INCIDENTS && quiet_until.is_none() {
+            quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+        }
+    }
+    // the reviews too (IBS is reported after the event)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while incidents.values().any(|rr| obs.reviews(*rr)[0].state != "accepted")
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let decided = messages.len();
+    let published: usize = messages.values().map(Vec::len).sum();
+    let distinct: usize = messages.values().map(|ids| ids.iter().collect::<HashSet<_>>().len()).sum();
+    let accepted = incidents.values().filter(|rr| obs.reviews(**rr)[0].state == "accepted").count();
+    let changes: Vec<usize> = incidents.values().map(|rr| review_changes(&obs, *rr)).collect();
+    println!(
+        "kill -9 stream (seed {seed}): {INCIDENTS} incidents, {kills} kills; decided {decided}; \
+         incident.done messages {published} ({distinct} distinct message_ids); reviews accepted {accepted}; \
+         review changes {} (max per request {})",
+        changes.iter().sum::<usize>(),
+        changes.iter().max().unwrap_or(&0)
+    );
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(decided as u64, INCIDENTS, "every incident decided; listener log:\n{logs}");
+    assert_eq!(distinct as u64, INCIDENTS, "one decision (message_id) per incident: {messages:?}");
+    assert_eq!(accepted as u64, INCIDENTS, "every review accepted");
+    assert!(changes.iter().all(|c| *c == 1), "each review changed once: {changes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ibs_refusing_our_credentials_is_retried_until_it_accepts_them() {
+    let qa = OpenQa::start().await;
+    let obs = start_obs().await;
+    let state = tempfile::tempdir().unwrap();
+    obs.create_request(313_500, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+    let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(13_500, 313_500, &format!("t{i}"))).collect();
+    for j in &jobs {
+        qa.sim.set_done(*j, "passed");
+    }
+    // the password is wrong (401) for the first three reads, then someone fixes it
+    obs.fail_next("GET", "/request/313500", 401, 3);
+    let mut env = env_for(&qa, &obs, state.path());
+    env.push(("INCIDENT_GATE_PUBLISH_AMQP", "false".into()));
+    let job = jobs[1].to_string();
+    let run = |args: Vec<String>, env: Vec<(&'static str, String)>| async move {
+        tokio::task::spawn_blocking(move || command(&env).args(&args).output().unwrap()).await.unwrap()
+    };
+    let hook = run(vec!["hook".into(), job.clone(), "--skip-rc".into(), "142".into()], env.clone()).await;
+    let status = run(vec!["status".into()], env.clone()).await;
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    println!("hook with IBS answering 401: exit {:?}; status: {status}", hook.status.code());
+    assert_eq!(hook.status.code(), Some(142), "openQA is to run the hook again");
+    assert!(status.contains("obs queued") && status.contains("401"), "shown in status: {status}");
+    assert!(!status.contains(OBS_PASSWORD));
+    assert_eq!(obs.reviews(313_500)[0].state, "new", "not answered yet");
+
+    let mut runs = 1;
+    let mut code = hook.status.code();
+    while code != Some(0) && runs < 6 {
+        tokio::time::sleep(Duration::from_millis(1100)).await; // obs_denied_retry_s = 1
+        code = run(vec!["hook".into(), job.clone(), "--skip-rc".into(), "142".into()], env.clone())
+            .await
+            .status
+            .code();
+        runs += 1;
+    }
+    let status = run(vec!["status".into()], env.clone()).await;
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    println!("IBS accepting again after {runs} hook runs: exit {code:?}; status: {status}");
+    assert_eq!(code, Some(0));
+    assert_eq!(obs.reviews(313_500)[0].state, "accepted", "the 401 was not final");
+    assert_eq!(review_changes(&obs, 313_500), 1);
+    assert!(status.contains("obs done"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hook_asks_openqa_to_run_it_again_while_pending() {
+    let qa = OpenQa::start().await;
+    let obs = start_obs().await;
+    let state = tempfile::tempdir().unwrap();
+    obs.create_request(313_600, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+    let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(13_600, 313_600, &format!("t{i}"))).collect();
+    qa.sim.set_done(jobs[0], "passed");
+    let mut env = env_for(&qa, &obs, state.path());
+    env.push(("INCIDENT_GATE_PUBLISH_AMQP", "false".into()));
+    let hook = |skip: bool, env: Vec<(&'static str, String)>, job: u64| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = command(&env);
+            cmd.args(["hook", &job.to_string()]);
+            if skip {
+                cmd.args(["--skip-rc", "142"]);
+            }
+            cmd.output().unwrap().status.code()
+        })
+        .await
+        .unwrap()
+    };
+    let plain = hook(false, env.clone(), jobs[0]).await;
+    let skip = hook(true, env.clone(), jobs[0]).await;
+    // IBS down while the incident is decided: the report stays queued, openQA asks again
+    qa.sim.set_done(jobs[1], "passed");
+    obs.set_down(true);
+    let down = hook(true, env.clone(), jobs[1]).await;
+    let down_plain = hook(false, env.clone(), jobs[1]).await;
+    obs.set_down(false);
+    // right after recovery the next run delivers, whatever backoff the failures left
+    let recovered = hook(true, env.clone(), jobs[1]).await;
+    println!(
+        "hook exit codes: pending {plain:?}, pending with --skip-rc 142 {skip:?}, IBS down {down:?} \
+         (without --skip-rc {down_plain:?}), after recovery {recovered:?}"
+    );
+    assert_eq!(plain, Some(4));
+    assert_eq!(skip, Some(142));
+    assert_eq!(down, Some(142));
+    assert_eq!(down_plain, Some(3), "README: 3 when IBS is unavailable");
+    assert_eq!(recovered, Some(0));
+    assert_eq!(obs.reviews(313_600)[0].state, "accepted");
+    assert_eq!(review_changes(&obs, 313_600), 1);
+}
+
+#[test]
+fn the_listener_refuses_a_corrupt_store_naming_the_file() {
+    let state = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("INCIDENT_GATE_OPENQA_URL", "http://127.0.0.1:9".to_string()),
+        ("INCIDENT_GATE_STATE_DIR", state.path().display().to_string()),
+        ("INCIDENT_GATE_AMQP_URL", "amqp://guest:guest@127.0.0.1:9/%2f".into()),
+    ];
+    // a valid store with one decision's worth of rows, then damaged in the middle
+    let status = command(&env).arg("status").output().unwrap();
+    assert_eq!(status.status.code(), Some(0));
+    let db = state.path().join("incident-gate.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;").unwrap();
+        conn.execute_batch(
+            "CREATE TABLE filler (x TEXT); INSERT INTO filler VALUES (hex(randomblob(20000)));",
+        )
+        .unwrap();
+    }
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() > 3 * 4096);
+    // every b-tree page after the first: page headers no longer say what the page is
+    let mut page = 4096;
+    while page + 64 < bytes.len() {
+        bytes[page..page + 64].fill(0xA5);
+        page += 4096;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let mut child = command(&env).arg("listen").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut waited = 0;
+    while child.try_wait().unwrap().is_none() && waited < 100 {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("listen on a corrupt store: exit {:?}: {stderr}", out.status.code());
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+}
