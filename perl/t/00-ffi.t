@@ -46,9 +46,9 @@ my $gate = $lib->gate($config);
 isa_ok $gate, 'IncidentGate::FFI::Gate';
 
 subtest 'ig_gate_submit' => sub {
-    my ($status, $error) = $gate->submit('openqa_job_create', '{"id":1}');
+    my ($status, $error) = $gate->submit('openqa_worker_status', '{"id":1}');
     is $status, IG_UNKNOWN_EVENT, 'IG_UNKNOWN_EVENT';
-    like $error, qr/openqa_job_create/, 'naming the event';
+    like $error, qr/openqa_worker_status/, 'naming the event';
     ($status, $error) = $gate->submit('openqa_job_done', '{"id":');
     is $status, IG_INVALID_JSON, 'IG_INVALID_JSON';
     ($status, $error) = $gate->submit('openqa_job_done', '{"result":"passed"}');
