@@ -180,6 +180,18 @@ pub enum Recorded {
 }
 
 /// Adds a column that state directories created by an older version lack.
+/// The outbox rows of one decision, for `deliveries` prepared as
+/// `SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY id`.
+fn delivery_rows(
+    deliveries: &mut rusqlite::Statement<'_>,
+    key: &str,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    let rows = deliveries.query_map([key], |r| {
+        Ok(DeliveryRow { sink: r.get(0)?, state: r.get(1)?, attempts: r.get(2)?, outcome: r.get(3)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 fn add_column(conn: &mut Connection, table: &str, column: &str, decl: &str) -> Result<(), StoreError> {
     // immediate: two processes opening an old state directory at once add it once
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -735,16 +747,7 @@ impl Store {
                 conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY id")?;
             for row in it {
                 let (key, incident, request, result, decided_at, pending_since) = row?;
-                let d: Vec<DeliveryRow> = deliveries
-                    .query_map([&key], |r| {
-                        Ok(DeliveryRow {
-                            sink: r.get(0)?,
-                            state: r.get(1)?,
-                            attempts: r.get(2)?,
-                            outcome: r.get(3)?,
-                        })
-                    })?
-                    .collect::<Result<_, _>>()?;
+                let d = delivery_rows(&mut deliveries, &key)?;
                 let decided_ms = humantime::parse_rfc3339(&decided_at)
                     .ok()
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -836,16 +839,7 @@ impl Store {
         for row in it {
             let (key, result, decided_at, body) = row?;
             let decision: Option<Decision> = serde_json::from_str(&body).ok();
-            let d = deliveries
-                .query_map([&key], |r| {
-                    Ok(DeliveryRow {
-                        sink: r.get(0)?,
-                        state: r.get(1)?,
-                        attempts: r.get(2)?,
-                        outcome: r.get(3)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+            let d = delivery_rows(&mut deliveries, &key)?;
             out.push(DecisionHistory {
                 key,
                 result,
