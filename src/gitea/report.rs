@@ -6,13 +6,11 @@
 //! inert the same way as for IBS (backslashes and HTML entities, see obs::report).
 
 use super::reporter::PrReport;
-use crate::obs::report::{escape_markdown, escape_url, BODY_BUDGET};
+use crate::obs::report::{escape_markdown, link, push_blocking_rows, BODY_BUDGET};
 use crate::verdict::Outcome;
 
 const MARKER_START: &str = "<!-- incident-gate-gitea ";
 const MARKER_END: &str = " -->";
-const MAX_NAME_CHARS: usize = 200;
-const MAX_URL_BYTES: usize = 1_000;
 
 /// The identity line of our results comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,18 +94,6 @@ pub fn approval_comment(bot: &str, r: &PrReport) -> String {
     format!("{command}\n{message}\n{commit}")
 }
 
-fn link(url: &str) -> Option<String> {
-    (url.len() <= MAX_URL_BYTES && (url.starts_with("http://") || url.starts_with("https://")))
-        .then(|| escape_url(url))
-}
-
-fn cut(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((at, _)) => format!("{}...", &s[..at]),
-        None => s.to_string(),
-    }
-}
-
 /// The 12 characters people quote a commit by.
 fn short(sha: &str) -> String {
     escape_markdown(&sha.chars().take(12).collect::<String>())
@@ -159,30 +145,7 @@ pub fn results_comment(r: &PrReport, head: Option<&str>) -> String {
         table.push_str("| Job | Name | Result | Group |\n|---|---|---|---|\n");
     }
     let budget = BODY_BUDGET.saturating_sub(text.len() + tail.len() + 120);
-    let mut shown = 0;
-    for job in &r.blocking {
-        let url = link(&job.url)
-            .unwrap_or_else(|| escape_url(&format!("{}/tests/{}", r.openqa.trim_end_matches('/'), job.id)));
-        let row = format!(
-            "| [{}]({url}) | {} | {} | {} |\n",
-            job.id,
-            escape_markdown(&cut(&job.name, MAX_NAME_CHARS)),
-            escape_markdown(&cut(&job.result, 40)),
-            escape_markdown(&cut(&job.group, MAX_NAME_CHARS)),
-        );
-        if table.len() + row.len() > budget {
-            break;
-        }
-        table.push_str(&row);
-        shown += 1;
-    }
-    let hidden = r.blocking.len() - shown;
-    if hidden > 0 {
-        table.push_str(&format!("\n... and {hidden} more blocking jobs, see openQA.\n"));
-    }
-    if !table.is_empty() {
-        table.push('\n');
-    }
+    push_blocking_rows(&mut table, &r.blocking, &r.openqa, budget);
     (text + &table + &tail).replace('\0', "")
 }
 

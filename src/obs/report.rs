@@ -94,7 +94,47 @@ pub fn escape_url(url: &str) -> String {
     out
 }
 
-fn cut(s: &str, max_chars: usize) -> String {
+/// The blocking jobs' rows under the table head already in `table`, as many as fit in `budget`
+/// bytes, then how many more (IBS and Gitea comments alike).
+pub fn push_blocking_rows(
+    table: &mut String,
+    blocking: &[crate::verdict::BlockingJob],
+    openqa: &str,
+    budget: usize,
+) {
+    let mut shown = 0;
+    for job in blocking {
+        let url = link(&job.url)
+            .unwrap_or_else(|| escape_url(&format!("{}/tests/{}", openqa.trim_end_matches('/'), job.id)));
+        let row = format!(
+            "| [{}]({url}) | {} | {} | {} |\n",
+            job.id,
+            escape_markdown(&cut(&job.name, MAX_NAME_CHARS)),
+            escape_markdown(&cut(&job.result, 40)),
+            escape_markdown(&cut(&job.group, MAX_NAME_CHARS)),
+        );
+        if table.len() + row.len() > budget {
+            break;
+        }
+        table.push_str(&row);
+        shown += 1;
+    }
+    let hidden = blocking.len() - shown;
+    if hidden > 0 {
+        table.push_str(&format!("\n... and {hidden} more blocking jobs, see openQA.\n"));
+    }
+    if !table.is_empty() {
+        table.push('\n');
+    }
+}
+
+/// A link target we are willing to show: http(s) and not absurdly long.
+pub fn link(url: &str) -> Option<String> {
+    (url.len() <= MAX_URL_BYTES && (url.starts_with("http://") || url.starts_with("https://")))
+        .then(|| escape_url(url))
+}
+
+pub fn cut(s: &str, max_chars: usize) -> String {
     match s.char_indices().nth(max_chars) {
         Some((at, _)) => format!("{}...", &s[..at]),
         None => s.to_string(),
@@ -214,35 +254,7 @@ pub fn render_comment(decision: &Decision) -> String {
     // room for the "and N more" line, however many digits N has
     let reserve = 120;
     let budget = BODY_BUDGET.saturating_sub(head.len() + tail.len() + reserve);
-    let mut shown = 0;
-    for job in &v.blocking {
-        let url = if job.url.len() <= MAX_URL_BYTES
-            && (job.url.starts_with("http://") || job.url.starts_with("https://"))
-        {
-            escape_url(&job.url)
-        } else {
-            escape_url(&format!("{}/tests/{}", decision.openqa.trim_end_matches('/'), job.id))
-        };
-        let row = format!(
-            "| [{}]({url}) | {} | {} | {} |\n",
-            job.id,
-            escape_markdown(&cut(&job.name, MAX_NAME_CHARS)),
-            escape_markdown(&cut(&job.result, 40)),
-            escape_markdown(&cut(&job.group, MAX_NAME_CHARS)),
-        );
-        if table.len() + row.len() > budget {
-            break;
-        }
-        table.push_str(&row);
-        shown += 1;
-    }
-    let hidden = v.blocking.len() - shown;
-    if hidden > 0 {
-        table.push_str(&format!("\n... and {hidden} more blocking jobs, see openQA.\n"));
-    }
-    if !table.is_empty() {
-        table.push('\n');
-    }
+    push_blocking_rows(&mut table, &v.blocking, &decision.openqa, budget);
     let mut body = head + &table + &tail;
     // the budget holds by construction; this guards against a future edit breaking it
     if body.len() >= OBS_MAX_BODY {
