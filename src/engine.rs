@@ -640,6 +640,13 @@ impl Core {
             }
             let mut failures = 0u32;
             loop {
+                {
+                    // what was heard before this evaluation takes its ticket, it reads anyway
+                    let mut incidents = core.incidents.lock().unwrap_or_else(|p| p.into_inner());
+                    let state = incidents.entry(incident).or_default();
+                    state.finished_meanwhile.clear();
+                    state.heard_meanwhile.clear();
+                }
                 let outcome = core.evaluate_and_decide(incident).await;
                 let retry = match &outcome {
                     Ok(_) => {
@@ -684,6 +691,10 @@ impl Core {
                         // an event came about a job it did not see (a newer request or build
                         // may have started): its verdict may be about jobs that no longer count
                         state.again |= heard.iter().any(|j| !known.contains(j));
+                        // the stored pending marks of those events carry this evaluation's
+                        // ticket and only a later one clears them (it cannot tell whether it
+                        // read openQA before or after them): a decided incident looks once more
+                        state.again |= pending.is_none() && !heard.is_empty();
                         state.known = if pending.is_some() { known } else { HashSet::new() };
                         state.waiting_on = pending;
                     }
