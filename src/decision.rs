@@ -44,7 +44,7 @@ impl Decision {
             "rrid": v.rrid,
             "result": v.result,
             "openqa": self.openqa,
-            "page": page_url(&self.openqa, v.incident),
+            "page": page_url(&self.openqa, v.submission()),
             "jobs": {
                 "total": v.jobs.total,
                 "passed": v.jobs.passed,
@@ -65,9 +65,10 @@ impl Decision {
     }
 }
 
-/// The incident's page in openQA's web UI (served by the plugin): the verdict explained.
-pub fn page_url(openqa: &str, incident: u64) -> String {
-    format!("{}/incident_gate/{incident}", openqa.trim_end_matches('/'))
+/// The submission's page in openQA's web UI (served by the plugin): the verdict explained.
+/// `/incident_gate/12345` for an IBS incident, `/incident_gate/git:124` for a pull request.
+pub fn page_url(openqa: &str, submission: impl Into<crate::incident::Submission>) -> String {
+    format!("{}/incident_gate/{}", openqa.trim_end_matches('/'), submission.into())
 }
 
 /// The `Responsible: …` lines of a job group's description, as maintenance teams write them
@@ -174,6 +175,8 @@ mod tests {
         assert_eq!(responsible_lines(d), vec!["@qam-sle, jane@example.com".to_string(), "bob".to_string()]);
         assert!(responsible_lines("no such line").is_empty());
         assert_eq!(page_url("https://o.example/", 12), "https://o.example/incident_gate/12");
+        let pr = crate::incident::Submission::gitea(124);
+        assert_eq!(page_url("https://o.example", pr), "https://o.example/incident_gate/git:124");
     }
 
     #[test]

@@ -201,8 +201,14 @@ impl Core {
         if cfg.report_obs {
             sinks.push(Sink::Obs);
         }
-        if cfg.report_gitea {
+        // Gitea answers every write without a token with 401: an installation that has not set
+        // one up publishes its pull requests' decisions and leaves Gitea alone
+        if cfg.report_gitea && cfg.gitea_token.is_some() {
             sinks.push(Sink::Gitea);
+        } else if cfg.report_gitea {
+            tracing::info!(
+                "no gitea_token: decisions about Gitea pull requests are published, not reported to Gitea"
+            );
         }
         Ok(Core {
             cfg,
@@ -728,6 +734,8 @@ impl Core {
         let Evaluation { verdict, relied_comments, jobs } = self.evaluation(incident).await?;
         if verdict.result == Outcome::Pending {
             self.store.mark_pending(incident)?;
+            let (state, why) = waiting_for(&verdict);
+            self.store.note_waiting(incident, state, &why)?;
             return Ok(verdict);
         }
         // an incomplete failure is reported, but the incident stays pending: reconciliation
@@ -904,6 +912,26 @@ pub async fn evaluate_with(
         selection.counted.iter().filter_map(|j| j.t_started.clone().map(|t| (j.id, t))).collect();
     verdict::hold(&mut verdict, waiting, &started);
     Ok(Evaluation { verdict, jobs, relied_comments })
+}
+
+/// How the incidents page names what a pending verdict waits for: expected coverage when a job
+/// the policy requires does not exist (nothing running will change that), else jobs.
+fn waiting_for(verdict: &Verdict) -> (&'static str, String) {
+    let coverage: Vec<&str> =
+        verdict.waiting.iter().filter(|w| w.kind == "coverage").map(|w| w.what.as_str()).collect();
+    if !coverage.is_empty() {
+        return ("coverage", format!("expected, not in openQA: {}", coverage.join("; ")));
+    }
+    let mut what: Vec<&str> = verdict.waiting.iter().map(|w| w.what.as_str()).take(3).collect();
+    if verdict.waiting.len() > what.len() {
+        what.push("…");
+    }
+    let why = if what.is_empty() {
+        "waiting for jobs to finish".to_string()
+    } else {
+        format!("waiting for {}", what.join(", "))
+    };
+    ("pending", why)
 }
 
 /// Whom to contact for each job group with a blocking job, from the `Responsible:` lines of the

@@ -172,7 +172,17 @@ impl Gate {
         &self,
         query: &crate::store::IncidentQuery,
     ) -> Result<crate::store::IncidentList, String> {
-        let store = crate::store::Store::open(&self.config.state_dir).map_err(|e| e.to_string())?;
+        // the running engine's connection when there is one: a page view opens no file
+        let running = {
+            let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            guard.as_ref().filter(|r| r.pid == std::process::id()).map(|r| r.core.store().clone())
+        };
+        let store = match running {
+            Some(store) => store,
+            None => std::sync::Arc::new(
+                crate::store::Store::open(&self.config.state_dir).map_err(|e| e.to_string())?,
+            ),
+        };
         store.incidents(query).map_err(|e| e.to_string())
     }
 

@@ -95,6 +95,7 @@ pub fn pr_report(cfg: &Config, d: &crate::decision::Decision) -> Option<PrReport
         jobs: v.jobs.clone(),
         blocking: v.blocking.clone(),
         overview_url: format!("{}/tests/overview?build=:git:{}", d.openqa, v.incident),
+        page_url: crate::decision::page_url(&d.openqa, v.submission()),
         openqa: d.openqa.clone(),
         key: d.key.clone(),
         decided_at: d.decided_at.clone(),

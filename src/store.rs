@@ -124,15 +124,21 @@ pub struct IncidentQuery {
     pub state: Option<String>,
     /// Digits the incident number contains.
     pub search: Option<String>,
-    /// Exactly this incident, with every decision of it.
+    /// Exactly this IBS incident, with every decision of it.
     pub incident: Option<u64>,
+    /// Exactly this submission (`12345`, `git:124`), with every decision of it.
+    pub submission: Option<String>,
     /// At most this many incidents (default 200, at most 1000).
     pub limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IncidentRow {
+    /// The submission's number; `kind` says whose (`ibs` or `gitea`).
     pub incident: u64,
+    pub kind: &'static str,
+    /// As the pages and routes name it: `12345`, `git:124`.
+    pub submission: String,
     pub request: Option<u64>,
     pub state: String,
     pub why: Option<String>,
@@ -177,6 +183,15 @@ pub enum Recorded {
     Repeat,
     /// An evaluation that started later decided already: this one read older data.
     Stale,
+}
+
+/// A pending incident's state and reason on the incidents page, from what its last evaluation
+/// waited for (nothing noted yet: its jobs, as an event said).
+fn pending_state(waiting: (Option<String>, Option<String>)) -> (String, Option<String>) {
+    match waiting {
+        (Some(state), why) => (state, why),
+        (None, _) => ("pending".to_string(), Some("waiting for jobs to finish".to_string())),
+    }
 }
 
 /// Adds a column that state directories created by an older version lack.
@@ -268,6 +283,11 @@ impl Store {
         // that began later (a higher ticket) may clear the mark
         add_column(&mut conn, "pending", "ticket", "INTEGER NOT NULL DEFAULT 0")
             .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
+        // what the last evaluation of a pending incident waited for, for the incidents page
+        for column in ["wait_state", "wait_why"] {
+            add_column(&mut conn, "pending", column, "TEXT")
+                .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
+        }
         Ok(Store { conn: Mutex::new(conn), path })
     }
 
@@ -551,6 +571,21 @@ impl Store {
         self.mark_pending_many(&[incident.into()])
     }
 
+    /// What a pending incident waits for, as its last evaluation found: `pending` (jobs to
+    /// finish or to be created) or `coverage` (a job the coverage policy expects does not exist).
+    pub fn note_waiting(
+        &self,
+        incident: impl Into<Submission>,
+        state: &str,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE pending SET wait_state = ?2, wait_why = ?3 WHERE incident = ?1",
+            params![incident.into().store_key(), state, why],
+        )?;
+        Ok(())
+    }
+
     /// Marks incidents pending in one transaction, with the current evaluation ticket: an
     /// evaluation that began before the mark (and so may have read openQA before the event that
     /// caused it) does not clear it; the incident stays pending until one that began later
@@ -725,11 +760,18 @@ impl Store {
     /// decision's result, `delivery_pending` while one of its deliveries waits (with the last
     /// outcome as the reason) and `reported` once IBS (or Gitea) took it.
     pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentList, StoreError> {
+        let exactly = match (&q.submission, q.incident) {
+            (Some(text), _) => Some(Submission::parse(text).ok_or_else(|| {
+                StoreError(format!("not a submission: {text:?} (12345, ibs:12345 or git:124)"))
+            })?),
+            (None, incident) => incident.map(Submission::ibs),
+        };
         let conn = self.conn();
         let mut rows: Vec<IncidentRow> = Vec::new();
         {
             let mut stmt = conn.prepare(
-                "SELECT d.key, d.incident, d.request, d.result, d.decided_at, p.since FROM decisions AS d
+                "SELECT d.key, d.incident, d.request, d.result, d.decided_at, p.since, p.wait_state, p.wait_why
+                 FROM decisions AS d
                  LEFT JOIN pending AS p ON p.incident = d.incident
                  WHERE d.rowid IN (SELECT MAX(rowid) FROM decisions GROUP BY incident)",
             )?;
@@ -741,12 +783,14 @@ impl Store {
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, Option<i64>>(5)?,
+                    (r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?),
                 ))
             })?;
             let mut deliveries =
                 conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY id")?;
             for row in it {
-                let (key, incident, request, result, decided_at, pending_since) = row?;
+                let (key, incident, request, result, decided_at, pending_since, waited) = row?;
+                let incident = Submission::from_store_key(incident as i64);
                 let d = delivery_rows(&mut deliveries, &key)?;
                 let decided_ms = humantime::parse_rfc3339(&decided_at)
                     .ok()
@@ -754,8 +798,9 @@ impl Store {
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0);
                 let waiting = d.iter().find(|x| x.state == "queued");
-                let (state, why) = if pending_since.is_some_and(|s| s >= decided_ms) {
-                    ("pending".to_string(), Some("waiting for jobs to finish".to_string()))
+                // a failure reported while testing goes on shows as failed: that is what blocks
+                let (state, why) = if pending_since.is_some_and(|s| s >= decided_ms) && result != "failed" {
+                    pending_state(waited)
                 } else if let Some(w) = waiting {
                     let why = match &w.outcome {
                         Some(o) => format!("{} after {} attempt(s): {o}", w.sink, w.attempts),
@@ -771,7 +816,9 @@ impl Store {
                 };
                 let updated = pending_since.unwrap_or(0).max(decided_ms);
                 rows.push(IncidentRow {
-                    incident,
+                    incident: incident.number,
+                    kind: incident.kind.as_str(),
+                    submission: incident.to_string(),
                     request,
                     state,
                     why,
@@ -784,16 +831,26 @@ impl Store {
         }
         {
             let mut stmt = conn.prepare(
-                "SELECT incident, since FROM pending WHERE incident NOT IN (SELECT incident FROM decisions)",
+                "SELECT incident, since, wait_state, wait_why FROM pending
+                 WHERE incident NOT IN (SELECT incident FROM decisions)",
             )?;
-            let it = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)))?;
+            let it = stmt.query_map([], |r| {
+                Ok((
+                    Submission::from_store_key(r.get(0)?),
+                    r.get::<_, i64>(1)?,
+                    (r.get::<_, Option<String>>(2)?, r.get::<_, Option<String>>(3)?),
+                ))
+            })?;
             for row in it {
-                let (incident, since) = row?;
+                let (incident, since, waiting) = row?;
+                let (state, why) = pending_state(waiting);
                 rows.push(IncidentRow {
-                    incident,
+                    incident: incident.number,
+                    kind: incident.kind.as_str(),
+                    submission: incident.to_string(),
                     request: None,
-                    state: "pending".into(),
-                    why: Some("waiting for jobs to finish".into()),
+                    state,
+                    why,
                     result: None,
                     decided_at: None,
                     updated_ms: since,
@@ -808,12 +865,12 @@ impl Store {
         rows.retain(|r| {
             q.state.as_deref().is_none_or(|s| r.state == s || r.result.as_deref() == Some(s))
                 && q.search.as_deref().is_none_or(|s| r.incident.to_string().contains(s))
-                && q.incident.is_none_or(|i| r.incident == i)
+                && exactly.is_none_or(|s| r.submission == s.to_string())
         });
         rows.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.incident.cmp(&a.incident)));
         let total = rows.len() as u64;
         rows.truncate(q.limit.unwrap_or(200).clamp(1, 1000));
-        let decisions = match q.incident {
+        let decisions = match exactly {
             Some(i) => Some(Self::history(&conn, i)?),
             None => None,
         };
@@ -821,13 +878,13 @@ impl Store {
     }
 
     /// Every decision of an incident, newest first, with what was sent where and how it went.
-    fn history(conn: &Connection, incident: u64) -> Result<Vec<DecisionHistory>, StoreError> {
+    fn history(conn: &Connection, incident: Submission) -> Result<Vec<DecisionHistory>, StoreError> {
         let mut stmt = conn.prepare(
             "SELECT key, result, decided_at, body FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 50",
         )?;
         let mut deliveries =
             conn.prepare("SELECT sink, state, attempts, outcome FROM outbox WHERE key = ?1 ORDER BY id")?;
-        let it = stmt.query_map([incident as i64], |r| {
+        let it = stmt.query_map([incident.store_key()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -1280,6 +1337,32 @@ mod tests {
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].deliveries.len(), 2);
         assert_eq!(history[0].deliveries[1].outcome.as_deref(), Some("IBS: 503 Service Unavailable"));
+    }
+
+    #[test]
+    fn incidents_list_pull_requests_by_kind_and_what_a_pending_one_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        // an IBS incident and a pull request of the same number, both waiting
+        s.mark_pending(124).unwrap();
+        s.note_waiting(124, "coverage", "expected, not in openQA: an aggregate job").unwrap();
+        s.mark_pending(Submission::gitea(124)).unwrap();
+        let all = s.incidents(&IncidentQuery::default()).unwrap();
+        let rows: Vec<(&str, &str, &str)> =
+            all.incidents.iter().map(|r| (r.submission.as_str(), r.kind, r.state.as_str())).collect();
+        assert!(rows.contains(&("124", "ibs", "coverage")), "{rows:?}");
+        assert!(rows.contains(&("git:124", "gitea", "pending")), "{rows:?}");
+        assert!(all.incidents.iter().all(|r| r.incident == 124), "numbers, never a negated store key");
+        let pr = IncidentQuery { submission: Some("git:124".into()), ..Default::default() };
+        let one = s.incidents(&pr).unwrap();
+        assert_eq!(one.incidents.len(), 1);
+        assert_eq!(one.incidents[0].why.as_deref(), Some("waiting for jobs to finish"));
+        let coverage = IncidentQuery { state: Some("coverage".into()), ..Default::default() };
+        let waits = s.incidents(&coverage).unwrap();
+        assert_eq!(waits.incidents.len(), 1);
+        assert_eq!(waits.incidents[0].why.as_deref(), Some("expected, not in openQA: an aggregate job"));
+        let bad = IncidentQuery { submission: Some("pr:1".into()), ..Default::default() };
+        assert!(s.incidents(&bad).unwrap_err().0.contains("not a submission"));
     }
 
     #[test]

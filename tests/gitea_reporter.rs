@@ -48,6 +48,7 @@ fn report(result: Outcome, sha: &str, failed_jobs: &[u64]) -> PrReport {
         blocking,
         openqa: "https://openqa.example.com".into(),
         overview_url: "https://openqa.example.com/tests/overview?build=:git:124".into(),
+        page_url: "https://openqa.example.com/incident_gate/git:124".into(),
         decided_at: "2026-11-24T17:03:12Z".into(),
     }
 }

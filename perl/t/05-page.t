@@ -21,7 +21,7 @@ my $t = new_app(write_ini({
         library => library(), amqp_url => $ENV{AMQP_URL} // 'amqp://guest:guest@127.0.0.1:5672/%2f',
         amqp_topic_prefix => unique(), amqp_exchange => $exchange, obs_url => $sim->{obs},
         obs_user => $sim->{obs_user}, obs_password => $sim->{obs_password}, review_policy => 'accept-onpass',
-        state_dir => $state_dir,
+        state_dir => $state_dir, coverage => 'sle/15-SP6/*/aarch64: aggregate',
     }}));
 
 $t->get_ok('/incident_gate')->status_is(200)->text_like('h2' => qr/^Incidents/)
@@ -44,7 +44,7 @@ for my $case ([51001, 'passed', 'passed'], [51002, 'passed', 'failed'], [51003, 
 
 sub states {
     my $list = $t->ua->get('/api/v1/incident_gate/incidents')->result->json;
-    return {map { $_->{incident} => $_->{state} } @{$list->{incidents} // []}};
+    return {map { ($_->{submission} // $_->{incident}) => $_->{state} } @{$list->{incidents} // []}};
 }
 ok wait_for(sub { my $s = states(); ($s->{51001} // '') eq 'reported' && ($s->{51002} // '') eq 'failed'
       && ($s->{51003} // '') eq 'pending' }, 30), 'the library knows the three incidents'
@@ -105,6 +105,38 @@ subtest 'nothing of the configuration is shown' => sub {
             unlike $body, qr/\Q$internal\E/, "$path: no $internal";
         }
     }
+};
+
+subtest 'waiting for expected coverage, and a pull request beside the incidents' => sub {
+    # aarch64 needs an aggregate job listing the incident (the coverage policy): none exists
+    my $incident = 51005;
+    $sim->create_release_request(400000 + $incident);
+    my @ids = $sim->create_incident_jobs(incident => $incident, request => 400000 + $incident, group => $group,
+        tests => ['mau-extratests'], arch => 'aarch64');
+    my $pr = 51006;
+    push @ids, $sim->openqa(POST => '/api/v1/jobs', {
+        DISTRI => 'sle', VERSION => '16.0', FLAVOR => 'Online', ARCH => 'x86_64', MACHINE => '64bit',
+        TEST => 'mau-extratests', BUILD => ":git:$pr:openssl", SUBMISSION_ID => "git:$pr", _GITEA_PR => $pr,
+        GITEA_REPO => 'products/SLFO', GITEA_SHA => 'a' x 40, _GROUP_ID => $group})->{id};
+    for my $id (@ids) {
+        $sim->set_done($id, 'passed');
+        emit(openqa_job_done => {id => $id, newbuild => undef, reason => undef, result => 'passed'});
+    }
+    ok wait_for(sub { my $s = states(); ($s->{$incident} // '') eq 'coverage' && ($s->{"git:$pr"} // '') eq 'passed' },
+        30), 'the incident waits for coverage, the pull request is decided'
+      or diag explain states();
+    $t->get_ok('/incident_gate?state=coverage')->status_is(200)
+      ->text_is("#ig-incident-$incident .ig-state" => 'waiting for expected coverage')
+      ->text_like("#ig-incident-$incident .ig-why" => qr/aggregate/, 'what is expected');
+    $t->get_ok("/incident_gate/$incident")->status_is(200)
+      ->element_exists('#ig-expected li.ig-wait[data-kind="coverage"]', 'still expected: the coverage');
+    $t->get_ok('/incident_gate')->status_is(200)
+      ->element_exists("#ig-incident-git-$pr\[data-kind=gitea][data-state=passed]", 'the pull request by kind');
+    is $t->tx->res->dom->at("#ig-incident-git-$pr a.ig-incident-link")->attr('href'), "/incident_gate/git:$pr",
+      'linked by kind and number';
+    $t->get_ok("/incident_gate/git:$pr")->status_is(200)->text_like('h2' => qr/^Pull request $pr/)
+      ->element_exists('#ig-result[data-result="passed"]', 'its verdict, asked by kind');
+    $t->get_ok('/incident_gate/pr:1')->status_is(404);
 };
 
 subtest 'delivery pending, and why, without the error that names the configuration' => sub {

@@ -88,7 +88,7 @@ pub fn summary_line(r: &PrReport) -> String {
 pub fn approval_comment(bot: &str, r: &PrReport) -> String {
     let (command, commit) = approval_identifiers(bot, &r.tested_sha);
     let mut message = escape_markdown(&summary_line(r));
-    if let Some(url) = link(&r.overview_url) {
+    if let Some(url) = link(&r.page_url) {
         message.push_str(&format!(". Details: {url}"));
     }
     format!("{command}\n{message}\n{commit}")
@@ -135,6 +135,9 @@ pub fn results_comment(r: &PrReport, head: Option<&str>) -> String {
         text.push_str(&format!("{} relevant openQA {noun}: {}.\n\n", j.total, parts.join(", ")));
     }
     let mut tail = String::new();
+    if let Some(url) = link(&r.page_url) {
+        tail.push_str(&format!("[Why: the verdict explained]({url}) · "));
+    }
     if let Some(url) = link(&r.overview_url) {
         tail.push_str(&format!("[All openQA jobs of this pull request]({url})\n\n"));
     }
@@ -171,6 +174,7 @@ mod tests {
             }],
             openqa: "https://openqa.example.com".into(),
             overview_url: "https://openqa.example.com/tests/overview?build=:git:124".into(),
+            page_url: "https://openqa.example.com/incident_gate/git:124".into(),
             key: "k1".into(),
             decided_at: "2026-11-24T17:03:12Z".into(),
         }
@@ -184,7 +188,8 @@ mod tests {
         assert_eq!(lines[0], "@qam-openqa-review: approved");
         assert_eq!(lines[2], format!("Tested commit: {}", r.tested_sha));
         assert!(
-            lines[1].contains("all 3 relevant jobs") && lines[1].contains("overview?build=:git:124"),
+            lines[1].contains("all 3 relevant jobs")
+                && lines[1].ends_with("Details: https://openqa.example.com/incident_gate/git:124"),
             "{body}"
         );
         assert!(is_approval_of(&body, "qam-openqa-review", &r.tested_sha));
@@ -202,6 +207,10 @@ mod tests {
         );
         assert!(body.contains("| [4711](https://openqa.example.com/tests/4711) | sle-16.0-x86\\_64-Build:git:124:openssl-mau&#124;x&#64;64bit | failed | SLFO PRs |"), "{body}");
         assert!(!body.contains("older commit"));
+        assert!(
+            body.contains("[Why: the verdict explained](https://openqa.example.com/incident_gate/git:124)"),
+            "{body}"
+        );
         let body = results_comment(&r, Some("ffff0000ffff0000"));
         assert!(
             body.contains("results are for an older commit, `2cf58b3a9c32`")

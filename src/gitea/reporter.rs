@@ -34,6 +34,8 @@ pub struct PrReport {
     pub openqa: String,
     /// Where a reader sees every openQA job of the pull request.
     pub overview_url: String,
+    /// The pull request's page in openQA (the plugin's): the verdict explained.
+    pub page_url: String,
     /// Identity of the decision (`Decision::key`), written into the results comment's marker.
     pub key: String,
     /// RFC 3339.

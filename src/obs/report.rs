@@ -241,7 +241,7 @@ pub fn render_comment(decision: &Decision) -> String {
         }
         tail.push('\n');
     }
-    let page = escape_url(&crate::decision::page_url(&decision.openqa, v.incident));
+    let page = escape_url(&crate::decision::page_url(&decision.openqa, v.submission()));
     tail.push_str(&format!("[Why: incident {} explained on openQA]({page})\n\n", v.incident));
     let overview = escape_url(&overview_url(&decision.openqa, v.incident));
     tail.push_str(&format!("[All openQA jobs of incident {}]({overview})\n\n", v.incident));
@@ -270,7 +270,7 @@ pub fn review_message(decision: &Decision) -> String {
         Outcome::Passed => format!(
             "{}. Details: {}",
             summary_line(decision),
-            crate::decision::page_url(&decision.openqa, decision.verdict.incident)
+            crate::decision::page_url(&decision.openqa, decision.verdict.submission())
         ),
         _ => render_comment(decision),
     }

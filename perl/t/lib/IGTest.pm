@@ -148,7 +148,7 @@ sub create_incident_jobs ($self, %o) {
         push @ids, $self->openqa(
             POST => '/api/v1/jobs',
             {
-                DISTRI => 'sle', VERSION => '15-SP6', FLAVOR => 'Server-DVD-Incidents', ARCH => 'x86_64',
+                DISTRI => 'sle', VERSION => '15-SP6', FLAVOR => 'Server-DVD-Incidents', ARCH => $o{arch} // 'x86_64',
                 MACHINE => '64bit', TEST => $test, BUILD => ":$o{incident}:openssl", INCIDENT_ID => $o{incident},
                 RRID => "SUSE:Maintenance:$o{incident}:$o{request}", REPOHASH => 'abc123', _GROUP_ID => $o{group},
             })->{id};

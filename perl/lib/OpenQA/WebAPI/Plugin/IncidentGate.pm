@@ -126,7 +126,8 @@ sub _routes ($self, $app) {
     # the incidents page, in openQA's layout (templates next to this module, as ObsRsync does)
     push @{$app->renderer->paths}, Mojo::File->new(__FILE__)->sibling('IncidentGate', 'templates')->to_string;
     $r->get('/incident_gate' => sub ($c) { $self->_index_page($c) })->name('incident_gate_index');
-    $r->get('/incident_gate/<incident:num>' => sub ($c) { $self->_incident_page($c) })->name('incident_gate_page');
+    $r->get('/incident_gate/<incident>' => [incident => qr/(?:(?:ibs|git|gitea):)?[0-9]+/])
+      ->to(cb => sub ($c) { $self->_incident_page($c) })->name('incident_gate_page');
     $app->config->{plugin_links}{operator}{Incidents} = 'incident_gate_index';
     # a submission by kind and number: 12345 or ibs:12345 (IBS incident), git:124 (Gitea PR)
     $api->get('/incident_gate/submissions/<submission>' => sub ($c) { $self->_evaluate($c, 1) })
@@ -142,9 +143,16 @@ sub _layout ($self, $c) {
         handler => 'ep'}) ? 'bootstrap' : 'incident_gate_plain';
 }
 
-our %STATES = (pending => 'waiting for jobs', delivery_pending => 'delivery pending', failed => 'failed',
-    passed => 'passed', reported => 'reported', no_jobs => 'no jobs');
-our @STATE_ORDER = qw(pending delivery_pending failed passed reported no_jobs);
+our %STATES = (pending => 'waiting for jobs', coverage => 'waiting for expected coverage',
+    delivery_pending => 'delivery pending', failed => 'failed', passed => 'passed', reported => 'reported',
+    no_jobs => 'no jobs');
+our @STATE_ORDER = qw(pending coverage delivery_pending failed passed reported no_jobs);
+
+# `12345`, `ibs:12345` → `12345`; `git:124`, `gitea:124` → `git:124`; undef for anything else.
+sub _submission ($text) {
+    return undef unless ($text // '') =~ /^(?:(ibs|git|gitea):)?0*([1-9][0-9]{0,18})$/;
+    return ($1 && $1 ne 'ibs') ? "git:$2" : $2;
+}
 
 # Delivery outcomes are for users: they say what happened, never where the services live.
 sub _public_text ($text) {
@@ -215,16 +223,17 @@ sub _incident_page ($self, $c) {
     my $incident = $c->param('incident');
     $c->stash(layout => $self->_layout($c), title => "Incident $incident", incident => $incident,
         states => \%STATES, verdict => undef, verdict_error => undef, record => undef, decisions => []);
-    return $c->render(template => 'incident_gate/incident', status => 400,
-        error => 'the incident must be a positive number below 10^19')
-      unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
-    $incident = $1;
-    my ($list, $error) = $self->_incidents($c, incident => 0 + $incident);
+    $incident = _submission($incident)
+      // return $c->render(template => 'incident_gate/incident', status => 400,
+        error => 'the incident must be a positive number below 10^19, or git:<pull request>');
+    my $pr = $incident =~ /^git:(\d+)/ ? $1 : undef;
+    $c->stash(title => $pr ? "Pull request $pr" : "Incident $incident");
+    my ($list, $error) = $self->_incidents($c, submission => $incident);
     $c->stash(incident => $incident, error => $error, record => $list && $list->{incidents}[0],
         decisions => $list ? $list->{decisions} // [] : []);
     return $c->render(template => 'incident_gate/incident', status => 503) unless $list;
     $c->render_later;
-    $self->_evaluate_p($incident)->then(
+    $self->_evaluate_p($incident, 1)->then(
         sub ($status, $text) {
             if ($status == IG_OK) { $c->stash(verdict => decode_json($text)) }
             else { $c->stash(verdict_error => 'openQA could not be asked just now (' . status_name($status) . ')') }
@@ -284,11 +293,10 @@ sub _evaluate ($self, $c, $by_kind = 0) {
     return if $self->_inactive($c);
     my $incident = $c->param($by_kind ? 'submission' : 'incident');
     if ($by_kind) {
-        return $c->render(
+        $incident = _submission($incident) // return $c->render(
             json => {error => 'submission must be <incident>, ibs:<incident> or git:<pr>, numbers below 10^19'},
             status => 400
-        ) unless $incident =~ /^(?:(ibs|git|gitea):)?0*([1-9][0-9]{0,18})$/;
-        $incident = ($1 && $1 ne 'ibs') ? "git:$2" : $2;
+        );
     }
     else {
         return $c->render(json => {error => 'incident must be a positive number below 10^19'}, status => 400)
