@@ -894,7 +894,7 @@ pub async fn evaluate_with(
     for (job, list) in comments.iter_mut() {
         list.retain(|c| !deleted.contains(&c.id));
         for c in list.iter() {
-            if verdict::acceptable_for(std::slice::from_ref(c), incident.number).is_some() {
+            if verdict::acceptable_for(std::slice::from_ref(c), incident).is_some() {
                 relied_comments.push((c.id, *job));
             }
         }

@@ -454,17 +454,26 @@ fn role(job: &Job, sub: Submission) -> &'static str {
 }
 
 /// The reason of the first `@review:acceptable_for:incident_<id>:<reason>` or
-/// `@review:acceptable_for:submission_<id>:<reason>` tag for this incident (qem-bot reads both).
-/// A tag without a reason accepts nothing: the reason is what reviewers rely on later. A comment
-/// may hold several tags; each reason ends at the line's end or at the next tag.
-pub fn acceptable_for(comments: &[Comment], incident: u64) -> Option<String> {
+/// `@review:acceptable_for:submission_<id>:<reason>` tag for this submission (qem-bot reads
+/// both). A pull request is also named by kind, `submission_git:<pr>`; that tag never applies to
+/// the IBS incident of the same number. A tag without a reason accepts nothing: the reason is
+/// what reviewers rely on later. A comment may hold several tags; each reason ends at the line's
+/// end or at the next tag.
+pub fn acceptable_for(comments: &[Comment], submission: impl Into<Submission>) -> Option<String> {
     const TAG: &str = "@review:acceptable_for:";
+    let submission = submission.into();
     comments.iter().find_map(|c| {
         c.text.match_indices(TAG).find_map(|(at, _)| {
             let rest = &c.text[at + TAG.len()..];
-            let rest = rest.strip_prefix("incident_").or_else(|| rest.strip_prefix("submission_"))?;
+            let (kind, rest) = match rest.strip_prefix("submission_") {
+                Some(rest) => match rest.strip_prefix("git:") {
+                    Some(rest) => (Some(Kind::Gitea), rest),
+                    None => (None, rest),
+                },
+                None => (None, rest.strip_prefix("incident_")?),
+            };
             let digits = rest.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(rest.len());
-            if rest[..digits].parse() != Ok(incident) {
+            if rest[..digits].parse() != Ok(submission.number) || kind.is_some_and(|k| k != submission.kind) {
                 return None;
             }
             let reason = rest[digits..].strip_prefix(':')?;
@@ -494,8 +503,9 @@ pub fn judge(sel: &Selection, comments: &HashMap<u64, Vec<Comment>>, rules: &Rul
             counts.softfailed += 1;
             "softfailed".to_string()
         } else if let Some((comment, reason)) = comments.get(&job.id).and_then(|c| {
-            c.iter()
-                .find_map(|one| acceptable_for(std::slice::from_ref(one), sel.incident).map(|r| (one.id, r)))
+            c.iter().find_map(|one| {
+                acceptable_for(std::slice::from_ref(one), sel.submission).map(|r| (one.id, r))
+            })
         }) {
             counts.accepted += 1;
             accepted_by = Some(comment);

@@ -417,3 +417,25 @@ fn coverage_rules_parse_or_say_why_not() {
     let e = incident_gate::config::Config::from_json(r#"{"coverage":["nonsense"]}"#).unwrap_err();
     assert!(e.0.contains("coverage"), "{e}");
 }
+
+#[test]
+fn acceptable_for_names_a_pull_request_by_kind_or_by_number() {
+    use incident_gate::incident::Submission;
+    use incident_gate::openqa::model::Comment;
+    use incident_gate::verdict::acceptable_for;
+    let says = |text: &str| vec![Comment { id: 1, text: text.to_string() }];
+    let (pr, incident) = (Submission::gitea(124), Submission::ibs(124));
+    let by_kind = says("@review:acceptable_for:submission_git:124:poo#1 flaky");
+    assert_eq!(acceptable_for(&by_kind, pr).as_deref(), Some("poo#1 flaky"));
+    assert_eq!(
+        acceptable_for(&by_kind, incident),
+        None,
+        "a pull request's tag never accepts for the incident"
+    );
+    assert_eq!(acceptable_for(&says("@review:acceptable_for:submission_git:1245:x"), pr), None);
+    // the bare number, as qem-bot users write it, names whatever the job tests
+    let bare = says("@review:acceptable_for:submission_124:bsc#2");
+    assert_eq!(acceptable_for(&bare, pr).as_deref(), Some("bsc#2"));
+    assert_eq!(acceptable_for(&bare, incident).as_deref(), Some("bsc#2"));
+    assert_eq!(acceptable_for(&says("@review:acceptable_for:incident_git:124:x"), pr), None);
+}
