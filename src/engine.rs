@@ -139,10 +139,10 @@ struct Stats {
 const JOB_CACHE_MAX: usize = 200_000;
 /// Decisions listed in status output.
 pub const RECENT_DECISIONS: usize = 20;
-/// Jobs looked at to confirm that an incident still waits (see `check_waiting`).
-const WAITING_SAMPLE: usize = 8;
-/// How long `check_waiting` gathers incidents before asking openQA about them.
-const CHECK_GATHER: Duration = Duration::from_millis(100);
+/// How long the jobs events reported finished are remembered for waiting incidents.
+const FINISHED_JOBS_KEPT: Duration = Duration::from_secs(86_400);
+/// How long `check_waiting` gathers incidents before one read of the store for all of them.
+const CHECK_GATHER: Duration = Duration::from_millis(10);
 /// Restarts of one job followed at most within one evaluation.
 const MAX_CLONE_ROUNDS: usize = 50;
 /// Rounds of fetching newest aggregate builds whole; one is the rule, a second only when a whole
@@ -384,7 +384,12 @@ impl Core {
     /// events touch no incident): a caller may acknowledge it. `Err` (shutting down before the
     /// jobs could be looked up, or the store refused the write) means it must not: the incidents
     /// may be scheduled in memory, but only the sender still holds the events for a restart.
-    pub async fn take_events(self: &Arc<Self>, batch: Vec<Event>) -> Result<(), EngineError> {
+    pub async fn take_events(self: &Arc<Self>, mut batch: Vec<Event>) -> Result<(), EngineError> {
+        if self.cfg.quiet_period_s == 0 {
+            // a created job only starts a quiet period; without one, looking it up in openQA
+            // would be a request for nothing (its done event looks it up when it matters)
+            batch.retain(|e| !e.creates_jobs());
+        }
         let ids: Vec<u64> = {
             let mut ids: Vec<u64> = batch.iter().flat_map(|e| e.jobs.iter().copied()).collect();
             ids.sort_unstable();
@@ -441,7 +446,9 @@ impl Core {
         }
         let mut incidents: Vec<Submission> = touched.keys().copied().collect();
         incidents.sort_unstable();
-        let stored = self.store.mark_pending_many(&incidents);
+        let mut reported: Vec<u64> = finished.iter().copied().collect();
+        reported.sort_unstable();
+        let stored = self.store.mark_pending_many(&incidents, &reported);
         if let Err(e) = &stored {
             tracing::warn!("cannot record incidents {incidents:?} as pending: {e}");
         }
@@ -537,8 +544,8 @@ impl Core {
     }
 
     /// Incidents that still wait on jobs whose events this process has not seen: under prefork
-    /// another process may have had them. Looks at a few of those jobs for every such incident in
-    /// one request, gathered over `CHECK_GATHER` so a stream of events costs few requests.
+    /// another process may have had them, and stored them. No request to openQA: an incident
+    /// whose jobs all were reported finished somewhere is evaluated, the others keep waiting.
     async fn check_waiting(self: &Arc<Self>) {
         let incidents: Vec<Submission> =
             std::mem::take(&mut *self.to_check.lock().unwrap_or_else(|p| p.into_inner()))
@@ -550,18 +557,17 @@ impl Core {
                 .iter()
                 .map(|i| {
                     let waiting = states.get(i).and_then(|s| s.waiting_on.as_ref());
-                    (
-                        *i,
-                        waiting.map(|w| w.iter().take(WAITING_SAMPLE).copied().collect()).unwrap_or_default(),
-                    )
+                    (*i, waiting.map(|w| w.iter().copied().collect()).unwrap_or_default())
                 })
                 .collect()
         };
         let ids: Vec<u64> = samples.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-        let unfinished: Option<HashSet<u64>> = match self.client.jobs(&ids).await {
-            Ok(jobs) => Some(jobs.iter().filter(|j| !j.is_final()).map(|j| j.id).collect()),
+        // every process stores the jobs its events reported finished: a job none reported is
+        // still running as far as events go (one that finished silently is reconciliation's)
+        let unfinished: Option<HashSet<u64>> = match self.store.reported_finished(&ids) {
+            Ok(done) => Some(ids.iter().copied().filter(|j| !done.contains(j)).collect()),
             Err(e) => {
-                // evaluate instead: an evaluation retries until openQA answers
+                // evaluate instead: an evaluation asks openQA
                 tracing::warn!("cannot look at the jobs {} incidents wait on: {e}", samples.len());
                 None
             }
@@ -1150,6 +1156,9 @@ async fn reconcile(core: Arc<Core>) {
             Err(e) => tracing::warn!("reconciliation: {e}"),
         }
         core.audit_relied_comments(interval).await.into_iter().for_each(|i| core.schedule(i));
+        if let Err(e) = core.store.forget_finished_jobs(FINISHED_JOBS_KEPT.as_millis() as i64) {
+            tracing::warn!("reconciliation: {e}");
+        }
         if core.cfg.retention_days > 0 {
             let keep = Duration::from_secs(core.cfg.retention_days.saturating_mul(86_400));
             let cutoff = std::time::SystemTime::now().checked_sub(keep).unwrap_or(std::time::UNIX_EPOCH);

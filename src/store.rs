@@ -6,6 +6,7 @@ use crate::decision::{Decision, Delivery};
 use crate::incident::{Kind, Submission};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -272,6 +273,7 @@ impl Store {
              CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);
              CREATE TABLE IF NOT EXISTS job_activity (
                 incident INTEGER PRIMARY KEY, newest_job INTEGER NOT NULL, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS finished_jobs (job_id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS scheduling (
                 product INTEGER NOT NULL, incident INTEGER NOT NULL, status TEXT NOT NULL,
                 since INTEGER NOT NULL, PRIMARY KEY (product, incident));",
@@ -507,6 +509,12 @@ impl Store {
         Ok(removed)
     }
 
+    /// Forgets jobs reported finished more than `older_than_ms` ago: a waiting incident reads
+    /// them within moments, and one that missed them is evaluated by reconciliation anyway.
+    pub fn forget_finished_jobs(&self, older_than_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn().execute("DELETE FROM finished_jobs WHERE at < ?1", [now_ms() - older_than_ms])?)
+    }
+
     /// Makes every queued delivery due now, whatever its backoff (not one another process holds):
     /// for `incident-gate hook`, whose runs are the only chance to deliver.
     pub fn expedite_queued(&self) -> Result<(), StoreError> {
@@ -568,7 +576,7 @@ impl Store {
     }
 
     pub fn mark_pending(&self, incident: impl Into<Submission>) -> Result<(), StoreError> {
-        self.mark_pending_many(&[incident.into()])
+        self.mark_pending_many(&[incident.into()], &[])
     }
 
     /// What a pending incident waits for, as its last evaluation found: `pending` (jobs to
@@ -590,8 +598,11 @@ impl Store {
     /// evaluation that began before the mark (and so may have read openQA before the event that
     /// caused it) does not clear it; the incident stays pending until one that began later
     /// decides. This is what lets the listener acknowledge a message once the mark is stored.
-    pub fn mark_pending_many(&self, incidents: &[Submission]) -> Result<(), StoreError> {
-        if incidents.is_empty() {
+    ///
+    /// `finished` are the jobs the events reported finished, kept for every process of the state
+    /// directory (see `reported_finished`).
+    pub fn mark_pending_many(&self, incidents: &[Submission], finished: &[u64]) -> Result<(), StoreError> {
+        if incidents.is_empty() && finished.is_empty() {
             return Ok(());
         }
         let now = now_ms();
@@ -608,8 +619,27 @@ impl Store {
                 params![incident.store_key(), now, ticket],
             )?;
         }
+        for job in finished {
+            tx.execute(
+                "INSERT INTO finished_jobs (job_id, at) VALUES (?1, ?2) ON CONFLICT(job_id) DO UPDATE SET at = ?2",
+                params![*job as i64, now],
+            )?;
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Which of `jobs` an event reported finished, to any process of this state directory.
+    pub fn reported_finished(&self, jobs: &[u64]) -> Result<HashSet<u64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM finished_jobs WHERE job_id = ?1")?;
+        let mut done = HashSet::new();
+        for job in jobs {
+            if stmt.exists([*job as i64])? {
+                done.insert(*job);
+            }
+        }
+        Ok(done)
     }
 
     /// Pending incidents not evaluated for `older_than_ms`, claimed for this process: several
