@@ -15,7 +15,5 @@ pub mod log;
 pub mod obs;
 pub mod openqa;
 pub mod outbox;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod store;
 pub mod verdict;

@@ -7,6 +7,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The target triple, for the `cc` crate (build.rs passes it).
+const TARGET: &str = env!("IG_TARGET");
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -78,12 +81,8 @@ fn compile_c_test() -> PathBuf {
 
 fn compile() -> PathBuf {
     let out = target_dir().join("abi_test");
-    let compiler = cc::Build::new()
-        .cargo_metadata(false)
-        .opt_level(0)
-        .target(common::TARGET)
-        .host(common::TARGET)
-        .get_compiler();
+    let compiler =
+        cc::Build::new().cargo_metadata(false).opt_level(0).target(TARGET).host(TARGET).get_compiler();
     let status = compiler
         .to_command()
         .args(["-std=c11", "-D_DEFAULT_SOURCE", "-Wall", "-Wextra", "-Werror"])

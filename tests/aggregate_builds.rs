@@ -1,6 +1,5 @@
 //! Aggregate builds are judged whole: openQA's `list_value` lookup only searches its newest jobs,
 //! so the newest build of a product is fetched completely, by BUILD and product, page by page.
-#![cfg(feature = "sim")]
 
 mod common;
 
@@ -9,7 +8,7 @@ use axum::Router;
 use common::{gate_config, CGate, OpenQa};
 use incident_gate::config::Config;
 use incident_gate::openqa::client::{ApiError, OpenQaClient};
-use incident_gate::sim;
+use incident_gate_sim as sim;
 
 const PRODUCT: [&str; 4] = ["sle", "15-SP6", "Server-DVD-Updates", "x86_64"];
 

@@ -17,7 +17,7 @@ async fn shuffled_events_give_one_passed_decision_at_the_last_job() {
     let qa = OpenQa::start().await;
     let mut jobs: Vec<u64> = (0..6).map(|i| qa.incident_job(1001, 300101, &format!("mau-{i}"))).collect();
     jobs.extend((0..4).map(|i| qa.aggregate_job("20261124-1", &[1001, 1002], &format!("regression-{i}"))));
-    incident_gate::sim::shuffle(&mut jobs, 7);
+    incident_gate_sim::shuffle(&mut jobs, 7);
     let state = tempfile::tempdir().unwrap();
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
 

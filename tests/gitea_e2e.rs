@@ -1,13 +1,12 @@
 //! Gitea pull requests end to end: openQA job events (openQA simulator) into a gate behind the C
 //! ABI, decisions through the outbox, and what the Gitea simulator's pull request ends up holding.
 //! Also: an IBS incident and a Gitea pull request with the same number are decided independently.
-#![cfg(feature = "sim")]
 
 mod common;
 
 use common::{CGate, OpenQa};
-use incident_gate::sim::gitea::{GiteaSim, GiteaSimConfig, Reviewer, SimComment};
-use incident_gate::sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
+use incident_gate_sim::gitea::{GiteaSim, GiteaSimConfig, Reviewer, SimComment};
+use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
 use std::time::Duration;
 
 const REPO: &str = "products/SLFO";
@@ -28,11 +27,11 @@ struct Setup {
 
 async fn setup() -> Setup {
     let qa = OpenQa::start().await;
-    let gitea = incident_gate::sim::gitea::start(GiteaSimConfig::new(TOKEN, ME)).await;
+    let gitea = incident_gate_sim::gitea::start(GiteaSimConfig::new(TOKEN, ME)).await;
     gitea.create_pr(REPO, PR, SHA1);
     gitea.request_review(REPO, PR, Reviewer::User("qam-openqa-review".into()));
     let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-e2e-1".into() };
-    let obs = incident_gate::sim::obs::start(ObsSimConfig::new(auth)).await;
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
     obs.create_request(REQUEST, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
     let state = tempfile::tempdir().unwrap();
     let mut cfg = common::gate_config(&qa.url(), state.path());

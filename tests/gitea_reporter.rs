@@ -2,14 +2,13 @@
 //! comments and reviews, that repeated and changed decisions converge, pushes after testing,
 //! stale and dismissed reviews, busy or absent Gitea, and the token. Assertions look at what the
 //! simulator holds and received, and at the Delivery returned.
-#![cfg(feature = "sim")]
 
 use incident_gate::config::{Config, ReviewPolicy, Secret};
 use incident_gate::decision::Delivery;
 use incident_gate::gitea::report::parse_marker;
 use incident_gate::gitea::{deliver, GiteaClient, PrReport, RetryPolicy};
-use incident_gate::sim::gitea::{start, GiteaSim, GiteaSimConfig, Reviewer, SimComment, SimReview};
 use incident_gate::verdict::{BlockingJob, Counts, Outcome};
+use incident_gate_sim::gitea::{start, GiteaSim, GiteaSimConfig, Reviewer, SimComment, SimReview};
 use std::time::Duration;
 
 const REPO: &str = "products/SLFO";

@@ -4,9 +4,8 @@
 //! answer has, with the same JSON type (a `null` in the real answer admits any type, as Go's nil
 //! slices and pointers do), recursively. Fields that only the simulator has are allowed, since the
 //! fixtures are trimmed. Status codes and pagination headers follow Gitea's sources.
-#![cfg(feature = "sim")]
 
-use incident_gate::sim::gitea::{start, GiteaSim, GiteaSimConfig, Reviewer};
+use incident_gate_sim::gitea::{start, GiteaSim, GiteaSimConfig, Reviewer};
 use serde_json::Value;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gitea");

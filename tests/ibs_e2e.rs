@@ -4,7 +4,7 @@
 mod common;
 
 use common::{CGate, OpenQa};
-use incident_gate::sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
+use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
 use std::time::Duration;
 
 const REQUEST: u64 = 300_777;
@@ -19,7 +19,7 @@ struct Setup {
 async fn setup(policy: &str, request_state: &str) -> Setup {
     let qa = OpenQa::start().await;
     let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-e2e-1".into() };
-    let obs = incident_gate::sim::obs::start(ObsSimConfig::new(auth)).await;
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
     obs.create_request(REQUEST, request_state, vec![SimReview::group("qam-openqa")], "maintenance_release");
     let state = tempfile::tempdir().unwrap();
     let mut cfg = common::gate_config(&qa.url(), state.path());

@@ -6,8 +6,8 @@ use incident_gate::config::{Config, ReviewPolicy, Secret};
 use incident_gate::decision::{Decision, Delivery};
 use incident_gate::obs::report::parse_marker;
 use incident_gate::obs::{deliver, Credentials, ObsClient, ObsError};
-use incident_gate::sim::obs::{start, ObsSim, ObsSimConfig, SimAuth, SimReview};
 use incident_gate::verdict::{BlockingJob, Counts, Outcome, Verdict};
+use incident_gate_sim::obs::{start, ObsSim, ObsSimConfig, SimAuth, SimReview};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,13 +1,12 @@
 //! The openQA client against the simulator (and a few tiny misbehaving servers): chunking,
 //! de-duplication, gone jobs, retries, errors that name the route, the in-flight limit, signing.
-#![cfg(feature = "sim")]
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use incident_gate::config::{Config, Secret};
 use incident_gate::openqa::client::{ApiError, OpenQaClient, RetryPolicy};
-use incident_gate::sim::openqa::{start, OpenQaSim};
+use incident_gate_sim::openqa::{start, OpenQaSim};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,11 +6,10 @@
 //! Fake auth, the real broker). The simulator answers in the flavor of the version found
 //! (`Flavor::Debian12` for an openQA that refuses `job_settings/jobs?value=`).
 //! Without /usr/share/openqa the test is skipped, unless `CI` is set: then it fails.
-#![cfg(feature = "sim")]
 
 use futures_util::StreamExt;
 use incident_gate::openqa::auth;
-use incident_gate::sim::openqa::{Flavor, OpenQaSim};
+use incident_gate_sim::openqa::{Flavor, OpenQaSim};
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -373,7 +372,7 @@ async fn the_simulator_answers_like_the_real_openqa() {
         Flavor::Upstream
     };
     eprintln!("real openQA at {} answers like {flavor:?}", real.url);
-    let sim: OpenQaSim = incident_gate::sim::openqa::start().await;
+    let sim: OpenQaSim = incident_gate_sim::openqa::start().await;
     sim.set_flavor(flavor);
 
     let mut differences = Vec::new();

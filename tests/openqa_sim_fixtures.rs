@@ -3,10 +3,9 @@
 //! answers must match the real instance's: same status, same fields (recursively), same JSON types
 //! and the same values, except times which only need the same format. The events the simulator
 //! emits must equal webui-events.jsonl (in-process data) and amqp-messages.jsonl (routing key, body).
-#![cfg(feature = "sim")]
 
 use incident_gate::openqa::auth;
-use incident_gate::sim::openqa::{start, OpenQaSim, SimEvent};
+use incident_gate_sim::openqa::{start, OpenQaSim, SimEvent};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};

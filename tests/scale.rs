@@ -35,7 +35,7 @@ async fn a_busy_day_decides_every_incident_once_with_few_requests() {
             jobs.push(qa.aggregate_job(&format!("20261124-{}", b + 1), &listed, &format!("agg{b}-t{t}")));
         }
     }
-    incident_gate::sim::shuffle(&mut jobs, 42);
+    incident_gate_sim::shuffle(&mut jobs, 42);
 
     let state = tempfile::tempdir().unwrap();
     let cfg = incident_gate::config::Config::from_value(gate_config(&qa.url(), state.path())).unwrap();

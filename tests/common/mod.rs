@@ -3,12 +3,10 @@
 #![allow(dead_code)]
 
 use incident_gate::ffi::*;
-use incident_gate::sim;
-use incident_gate::sim::openqa::OpenQaSim;
+use incident_gate_sim as sim;
+use incident_gate_sim::openqa::OpenQaSim;
 use std::ffi::{CStr, CString};
 use std::time::Duration;
-
-pub const TARGET: &str = env!("IG_TARGET");
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -24,7 +22,7 @@ pub struct OpenQa {
 
 impl OpenQa {
     pub async fn start() -> OpenQa {
-        let sim = incident_gate::sim::openqa::start().await;
+        let sim = incident_gate_sim::openqa::start().await;
         let incidents_group = sim.create_group("Maintenance: SLE 15 SP6 Incidents");
         let devel_group = sim.create_group("Maintenance: SLE 15 SP6 Devel");
         let updates_group = sim.create_group("Maintenance: SLE 15 SP6 Updates");

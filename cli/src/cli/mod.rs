@@ -229,8 +229,8 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
 /// harness that dies takes them along).
 pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str) -> Result<u8, String> {
     let flavor = match flavor {
-        "upstream" => incident_gate::sim::openqa::Flavor::Upstream,
-        "debian12" => incident_gate::sim::openqa::Flavor::Debian12,
+        "upstream" => incident_gate_sim::openqa::Flavor::Upstream,
+        "debian12" => incident_gate_sim::openqa::Flavor::Debian12,
         other => return Err(format!("--openqa-flavor {other:?}: expected upstream or debian12")),
     };
     let world = world::World::start(openqa_port, obs_port).await?;

@@ -3,7 +3,7 @@
 
 use super::world::{self, World};
 use incident_gate::ffi::{ig_gate, ig_gate_free, ig_gate_new, ig_gate_submit, ig_status};
-use incident_gate::sim;
+use incident_gate_sim as sim;
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 

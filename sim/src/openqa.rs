@@ -9,13 +9,13 @@
 //! Not simulated: workers and job modules (jobs go scheduled -> done only through `set_done`),
 //! job dependencies, assets, paging `Link` headers, Mojo's `\/` escaping in bodies.
 
-use crate::openqa::auth::{self, PresentedAuth};
-use crate::openqa::model::Job;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use incident_gate::openqa::auth::{self, PresentedAuth};
+use incident_gate::openqa::model::Job;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -178,7 +178,7 @@ fn is_num(s: &str) -> bool {
 /// Callers test the cheap value match first: this allocates, and the settings scan of a busy
 /// simulated day runs it for every row.
 fn like(pattern: &str, text: &str) -> bool {
-    crate::verdict::wildcard_match(&pattern.replace('*', "%"), text, '%', '_')
+    incident_gate::verdict::wildcard_match(&pattern.replace('*', "%"), text, '%', '_')
 }
 
 fn now_unix() -> f64 {

@@ -1,10 +1,11 @@
 //! The `incident-gate` command as an operator runs it: exit codes, output, configuration from an
 //! INI file and the environment, and the standalone listener stopping cleanly.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::OpenQa;
-use incident_gate::sim::obs::{ObsSimConfig, SimAuth, SimReview};
+use incident_gate_sim::obs::{ObsSimConfig, SimAuth, SimReview};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -87,7 +88,7 @@ async fn check_explains_the_verdict_and_exits_with_it() {
 async fn hook_decides_reports_and_status_shows_it() {
     let qa = OpenQa::start().await;
     let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-cli-3".into() };
-    let obs = incident_gate::sim::obs::start(ObsSimConfig::new(auth)).await;
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
     obs.create_request(310_001, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
     let jobs: Vec<u64> = (0..3).map(|i| qa.incident_job(8101, 310_001, &format!("t{i}"))).collect();
     for j in &jobs {

@@ -7,8 +7,6 @@
 //! later requests may use instead. Tests drive it through the Rust control API; `/_sim/...`
 //! routes offer the same for the demo and for non-Rust tests.
 
-use crate::obs::sshsig::{self, now_unix};
-use crate::obs::xml::{self, esc, status_body};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE, WWW_AUTHENTICATE};
@@ -16,6 +14,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
+use incident_gate::obs::sshsig::{self, now_unix};
+use incident_gate::obs::xml::{self, esc, status_body};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use ssh_key::PublicKey;

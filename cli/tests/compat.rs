@@ -2,13 +2,14 @@
 //! comment deletions reaching the verdict in every mode (plugin through the C ABI, the AMQP
 //! listener, the job-done hook), and answers openQA will repeat however often it is asked.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{gate_config, CGate, OpenQa};
 use incident_gate::config::Config;
 use incident_gate::engine::Core;
 use incident_gate::ffi::ig_status;
-use incident_gate::sim::openqa::Flavor;
+use incident_gate_sim::openqa::Flavor;
 use serde_json::json;
 use std::process::Command;
 use std::sync::Arc;
@@ -107,7 +108,7 @@ async fn plugin_every_comment_change_reaches_the_verdict() {
     let jobs = failed_incident(&qa, 3301);
     let state = tempfile::tempdir().unwrap();
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
-    let submit = |e: &incident_gate::sim::openqa::SimEvent| {
+    let submit = |e: &incident_gate_sim::openqa::SimEvent| {
         assert_eq!(gate.submit(&e.name, &e.data), ig_status::IG_OK, "{}", common::last_error());
         gate.flushed();
     };
@@ -179,7 +180,7 @@ async fn listen_a_deleted_comment_message_reaches_the_verdict() {
     };
     let core = Arc::new(Core::new(Arc::new(config)).unwrap());
     core.spawn_background();
-    let take = |e: incident_gate::sim::openqa::SimEvent| {
+    let take = |e: incident_gate_sim::openqa::SimEvent| {
         let core = core.clone();
         async move {
             assert!(e.amqp);

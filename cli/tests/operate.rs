@@ -1,11 +1,12 @@
 //! What an operator runs into: credentials in URLs, configuration mistakes, exit codes, the
 //! command's help and output through a pipe, the log callback of the C ABI.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{amqp_url, CGate, OpenQa};
 use futures_util::StreamExt;
-use incident_gate::sim::obs::{ObsSimConfig, SimAuth, SimReview};
+use incident_gate_sim::obs::{ObsSimConfig, SimAuth, SimReview};
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -37,7 +38,7 @@ fn with_credentials(url: &str) -> String {
 async fn credentials_in_urls_reach_no_event_comment_output_store_or_status() {
     let qa = OpenQa::start().await;
     let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-operate".into() };
-    let obs = incident_gate::sim::obs::start(ObsSimConfig::new(auth)).await;
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
     obs.create_request(330_001, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
     let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(8301, 330_001, &format!("t{i}"))).collect();
     qa.sim.set_done(jobs[0], "passed");

@@ -4,9 +4,9 @@
 use super::world::{self, World};
 use incident_gate::config::Config;
 use incident_gate::gate::Gate;
-use incident_gate::sim;
-use incident_gate::sim::gitea::{GiteaSim, GiteaSimConfig, Reviewer};
-use incident_gate::sim::openqa::SimEvent;
+use incident_gate_sim as sim;
+use incident_gate_sim::gitea::{GiteaSim, GiteaSimConfig, Reviewer};
+use incident_gate_sim::openqa::SimEvent;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -137,7 +137,7 @@ pub async fn run() -> Result<u8, String> {
     let state = std::env::temp_dir().join(format!("incident-gate-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let token = format!("demo-{}", std::process::id());
-    let gitea = incident_gate::sim::gitea::try_start(GiteaSimConfig::new(&token, GITEA_USER))
+    let gitea = incident_gate_sim::gitea::try_start(GiteaSimConfig::new(&token, GITEA_USER))
         .await
         .map_err(|e| format!("Gitea simulator: {e}"))?;
     let mut gate_config = world.gate_config(&state, &amqp, EXCHANGE);

@@ -4,11 +4,12 @@
 //! counted and asserts what a user sees: messages on the broker, reviews on the IBS simulator,
 //! exit codes, status output.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{amqp_url, OpenQa};
 use futures_util::StreamExt;
-use incident_gate::sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
+use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -135,7 +136,7 @@ fn command(env: &[(&str, String)]) -> Command {
 
 async fn start_obs() -> ObsSim {
     let auth = SimAuth::Basic { user: OBS_USER.into(), password: OBS_PASSWORD.into() };
-    incident_gate::sim::obs::start(ObsSimConfig::new(auth)).await
+    incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await
 }
 
 /// Review changes IBS accepted for request `rr`.

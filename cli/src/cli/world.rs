@@ -2,9 +2,9 @@
 //! local RabbitMQ, and a consumer of our `incident.done` events.
 
 use futures_util::StreamExt;
-use incident_gate::sim;
-use incident_gate::sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
-use incident_gate::sim::openqa::{self, OpenQaSim};
+use incident_gate_sim as sim;
+use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
+use incident_gate_sim::openqa::{self, OpenQaSim};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, Consumer};
@@ -37,7 +37,7 @@ impl World {
         let auth = SimAuth::Basic { user: OBS_USER.into(), password: obs_password.clone() };
         let mut cfg = ObsSimConfig::new(auth);
         cfg.port = obs_port;
-        let obs = incident_gate::sim::obs::try_start(cfg)
+        let obs = incident_gate_sim::obs::try_start(cfg)
             .await
             .map_err(|e| format!("IBS simulator on port {obs_port}: {e}"))?;
         let incidents_group = openqa.create_group("Maintenance: SLE 15 SP6 Incidents");
