@@ -469,3 +469,65 @@ async fn a_scheduled_product_still_scheduling_holds_its_incidents() {
     assert_eq!(decisions_for(&gate, 4101).len(), 1, "{decided:?}");
     assert_eq!(decided[0]["result"], "passed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_period_holds_an_approval_until_no_job_appears_and_reports_a_failure_at_once() {
+    use incident_gate::config::Config;
+    use incident_gate::engine::Core;
+    use incident_gate::events::{Event, EventKind};
+    use incident_gate::verdict::Outcome;
+    use std::sync::Arc;
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        openqa_url: qa.url(),
+        state_dir: state.path().to_path_buf(),
+        quiet_period_s: 2,
+        publish_amqp: false,
+        report_obs: false,
+        ..Config::default()
+    };
+    let core = Core::start(Arc::new(cfg), tokio::sync::mpsc::channel(16).1).unwrap();
+    let event = |kind, job: u64| Event { kind, jobs: vec![job], deleted_comments: vec![], products: vec![] };
+    let passing: Vec<u64> = (0..2).map(|i| qa.incident_job(6501, 300651, &format!("t{i}"))).collect();
+    let failing = qa.incident_job(6502, 300652, "t0");
+    for job in passing.iter().chain([&failing]) {
+        core.take_events(vec![event(EventKind::JobCreate, *job)]).await.unwrap();
+    }
+    for job in &passing {
+        qa.sim.set_done(*job, "passed");
+        core.take_events(vec![event(EventKind::JobDone, *job)]).await.unwrap();
+    }
+    qa.sim.set_done(failing, "failed");
+    core.take_events(vec![event(EventKind::JobDone, failing)]).await.unwrap();
+    let decided = |incident: u64| core.store().latest_decision(incident).unwrap().map(|d| d.verdict);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while decided(6502).is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed = decided(6502).expect("a failure is reported without waiting for the quiet period");
+    assert_eq!((failed.result, failed.complete), (Outcome::Failed, false), "{:?}", failed.waiting);
+    assert!(decided(6501).is_none(), "no approval while jobs were created within the quiet period");
+    let held = core.evaluate(6501).await.unwrap();
+    assert_eq!(held.result, Outcome::Pending);
+    assert!(held.waiting.iter().any(|w| w.kind == "quiet"), "{:?}", held.waiting);
+    // a job created now starts the period again
+    let later = qa.incident_job(6501, 300651, "t2");
+    core.take_events(vec![event(EventKind::JobCreate, later)]).await.unwrap();
+    qa.sim.set_done(later, "passed");
+    core.take_events(vec![event(EventKind::JobDone, later)]).await.unwrap();
+    let created = std::time::Instant::now();
+    while decided(6501).is_none() && created.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let passed = decided(6501).expect("decided once the period passed without a new job");
+    assert!(
+        created.elapsed() >= Duration::from_millis(1500),
+        "not before the period restarted by the new job"
+    );
+    assert_eq!((passed.result, passed.complete, passed.jobs.total), (Outcome::Passed, true, 3));
+    // the failure once more with complete: true once its quiet period is over (docs/events.md)
+    let failed = decided(6502).unwrap();
+    assert_eq!((failed.result, failed.complete), (Outcome::Failed, true));
+    assert_eq!(core.store().decision_count().unwrap(), 3, "one approval, two failure messages");
+}
