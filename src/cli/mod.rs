@@ -23,6 +23,7 @@ pub fn write_out(line: std::fmt::Arguments) {
 
 mod bench;
 mod demo;
+mod sim_gitea;
 mod world;
 
 pub const EXIT_CODES: &str = "Exit codes: 0 passed / done, 1 failed, 2 usage or configuration error, \
@@ -227,7 +228,8 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
 
 /// Runs the simulators until SIGINT/SIGTERM, or until stdin closes when it is a pipe (so a test
 /// harness that dies takes them along).
-pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str) -> Result<u8, String> {
+/// With `gitea`, also the Gitea simulator and its control listener (`sim_gitea`).
+pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str, gitea: bool) -> Result<u8, String> {
     let flavor = match flavor {
         "upstream" => incident_gate::sim::openqa::Flavor::Upstream,
         "debian12" => incident_gate::sim::openqa::Flavor::Debian12,
@@ -235,13 +237,20 @@ pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str) -> Result<u8, St
     };
     let world = world::World::start(openqa_port, obs_port).await?;
     world.openqa.set_flavor(flavor);
-    let line = serde_json::json!({
+    let gitea = if gitea { Some(sim_gitea::start().await?) } else { None };
+    let mut line = serde_json::json!({
         "openqa": world.openqa.url(),
         "obs": world.obs.url(),
         "obs_user": world::OBS_USER,
         "obs_password": world.obs_password,
         "groups": {"incidents": world.incidents_group, "devel": world.devel_group, "updates": world.updates_group},
     });
+    if let Some((sim, control)) = &gitea {
+        line["gitea"] = sim.url().into();
+        line["gitea_token"] = sim_gitea::TOKEN.into();
+        line["gitea_user"] = sim_gitea::LOGIN.into();
+        line["gitea_control"] = control.clone().into();
+    }
     out!("{line}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
