@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::decision::Decision;
 use crate::events::Event;
 use crate::incident::{submissions_of, Kind, Submission};
-use crate::openqa::client::{ApiError, OpenQaClient};
+use crate::openqa::client::{ApiError, OpenQaClient, SettingsQuery};
 use crate::openqa::model::{is_final_state, Comment, Job};
 use crate::store::{Recorded, Sink, Store};
 use crate::verdict::{self, Outcome, Rules, Verdict, Wait};
@@ -848,7 +848,20 @@ pub async fn evaluate_with(
         // those that carry neither SUBMISSION_ID nor _GITEA_PR, selection drops IBS jobs
         Kind::Gitea => {
             let git = format!("git:{id}");
-            let by_submission = client.job_ids_by_setting("SUBMISSION_ID", &git);
+            // an openQA without `value=` (Debian 12's 4.6) takes only one word as `list_value`
+            // and refuses `git:<pr>` (400 "list_value invalid"): there the jobs are found by
+            // `_GITEA_PR` and `INCIDENT_ID=<pr>`, which qem-bot's Gitea jobs carry as well
+            let by_submission = async {
+                match client.job_ids_by_setting("SUBMISSION_ID", &git).await {
+                    Err(ApiError::Status { status: 400, message, .. })
+                        if message.contains("list_value invalid")
+                            && client.settings_query() == SettingsQuery::ListValueOnly =>
+                    {
+                        Ok(Vec::new())
+                    }
+                    other => other,
+                }
+            };
             let by_pr = client.job_ids_by_setting("_GITEA_PR", &id);
             let by_incident = client.job_ids_by_setting("INCIDENT_ID", &id);
             let (a, b, c) = tokio::try_join!(by_submission, by_pr, by_incident)?;
@@ -1059,6 +1072,22 @@ async fn watch_products(core: Arc<Core>, products: Vec<u64>) {
                 }
                 Ok(None) => {
                     let _ = core.store.note_product(id, &[], "gone");
+                }
+                Err(e) if !e.is_transient() => {
+                    // openQA repeats a refusal: asking every 500 ms for an hour only fills the log.
+                    // openQA (4.6 in Debian 12) shows scheduled products to operators only: without
+                    // their API key the product's incidents cannot be known, so nothing waits for it.
+                    let hint = if matches!(e.status(), Some(401 | 403)) {
+                        " (openQA shows scheduled products only with an operator's openqa_api_key and openqa_api_secret)"
+                    } else {
+                        ""
+                    };
+                    core.refused(
+                        &e.into(),
+                        format!(
+                            "scheduled product {id}: not followed, its incidents do not wait for it{hint}"
+                        ),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!("cannot look at scheduled product {id}, retrying: {e}");

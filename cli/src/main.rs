@@ -77,7 +77,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Run the openQA and IBS simulators on loopback for development (one JSON line with the URLs).
+    /// Run the openQA and IBS simulators (and, with --gitea, Gitea) on loopback for development (one JSON line with the URLs).
     Sim {
         /// Port of the openQA simulator on 127.0.0.1 (0: any free port).
         #[arg(long, default_value_t = 0, value_name = "PORT")]
@@ -89,6 +89,10 @@ enum Command {
         /// `job_settings/jobs?value=`, no bulk comment routes).
         #[arg(long, default_value = "upstream")]
         openqa_flavor: String,
+        /// Also run the Gitea simulator (`gitea`, `gitea_token`, `gitea_user` in the JSON line) and
+        /// a control listener (`gitea_control`) to create pull requests and push to them.
+        #[arg(long)]
+        gitea: bool,
     },
     /// A simulated maintenance day on the simulators and the local RabbitMQ ($AMQP_URL), step by step.
     Demo,
@@ -162,8 +166,8 @@ fn main() -> ExitCode {
             }
             Command::Check { incident, json, .. } => cli::check(core()?, incident, json).await,
             Command::Status { json, .. } => cli::status(core()?, json),
-            Command::Sim { openqa_port, obs_port, openqa_flavor } => {
-                cli::sim(openqa_port, obs_port, &openqa_flavor).await
+            Command::Sim { openqa_port, obs_port, openqa_flavor, gitea } => {
+                cli::sim(openqa_port, obs_port, &openqa_flavor, gitea).await
             }
             Command::Demo => cli::demo().await,
             Command::Bench { scale } => cli::bench(scale).await,

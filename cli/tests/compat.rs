@@ -74,6 +74,30 @@ async fn debian_12_openqa_without_value_queries_still_decides() {
     assert_eq!(cost(&qa, &gate), cost(&upstream, &upstream_gate), "the 400 was asked again");
 }
 
+/// Debian 12's openQA refuses `list_value=git:<pr>` (one word only, 400 "list_value invalid"):
+/// a pull request is still decided there, on the jobs `_GITEA_PR` and `INCIDENT_ID` find. Found by
+/// the real-openQA suite, where every pull request stayed undecided.
+#[tokio::test(flavor = "multi_thread")]
+async fn debian_12_openqa_decides_a_gitea_pull_request() {
+    let qa = OpenQa::start().await;
+    qa.sim.set_flavor(Flavor::Debian12);
+    let sha = "2cf58b3a9c32d1e0f1a2b3c4d5e6f7a8b9c0d1e2";
+    let jobs: Vec<u64> = ["a", "b"].iter().map(|t| qa.gitea_job("products/SLFO", 3301, sha, t)).collect();
+    let ibs = qa.incident_job(3301, 303301, "c");
+    for j in &jobs {
+        qa.sim.set_done(*j, "passed");
+    }
+    qa.sim.set_done(ibs, "failed");
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    for round in ["first evaluation (learns list_value)", "second evaluation"] {
+        let verdict = gate.evaluate_submission("git:3301").unwrap_or_else(|s| panic!("{round}: {s:?}"));
+        assert_eq!(verdict["result"], "passed", "{round}: {verdict}");
+        assert_eq!(verdict["jobs"]["total"], 2, "{round}: its own jobs, not the IBS job: {verdict}");
+    }
+    assert_eq!(gate.evaluate(3301).unwrap()["result"], "failed", "the IBS incident of the same number");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn client_learns_once_which_settings_query_openqa_knows() {
     use incident_gate::openqa::client::{OpenQaClient, SettingsQuery};

@@ -2,6 +2,7 @@
 //! tests and `incident-gate demo`.
 
 pub mod gitea;
+pub mod gitea_control;
 pub mod obs;
 pub mod openqa;
 

@@ -227,7 +227,8 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
 
 /// Runs the simulators until SIGINT/SIGTERM, or until stdin closes when it is a pipe (so a test
 /// harness that dies takes them along).
-pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str) -> Result<u8, String> {
+/// With `gitea`, also the Gitea simulator and its control listener (`incident_gate_sim::gitea_control`).
+pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str, gitea: bool) -> Result<u8, String> {
     let flavor = match flavor {
         "upstream" => incident_gate_sim::openqa::Flavor::Upstream,
         "debian12" => incident_gate_sim::openqa::Flavor::Debian12,
@@ -235,13 +236,20 @@ pub async fn sim(openqa_port: u16, obs_port: u16, flavor: &str) -> Result<u8, St
     };
     let world = world::World::start(openqa_port, obs_port).await?;
     world.openqa.set_flavor(flavor);
-    let line = serde_json::json!({
+    let gitea = if gitea { Some(incident_gate_sim::gitea_control::start().await?) } else { None };
+    let mut line = serde_json::json!({
         "openqa": world.openqa.url(),
         "obs": world.obs.url(),
         "obs_user": world::OBS_USER,
         "obs_password": world.obs_password,
         "groups": {"incidents": world.incidents_group, "devel": world.devel_group, "updates": world.updates_group},
     });
+    if let Some((sim, control)) = &gitea {
+        line["gitea"] = sim.url().into();
+        line["gitea_token"] = incident_gate_sim::gitea_control::TOKEN.into();
+        line["gitea_user"] = incident_gate_sim::gitea_control::LOGIN.into();
+        line["gitea_control"] = control.clone().into();
+    }
     out!("{line}");
     use std::io::Write;
     let _ = std::io::stdout().flush();

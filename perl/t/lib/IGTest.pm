@@ -93,7 +93,8 @@ sub wait_for ($cond, $timeout = 30) {
 }
 
 # `incident-gate sim`: the openQA and OBS simulators, stopped when the returned object goes.
-sub start_sim () {
+# @args: further options of `incident-gate sim` (--gitea: also the Gitea simulator).
+sub start_sim (@args) {
     my $bin = bin();
     pipe(my $child_in, my $to_child) or die "pipe: $!";
     pipe(my $from_child, my $child_out) or die "pipe: $!";
@@ -101,7 +102,7 @@ sub start_sim () {
     if (!$pid) {
         open STDIN, '<&', $child_in or die;
         open STDOUT, '>&', $child_out or die;
-        exec $bin, 'sim' or die "exec $bin: $!";
+        exec $bin, 'sim', @args or die "exec $bin: $!";
     }
     close $child_in;
     close $child_out;

@@ -113,6 +113,40 @@ sub restart ($self, $id) {
     return $clone;
 }
 
+# openQA's own scheduling: what `POST /api/v1/isos` creates jobs from. Each answers the new id.
+sub _settings (%s) { map { ("settings[$_]" => $s{$_}) } keys %s }
+sub create_machine ($self, $name, %s) {
+    $self->api(POST => '/api/v1/machines', {name => $name, backend => 'qemu', _settings(%s)})->{id};
+}
+sub create_test_suite ($self, $name, %s) {
+    $self->api(POST => '/api/v1/test_suites', {name => $name, _settings(%s)})->{id};
+}
+sub create_product ($self, %p) {
+    my %s = %{delete $p{settings} // {}};
+    $self->api(POST => '/api/v1/products', {%p, _settings(%s)})->{id};
+}
+# %t: group_id, machine_id, test_suite_id, product_id (openQA 4.6's legacy route; the group must
+# not be managed as YAML).
+sub create_job_template ($self, %t) { $self->api(POST => '/api/v1/job_templates', {prio => 50, %t})->{id} }
+
+# A scheduled product (`POST /api/v1/isos`): with async => 1 openQA only enqueues the GRU task
+# `schedule_iso` and answers its ids; otherwise it creates the jobs within the request.
+sub post_iso ($self, %params) { $self->api(POST => '/api/v1/isos', \%params) }
+sub scheduled_product ($self, $id) { $self->api(GET => "/api/v1/isos/$id?include_job_ids=1") }
+
+# Runs openQA's GRU once over the tasks enqueued so far (`openqa gru run --oneshot`), with this
+# instance's configuration (our plugin loaded in it too, as in a GRU service), then returns.
+sub run_gru_once ($self) {
+    my $dir = path($self->{config})->dirname;
+    my $log = $self->{gru_once_log} = "$dir/gru-oneshot.log";
+    local $ENV{OPENQA_CONFIG} = $self->{config};
+    local $ENV{OPENQA_BASEDIR} = "$dir/data";
+    local $ENV{OPENQA_LOGFILE} = $log;
+    local $ENV{PERL5LIB} = "$root/perl/lib" . ($ENV{PERL5LIB} ? ":$ENV{PERL5LIB}" : '');
+    system('/usr/share/openqa/script/openqa', 'gru', '-m', 'production', 'run', '--oneshot') == 0
+      or die "openqa gru run --oneshot: exit " . ($? >> 8) . "\n";
+}
+
 sub cancel ($self, $id) { $self->api(POST => "/api/v1/jobs/$id/cancel") }
 sub job ($self, $id) { $self->api(GET => "/api/v1/jobs/$id")->{job} }
 sub comment ($self, $job, $text) { $self->api(POST => "/api/v1/jobs/$job/comments", {text => $text})->{id} }
@@ -120,7 +154,7 @@ sub delete_comment ($self, $job, $id) { $self->api(DELETE => "/api/v1/jobs/$job/
 
 # openQA's own log lines (file of the web UI and, with gru, of the GRU).
 sub log_lines ($self) {
-    map { -e $_ ? split(/\n/, path($_)->slurp) : () } $self->{log}, $self->{stdout};
+    map { defined $_ && -e $_ ? split(/\n/, path($_)->slurp) : () } $self->{log}, $self->{stdout}, $self->{gru_once_log};
 }
 
 # Lines a healthy instance never writes: errors, and our plugin's warnings.
