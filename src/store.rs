@@ -376,7 +376,13 @@ impl Store {
         let taken: bool =
             tx.query_row("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = ?1)", [&base], |r| r.get(0))?;
         d.key = if taken { crate::decision::salted_key(&base, earlier as u64) } else { base.clone() };
-        let body = serde_json::to_string(&*d).map_err(|e| StoreError(e.to_string()))?;
+        // what the deliveries and the page's history need (counts, blocking jobs, job ids), not
+        // a note for every job looked at: those are a fresh evaluation's, and they are most of
+        // the size (hundreds of KB for an incident in a few large aggregate builds)
+        let notes = std::mem::take(&mut d.verdict.notes);
+        let body = serde_json::to_string(&*d).map_err(|e| StoreError(e.to_string()));
+        d.verdict.notes = notes;
+        let body = body?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO decisions (key, base, incident, request, result, decided_at, body, seen)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1037,6 +1043,37 @@ mod tests {
             waiting: vec![],
         };
         Decision::new(v, "http://openqa")
+    }
+
+    #[test]
+    fn a_stored_decision_keeps_what_deliveries_need_not_a_note_per_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        // an incident in 10 aggregate builds of 400 jobs
+        let mut d = decision(77, (1..=4000).collect());
+        d.verdict.notes = (1..=4000)
+            .map(|id| crate::verdict::JobNote {
+                id,
+                name: format!(
+                    "sle-15-SP6-Server-DVD-Updates-x86_64-Build20261128-1-mau-aggregate-{id}@64bit"
+                ),
+                state: "done".into(),
+                result: "passed".into(),
+                group: "Maintenance: SLE 15 SP6 Updates".into(),
+                role: "aggregate".into(),
+                counts: true,
+                why: "newest build 20261128-1 of sle 15-SP6 Server-DVD-Updates x86_64 lists incident 77"
+                    .into(),
+                comment: None,
+            })
+            .collect();
+        s.record_decision(&mut d, &[Sink::Amqp], s_next()).unwrap();
+        assert_eq!(d.verdict.notes.len(), 4000, "the caller keeps its notes");
+        let stored = s.latest_decision(77).unwrap().unwrap();
+        assert!(stored.verdict.notes.is_empty());
+        assert_eq!(stored.verdict.job_ids.len(), 4000);
+        let bytes: i64 = s.conn().query_row("SELECT length(body) FROM decisions", [], |r| r.get(0)).unwrap();
+        assert!(bytes < 40_000, "{bytes} bytes for one decision");
     }
 
     #[test]

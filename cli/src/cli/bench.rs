@@ -296,11 +296,20 @@ async fn day(scale: f64) -> Result<(), String> {
     out!("| all {incidents} reviews accepted on IBS | {} |", millis(all_reported));
     out!("| openQA requests | {requests} ({:.1} per decision) |", requests as f64 / incidents as f64);
     out!(
-        "| peak RSS of the bench process (gate + both simulators + {} jobs) | {:.0} MiB |\n",
+        "| peak RSS of the bench process (gate + both simulators + {} jobs) | {:.0} MiB |",
         events.len(),
         peak_rss_mib()
     );
     drop(gate);
+    // the database with its write-ahead log, as the day left them
+    let stored: u64 = std::fs::read_dir(&dir)
+        .map(|files| files.filter_map(|f| f.ok()?.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    out!(
+        "| state directory after the day (database and write-ahead log) | {:.1} MiB ({:.1} KiB per decision) |\n",
+        stored as f64 / 1048576.0,
+        stored as f64 / 1024.0 / incidents as f64
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
