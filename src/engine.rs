@@ -68,6 +68,34 @@ struct IncidentState {
     heard_meanwhile: HashSet<u64>,
 }
 
+/// Which submissions each job tests, within `JOB_CACHE_BYTES`.
+#[derive(Default)]
+struct JobCache {
+    map: HashMap<u64, Vec<Submission>>,
+    bytes: usize,
+}
+
+impl JobCache {
+    /// An entry's share of memory: the key, the vector, its elements and the table's overhead.
+    fn cost(submissions: &[Submission]) -> usize {
+        std::mem::size_of::<(u64, Vec<Submission>)>() + 16 + std::mem::size_of_val(submissions)
+    }
+
+    /// Starts over when full: dropping everything is cheap, and the next events look their jobs
+    /// up again in one request per batch.
+    fn insert(&mut self, job: u64, submissions: Vec<Submission>) {
+        let cost = Self::cost(&submissions);
+        if self.bytes + cost > JOB_CACHE_BYTES {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        if let Some(old) = self.map.insert(job, submissions) {
+            self.bytes -= Self::cost(&old);
+        }
+        self.bytes += cost;
+    }
+}
+
 /// What an evaluation leaves behind for the events that follow.
 struct Looked {
     /// Counted jobs that are not final; None when the verdict is final.
@@ -135,8 +163,10 @@ struct Stats {
     stale_decisions: AtomicU64,
 }
 
-/// Caps the job → incidents cache; job settings never change, so entries never go stale.
-const JOB_CACHE_MAX: usize = 200_000;
+/// Caps the job → incidents cache of each process (every prefork worker has one) in bytes, as
+/// estimated by `cache_cost`: an aggregate job lists dozens of incidents, so a count of entries
+/// would not bound it. Job settings never change, so entries never go stale.
+const JOB_CACHE_BYTES: usize = 8 << 20;
 /// Decisions listed in status output.
 pub const RECENT_DECISIONS: usize = 20;
 /// How long the jobs events reported finished are remembered for waiting incidents.
@@ -157,7 +187,7 @@ pub struct Core {
     store: Arc<Store>,
     sinks: Vec<Sink>,
     incidents: Mutex<HashMap<Submission, IncidentState>>,
-    job_incidents: Mutex<HashMap<u64, Vec<Submission>>>,
+    job_incidents: Mutex<JobCache>,
     stats: Stats,
     /// Events taken from the queue but not processed, plus evaluations running or scheduled.
     busy: AtomicUsize,
@@ -294,6 +324,7 @@ impl Core {
             "stale_decisions": s.stale_decisions.load(Relaxed),
             "openqa_requests": self.client.requests_made(),
             "busy": self.busy.load(Relaxed),
+            "job_cache_bytes": self.job_incidents.lock().unwrap_or_else(|p| p.into_inner()).bytes,
         });
         match self.store.summary(RECENT_DECISIONS) {
             Ok(summary) => {
@@ -357,9 +388,6 @@ impl Core {
 
     fn remember_jobs(&self, jobs: &[Job]) {
         let mut cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() + jobs.len() > JOB_CACHE_MAX {
-            cache.clear();
-        }
         for job in jobs {
             cache.insert(job.id, submissions_of(&job.settings).into_iter().collect());
         }
@@ -369,14 +397,14 @@ impl Core {
     async fn incidents_of_jobs(&self, ids: &[u64]) -> Result<HashMap<u64, Vec<Submission>>, ApiError> {
         let unknown: Vec<u64> = {
             let cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
-            ids.iter().copied().filter(|id| !cache.contains_key(id)).collect()
+            ids.iter().copied().filter(|id| !cache.map.contains_key(id)).collect()
         };
         if !unknown.is_empty() {
             let jobs = self.client.jobs(&unknown).await?;
             self.remember_jobs(&jobs);
         }
         let cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(ids.iter().filter_map(|id| cache.get(id).map(|i| (*id, i.clone()))).collect())
+        Ok(ids.iter().filter_map(|id| cache.map.get(id).map(|i| (*id, i.clone()))).collect())
     }
 
     /// Takes a batch of events: finds the incidents they touch, records them pending in the store
@@ -1198,5 +1226,28 @@ async fn reconcile(core: Arc<Core>) {
                 Err(e) => tracing::warn!("retention: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_cache_stays_within_its_bytes_whatever_the_jobs_list() {
+        let mut cache = JobCache::default();
+        // aggregate jobs listing 60 incidents each cost far more than an incident's own job
+        let listed: Vec<Submission> = (0..60).map(Submission::ibs).collect();
+        for job in 0..100_000u64 {
+            cache.insert(job, listed.clone());
+            assert!(cache.bytes <= JOB_CACHE_BYTES);
+        }
+        assert!(cache.map.len() < 100_000, "started over when full");
+        let kept: usize = cache.map.values().map(|s| JobCache::cost(s)).sum();
+        assert_eq!(kept, cache.bytes, "the estimate follows what is held");
+        cache.insert(7, vec![Submission::ibs(1)]);
+        cache.insert(7, vec![Submission::ibs(1)]);
+        let kept: usize = cache.map.values().map(|s| JobCache::cost(s)).sum();
+        assert_eq!(kept, cache.bytes, "a replaced entry is not counted twice");
     }
 }
