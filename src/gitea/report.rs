@@ -189,7 +189,7 @@ mod tests {
         assert_eq!(lines[2], format!("Tested commit: {}", r.tested_sha));
         assert!(
             lines[1].contains("all 3 relevant jobs")
-                && lines[1].ends_with("Details: https://openqa.example.com/incident_gate/git:124"),
+                && lines[1].ends_with("Details: https://openqa.example.com/incident%5Fgate/git:124"),
             "{body}"
         );
         assert!(is_approval_of(&body, "qam-openqa-review", &r.tested_sha));
@@ -208,7 +208,7 @@ mod tests {
         assert!(body.contains("| [4711](https://openqa.example.com/tests/4711) | sle-16.0-x86\\_64-Build:git:124:openssl-mau&#124;x&#64;64bit | failed | SLFO PRs |"), "{body}");
         assert!(!body.contains("older commit"));
         assert!(
-            body.contains("[Why: the verdict explained](https://openqa.example.com/incident_gate/git:124)"),
+            body.contains("[Why: the verdict explained](https://openqa.example.com/incident%5Fgate/git:124)"),
             "{body}"
         );
         let body = results_comment(&r, Some("ffff0000ffff0000"));
