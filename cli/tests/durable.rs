@@ -1,5 +1,6 @@
 //! Nothing acknowledged is lost (issue 13): `incident-gate listen` killed with SIGKILL at random
-//! points of a stream of incidents and started again, IBS refusing our credentials and then
+//! points of a stream of incidents and started again, its broker cut away at random points and
+//! back, IBS refusing our credentials and then
 //! accepting them, a corrupt store, and the hook as openQA's GRU runs it. Each test prints what it
 //! counted and asserts what a user sees: messages on the broker, reviews on the IBS simulator,
 //! exit codes, status output.
@@ -201,7 +202,24 @@ async fn a_listener_killed_at_random_points_loses_no_incident_and_acts_once() {
         }
     }
 
-    // collect until every incident was decided (and a little longer, to see duplicates)
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let faults = format!("kill -9 stream (seed {seed}): {kills} kills");
+    count_and_check(&mut done, &obs, &incidents, &faults, &logs).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Collects `incident.done` until every incident was decided (and a little longer, to see
+/// duplicates) and the reviews until all were accepted; prints the counts and asserts: every
+/// incident decided, once (one `message_id`), each review changed once.
+async fn count_and_check(
+    done: &mut Consumer,
+    obs: &ObsSim,
+    incidents: &BTreeMap<u64, u64>,
+    faults: &str,
+    logs: &str,
+) {
+    let total = incidents.len();
     let mut messages: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut quiet_until = None;
@@ -216,7 +234,7 @@ async fn a_listener_killed_at_random_points_loses_no_incident_and_acts_once() {
         let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
         let id = d.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default();
         messages.entry(body["incident"].as_u64().unwrap()).or_default().push(id);
-        if messages.len() as u64 == INCIDENTS && quiet_until.is_none() {
+        if messages.len() == total && quiet_until.is_none() {
             quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(2));
         }
     }
@@ -227,26 +245,122 @@ async fn a_listener_killed_at_random_points_loses_no_incident_and_acts_once() {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-
     let decided = messages.len();
     let published: usize = messages.values().map(Vec::len).sum();
     let distinct: usize = messages.values().map(|ids| ids.iter().collect::<HashSet<_>>().len()).sum();
     let accepted = incidents.values().filter(|rr| obs.reviews(**rr)[0].state == "accepted").count();
-    let changes: Vec<usize> = incidents.values().map(|rr| review_changes(&obs, *rr)).collect();
+    let changes: Vec<usize> = incidents.values().map(|rr| review_changes(obs, *rr)).collect();
     println!(
-        "kill -9 stream (seed {seed}): {INCIDENTS} incidents, {kills} kills; decided {decided}; \
-         incident.done messages {published} ({distinct} distinct message_ids); reviews accepted {accepted}; \
-         review changes {} (max per request {})",
+        "{faults}: {total} incidents; decided {decided}; incident.done messages {published} \
+         ({distinct} distinct message_ids); reviews accepted {accepted}; review changes {} (max per request {})",
         changes.iter().sum::<usize>(),
         changes.iter().max().unwrap_or(&0)
     );
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(decided as u64, INCIDENTS, "every incident decided; listener log:\n{logs}");
-    assert_eq!(distinct as u64, INCIDENTS, "one decision (message_id) per incident: {messages:?}");
-    assert_eq!(accepted as u64, INCIDENTS, "every review accepted");
+    assert_eq!(decided, total, "every incident decided; listener log:\n{logs}");
+    assert_eq!(distinct, total, "one decision (message_id) per incident: {messages:?}");
+    assert_eq!(accepted, total, "every review accepted");
     assert!(changes.iter().all(|c| *c == 1), "each review changed once: {changes:?}");
+}
+
+/// A loopback TCP proxy to RabbitMQ that can be cut: every connection through it is dropped and
+/// new ones are refused until it is restored, as a network partition or a broker restart looks to
+/// the listener.
+struct CuttableProxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: &str) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let upstream = upstream.to_string();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue; // dropped: refused while cut
+                }
+                let upstream = upstream.clone();
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_whose_broker_goes_away_at_random_points_loses_no_incident_and_acts_once() {
+    const INCIDENTS: u64 = 30;
+    let (exchange, prefix) = (unique("cut"), unique("cut-prefix"));
+    let queue = format!("{exchange}-listen");
+    let _leftovers = Leftovers { exchange: exchange.clone(), queue: queue.clone() };
+    let (_conn, ch) = connect().await;
+    let mut done = subscribe_done(&ch, &exchange).await;
+    let qa = OpenQa::start().await;
+    let obs = start_obs().await;
+    let state = tempfile::tempdir().unwrap();
+    // the listener reaches the broker only through the proxy; the test publishes directly
+    let url = amqp_url();
+    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("127.0.0.1:5672");
+    let proxy = CuttableProxy::start(authority).await;
+    let through = url.replacen(authority, &format!("127.0.0.1:{}", proxy.port), 1);
+    let mut env = env_for(&qa, &obs, state.path());
+    env.extend([
+        ("INCIDENT_GATE_AMQP_URL", through),
+        ("INCIDENT_GATE_AMQP_EXCHANGE", exchange.clone()),
+        ("INCIDENT_GATE_AMQP_DECLARE_EXCHANGE", "true".into()),
+        ("INCIDENT_GATE_AMQP_TOPIC_PREFIX", prefix.clone()),
+        ("INCIDENT_GATE_AMQP_QUEUE", queue.clone()),
+        ("INCIDENT_GATE_AMQP_QUEUE_DURABLE", "false".into()),
+    ]);
+    let log = state.path().join("listen.log");
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+    let mut child =
+        command(&env).arg("listen").stdout(Stdio::null()).stderr(log_file).spawn().expect("listen");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seed = std::process::id() as u64;
+    let mut rng = Rng(seed);
+    let (mut cuts, mut incidents) = (0, BTreeMap::new());
+    for n in 0..INCIDENTS {
+        let (incident, rr) = (13_600 + n, 313_600 + n);
+        obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+        let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(incident, rr, &format!("t{i}"))).collect();
+        incidents.insert(incident, rr);
+        for job in jobs {
+            let event = qa.sim.set_done(job, "passed").unwrap();
+            publish(&ch, &exchange, &event.routing_key(&prefix), event.amqp_body.to_string().as_bytes())
+                .await;
+        }
+        if rng.below(4) == 0 {
+            // the broker away for up to 1.5 s, while decisions are being published
+            tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
+            proxy.set_cut(true);
+            cuts += 1;
+            tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
+            proxy.set_cut(false);
+        }
+    }
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let faults = format!("broker cut stream (seed {seed}): {cuts} cuts");
+    count_and_check(&mut done, &obs, &incidents, &faults, &logs).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let lost = logs.matches("reconnecting").count();
+    println!("the listener lost the broker {lost} times");
+    assert!(cuts == 0 || lost > 0, "the cuts reached the listener:\n{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
