@@ -27,7 +27,7 @@ use crate::events::{Event, EventKind};
 use crate::incident::submissions_of;
 use crate::openqa::client::{ApiError, IDS_PER_REQUEST};
 use crate::openqa::model::Job;
-use crate::store::CatchupEnd;
+use crate::store::{CatchupEnd, CatchupStart};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +88,17 @@ pub async fn catch_up(core: &Arc<Core>, min_gap: Duration) -> Result<Option<Catc
     let Some(start) = store.claim_catchup(min_gap.as_millis() as i64, LEASE.as_millis() as i64)? else {
         return Ok(None);
     };
+    let outcome = run(core, start, max).await;
+    if outcome.is_err() {
+        // nothing recorded as taken: the next catch-up, here or in another process, reads the
+        // same jobs; only the lease is given back (best effort: the store just failed)
+        let _ = store.finish_catchup(&CatchupEnd::default());
+    }
+    outcome.map(Some)
+}
+
+async fn run(core: &Arc<Core>, start: CatchupStart, max: u64) -> Result<CatchupReport, EngineError> {
+    let store = core.store();
     let client = core.client();
     let mut seen = Seen { budget: max, requests: 0, jobs: HashMap::new() };
     let mut failure: Option<ApiError> = None;
@@ -210,22 +221,17 @@ pub async fn catch_up(core: &Arc<Core>, min_gap: Duration) -> Result<Option<Catc
             deleted_comments: vec![],
             products: vec![],
         };
-        if let Err(e) = core.take_events(vec![event]).await {
-            // nothing recorded as taken: the next catch-up finds the same jobs
-            store.finish_catchup(&CatchupEnd { requests: seen.requests, ..CatchupEnd::default() })?;
-            return Err(e);
-        }
+        core.take_events(vec![event]).await?;
     }
     store.finish_catchup(&end)?;
-    let report = CatchupReport {
+    Ok(CatchupReport {
         requests: seen.requests,
         ended_jobs: end.ended.len(),
         waiting_jobs: end.waiting.len(),
         after_id: end.after_id,
         newest_seen: end.newest_seen,
         error: failure.map(|e| e.to_string()),
-    };
-    Ok(Some(report))
+    })
 }
 
 fn malformed(after: u64, detail: &str) -> ApiError {

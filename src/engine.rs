@@ -1,7 +1,8 @@
 //! The engine: turns job events into evaluations of the affected incidents, coalesced per incident
 //! (at most one in flight and one follow-up), records final verdicts once as decisions, and feeds
 //! the outbox. Incidents still pending are re-evaluated periodically, because openQA finishes some
-//! jobs without any event (stale-job detection, obsoletion).
+//! jobs without any event (stale-job detection, obsoletion), and openQA is asked for jobs that
+//! ended while events were lost (`crate::catchup`).
 
 use crate::config::Config;
 use crate::decision::Decision;
