@@ -24,7 +24,7 @@
 
 use crate::engine::{Core, EngineError};
 use crate::events::{Event, EventKind};
-use crate::incident::submissions_of;
+use crate::incident::{submissions_of, Submission};
 use crate::openqa::client::{ApiError, IDS_PER_REQUEST};
 use crate::openqa::model::Job;
 use crate::store::{CatchupEnd, CatchupStart};
@@ -45,6 +45,8 @@ pub struct CatchupReport {
     pub requests: u64,
     /// Jobs of incidents found ended that no catch-up had taken before.
     pub ended_jobs: usize,
+    /// Of those, jobs no decision counted yet: their incidents are evaluated.
+    pub unheard_jobs: usize,
     /// Jobs of incidents found not final.
     pub waiting_jobs: usize,
     /// Where the next catch-up starts.
@@ -211,13 +213,34 @@ async fn run(core: &Arc<Core>, start: CatchupStart, max: u64) -> Result<CatchupR
     };
     end.waiting.sort_unstable();
     end.ended.sort_unstable();
-    if !ended.is_empty() {
+    // a job that the latest decision of each of its incidents counted, complete (so every job it
+    // counted was final), was heard of already: evaluating again would say the same
+    let mut latest: HashMap<Submission, Option<Vec<u64>>> = HashMap::new();
+    let mut news: Vec<Job> = Vec::new();
+    for job in ended {
+        let mut known = true;
+        for incident in submissions_of(&job.settings) {
+            if !latest.contains_key(&incident) {
+                let counted = store
+                    .latest_decision(incident)?
+                    .filter(|d| d.verdict.complete)
+                    .map(|d| d.verdict.job_ids);
+                latest.insert(incident, counted);
+            }
+            known &= latest.get(&incident).and_then(|c| c.as_ref()).is_some_and(|c| c.contains(&job.id));
+        }
+        if !known {
+            news.push(job);
+        }
+    }
+    let unheard_jobs = news.len();
+    if !news.is_empty() {
         // the path of a job's done event: its incidents marked pending (durably) and evaluated;
         // a decision already made for the same verdict is not made again
-        core.remember_jobs(&ended);
+        core.remember_jobs(&news);
         let event = Event {
             kind: EventKind::JobDone,
-            jobs: end.ended.clone(),
+            jobs: news.iter().map(|j| j.id).collect(),
             deleted_comments: vec![],
             products: vec![],
         };
@@ -227,6 +250,7 @@ async fn run(core: &Arc<Core>, start: CatchupStart, max: u64) -> Result<CatchupR
     Ok(CatchupReport {
         requests: seen.requests,
         ended_jobs: end.ended.len(),
+        unheard_jobs,
         waiting_jobs: end.waiting.len(),
         after_id: end.after_id,
         newest_seen: end.newest_seen,

@@ -164,6 +164,7 @@ struct Stats {
     stale_decisions: AtomicU64,
     catchups: AtomicU64,
     catchup_ended_jobs: AtomicU64,
+    catchup_unheard_jobs: AtomicU64,
 }
 
 /// Caps the job → incidents cache of each process (every prefork worker has one) in bytes, as
@@ -337,6 +338,7 @@ impl Core {
                 let mut catchup = serde_json::json!(summary.catchup);
                 catchup["runs_here"] = s.catchups.load(Relaxed).into();
                 catchup["ended_jobs_here"] = s.catchup_ended_jobs.load(Relaxed).into();
+                catchup["unheard_jobs_here"] = s.catchup_unheard_jobs.load(Relaxed).into();
                 catchup["max_requests"] = self.cfg.catchup_max_requests.into();
                 status["catchup"] = catchup;
             }
@@ -356,15 +358,16 @@ impl Core {
         if let Some(r) = &report {
             self.stats.catchups.fetch_add(1, Relaxed);
             self.stats.catchup_ended_jobs.fetch_add(r.ended_jobs as u64, Relaxed);
+            self.stats.catchup_unheard_jobs.fetch_add(r.unheard_jobs as u64, Relaxed);
             match &r.error {
                 Some(e) => tracing::warn!(
                     "catch-up stopped after {} requests, up to job {:?}: {e}",
                     r.requests,
                     r.after_id
                 ),
-                None if r.ended_jobs > 0 => tracing::info!(
-                    "catch-up: {} ended jobs of incidents not heard of ({} requests, up to job {:?})",
-                    r.ended_jobs,
+                None if r.unheard_jobs > 0 => tracing::info!(
+                    "catch-up: {} ended jobs of incidents no decision counted yet ({} requests, up to job {:?})",
+                    r.unheard_jobs,
                     r.requests,
                     r.after_id
                 ),

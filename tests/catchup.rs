@@ -222,3 +222,24 @@ async fn shorter_pages_than_asked_and_catch_up_switched_off() {
     assert!(off.catch_up(Duration::ZERO).await.unwrap().is_none());
     assert_eq!(qa.sim.requests(), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_whose_events_were_heard_are_not_evaluated_again() {
+    use incident_gate::events::{Event, EventKind};
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let core = core(&qa, state.path(), 20);
+    core.catch_up(Duration::ZERO).await.unwrap().expect("ran");
+    let (_, jobs) = qa.finished_incident(7401, 5, "passed").await;
+    let done =
+        Event { kind: EventKind::JobDone, jobs: jobs.clone(), deleted_comments: vec![], products: vec![] };
+    core.take_events(vec![done]).await.unwrap();
+    assert_eq!(decided(&core, 7401).await, Some(Outcome::Passed));
+    let evaluations = core.status()["evaluations"].clone();
+
+    let report = core.catch_up(Duration::ZERO).await.unwrap().expect("ran");
+    assert_eq!((report.ended_jobs, report.unheard_jobs), (5, 0), "{report:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(core.status()["evaluations"], evaluations, "evaluated again");
+    assert_eq!(core.store().decision_count().unwrap(), 1);
+}
