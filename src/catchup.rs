@@ -220,14 +220,16 @@ async fn run(core: &Arc<Core>, start: CatchupStart, max: u64) -> Result<CatchupR
     for job in ended {
         let mut known = true;
         for incident in submissions_of(&job.settings) {
-            if !latest.contains_key(&incident) {
-                let counted = store
-                    .latest_decision(incident)?
-                    .filter(|d| d.verdict.complete)
-                    .map(|d| d.verdict.job_ids);
-                latest.insert(incident, counted);
-            }
-            known &= latest.get(&incident).and_then(|c| c.as_ref()).is_some_and(|c| c.contains(&job.id));
+            let counted = match latest.entry(incident) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    store
+                        .latest_decision(incident)?
+                        .filter(|d| d.verdict.complete)
+                        .map(|d| d.verdict.job_ids),
+                ),
+            };
+            known &= counted.as_ref().is_some_and(|c| c.contains(&job.id));
         }
         if !known {
             news.push(job);
