@@ -133,7 +133,15 @@ async fn run(core: &Arc<Core>, start: CatchupStart, max: u64) -> Result<CatchupR
     // ids above this were all in one answer of this catch-up: no window needed up to `newest`
     let mut top_from: Option<u64> = None;
     let mut page = PAGE;
-    while failure.is_none() && seen.spend() {
+    while failure.is_none() {
+        if top_from.is_some_and(|t| lo >= t) {
+            // what is above was in that answer; jobs created since are for the next catch-up
+            lo = newest;
+            break;
+        }
+        if !seen.spend() {
+            break;
+        }
         if base.is_none() {
             // a new state directory: start with openQA's newest page of jobs, not its history
             match client.jobs_between(0, None, page).await {
@@ -147,9 +155,6 @@ async fn run(core: &Arc<Core>, start: CatchupStart, max: u64) -> Result<CatchupR
                 Err(e) => failure = Some(e),
             }
             break;
-        }
-        if top_from.is_some_and(|t| lo >= t) {
-            lo = newest;
         }
         if lo.saturating_add(page as u64) < newest {
             // inside ids known to exist: a window of `page` ids holds at most `page` jobs
