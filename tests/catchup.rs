@@ -132,24 +132,6 @@ async fn a_job_created_first_and_ending_last_is_not_skipped() {
     let report = core.catch_up(Duration::ZERO).await.unwrap().expect("ran");
     assert_eq!(report.ended_jobs, 0, "{report:?}");
     assert_eq!(core.store().decision_count().unwrap(), 2);
-
-    // `incident-gate status` reads it from the state directory
-    let status = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_incident-gate"))
-            .arg("status")
-            .args(args)
-            .env_remove("INCIDENT_GATE_CONFIG")
-            .env("INCIDENT_GATE_OPENQA_URL", qa.url())
-            .env("INCIDENT_GATE_STATE_DIR", state.path())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let json: serde_json::Value = serde_json::from_str(&status(&["--json"])).unwrap();
-    assert_eq!(json["catchup"]["watermark"], newest, "{json}");
-    let text = status(&[]);
-    assert!(text.contains(&format!("catch-up from openQA: watermark {newest} ")), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
