@@ -197,6 +197,10 @@ pub struct Config {
     pub coverage: Vec<String>,
     /// How often incidents still pending are evaluated without an event.
     pub reconcile_interval_s: u64,
+    /// openQA requests one catch-up may send at most (at engine start and every
+    /// `reconcile_interval_s`): it asks openQA for jobs that ended since the last catch-up, so
+    /// their incidents are decided even when their events were lost. 0 turns catch-up off.
+    pub catchup_max_requests: u32,
     /// Decisions older than this many days (not an incident's latest, nothing left to deliver)
     /// are removed with their delivered outbox rows; 0 keeps them for ever.
     pub retention_days: u64,
@@ -250,6 +254,7 @@ impl Default for Config {
             quiet_period_s: 0,
             coverage: Vec::new(),
             reconcile_interval_s: 300,
+            catchup_max_requests: 20,
             retention_days: 90,
             state_dir: PathBuf::from("/var/lib/incident-gate"),
             concurrency: 4,
@@ -363,6 +368,10 @@ impl Config {
         }
         if self.reconcile_interval_s == 0 {
             return bad("reconcile_interval_s", "must be at least 1");
+        }
+        if self.catchup_max_requests == 1 || self.catchup_max_requests > 1000 {
+            // two at least: one to look at jobs seen running before, one to look at new jobs
+            return bad("catchup_max_requests", "must be 0 (off) or between 2 and 1000");
         }
         if self.http_timeout_s == 0 {
             return bad("http_timeout_s", "must be at least 1");

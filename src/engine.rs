@@ -1,7 +1,8 @@
 //! The engine: turns job events into evaluations of the affected incidents, coalesced per incident
 //! (at most one in flight and one follow-up), records final verdicts once as decisions, and feeds
 //! the outbox. Incidents still pending are re-evaluated periodically, because openQA finishes some
-//! jobs without any event (stale-job detection, obsoletion).
+//! jobs without any event (stale-job detection, obsoletion), and openQA is asked for jobs that
+//! ended while events were lost (`crate::catchup`).
 
 use crate::config::Config;
 use crate::decision::Decision;
@@ -161,6 +162,9 @@ struct Stats {
     decisions: AtomicU64,
     duplicate_decisions: AtomicU64,
     stale_decisions: AtomicU64,
+    catchups: AtomicU64,
+    catchup_ended_jobs: AtomicU64,
+    catchup_unheard_jobs: AtomicU64,
 }
 
 /// Caps the job → incidents cache of each process (every prefork worker has one) in bytes, as
@@ -331,10 +335,46 @@ impl Core {
                 status["recent_decisions"] = serde_json::json!(summary.recent_decisions);
                 status["pending_incidents"] = serde_json::json!(summary.pending_incidents);
                 status["outbox_backlog"] = serde_json::json!(summary.outbox_backlog);
+                let mut catchup = serde_json::json!(summary.catchup);
+                catchup["runs_here"] = s.catchups.load(Relaxed).into();
+                catchup["ended_jobs_here"] = s.catchup_ended_jobs.load(Relaxed).into();
+                catchup["unheard_jobs_here"] = s.catchup_unheard_jobs.load(Relaxed).into();
+                catchup["max_requests"] = self.cfg.catchup_max_requests.into();
+                status["catchup"] = catchup;
             }
             Err(e) => status["store_error"] = e.to_string().into(),
         }
         status
+    }
+
+    /// Asks openQA for jobs that ended since the last catch-up and takes their incidents like
+    /// events (see `crate::catchup`). `None` when catch-up is off, another process runs one, or
+    /// one ended less than `min_gap` ago.
+    pub async fn catch_up(
+        self: &Arc<Self>,
+        min_gap: Duration,
+    ) -> Result<Option<crate::catchup::CatchupReport>, EngineError> {
+        let report = crate::catchup::catch_up(self, min_gap).await?;
+        if let Some(r) = &report {
+            self.stats.catchups.fetch_add(1, Relaxed);
+            self.stats.catchup_ended_jobs.fetch_add(r.ended_jobs as u64, Relaxed);
+            self.stats.catchup_unheard_jobs.fetch_add(r.unheard_jobs as u64, Relaxed);
+            match &r.error {
+                Some(e) => tracing::warn!(
+                    "catch-up stopped after {} requests, up to job {:?}: {e}",
+                    r.requests,
+                    r.after_id
+                ),
+                None if r.unheard_jobs > 0 => tracing::info!(
+                    "catch-up: {} ended jobs of incidents no decision counted yet ({} requests, up to job {:?})",
+                    r.unheard_jobs,
+                    r.requests,
+                    r.after_id
+                ),
+                None => tracing::debug!("catch-up: {} requests, up to job {:?}", r.requests, r.after_id),
+            }
+        }
+        Ok(report)
     }
 
     /// The current verdict, straight from openQA; no side effects.
@@ -386,7 +426,7 @@ impl Core {
         deleted.extend(ids.iter().copied());
     }
 
-    fn remember_jobs(&self, jobs: &[Job]) {
+    pub(crate) fn remember_jobs(&self, jobs: &[Job]) {
         let mut cache = self.job_incidents.lock().unwrap_or_else(|p| p.into_inner());
         for job in jobs {
             cache.insert(job.id, submissions_of(&job.settings).into_iter().collect());
@@ -1207,10 +1247,15 @@ async fn reconcile(core: Arc<Core>) {
             }
             core.store.claim_stale_pending(interval.as_millis() as i64)
         };
-        first = false;
         match claimed {
             Ok(incidents) => incidents.into_iter().for_each(|i| core.schedule(i)),
             Err(e) => tracing::warn!("reconciliation: {e}"),
+        }
+        // on start whenever no other process is at it; then about once an interval among all
+        let gap = if first { Duration::ZERO } else { interval.mul_f64(0.9) };
+        first = false;
+        if let Err(e) = core.catch_up(gap).await {
+            tracing::warn!("catch-up: {e}");
         }
         core.audit_relied_comments(interval).await.into_iter().for_each(|i| core.schedule(i));
         if let Err(e) = core.store.forget_finished_jobs(FINISHED_JOBS_KEPT.as_millis() as i64) {

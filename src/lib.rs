@@ -3,6 +3,7 @@
 //! See ../shared/DESIGN.md for the architecture; `ffi` is the C ABI the openQA plugin uses.
 
 pub mod amqp;
+pub mod catchup;
 pub mod config;
 pub mod decision;
 pub mod engine;

@@ -102,6 +102,48 @@ pub struct Summary {
     /// IBS incidents as numbers, Gitea pull requests as `"git:<pr>"`.
     pub pending_incidents: Vec<Submission>,
     pub outbox_backlog: Backlog,
+    pub catchup: CatchupStatus,
+}
+
+/// Where catch-up from openQA stands (see `engine::catch_up`), for status output.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CatchupStatus {
+    /// Every job up to this id was looked at by a catch-up (twice, see `engine::catch_up`);
+    /// None before the first catch-up.
+    pub after_id: Option<u64>,
+    /// Every job of an incident up to this id had ended when a catch-up looked at it: the
+    /// lowest id of a job still waited on, less one (or `after_id`).
+    pub watermark: Option<u64>,
+    /// Jobs of incidents seen not final, looked at again by each catch-up.
+    pub waiting_jobs: u64,
+    /// The highest job id a catch-up saw.
+    pub newest_seen: Option<u64>,
+    pub last_run_at: Option<String>,
+    /// openQA requests of the last catch-up (of any process).
+    pub last_requests: Option<u64>,
+}
+
+/// What a catch-up starts from (`Store::claim_catchup`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatchupStart {
+    pub after_id: Option<u64>,
+    pub newest_seen: Option<u64>,
+}
+
+/// What a catch-up leaves behind (`Store::finish_catchup`).
+#[derive(Debug, Clone, Default)]
+pub struct CatchupEnd {
+    pub after_id: Option<u64>,
+    pub newest_seen: Option<u64>,
+    /// Jobs of incidents seen not final.
+    pub waiting: Vec<u64>,
+    /// Jobs of incidents seen final (their incidents are marked pending already).
+    pub ended: Vec<u64>,
+    /// Jobs looked at again that openQA no longer has.
+    pub gone: Vec<u64>,
+    /// Jobs looked at again that are still not final.
+    pub still_waiting: Vec<u64>,
+    pub requests: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -274,6 +316,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS job_activity (
                 incident INTEGER PRIMARY KEY, newest_job INTEGER NOT NULL, at INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS finished_jobs (job_id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS catchup_jobs (
+                id INTEGER PRIMARY KEY, final INTEGER NOT NULL, checked_at INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS scheduling (
                 product INTEGER NOT NULL, incident INTEGER NOT NULL, status TEXT NOT NULL,
                 since INTEGER NOT NULL, PRIMARY KEY (product, incident));",
@@ -566,6 +610,7 @@ impl Store {
             recent_decisions: self.recent_decisions(recent)?,
             pending_incidents: self.pending()?,
             outbox_backlog: self.backlog()?,
+            catchup: self.catchup_status()?,
         })
     }
 
@@ -1008,6 +1053,139 @@ impl Store {
         )?;
         let rows = stmt.query_map([incident], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Claims the next catch-up for this process, unless one runs elsewhere (its lease has not
+    /// expired) or one ended less than `min_gap_ms` ago: the processes sharing a state directory
+    /// ask openQA once, not each.
+    pub fn claim_catchup(&self, min_gap_ms: i64, lease_ms: i64) -> Result<Option<CatchupStart>, StoreError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let get = |name: &str| -> Result<Option<i64>, rusqlite::Error> {
+            tx.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0)).optional()
+        };
+        if get("catchup_lease")?.is_some_and(|until| until > now)
+            || get("catchup_last_run")?.is_some_and(|last| now - last < min_gap_ms)
+        {
+            return Ok(None);
+        }
+        let start = CatchupStart {
+            after_id: get("catchup_after_id")?.map(|v| v.max(0) as u64),
+            newest_seen: get("catchup_newest_seen")?.map(|v| v.max(0) as u64),
+        };
+        tx.execute(
+            "INSERT INTO counters (name, value) VALUES ('catchup_lease', ?1)
+             ON CONFLICT(name) DO UPDATE SET value = ?1",
+            [now + lease_ms],
+        )?;
+        tx.commit()?;
+        Ok(Some(start))
+    }
+
+    /// Jobs of incidents a catch-up saw not final, least recently looked at first.
+    pub fn catchup_waiting(&self, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id FROM catchup_jobs WHERE final = 0 ORDER BY checked_at, id LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|id| id as u64).collect())
+    }
+
+    /// Which of these jobs an earlier catch-up already took as ended.
+    pub fn catchup_taken(&self, ids: &[u64]) -> Result<std::collections::HashSet<u64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT 1 FROM catchup_jobs WHERE id = ?1 AND final = 1")?;
+        let mut taken = std::collections::HashSet::new();
+        for id in ids {
+            if stmt.exists([*id as i64])? {
+                taken.insert(*id);
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Records a catch-up's progress and releases its lease. The id bounds only move up (two
+    /// processes whose leases overlapped each record what they saw).
+    pub fn finish_catchup(&self, end: &CatchupEnd) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for id in &end.waiting {
+            tx.execute(
+                "INSERT INTO catchup_jobs (id, final, checked_at) VALUES (?1, 0, ?2) ON CONFLICT(id) DO NOTHING",
+                params![*id as i64, now],
+            )?;
+        }
+        for id in &end.still_waiting {
+            tx.execute("UPDATE catchup_jobs SET checked_at = ?2 WHERE id = ?1", params![*id as i64, now])?;
+        }
+        for id in &end.ended {
+            tx.execute(
+                "INSERT INTO catchup_jobs (id, final, checked_at) VALUES (?1, 1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET final = 1, checked_at = ?2",
+                params![*id as i64, now],
+            )?;
+        }
+        for id in &end.gone {
+            tx.execute("DELETE FROM catchup_jobs WHERE id = ?1", [*id as i64])?;
+        }
+        let set_max = |name: &str, value: Option<u64>| -> Result<(), rusqlite::Error> {
+            if let Some(v) = value {
+                tx.execute(
+                    "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET value = MAX(value, ?2)",
+                    params![name, v.min(i64::MAX as u64) as i64],
+                )?;
+            }
+            Ok(())
+        };
+        set_max("catchup_after_id", end.after_id)?;
+        set_max("catchup_newest_seen", end.newest_seen)?;
+        for (name, value) in
+            [("catchup_lease", 0), ("catchup_last_run", now), ("catchup_last_requests", end.requests as i64)]
+        {
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = ?2",
+                params![name, value],
+            )?;
+        }
+        // ended jobs below the bound are never looked at again: nothing to remember them for
+        tx.execute(
+            "DELETE FROM catchup_jobs WHERE final = 1
+             AND id <= (SELECT value FROM counters WHERE name = 'catchup_after_id')",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn catchup_status(&self) -> Result<CatchupStatus, StoreError> {
+        let conn = self.conn();
+        let get = |name: &str| -> Result<Option<i64>, rusqlite::Error> {
+            conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0)).optional()
+        };
+        let after_id = get("catchup_after_id")?.map(|v| v.max(0) as u64);
+        let (waiting, lowest): (i64, Option<i64>) =
+            conn.query_row("SELECT COUNT(*), MIN(id) FROM catchup_jobs WHERE final = 0", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let watermark = match (after_id, lowest) {
+            (Some(a), Some(l)) => Some(a.min((l.max(1) - 1) as u64)),
+            (a, _) => a,
+        };
+        let t = |ms: i64| {
+            let at = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+            humantime::format_rfc3339_seconds(at).to_string()
+        };
+        Ok(CatchupStatus {
+            after_id,
+            watermark,
+            waiting_jobs: waiting.max(0) as u64,
+            newest_seen: get("catchup_newest_seen")?.map(|v| v.max(0) as u64),
+            last_run_at: get("catchup_last_run")?.map(t),
+            last_requests: get("catchup_last_requests")?.map(|v| v.max(0) as u64),
+        })
     }
 
     pub fn decision_count(&self) -> Result<u64, StoreError> {

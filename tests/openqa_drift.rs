@@ -275,6 +275,10 @@ fn script() -> Vec<Step> {
         vec![("groupid", "2")],
         vec![("limit", "2")],
         vec![("limit", "2"), ("offset", "2")],
+        // catch-up: the newest page above a bound, and windows of ids (cut by `limit`, or whole)
+        vec![("limit", "3"), ("after", "4")],
+        vec![("limit", "3"), ("after", "2"), ("before", "9")],
+        vec![("limit", "10"), ("after", "2"), ("before", "9")],
         vec![("scope", "bogus")],
     ] {
         step("GET", "/api/v1/jobs", &q, &[]);

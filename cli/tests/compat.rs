@@ -276,7 +276,11 @@ async fn a_refused_id_is_given_up_alone_shown_and_logged_once() {
     qa.sim.set_done(bad, "passed");
     qa.sim.refuse_job(bad, 400, "Job is not visible to you");
     let state = tempfile::tempdir().unwrap();
-    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    let mut cfg = gate_config(&qa.url(), state.path());
+    // about the events' path: a catch-up at engine start would read the jobs from openQA's job
+    // list (which the refusal does not cover) before the events look them up
+    cfg["catchup_max_requests"] = 0.into();
+    let gate = CGate::new(&cfg);
     // one batch: the refused id among good ones, and an id beyond openQA's bigint
     gate.job_done(bad, "passed");
     for j in &jobs {

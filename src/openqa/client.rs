@@ -412,6 +412,34 @@ impl OpenQaClient {
         })
     }
 
+    /// One page of `GET /api/v1/jobs?after=A[&before=B]&limit=L`: jobs with `A < id < B`, the
+    /// highest ids first when there are more than `limit` (openQA 4.6 in Debian 12 and current
+    /// openQA alike order by id descending and know no other order, nor a filter on finishing
+    /// time), and whether openQA's `Link` header names a next page (without one: whether the page
+    /// came back full). openQA ignores `after=0` and `before=0`, so they are not sent.
+    pub async fn jobs_between(
+        &self,
+        after: u64,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, bool), ApiError> {
+        let (after, before, limit_text) =
+            (after.to_string(), before.map(|b| b.to_string()), limit.to_string());
+        let mut query = vec![("limit", limit_text.as_str())];
+        if after != "0" {
+            query.push(("after", after.as_str()));
+        }
+        if let Some(b) = before.as_deref().filter(|b| *b != "0") {
+            query.push(("before", b));
+        }
+        let (page, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+        let more = match link {
+            Some(link) => link_has_next(&link),
+            None => page.jobs.len() >= limit,
+        };
+        Ok((page.jobs, more))
+    }
+
     /// GETs one page of a paginated list: the decoded 200 body and the `Link` header.
     async fn get_page<T: DeserializeOwned>(
         &self,

@@ -206,6 +206,17 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
     out!("state: {}", store.path().display());
     out!("outbox backlog: {} AMQP, {} IBS, {} Gitea", backlog.amqp, backlog.obs, backlog.gitea);
     out!("pending incidents: {pending:?}");
+    let c = &summary.catchup;
+    let shown = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    out!(
+        "catch-up from openQA: watermark {} (every incident job up to it ended), looked at up to job {}, \
+         {} jobs waited on, last run {} ({} requests)",
+        shown(c.watermark),
+        shown(c.after_id),
+        c.waiting_jobs,
+        c.last_run_at.as_deref().unwrap_or("never"),
+        shown(c.last_requests)
+    );
     out!("recent decisions:");
     for d in summary.recent_decisions {
         let deliveries: Vec<String> = d
