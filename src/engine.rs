@@ -105,6 +105,9 @@ struct Looked {
     known: HashSet<u64>,
     /// Evaluate again after this long: a quiet period ends, or a scheduled product may be done.
     recheck_in: Option<Duration>,
+    /// The evaluation's ticket, when its verdict was final and complete (nothing left to wait
+    /// for): the pending marks of events about jobs it saw are settled by it.
+    settled: Option<i64>,
 }
 
 /// An error openQA will answer again however often it is asked (a 4xx, a malformed answer, an
@@ -748,7 +751,7 @@ impl Core {
                         false
                     }
                 };
-                let go_on = {
+                let (go_on, settle) = {
                     let mut incidents = core.incidents.lock().unwrap_or_else(|p| p.into_inner());
                     let state = incidents.entry(incident).or_default();
                     let meanwhile = std::mem::take(&mut state.finished_meanwhile);
@@ -762,7 +765,8 @@ impl Core {
                             }
                         });
                     }
-                    if let Ok(Looked { mut pending, known, .. }) = outcome {
+                    let mut settle = None;
+                    if let Ok(Looked { mut pending, known, settled, .. }) = outcome {
                         if let Some(w) = &mut pending {
                             w.retain(|j| !meanwhile.contains(j));
                             // everything it waited on finished during the evaluation: look again
@@ -770,11 +774,15 @@ impl Core {
                         }
                         // an event came about a job it did not see (a newer request or build
                         // may have started): its verdict may be about jobs that no longer count
-                        state.again |= heard.iter().any(|j| !known.contains(j));
-                        // the stored pending marks of those events carry this evaluation's
-                        // ticket and only a later one clears them (it cannot tell whether it
-                        // read openQA before or after them): a decided incident looks once more
-                        state.again |= pending.is_none() && !heard.is_empty();
+                        let unseen = heard.iter().any(|j| !known.contains(j));
+                        state.again |= unseen;
+                        // the stored pending marks of events that came during the evaluation
+                        // carry its ticket, which `record_decision` leaves alone (it cannot tell
+                        // whether it read openQA before or after them); events about jobs it saw,
+                        // when it decided with nothing left to wait for, add nothing
+                        if !heard.is_empty() && !unseen && !state.again {
+                            settle = settled;
+                        }
                         state.known = if pending.is_some() { known } else { HashSet::new() };
                         state.waiting_on = pending;
                     }
@@ -785,8 +793,13 @@ impl Core {
                         // decided: the next event starts from scratch anyway, so keep no state
                         incidents.remove(&incident);
                     }
-                    go_on
+                    (go_on, settle)
                 };
+                if let Some(ticket) = settle {
+                    if let Err(e) = core.store.settle_pending(incident, ticket) {
+                        tracing::warn!("incident {incident}: {e}");
+                    }
+                }
                 if !go_on {
                     break;
                 }
@@ -801,7 +814,11 @@ impl Core {
 
     /// One evaluation; a final verdict becomes a decision (recorded once, queued for the sinks).
     pub async fn decide(&self, incident: impl Into<Submission>) -> Result<Verdict, EngineError> {
-        let incident = incident.into();
+        Ok(self.decide_with_ticket(incident.into()).await?.0)
+    }
+
+    /// `decide`, with the evaluation's ticket.
+    async fn decide_with_ticket(&self, incident: Submission) -> Result<(Verdict, i64), EngineError> {
         self.stats.evaluations.fetch_add(1, Relaxed);
         // before reading openQA: the ticket orders this evaluation's decision among all processes'
         let seen = self.store.begin_evaluation()?;
@@ -810,7 +827,7 @@ impl Core {
             self.store.mark_pending(incident)?;
             let (state, why) = waiting_for(&verdict);
             self.store.note_waiting(incident, state, &why)?;
-            return Ok(verdict);
+            return Ok((verdict, seen));
         }
         // an incomplete failure is reported, but the incident stays pending: reconciliation
         // comes back to it should no event or timer do it first
@@ -846,12 +863,12 @@ impl Core {
         if incomplete {
             self.store.mark_pending(incident)?;
         }
-        Ok(decision.verdict)
+        Ok((decision.verdict, seen))
     }
 
     /// `decide`, returning the jobs a pending incident still waits on and every job looked at.
     async fn evaluate_and_decide(&self, incident: Submission) -> Result<Looked, EngineError> {
-        let verdict = self.decide(incident).await?;
+        let (verdict, ticket) = self.decide_with_ticket(incident).await?;
         // waiting on jobs only while some counted job runs: a verdict held back for coverage, a
         // quiet period or scheduling has nothing to wait on here (and an empty set would mean
         // "look again at once")
@@ -867,7 +884,8 @@ impl Core {
                 _ => None,
             })
             .min();
-        Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect(), recheck_in })
+        let settled = (verdict.result.is_final() && verdict.complete).then_some(ticket);
+        Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect(), recheck_in, settled })
     }
 }
 

@@ -630,6 +630,17 @@ impl Store {
         self.mark_pending_many(&[incident.into()], &[])
     }
 
+    /// Clears the incident's pending marks up to evaluation ticket `ticket` (inclusive): that
+    /// evaluation decided, with nothing left to wait for, after seeing every job the events
+    /// behind those marks were about. Marks of later evaluations' time stay.
+    pub fn settle_pending(&self, incident: impl Into<Submission>, ticket: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM pending WHERE incident = ?1 AND ticket <= ?2",
+            params![incident.into().store_key(), ticket],
+        )?;
+        Ok(())
+    }
+
     /// What a pending incident waits for, as its last evaluation found: `pending` (jobs to
     /// finish or to be created) or `coverage` (a job the coverage policy expects does not exist).
     pub fn note_waiting(

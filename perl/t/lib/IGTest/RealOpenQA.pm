@@ -25,6 +25,7 @@ my $root = path(__FILE__)->realpath->dirname->dirname->dirname->dirname->dirname
 sub start ($class, %o) {
     my @args = ('--workers', $o{workers} // 0);
     push @args, '--plugin' if $o{plugin};
+    push @args, '--no-amqp' if exists $o{amqp} && !$o{amqp};
     push @args, '--gru' if $o{gru};
     push @args, '--amqp-exchange', $o{exchange} if $o{exchange};
     push @args, '--amqp-prefix', $o{prefix} if $o{prefix};
