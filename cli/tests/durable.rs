@@ -1,6 +1,6 @@
 //! Nothing acknowledged is lost (issue 13): `incident-gate listen` killed with SIGKILL at random
 //! points of a stream of incidents and started again, its broker cut away at random points and
-//! back, IBS refusing our credentials and then
+//! back, its disk full and then not, IBS refusing our credentials and then
 //! accepting them, a corrupt store, and the hook as openQA's GRU runs it. Each test prints what it
 //! counted and asserts what a user sees: messages on the broker, reviews on the IBS simulator,
 //! exit codes, status output.
