@@ -151,60 +151,109 @@ fn review_changes(obs: &ObsSim, rr: u64) -> usize {
         .count()
 }
 
+/// A stream of incidents for `incident-gate listen`: its own exchange and queue (removed at the
+/// end), the simulators, a state directory, the listener's environment and log.
+struct Stream {
+    exchange: String,
+    prefix: String,
+    _leftovers: Leftovers,
+    _conn: Connection,
+    ch: Channel,
+    done: Consumer,
+    qa: OpenQa,
+    obs: ObsSim,
+    state: tempfile::TempDir,
+    env: Vec<(&'static str, String)>,
+    log: std::path::PathBuf,
+    incidents: BTreeMap<u64, u64>,
+}
+
+impl Stream {
+    /// `amqp_url`: how the listener reaches the broker (the test itself always goes direct).
+    async fn new(name: &str, amqp_url: Option<String>, extra: &[(&'static str, &str)]) -> Stream {
+        let (exchange, prefix) = (unique(name), unique(&format!("{name}-prefix")));
+        let queue = format!("{exchange}-listen");
+        let _leftovers = Leftovers { exchange: exchange.clone(), queue: queue.clone() };
+        let (_conn, ch) = connect().await;
+        let done = subscribe_done(&ch, &exchange).await;
+        let qa = OpenQa::start().await;
+        let obs = start_obs().await;
+        let state = tempfile::tempdir().unwrap();
+        let mut env = env_for(&qa, &obs, state.path());
+        env.extend([
+            ("INCIDENT_GATE_AMQP_URL", amqp_url.unwrap_or_else(common::amqp_url)),
+            ("INCIDENT_GATE_AMQP_EXCHANGE", exchange.clone()),
+            ("INCIDENT_GATE_AMQP_DECLARE_EXCHANGE", "true".into()),
+            ("INCIDENT_GATE_AMQP_TOPIC_PREFIX", prefix.clone()),
+            ("INCIDENT_GATE_AMQP_QUEUE", queue),
+            ("INCIDENT_GATE_AMQP_QUEUE_DURABLE", "false".into()),
+        ]);
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let log = state.path().join("listen.log");
+        let incidents = BTreeMap::new();
+        Stream { exchange, prefix, _leftovers, _conn, ch, done, qa, obs, state, env, log, incidents }
+    }
+
+    /// `incident-gate listen` (through `wrap`: a shell command line, or none), logging to the log.
+    fn listen(&self, wrap: Option<&str>) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = match wrap {
+            None => command(&self.env),
+            Some(script) => {
+                let mut cmd = Command::new("bash");
+                cmd.env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn");
+                cmd.envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+                cmd.arg("-c").arg(script).arg(BIN);
+                cmd
+            }
+        };
+        cmd.arg("listen").stdout(Stdio::null()).stderr(log).spawn().expect("listen starts")
+    }
+
+    /// Incident `incident` in review on IBS, its two jobs passed and their events published.
+    async fn incident(&mut self, incident: u64) {
+        let rr = 300_000 + incident;
+        self.obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+        let jobs: Vec<u64> = (0..2).map(|i| self.qa.incident_job(incident, rr, &format!("t{i}"))).collect();
+        self.incidents.insert(incident, rr);
+        for job in jobs {
+            let event = self.qa.sim.set_done(job, "passed").unwrap();
+            let key = event.routing_key(&self.prefix);
+            publish(&self.ch, &self.exchange, &key, event.amqp_body.to_string().as_bytes()).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn count_and_check(&mut self, faults: &str, reviews_within: Duration) {
+        let logs = self.logs();
+        count_and_check(&mut self.done, &self.obs, &self.incidents, faults, &logs, reviews_within).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_killed_at_random_points_loses_no_incident_and_acts_once() {
-    const INCIDENTS: u64 = 40;
-    let (exchange, prefix) = (unique("kill9"), unique("kill9-prefix"));
-    let queue = format!("{exchange}-listen");
-    let _leftovers = Leftovers { exchange: exchange.clone(), queue: queue.clone() };
-    let (_conn, ch) = connect().await;
-    let mut done = subscribe_done(&ch, &exchange).await;
-    let qa = OpenQa::start().await;
-    let obs = start_obs().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut env = env_for(&qa, &obs, state.path());
-    env.extend([
-        ("INCIDENT_GATE_AMQP_URL", amqp_url()),
-        ("INCIDENT_GATE_AMQP_EXCHANGE", exchange.clone()),
-        ("INCIDENT_GATE_AMQP_DECLARE_EXCHANGE", "true".into()),
-        ("INCIDENT_GATE_AMQP_TOPIC_PREFIX", prefix.clone()),
-        ("INCIDENT_GATE_AMQP_QUEUE", queue.clone()),
-        ("INCIDENT_GATE_AMQP_QUEUE_DURABLE", "false".into()),
-    ]);
-    let log = state.path().join("listen.log");
-    let spawn = || -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        command(&env).arg("listen").stdout(Stdio::null()).stderr(log).spawn().expect("listen starts")
-    };
+    let mut stream = Stream::new("kill9", None, &[]).await;
     let seed = std::process::id() as u64;
     let mut rng = Rng(seed);
-    let mut child = spawn();
+    let mut child = stream.listen(None);
     // the queue exists (declared by the listener) before the first message is published
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut kills = 0;
-    let mut incidents = BTreeMap::new();
-    for n in 0..INCIDENTS {
-        let (incident, rr) = (13_000 + n, 313_000 + n);
-        obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
-        let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(incident, rr, &format!("t{i}"))).collect();
-        incidents.insert(incident, rr);
-        for job in jobs {
-            let event = qa.sim.set_done(job, "passed").unwrap();
-            publish(&ch, &exchange, &event.routing_key(&prefix), event.amqp_body.to_string().as_bytes())
-                .await;
-        }
+    for n in 0..40 {
+        stream.incident(13_000 + n).await;
         if rng.below(4) == 0 {
             tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
             kills += 1;
-            child = spawn();
+            child = stream.listen(None);
         }
     }
-
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
     let faults = format!("kill -9 stream (seed {seed}): {kills} kills");
-    count_and_check(&mut done, &obs, &incidents, &faults, &logs, Duration::from_secs(30)).await;
+    stream.count_and_check(&faults, Duration::from_secs(30)).await;
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -317,47 +366,19 @@ impl CuttableProxy {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_whose_broker_goes_away_at_random_points_loses_no_incident_and_acts_once() {
-    const INCIDENTS: u64 = 30;
-    let (exchange, prefix) = (unique("cut"), unique("cut-prefix"));
-    let queue = format!("{exchange}-listen");
-    let _leftovers = Leftovers { exchange: exchange.clone(), queue: queue.clone() };
-    let (_conn, ch) = connect().await;
-    let mut done = subscribe_done(&ch, &exchange).await;
-    let qa = OpenQa::start().await;
-    let obs = start_obs().await;
-    let state = tempfile::tempdir().unwrap();
     // the listener reaches the broker only through the proxy; the test publishes directly
     let url = amqp_url();
     let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("127.0.0.1:5672");
     let proxy = CuttableProxy::start(authority).await;
     let through = url.replacen(authority, &format!("127.0.0.1:{}", proxy.port), 1);
-    let mut env = env_for(&qa, &obs, state.path());
-    env.extend([
-        ("INCIDENT_GATE_AMQP_URL", through),
-        ("INCIDENT_GATE_AMQP_EXCHANGE", exchange.clone()),
-        ("INCIDENT_GATE_AMQP_DECLARE_EXCHANGE", "true".into()),
-        ("INCIDENT_GATE_AMQP_TOPIC_PREFIX", prefix.clone()),
-        ("INCIDENT_GATE_AMQP_QUEUE", queue.clone()),
-        ("INCIDENT_GATE_AMQP_QUEUE_DURABLE", "false".into()),
-    ]);
-    let log = state.path().join("listen.log");
-    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-    let mut child =
-        command(&env).arg("listen").stdout(Stdio::null()).stderr(log_file).spawn().expect("listen");
+    let mut stream = Stream::new("cut", Some(through), &[]).await;
+    let mut child = stream.listen(None);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seed = std::process::id() as u64;
     let mut rng = Rng(seed);
-    let (mut cuts, mut incidents) = (0, BTreeMap::new());
-    for n in 0..INCIDENTS {
-        let (incident, rr) = (13_600 + n, 313_600 + n);
-        obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
-        let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(incident, rr, &format!("t{i}"))).collect();
-        incidents.insert(incident, rr);
-        for job in jobs {
-            let event = qa.sim.set_done(job, "passed").unwrap();
-            publish(&ch, &exchange, &event.routing_key(&prefix), event.amqp_body.to_string().as_bytes())
-                .await;
-        }
+    let mut cuts = 0;
+    for n in 0..30 {
+        stream.incident(13_600 + n).await;
         if rng.below(4) == 0 {
             // the broker away for up to 1.5 s, while decisions are being published
             tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
@@ -367,12 +388,11 @@ async fn a_listener_whose_broker_goes_away_at_random_points_loses_no_incident_an
             proxy.set_cut(false);
         }
     }
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
     let faults = format!("broker cut stream (seed {seed}): {cuts} cuts");
-    count_and_check(&mut done, &obs, &incidents, &faults, &logs, Duration::from_secs(30)).await;
+    stream.count_and_check(&faults, Duration::from_secs(30)).await;
     let _ = child.kill();
     let _ = child.wait();
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let logs = stream.logs();
     let lost = logs.matches("reconnecting").count();
     println!("the listener lost the broker {lost} times");
     assert!(cuts == 0 || lost > 0, "the cuts reached the listener:\n{logs}");
@@ -514,87 +534,36 @@ fn the_listener_refuses_a_corrupt_store_naming_the_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_whose_disk_fills_up_acknowledges_nothing_it_could_not_store() {
-    const INCIDENTS: u64 = 30;
-    let (exchange, prefix) = (unique("full"), unique("full-prefix"));
-    let queue = format!("{exchange}-listen");
-    let _leftovers = Leftovers { exchange: exchange.clone(), queue: queue.clone() };
-    let (_conn, ch) = connect().await;
-    let mut done = subscribe_done(&ch, &exchange).await;
-    let qa = OpenQa::start().await;
-    let obs = start_obs().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut env = env_for(&qa, &obs, state.path());
-    env.extend([
-        ("INCIDENT_GATE_AMQP_URL", amqp_url()),
-        ("INCIDENT_GATE_AMQP_EXCHANGE", exchange.clone()),
-        ("INCIDENT_GATE_AMQP_DECLARE_EXCHANGE", "true".into()),
-        ("INCIDENT_GATE_AMQP_TOPIC_PREFIX", prefix.clone()),
-        ("INCIDENT_GATE_AMQP_QUEUE", queue.clone()),
-        ("INCIDENT_GATE_AMQP_QUEUE_DURABLE", "false".into()),
-        // only what the broker still holds may decide these incidents: no catch-up from openQA
-        ("INCIDENT_GATE_CATCHUP_MAX_REQUESTS", "0".into()),
-    ]);
-    let log = state.path().join("listen.log");
-    let status = command(&env).arg("status").output().unwrap();
+    // only what the broker still holds may decide these incidents: no catch-up from openQA
+    let mut stream = Stream::new("full", None, &[("INCIDENT_GATE_CATCHUP_MAX_REQUESTS", "0")]).await;
+    let status = command(&stream.env).arg("status").output().unwrap();
     assert_eq!(status.status.code(), Some(0), "{status:?}");
-    // a full disk as the process sees it: files may not grow past this many KiB (SIGXFSZ ignored,
-    // so a write past it fails with EFBIG, as with ENOSPC)
-    let limited = {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let mut cmd = command(&env);
-        let script = "trap '' XFSZ; ulimit -f 160; exec \"$0\" listen";
-        let program = cmd.get_program().to_owned();
-        cmd = Command::new("bash");
-        cmd.env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn");
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        cmd.arg("-c")
-            .arg(script)
-            .arg(program)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("listen starts")
-    };
-    let mut child = limited;
+    // a full disk as the process sees it: files may not grow past 160 KiB (SIGXFSZ ignored, so a
+    // write past it fails with EFBIG, as one fails with ENOSPC)
+    let mut child = stream.listen(Some("trap '' XFSZ; ulimit -f 160; exec \"$0\" \"$@\""));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut incidents = BTreeMap::new();
-    for n in 0..INCIDENTS {
-        let (incident, rr) = (13_800 + n, 313_800 + n);
-        obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
-        let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(incident, rr, &format!("t{i}"))).collect();
-        incidents.insert(incident, rr);
-        for job in jobs {
-            let event = qa.sim.set_done(job, "passed").unwrap();
-            publish(&ch, &exchange, &event.routing_key(&prefix), event.amqp_body.to_string().as_bytes())
-                .await;
-        }
+    for n in 0..30 {
+        stream.incident(13_800 + n).await;
     }
-    // while the disk is full: some incidents decided at most, the store errors in the log
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let full =
         |logs: &str| logs.contains("too large") || logs.contains("disk is full") || logs.contains("disk I/O");
-    while !full(&std::fs::read_to_string(&log).unwrap_or_default()) && tokio::time::Instant::now() < deadline
-    {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !full(&stream.logs()) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = child.kill();
     let _ = child.wait();
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    let while_full = std::fs::read_dir(state.path()).unwrap().count();
-    assert!(full(&logs), "the file limit was reached ({while_full} files):\n{logs}");
+    let logs = stream.logs();
+    assert!(full(&logs), "the file limit was reached in {}:\n{logs}", stream.state.path().display());
     // space again: the same state directory, no limit
-    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-    child = command(&env).arg("listen").stdout(Stdio::null()).stderr(log_file).spawn().expect("listen");
-    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    child = stream.listen(None);
     let refused = logs.lines().filter(|l| full(l)).count();
     let faults =
         format!("full disk (files limited to 160 KiB, {refused} store errors logged), then space again");
     // a delivery made but not recorded before the disk filled stays leased by the killed process
     // for LEASE_S (60 s); then it is made again, with the same message_id
-    count_and_check(&mut done, &obs, &incidents, &faults, &logs, Duration::from_secs(90)).await;
+    stream.count_and_check(&faults, Duration::from_secs(90)).await;
     let _ = child.kill();
     let _ = child.wait();
 }
