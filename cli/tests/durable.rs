@@ -151,6 +151,23 @@ fn review_changes(obs: &ObsSim, rr: u64) -> usize {
         .count()
 }
 
+/// A listener killed (SIGKILL) when dropped, also when an assertion failed: a test's listener left
+/// running would keep declaring its queue on the shared broker.
+struct Listener(Child);
+
+impl Listener {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A stream of incidents for `incident-gate listen`: its own exchange and queue (removed at the
 /// end), the simulators, a state directory, the listener's environment and log.
 struct Stream {
@@ -195,7 +212,7 @@ impl Stream {
     }
 
     /// `incident-gate listen` (through `wrap`: a shell command line, or none), logging to the log.
-    fn listen(&self, wrap: Option<&str>) -> Child {
+    fn listen(&self, wrap: Option<&str>) -> Listener {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = match wrap {
             None => command(&self.env),
@@ -207,7 +224,7 @@ impl Stream {
                 cmd
             }
         };
-        cmd.arg("listen").stdout(Stdio::null()).stderr(log).spawn().expect("listen starts")
+        Listener(cmd.arg("listen").stdout(Stdio::null()).stderr(log).spawn().expect("listen starts"))
     }
 
     /// Incident `incident` in review on IBS, its two jobs passed and their events published.
@@ -246,16 +263,14 @@ async fn a_listener_killed_at_random_points_loses_no_incident_and_acts_once() {
         stream.incident(13_000 + n).await;
         if rng.below(4) == 0 {
             tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            child.kill(); // SIGKILL
             kills += 1;
             child = stream.listen(None);
         }
     }
     let faults = format!("kill -9 stream (seed {seed}): {kills} kills");
     stream.count_and_check(&faults, Duration::from_secs(30)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 /// Collects `incident.done` until every incident was decided (and a little longer, to see
@@ -390,8 +405,7 @@ async fn a_listener_whose_broker_goes_away_at_random_points_loses_no_incident_an
     }
     let faults = format!("broker cut stream (seed {seed}): {cuts} cuts");
     stream.count_and_check(&faults, Duration::from_secs(30)).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
     let logs = stream.logs();
     let lost = logs.matches("reconnecting").count();
     println!("the listener lost the broker {lost} times");
@@ -552,8 +566,7 @@ async fn a_listener_whose_disk_fills_up_acknowledges_nothing_it_could_not_store(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
     let logs = stream.logs();
     assert!(full(&logs), "the file limit was reached in {}:\n{logs}", stream.state.path().display());
     // space again: the same state directory, no limit
@@ -564,6 +577,5 @@ async fn a_listener_whose_disk_fills_up_acknowledges_nothing_it_could_not_store(
     // a delivery made but not recorded before the disk filled stays leased by the killed process
     // for LEASE_S (60 s); then it is made again, with the same message_id
     stream.count_and_check(&faults, Duration::from_secs(90)).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
 }
