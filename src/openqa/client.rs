@@ -209,6 +209,9 @@ impl OpenQaClient {
             .connect_timeout(Duration::from_secs(config.http_timeout_s.clamp(1, 10)))
             .user_agent(concat!("incident-gate/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(concurrency)
+            // openQA's prefork workers serve one connection each (`-c 1`): an idle kept-alive
+            // connection of ours holds a whole worker, so none stays idle past one burst
+            .pool_idle_timeout(Duration::from_millis(300))
             .build()
             .map_err(|e| ApiError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(OpenQaClient {
