@@ -66,8 +66,9 @@ for my $n (1 .. INCIDENTS) {
 
 my ($decided, $distinct, $accepted) = (0, 0, 0);
 for my $i (sort keys %requests) {
-    my @m = $w->await_done($i, 1, 30);
-    diag "incident $i: " . scalar(@m) . " incident.done";
+    # a delivery the killed worker had taken stays leased by it for 60 s (LEASE_S), then another
+    # worker makes it, with the same event_id
+    my @m = $w->await_done($i, 1, 90);
     $decided++ if @m;
     my %ids = map { ($_->{json}{event_id} // '') => 1 } @m;
     $distinct += keys %ids;
