@@ -157,7 +157,7 @@ subtest 'delivery pending, and why, without the error that names the configurati
     ok wait_for(sub {
         # by number: the new state directory's catch-up from openQA also finds earlier subtests' incidents
         my $l = $t2->ua->get("/api/v1/incident_gate/incidents?q=$incident")->result->json;
-        ($l->{incidents}[0]{deliveries}[0]{attempts} // 0) > 0;
+        ($l->{incidents}[0]{deliveries}[0]{attempts} // 0) > 0 && ($l->{incidents}[0]{state} // '') eq 'delivery_pending';
     }, 30), 'a publish was tried';
     $t2->get_ok('/incident_gate?state=delivery_pending')->status_is(200)
       ->element_exists("#ig-incident-$incident\[data-state=delivery_pending]")
