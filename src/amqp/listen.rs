@@ -21,6 +21,7 @@ use std::time::Duration;
 const BATCH: usize = 256;
 const STORE_RETRY: Duration = Duration::from_secs(2);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
 
 /// The routing-key patterns bound to our queue.
 pub fn binding_keys(cfg: &Config) -> Vec<String> {
@@ -110,9 +111,18 @@ async fn consume(core: &Arc<Core>, delay: &mut Duration) -> Result<(), String> {
     let (conn, mut consumer) = subscribe(core.config()).await?;
     *delay = RECONNECT_MIN;
     tracing::info!("listening on queue {} for {:?}", core.config().amqp_queue, binding_keys(core.config()));
+    // lapin does not always end the consumer's stream when its connection dies (seen with a cut
+    // socket: the connection errored, the stream stayed silent): look at the connection too
+    let mut watchdog = tokio::time::interval(CONNECTION_CHECK);
     loop {
         let first = tokio::select! {
             next = consumer.next() => next,
+            _ = watchdog.tick() => {
+                if conn.status().connected() {
+                    continue;
+                }
+                return Err("the connection to the broker was lost".into());
+            }
             _ = core.until_shutdown() => {
                 let _ = conn.close(200, "shutting down".into()).await;
                 return Ok(());
