@@ -4,7 +4,8 @@
 # alternating between them. Prints Markdown for docs/performance.md:
 #   - what the plugin adds to `POST /api/v1/jobs/<id>/set_done` (median, p99),
 #   - last set_done -> `incident.done` consumed from RabbitMQ (median, p99),
-#   - openQA requests the library made per decision.
+#   - openQA requests the library made per decision,
+#   - the resident memory of both web UI processes, after warm-up and after the run.
 # Usage (scripts/bench runs it): IG_LIBRARY=... IG_BIN=... perl perl/bench/real-openqa.pl [incidents] [jobs]
 use v5.20;
 use warnings;
@@ -44,6 +45,13 @@ sub jobs ($oq, $i) {
     } 1 .. $per;
 }
 
+# resident memory of the web UI process (one `openqa daemon`), MiB
+sub rss ($oq) {
+    open my $fh, '<', "/proc/$oq->{pid}/status" or return 0;
+    my ($kb) = join('', <$fh>) =~ /^VmRSS:\s+(\d+)/m;
+    return ($kb // 0) / 1024;
+}
+
 sub timed_done ($oq, $id) {
     my $t0 = time;
     $oq->set_done($id, 'passed');
@@ -54,6 +62,7 @@ sub timed_done ($oq, $id) {
 for my $oq ($with, $without) { timed_done($oq, $_) for jobs($oq, 49999) }
 $w->await_done(49999, 1, 30) or die "no decision during warm-up\n";
 my $before = status($with);
+my %rss_before = (with => rss($with), without => rss($without));
 
 my (@cost_with, @cost_without, @latency);
 for my $k (1 .. $incidents) {
@@ -78,6 +87,7 @@ for my $k (1 .. $incidents) {
     }
 }
 my $after = status($with);
+my %rss_after = (with => rss($with), without => rss($without));
 my $decisions = ($after->{decisions} // 0) - ($before->{decisions} // 0);
 my $requests = ($after->{openqa_requests} // 0) - ($before->{openqa_requests} // 0);
 
@@ -95,3 +105,8 @@ say '| last `set_done` sent -> `incident.done` consumed | ', ms(pct(50, \@latenc
 say '';
 say "openQA requests by the library: $requests for $decisions decisions (", sprintf('%.2f', $requests / ($decisions || 1)),
   ' per decision).';
+say '';
+say '| resident memory of the web UI process | after warm-up | after the run |';
+say '| --- | --- | --- |';
+say sprintf('| %s | %.0f MiB | %.0f MiB |', $_->[0], $rss_before{$_->[1]}, $rss_after{$_->[1]})
+  for ['with the plugin', 'with'], ['without the plugin', 'without'];

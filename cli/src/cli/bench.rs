@@ -77,7 +77,8 @@ pub async fn run(scale: f64) -> Result<u8, String> {
     submit_cost().await?;
     let result = async {
         latency(((50.0 * scale).ceil() as usize).max(5)).await?;
-        day(scale).await
+        day(scale).await?;
+        day_memory(scale).await
     }
     .await;
     world::remove_created_exchanges(&world::amqp_url()).await;
@@ -214,31 +215,13 @@ async fn latency(incidents: usize) -> Result<(), String> {
 
 /// Throughput: a synthetic openQA day: every job finishes in shuffled order with an event.
 async fn day(scale: f64) -> Result<(), String> {
-    let incidents = ((300.0 * scale).round() as u64).max(10);
-    let per_incident = 40;
-    let builds = ((10.0 * scale).round() as u64).max(1);
-    let per_build = 400;
     let world = World::start(0, 0).await?;
+    let Day { incidents, per_incident, builds, per_build, jobs } = Day::populate(&world, scale);
     let dir = state_dir("day");
     let exchange = format!("incident-gate-bench-day-{}", std::process::id());
     let (_conn, mut consumer) = world::incident_done_consumer(&world::amqp_url(), &exchange).await?;
     let mut cfg = world.gate_config(&dir, &world::amqp_url(), &exchange);
     cfg["queue_capacity"] = 1_000_000.into();
-    let mut jobs = Vec::new();
-    for n in 0..incidents {
-        world.release_request(700_000 + n);
-        for t in 0..per_incident {
-            jobs.push(world.incident_job(80_000 + n, 700_000 + n, "pkg", &format!("t{t}"), "x86_64"));
-        }
-    }
-    let listed = (incidents / builds).max(1);
-    for b in 0..builds {
-        let covered: Vec<u64> = (0..listed).map(|k| 80_000 + b * listed + k).collect();
-        for t in 0..per_build {
-            jobs.push(world.aggregate_job(&format!("20261124-{}", b + 1), &covered, &format!("b{b}-t{t}")));
-        }
-    }
-    sim::shuffle(&mut jobs, 7);
     let events: Vec<CString> = jobs
         .iter()
         .map(|j| {
@@ -312,4 +295,160 @@ async fn day(scale: f64) -> Result<(), String> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The synthetic day's jobs in the openQA simulator: incidents in review on IBS, their jobs and the
+/// aggregate builds listing them, not yet finished, in the shuffled order they will finish in.
+struct Day {
+    incidents: u64,
+    per_incident: u64,
+    builds: u64,
+    per_build: u64,
+    jobs: Vec<u64>,
+}
+
+impl Day {
+    fn populate(world: &World, scale: f64) -> Day {
+        let incidents = ((300.0 * scale).round() as u64).max(10);
+        let (per_incident, per_build) = (40, 400);
+        let builds = ((10.0 * scale).round() as u64).max(1);
+        let mut jobs = Vec::new();
+        for n in 0..incidents {
+            world.release_request(700_000 + n);
+            for t in 0..per_incident {
+                jobs.push(world.incident_job(80_000 + n, 700_000 + n, "pkg", &format!("t{t}"), "x86_64"));
+            }
+        }
+        let listed = (incidents / builds).max(1);
+        for b in 0..builds {
+            let covered: Vec<u64> = (0..listed).map(|k| 80_000 + b * listed + k).collect();
+            for t in 0..per_build {
+                jobs.push(world.aggregate_job(
+                    &format!("20261124-{}", b + 1),
+                    &covered,
+                    &format!("b{b}-t{t}"),
+                ));
+            }
+        }
+        sim::shuffle(&mut jobs, 7);
+        Day { incidents, per_incident, builds, per_build, jobs }
+    }
+}
+
+/// `incident-gate listen`, killed however the bench ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// VmRSS and VmHWM of a process, MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Memory: the same day decided by the engine in a process of its own, as a web-UI worker holds it:
+/// `incident-gate listen` fed with openQA's AMQP `job.done` message of every job.
+async fn day_memory(scale: f64) -> Result<(), String> {
+    use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+    let world = World::start(0, 0).await?;
+    let day = Day::populate(&world, scale);
+    let dir = state_dir("day-listen");
+    let url = world::amqp_url();
+    let exchange = format!("incident-gate-bench-listen-{}", std::process::id());
+    let (queue, prefix) = (format!("{exchange}-queue"), "bench");
+    let (conn, mut consumer) = world::incident_done_consumer(&url, &exchange).await?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| format!("the bench's own executable: {e}"))?;
+    let env = [
+        ("OPENQA_URL", world.openqa.url()),
+        ("STATE_DIR", dir.display().to_string()),
+        ("OBS_URL", world.obs.url()),
+        ("OBS_USER", world::OBS_USER.to_string()),
+        ("OBS_PASSWORD", world.obs_password.clone()),
+        ("AMQP_URL", url.clone()),
+        ("AMQP_EXCHANGE", exchange.clone()),
+        ("AMQP_TOPIC_PREFIX", prefix.to_string()),
+        ("AMQP_QUEUE", queue.clone()),
+        ("AMQP_QUEUE_DURABLE", "false".to_string()),
+        ("HTTP_TIMEOUT_S", "10".to_string()),
+    ];
+    let mut cmd = std::process::Command::new(exe);
+    cmd.env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn").arg("listen");
+    for (k, v) in &env {
+        cmd.env(format!("INCIDENT_GATE_{k}"), v);
+    }
+    // the queue as the listener declares it, bound before anything is published, so that the
+    // count of its consumers tells when the listener is there
+    let declare = || async {
+        let options = QueueDeclareOptions { durable: false, ..Default::default() };
+        ch.queue_declare(queue.as_str().into(), options, Default::default()).await.map_err(|e| e.to_string())
+    };
+    let result = async {
+        declare().await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            format!("{prefix}.openqa.job.*").as_str().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let child = Child(cmd.stdout(std::process::Stdio::null()).spawn().map_err(|e| format!("listen: {e}"))?);
+        let pid = child.0.id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while declare().await?.consumer_count() == 0 {
+            if Instant::now() > deadline {
+                return Err("incident-gate listen did not consume within 30 s".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (idle, _) = rss_mib(pid);
+        let start = Instant::now();
+        for j in &day.jobs {
+            let event = world.openqa.set_done(*j, "passed").ok_or(format!("job {j} cannot be set done"))?;
+            ch.basic_publish(
+                exchange.as_str().into(),
+                event.routing_key(prefix).as_str().into(),
+                BasicPublishOptions::default(),
+                event.amqp_body.to_string().as_bytes(),
+                Default::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        for _ in 0..day.incidents {
+            world::next_event(&mut consumer, Duration::from_secs(120))
+                .await
+                .ok_or("missing incident.done events from incident-gate listen")?;
+        }
+        let all_published = start.elapsed();
+        let (rss, hwm) = rss_mib(pid);
+        out!("### The same day in a process of its own (`incident-gate listen`, openQA's AMQP `job.done` messages)\n");
+        out!("| measure | value |");
+        out!("| --- | --- |");
+        out!("| all {} `incident.done` consumed | {} |", day.incidents, millis(all_published));
+        out!("| resident memory of the process, started and idle | {idle:.0} MiB |");
+        out!("| resident memory after the day | {rss:.0} MiB |");
+        out!("| peak resident memory during the day | {hwm:.0} MiB |\n");
+        Ok(())
+    }
+    .await;
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = conn.close(200, "".into()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
