@@ -127,6 +127,40 @@ async fn hook_decides_reports_and_status_shows_it() {
     assert!(!status.contains("pw-cli-3"));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_run_catches_up_on_incidents_whose_jobs_ran_no_hook() {
+    let qa = OpenQa::start().await;
+    let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-cli-4".into() };
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
+    // incident 8201's jobs ended and no hook ran for them (openQA gave up on it, or they were
+    // cancelled); then a job of incident 8202 ends and its hook runs
+    for rr in [310_201, 310_202] {
+        obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+    }
+    let silent: Vec<u64> = (0..2).map(|i| qa.incident_job(8201, 310_201, &format!("t{i}"))).collect();
+    let job = qa.incident_job(8202, 310_202, "t0");
+    for j in silent.iter().chain([&job]) {
+        qa.sim.set_done(*j, "passed");
+    }
+    let state = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("INCIDENT_GATE_OPENQA_URL", qa.url()),
+        ("INCIDENT_GATE_STATE_DIR", state.path().display().to_string()),
+        ("INCIDENT_GATE_PUBLISH_AMQP", "false".into()),
+        ("INCIDENT_GATE_OBS_URL", obs.url()),
+        ("INCIDENT_GATE_OBS_USER", "qam-bot".into()),
+        ("INCIDENT_GATE_OBS_PASSWORD", "pw-cli-4".into()),
+    ];
+    let job = job.to_string();
+    let hook = tokio::task::spawn_blocking(move || run(&["hook", &job], &env)).await.unwrap();
+    let stdout = String::from_utf8_lossy(&hook.stdout);
+    assert_eq!(hook.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&hook.stderr));
+    assert!(stdout.contains("incident 8202: passed"), "{stdout}");
+    assert!(stdout.contains("ended jobs no decision had counted, their incidents evaluated"), "{stdout}");
+    assert_eq!(obs.reviews(310_202)[0].state, "accepted");
+    assert_eq!(obs.reviews(310_201)[0].state, "accepted", "the incident without a hook run is decided too");
+}
+
 #[test]
 fn a_bad_configuration_is_exit_2_naming_the_key() {
     let out = run(&["check", "1"], &[("INCIDENT_GATE_CONCURRENCY", "lots".into())]);

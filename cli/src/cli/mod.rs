@@ -88,7 +88,7 @@ pub const EXIT_PENDING: u8 = 4;
 const EXIT_UNAVAILABLE: u8 = 3;
 
 /// One run of openQA's job-done hook. Besides the job's incidents it evaluates those left pending
-/// (an earlier run's "ask me again"), and it tries every queued delivery at once, whatever its
+/// (an earlier run's "ask me again") and those of jobs catch-up finds ended unheard, and it tries every queued delivery at once, whatever its
 /// backoff: a run is the only chance a hook-only setup has. 3 when deliveries stay queued.
 pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, String> {
     let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
@@ -109,7 +109,18 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
         out!("incident {incident}: a comment its verdict relied on was deleted");
         incidents.insert(incident);
     }
-    if incidents.is_empty() {
+    // jobs that ended with no hook run of their own (cancelled while scheduled, found incomplete by
+    // openQA's stale-job detection, a hook openQA gave up on): caught up from openQA as the other
+    // modes do, by about one run an interval; their incidents are evaluated in the background
+    let deadline = tokio::time::Instant::now() + budget;
+    match core.catch_up(interval.mul_f64(0.9)).await {
+        Ok(Some(r)) if r.unheard_jobs > 0 => {
+            out!("catch-up: {} ended jobs no decision had counted, their incidents evaluated", r.unheard_jobs)
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("catch-up: {e}"),
+    }
+    if incidents.is_empty() && core.is_idle() {
         out!("nothing to do");
         return Ok(0);
     }
@@ -129,10 +140,15 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
             }
         }
     }
+    while !core.is_idle() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     if let Err(e) = core.store().expedite_queued() {
         eprintln!("{e}");
     }
-    let left = incident_gate::outbox::drain(&core, budget).await;
+    let left =
+        incident_gate::outbox::drain(&core, deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
     if left > 0 {
         eprintln!("{left} deliveries are still queued in the outbox; the next run delivers them");
         return Ok(EXIT_UNAVAILABLE);
