@@ -228,8 +228,14 @@ impl Core {
     /// events some other way (the AMQP listener).
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(reconcile(self.clone()));
-        tokio::spawn(checker(self.clone()));
+        self.spawn_checker();
         crate::outbox::spawn_dispatchers(self);
+    }
+
+    /// What looks at incidents waiting on jobs when events about those jobs arrive: needed by
+    /// every core that takes events, also one that runs no reconciliation (a hook's catch-up).
+    pub fn spawn_checker(self: &Arc<Self>) {
+        tokio::spawn(checker(self.clone()));
     }
 
     pub fn new(cfg: Arc<Config>) -> Result<Core, EngineError> {

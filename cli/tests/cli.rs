@@ -161,6 +161,51 @@ async fn a_hook_run_catches_up_on_incidents_whose_jobs_ran_no_hook() {
     assert_eq!(obs.reviews(310_201)[0].state, "accepted", "the incident without a hook run is decided too");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_run_whose_catch_up_finds_incidents_still_running_delivers_within_its_budget() {
+    let qa = OpenQa::start().await;
+    let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-cli-5".into() };
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
+    // incidents with jobs that ended (no hook ran for them) and a job still running: catch-up hands
+    // the ended ones over one by one, so some land while their incident already waits on the last
+    for n in 0..8u64 {
+        obs.create_request(
+            310_300 + n,
+            "review",
+            vec![SimReview::group("qam-openqa")],
+            "maintenance_release",
+        );
+        for t in 0..4 {
+            let j = qa.incident_job(8300 + n, 310_300 + n, &format!("t{t}"));
+            if t < 3 {
+                qa.sim.set_done(j, "passed");
+            }
+        }
+    }
+    obs.create_request(310_399, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+    let job = qa.incident_job(8399, 310_399, "t0");
+    qa.sim.set_done(job, "passed");
+    let state = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("INCIDENT_GATE_OPENQA_URL", qa.url()),
+        ("INCIDENT_GATE_STATE_DIR", state.path().display().to_string()),
+        ("INCIDENT_GATE_PUBLISH_AMQP", "false".into()),
+        ("INCIDENT_GATE_OBS_URL", obs.url()),
+        ("INCIDENT_GATE_OBS_USER", "qam-bot".into()),
+        ("INCIDENT_GATE_OBS_PASSWORD", "pw-cli-5".into()),
+    ];
+    let job = job.to_string();
+    let hook =
+        tokio::task::spawn_blocking(move || run(&["hook", "--budget", "5", &job], &env)).await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&hook.stdout), String::from_utf8_lossy(&hook.stderr));
+    // 3 would mean its own decision was left undelivered: the budget went waiting on the others
+    assert_eq!(hook.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(obs.reviews(310_399)[0].state, "accepted", "{stdout}{stderr}");
+    for n in 0..8u64 {
+        assert_eq!(obs.reviews(310_300 + n)[0].state, "new", "incident {} still runs a job", 8300 + n);
+    }
+}
+
 #[test]
 fn a_bad_configuration_is_exit_2_naming_the_key() {
     let out = run(&["check", "1"], &[("INCIDENT_GATE_CONCURRENCY", "lots".into())]);

@@ -113,6 +113,8 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
     // openQA's stale-job detection, a hook openQA gave up on): caught up from openQA as the other
     // modes do, by about one run an interval; their incidents are evaluated in the background
     let deadline = tokio::time::Instant::now() + budget;
+    // without it an incident waiting on jobs that catch-up then finds ended stays busy for good
+    core.spawn_checker();
     match core.catch_up(interval.mul_f64(0.9)).await {
         Ok(Some(r)) if r.unheard_jobs > 0 => {
             out!("catch-up: {} ended jobs no decision had counted, their incidents evaluated", r.unheard_jobs)
@@ -140,7 +142,10 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
             }
         }
     }
-    while !core.is_idle() && tokio::time::Instant::now() < deadline {
+    // the other half of the budget is for delivering: this run's own decisions go out whatever
+    // the evaluations catch-up started are doing
+    let evaluated_by = deadline - budget / 2;
+    while !core.is_idle() && tokio::time::Instant::now() < evaluated_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if let Err(e) = core.store().expedite_queued() {
