@@ -6,7 +6,9 @@
 #   - last set_done -> `incident.done` consumed from RabbitMQ (median, p99),
 #   - openQA requests the library made per decision,
 #   - the resident memory of both web UI processes, after warm-up and after the run.
-# Usage (scripts/bench runs it): IG_LIBRARY=... IG_BIN=... perl perl/bench/real-openqa.pl [incidents] [jobs]
+# Usage (scripts/bench runs it): IG_LIBRARY=... IG_BIN=... perl perl/bench/real-openqa.pl [incidents] [jobs] [workers]
+# workers: 0 (default) runs `openqa daemon`, one process; N runs `openqa prefork` with N workers as
+# openQA's service does (`-c 1`), where the library's requests are answered by other workers.
 use v5.20;
 use warnings;
 use feature "signatures";
@@ -19,13 +21,13 @@ use IGTest::Scenarios qw(new_world);
 use Mojo::JSON 'decode_json';
 use Time::HiRes qw(time);
 
-my ($incidents, $per) = (shift // 100, shift // 5);
+my ($incidents, $per, $workers) = (shift // 100, shift // 5, shift // 0);
 my $w = new_world(base => 50000);
 # openQA's own AMQP plugin is left out of both: Debian 12's keeps one broker connection per event
 # it published, and thousands of events exhaust the broker's file descriptors
-my $with = IGTest::RealOpenQA->start(plugin => 1, amqp => 0, exchange => $w->{exchange}, prefix => $w->{prefix},
+my $with = IGTest::RealOpenQA->start(workers => $workers, plugin => 1, amqp => 0, exchange => $w->{exchange}, prefix => $w->{prefix},
     ini => {incident_gate => {library => library(), %{$w->gate_section(undef)}}});
-my $without = IGTest::RealOpenQA->start(amqp => 0, exchange => $w->{exchange}, prefix => "$w->{prefix}-plain");
+my $without = IGTest::RealOpenQA->start(workers => $workers, amqp => 0, exchange => $w->{exchange}, prefix => "$w->{prefix}-plain");
 
 sub pct {
     my ($p, $v) = @_;
@@ -45,11 +47,15 @@ sub jobs ($oq, $i) {
     } 1 .. $per;
 }
 
-# resident memory of the web UI process (one `openqa daemon`), MiB
+# resident memory of the web UI: the process, and its prefork workers if any (MiB)
 sub rss ($oq) {
-    open my $fh, '<', "/proc/$oq->{pid}/status" or return 0;
-    my ($kb) = join('', <$fh>) =~ /^VmRSS:\s+(\d+)/m;
-    return ($kb // 0) / 1024;
+    my $total = 0;
+    for my $pid ($oq->{pid}, split ' ', `pgrep -P $oq->{pid}` // '') {
+        open my $fh, '<', "/proc/$pid/status" or next;
+        my ($kb) = join('', <$fh>) =~ /^VmRSS:\s+(\d+)/m;
+        $total += ($kb // 0) / 1024;
+    }
+    return $total;
 }
 
 sub timed_done ($oq, $id) {
@@ -92,7 +98,8 @@ my $decisions = ($after->{decisions} // 0) - ($before->{decisions} // 0);
 my $requests = ($after->{openqa_requests} // 0) - ($before->{openqa_requests} // 0);
 
 my ($mw, $mo) = (pct(50, \@cost_with), pct(50, \@cost_without));
-say "## Against a real openQA web UI (Debian 12 `openqa`, one `openqa daemon` each)\n";
+say '## Against a real openQA web UI (Debian 12 `openqa`, ',
+  ($workers ? "`openqa prefork` with $workers workers" : 'one `openqa daemon`'), " each)\n";
 say "$incidents incidents x $per jobs; each job's `set_done` alternates between the instance with the plugin and";
 say "the one without. Times are the client's, on loopback.\n";
 say '| measure | median | p99 |';
@@ -106,7 +113,7 @@ say '';
 say "openQA requests by the library: $requests for $decisions decisions (", sprintf('%.2f', $requests / ($decisions || 1)),
   ' per decision).';
 say '';
-say '| resident memory of the web UI process | after warm-up | after the run |';
+say '| resident memory of the web UI', ($workers ? ' (manager and workers)' : ' process'), ' | after warm-up | after the run |';
 say '| --- | --- | --- |';
 say sprintf('| %s | %.0f MiB | %.0f MiB |', $_->[0], $rss_before{$_->[1]}, $rss_after{$_->[1]})
   for ['with the plugin', 'with'], ['without the plugin', 'without'];
