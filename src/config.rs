@@ -198,8 +198,9 @@ pub struct Config {
     /// How often incidents still pending are evaluated without an event.
     pub reconcile_interval_s: u64,
     /// openQA requests one catch-up may send at most (about every `reconcile_interval_s` among
-    /// the processes of a state directory, at engine start too after a longer pause): it asks openQA for jobs that ended since the last catch-up, so
-    /// their incidents are decided even when their events were lost. 0 turns catch-up off.
+    /// the processes of a state directory, at engine start too after a longer pause): it asks
+    /// openQA for jobs that ended since the last catch-up, so their incidents are decided even
+    /// when their events were lost. 0 turns catch-up off.
     pub catchup_max_requests: u32,
     /// Decisions older than this many days (not an incident's latest, nothing left to deliver)
     /// are removed with their delivered outbox rows; 0 keeps them for ever.

@@ -5,7 +5,7 @@
 mod common;
 
 use common::OpenQa;
-use incident_gate_sim::obs::{ObsSimConfig, SimAuth, SimReview};
+use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -19,6 +19,27 @@ fn run(args: &[&str], env: &[(&str, String)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("incident-gate runs")
+}
+
+/// The simulators and the environment of a hook that reports to the IBS simulator as `qam-bot`.
+async fn hook_world(password: &str) -> (OpenQa, ObsSim, tempfile::TempDir, Vec<(&'static str, String)>) {
+    let qa = OpenQa::start().await;
+    let auth = SimAuth::Basic { user: "qam-bot".into(), password: password.into() };
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
+    let state = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("INCIDENT_GATE_OPENQA_URL", qa.url()),
+        ("INCIDENT_GATE_STATE_DIR", state.path().display().to_string()),
+        ("INCIDENT_GATE_PUBLISH_AMQP", "false".into()),
+        ("INCIDENT_GATE_OBS_URL", obs.url()),
+        ("INCIDENT_GATE_OBS_USER", "qam-bot".into()),
+        ("INCIDENT_GATE_OBS_PASSWORD", password.into()),
+    ];
+    (qa, obs, state, env)
+}
+
+fn in_review(obs: &ObsSim, request: u64) {
+    obs.create_request(request, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
 }
 
 fn env_for(openqa: &str, state: &std::path::Path) -> Vec<(&'static str, String)> {
@@ -89,7 +110,7 @@ async fn hook_decides_reports_and_status_shows_it() {
     let qa = OpenQa::start().await;
     let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-cli-3".into() };
     let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
-    obs.create_request(310_001, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+    in_review(&obs, 310_001);
     let jobs: Vec<u64> = (0..3).map(|i| qa.incident_job(8101, 310_001, &format!("t{i}"))).collect();
     for j in &jobs {
         qa.sim.set_done(*j, "passed");
@@ -129,28 +150,17 @@ async fn hook_decides_reports_and_status_shows_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hook_run_catches_up_on_incidents_whose_jobs_ran_no_hook() {
-    let qa = OpenQa::start().await;
-    let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-cli-4".into() };
-    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
+    let (qa, obs, _state, env) = hook_world("pw-cli-4").await;
     // incident 8201's jobs ended and no hook ran for them (openQA gave up on it, or they were
     // cancelled); then a job of incident 8202 ends and its hook runs
     for rr in [310_201, 310_202] {
-        obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+        in_review(&obs, rr);
     }
     let silent: Vec<u64> = (0..2).map(|i| qa.incident_job(8201, 310_201, &format!("t{i}"))).collect();
     let job = qa.incident_job(8202, 310_202, "t0");
     for j in silent.iter().chain([&job]) {
         qa.sim.set_done(*j, "passed");
     }
-    let state = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("INCIDENT_GATE_OPENQA_URL", qa.url()),
-        ("INCIDENT_GATE_STATE_DIR", state.path().display().to_string()),
-        ("INCIDENT_GATE_PUBLISH_AMQP", "false".into()),
-        ("INCIDENT_GATE_OBS_URL", obs.url()),
-        ("INCIDENT_GATE_OBS_USER", "qam-bot".into()),
-        ("INCIDENT_GATE_OBS_PASSWORD", "pw-cli-4".into()),
-    ];
     let job = job.to_string();
     let hook = tokio::task::spawn_blocking(move || run(&["hook", &job], &env)).await.unwrap();
     let stdout = String::from_utf8_lossy(&hook.stdout);
@@ -163,18 +173,11 @@ async fn a_hook_run_catches_up_on_incidents_whose_jobs_ran_no_hook() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hook_run_whose_catch_up_finds_incidents_still_running_delivers_within_its_budget() {
-    let qa = OpenQa::start().await;
-    let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-cli-5".into() };
-    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
+    let (qa, obs, _state, env) = hook_world("pw-cli-5").await;
     // incidents with jobs that ended (no hook ran for them) and a job still running: catch-up hands
     // the ended ones over one by one, so some land while their incident already waits on the last
     for n in 0..8u64 {
-        obs.create_request(
-            310_300 + n,
-            "review",
-            vec![SimReview::group("qam-openqa")],
-            "maintenance_release",
-        );
+        in_review(&obs, 310_300 + n);
         for t in 0..4 {
             let j = qa.incident_job(8300 + n, 310_300 + n, &format!("t{t}"));
             if t < 3 {
@@ -182,18 +185,9 @@ async fn a_hook_run_whose_catch_up_finds_incidents_still_running_delivers_within
             }
         }
     }
-    obs.create_request(310_399, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
+    in_review(&obs, 310_399);
     let job = qa.incident_job(8399, 310_399, "t0");
     qa.sim.set_done(job, "passed");
-    let state = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("INCIDENT_GATE_OPENQA_URL", qa.url()),
-        ("INCIDENT_GATE_STATE_DIR", state.path().display().to_string()),
-        ("INCIDENT_GATE_PUBLISH_AMQP", "false".into()),
-        ("INCIDENT_GATE_OBS_URL", obs.url()),
-        ("INCIDENT_GATE_OBS_USER", "qam-bot".into()),
-        ("INCIDENT_GATE_OBS_PASSWORD", "pw-cli-5".into()),
-    ];
     let job = job.to_string();
     let hook =
         tokio::task::spawn_blocking(move || run(&["hook", "--budget", "5", &job], &env)).await.unwrap();

@@ -41,15 +41,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
+/// A memory field of `/proc/<process>/status` (`VmRSS:`, `VmHWM:`), MiB; 0 when unreadable.
+fn status_mib(process: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
+    status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn state_dir(name: &str) -> std::path::PathBuf {
@@ -281,7 +281,7 @@ async fn day(scale: f64) -> Result<(), String> {
     out!(
         "| peak RSS of the bench process (gate + both simulators + {} jobs) | {:.0} MiB |",
         events.len(),
-        peak_rss_mib()
+        status_mib("self", "VmHWM:")
     );
     drop(gate);
     // the database with its write-ahead log, as the day left them
@@ -345,20 +345,6 @@ impl Drop for Child {
     }
 }
 
-/// VmRSS and VmHWM of a process, MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Memory: the same day decided by the engine in a process of its own, as a web-UI worker holds it:
 /// `incident-gate listen` fed with openQA's AMQP `job.done` message of every job.
 async fn day_memory(scale: f64) -> Result<(), String> {
@@ -416,7 +402,7 @@ async fn day_memory(scale: f64) -> Result<(), String> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (idle, _) = rss_mib(pid);
+        let idle = status_mib(&pid.to_string(), "VmRSS:");
         let start = Instant::now();
         for j in &day.jobs {
             let event = world.openqa.set_done(*j, "passed").ok_or(format!("job {j} cannot be set done"))?;
@@ -436,7 +422,7 @@ async fn day_memory(scale: f64) -> Result<(), String> {
                 .ok_or("missing incident.done events from incident-gate listen")?;
         }
         let all_published = start.elapsed();
-        let (rss, hwm) = rss_mib(pid);
+        let (rss, hwm) = (status_mib(&pid.to_string(), "VmRSS:"), status_mib(&pid.to_string(), "VmHWM:"));
         out!("### The same day in a process of its own (`incident-gate listen`, openQA's AMQP `job.done` messages)\n");
         out!("| measure | value |");
         out!("| --- | --- |");

@@ -88,8 +88,9 @@ pub const EXIT_PENDING: u8 = 4;
 const EXIT_UNAVAILABLE: u8 = 3;
 
 /// One run of openQA's job-done hook. Besides the job's incidents it evaluates those left pending
-/// (an earlier run's "ask me again") and those of jobs catch-up finds ended unheard, and it tries every queued delivery at once, whatever its
-/// backoff: a run is the only chance a hook-only setup has. 3 when deliveries stay queued.
+/// (an earlier run's "ask me again") and those of jobs catch-up finds ended unheard, and it tries
+/// every queued delivery at once, whatever its backoff: a run is the only chance a hook-only setup
+/// has. 3 when deliveries stay queued.
 pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, String> {
     let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
     let mut incidents = job.as_ref().map(|j| submissions_of(&j.settings)).unwrap_or_default();
