@@ -14,11 +14,11 @@ use incident_gate::config::Config;
 use incident_gate::engine::Core;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -200,36 +200,12 @@ impl Broker {
             .unwrap();
     }
 
-    /// An exclusive, auto-deleted queue bound to `#.incident.done`, consumed with auto-ack.
     async fn subscribe_done(&self, exchange: &str) -> Consumer {
-        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = self.ch.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
-        let name = queue.name().clone();
-        self.ch
-            .queue_bind(
-                name.clone(),
-                exchange.into(),
-                "#.incident.done".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
-        self.ch.basic_consume(name, "".into(), options, FieldTable::default()).await.unwrap()
+        common::subscribe_done(&self.ch, exchange).await
     }
 
-    /// Publishes like openQA's AMQP plugin does, waiting for the broker's confirm.
     async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
-        let props = BasicProperties::default().with_content_type("application/json".into());
-        let confirm = self
-            .ch
-            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack(), "the broker took the test's message");
+        common::publish(&self.ch, exchange, routing_key, body).await
     }
 
     /// Consumers of `queue` right now (0 when the queue does not exist).

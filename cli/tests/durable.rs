@@ -8,15 +8,14 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use common::{amqp_url, OpenQa};
+use common::{amqp_url, publish, OpenQa};
 use futures_util::StreamExt;
 use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -83,34 +82,11 @@ impl Drop for Leftovers {
     }
 }
 
+/// `common::subscribe_done` on `exchange`, declared as openQA would find it.
 async fn subscribe_done(ch: &Channel, exchange: &str) -> Consumer {
     let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
     ch.exchange_declare(exchange.into(), ExchangeKind::Topic, options, FieldTable::default()).await.unwrap();
-    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    let queue = ch.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
-    let name = queue.name().clone();
-    ch.queue_bind(
-        name.clone(),
-        exchange.into(),
-        "#.incident.done".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    ch.basic_consume(name, "".into(), options, FieldTable::default()).await.unwrap()
-}
-
-async fn publish(ch: &Channel, exchange: &str, routing_key: &str, body: &[u8]) {
-    let props = BasicProperties::default().with_content_type("application/json".into());
-    let confirm = ch
-        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    common::subscribe_done(ch, exchange).await
 }
 
 fn env_for(qa: &OpenQa, obs: &ObsSim, state: &std::path::Path) -> Vec<(&'static str, String)> {

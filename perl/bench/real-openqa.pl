@@ -50,7 +50,7 @@ sub jobs ($oq, $i) {
 # resident memory of the web UI: the process, and its prefork workers if any (MiB)
 sub rss ($oq) {
     my $total = 0;
-    for my $pid ($oq->{pid}, split ' ', `pgrep -P $oq->{pid}` // '') {
+    for my $pid ($oq->{pid}, $oq->workers) {
         open my $fh, '<', "/proc/$pid/status" or next;
         my ($kb) = join('', <$fh>) =~ /^VmRSS:\s+(\d+)/m;
         $total += ($kb // 0) / 1024;

@@ -23,12 +23,10 @@ my $oq = IGTest::RealOpenQA->start(workers => 2, plugin => 1, exchange => $w->{e
 # a kept-alive connection may belong to the worker just killed: one connection per request
 $oq->ua->max_connections(0);
 
-sub workers { grep { /^\d+$/ } split /\s+/, `pgrep -P $oq->{pid}` }
-
 # until the prefork manager replaced the killed worker (its pid gone, two workers again)
 sub replaced ($killed) {
     for (1 .. 100) {
-        my @w = workers();
+        my @w = $oq->workers;
         return 1 if @w >= 2 && !grep { $_ == $killed } @w;
         select undef, undef, undef, 0.1;
     }
@@ -57,7 +55,7 @@ for my $n (1 .. INCIDENTS) {
     ok finish($_), "job $_ of $i done" or BAIL_OUT("openQA does not finish jobs") for @jobs;
     next if rand() > 0.35;
     select undef, undef, undef, rand() * 0.05;
-    my @w = workers();
+    my @w = $oq->workers;
     my $victim = $w[int rand @w] // next;
     kill 'KILL', $victim;
     $kills++;
@@ -75,7 +73,7 @@ for my $i (sort keys %requests) {
     $accepted++ if $w->await_review($requests{$i}, "accepted", 20);
 }
 diag "worker kill -9 stream (seed $seed): ${\INCIDENTS} incidents, $kills kills; decided $decided; "
-  . "distinct decisions $distinct; reviews accepted $accepted; workers now: @{[workers()]}";
+  . "distinct decisions $distinct; reviews accepted $accepted; workers now: @{[$oq->workers]}";
 is $decided, INCIDENTS, 'every incident decided';
 is $distinct, INCIDENTS, 'each once (one event_id)';
 is $accepted, INCIDENTS, 'every review accepted';

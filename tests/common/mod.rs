@@ -162,3 +162,35 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An exclusive, auto-deleted queue bound to `#.incident.done` on `exchange`, consumed with auto-ack.
+pub async fn subscribe_done(ch: &lapin::Channel, exchange: &str) -> lapin::Consumer {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let queue = ch.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
+    let name = queue.name().clone();
+    ch.queue_bind(
+        name.clone(),
+        exchange.into(),
+        "#.incident.done".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    ch.basic_consume(name, "".into(), options, FieldTable::default()).await.unwrap()
+}
+
+/// Publishes like openQA's AMQP plugin does, waiting for the broker's confirm.
+pub async fn publish(ch: &lapin::Channel, exchange: &str, routing_key: &str, body: &[u8]) {
+    let props = lapin::BasicProperties::default().with_content_type("application/json".into());
+    let confirm = ch
+        .basic_publish(exchange.into(), routing_key.into(), Default::default(), body, props)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack(), "the broker took the test's message");
+}

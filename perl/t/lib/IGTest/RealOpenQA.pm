@@ -67,6 +67,9 @@ sub start ($class, %o) {
 }
 
 sub url ($self) { $self->{url} }
+
+# The pids of the prefork workers (none for `openqa daemon`).
+sub workers ($self) { grep { /^\d+$/ } split /\s+/, `pgrep -P $self->{pid}` }
 sub ua ($self) { $self->{ua} //= Mojo::UserAgent->new(max_redirects => 0, request_timeout => 60) }
 
 # A request with openQA's API authentication: HMAC-SHA1 over path+query and the timestamp. The
