@@ -203,18 +203,20 @@ async fn run(core: Arc<Core>, sink: Sink) {
     deliverer.close().await;
 }
 
-/// A report to IBS that a newer decision of the same incident replaced is not made: acting on it
-/// late (after backing off) could accept a review the newer decision answers otherwise. Events are
-/// history and are all published.
+/// A report to IBS that a newer decision of the same incident replaced, or that an evaluation
+/// begun after it found testing going on again, is not made: acting on it late (after backing
+/// off) could accept a review while a restarted job or a new build still runs. Events are history
+/// and are all published.
 fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
     if !sink.reports() {
         return None;
     }
     match core.store().is_latest(item.decision.verdict.submission(), &item.decision.key) {
         Ok(true) => None,
-        Ok(false) => {
-            Some(Delivery::Final("superseded by a newer decision of this incident; not reported".into()))
-        }
+        Ok(false) => Some(Delivery::Final(
+            "superseded by a newer decision of this incident, or testing resumed after it; not reported"
+                .into(),
+        )),
         Err(e) => Some(Delivery::Retry(e.to_string())),
     }
 }

@@ -318,6 +318,7 @@ impl Store {
              CREATE TABLE IF NOT EXISTS finished_jobs (job_id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS catchup_jobs (
                 id INTEGER PRIMARY KEY, final INTEGER NOT NULL, checked_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS unfinished (incident INTEGER PRIMARY KEY, ticket INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS scheduling (
                 product INTEGER NOT NULL, incident INTEGER NOT NULL, status TEXT NOT NULL,
                 since INTEGER NOT NULL, PRIMARY KEY (product, incident));",
@@ -403,9 +404,19 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
+        // an evaluation that began later and found testing not finished outranks this one too
+        let unfinished: i64 = tx
+            .query_row("SELECT ticket FROM unfinished WHERE incident = ?1", [incident], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        if unfinished > seen {
+            return Ok(Recorded::Stale);
+        }
         match &latest {
             Some((_, newer)) if *newer > seen => return Ok(Recorded::Stale),
-            Some((latest, _)) if *latest == base => {
+            // the same verdict again, unless testing resumed in between: then the latest
+            // decision's reports were withheld (`is_latest`), and this one is new
+            Some((latest, latest_seen)) if *latest == base && unfinished < *latest_seen => {
                 tx.execute(
                     "DELETE FROM pending WHERE incident = ?1 AND ticket < ?2",
                     params![incident, seen],
@@ -451,17 +462,35 @@ impl Store {
         Ok(if inserted { Recorded::New } else { Recorded::Repeat })
     }
 
-    /// Whether `key` is the incident's latest decision (an older one must not act on IBS).
+    /// Whether `key` is the incident's latest decision and no evaluation that began after it
+    /// found testing going on again (a restarted job, a new build): an older decision, or one
+    /// overtaken that way, must not act on IBS or Gitea.
     pub fn is_latest(&self, incident: impl Into<Submission>, key: &str) -> Result<bool, StoreError> {
-        let latest: Option<String> = self
-            .conn()
+        let incident = incident.into().store_key();
+        let conn = self.conn();
+        let latest: Option<(String, i64)> = conn
             .query_row(
-                "SELECT key FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
-                [incident.into().store_key()],
-                |r| r.get(0),
+                "SELECT key, seen FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
+                [incident],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        Ok(latest.as_deref() == Some(key))
+        let unfinished: i64 = conn
+            .query_row("SELECT ticket FROM unfinished WHERE incident = ?1", [incident], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(latest.is_some_and(|(latest, seen)| latest == key && unfinished < seen))
+    }
+
+    /// The evaluation holding ticket `ticket` found the incident's testing not finished: no
+    /// decision of an evaluation that began before it is recorded or reported any more.
+    pub fn note_unfinished(&self, incident: impl Into<Submission>, ticket: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO unfinished (incident, ticket) VALUES (?1, ?2)
+             ON CONFLICT(incident) DO UPDATE SET ticket = MAX(ticket, ?2)",
+            params![incident.into().store_key(), ticket],
+        )?;
+        Ok(())
     }
 
     /// Takes up to `limit` due items of `sink` for this process. A decision's sinks go in the order
@@ -1456,6 +1485,39 @@ mod tests {
         // an evaluation started afterwards that finds the failure again is a decision
         let later = a.begin_evaluation().unwrap();
         assert_eq!(a.record_decision(&mut failed.clone(), &[Sink::Obs], later).unwrap(), Recorded::New);
+    }
+
+    #[test]
+    fn a_pass_read_before_testing_resumed_is_neither_recorded_nor_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+        // a slow evaluation reads every job passed; a job is restarted, and a later evaluation
+        // finds its clone scheduled before the slow one records
+        let (slow, later) = (a.begin_evaluation().unwrap(), b.begin_evaluation().unwrap());
+        b.note_unfinished(7, later).unwrap();
+        assert_eq!(
+            a.record_decision(&mut decision(7, vec![1, 2]), &[Sink::Obs], slow).unwrap(),
+            Recorded::Stale
+        );
+        assert_eq!(a.backlog().unwrap().obs, 0);
+        // a pass queued for IBS, then testing resumes: the queued report is no longer the latest
+        let first = a.begin_evaluation().unwrap();
+        let mut passed = decision(7, vec![1, 3]);
+        assert_eq!(a.record_decision(&mut passed, &[Sink::Obs], first).unwrap(), Recorded::New);
+        assert!(a.is_latest(7, &passed.key).unwrap());
+        b.note_unfinished(7, b.begin_evaluation().unwrap()).unwrap();
+        assert!(!a.is_latest(7, &passed.key).unwrap());
+        // the same verdict over the same jobs afterwards is a decision of its own, reported
+        let again = a.begin_evaluation().unwrap();
+        let mut repeat = decision(7, vec![1, 3]);
+        assert_eq!(a.record_decision(&mut repeat, &[Sink::Obs], again).unwrap(), Recorded::New);
+        assert_ne!(repeat.key, passed.key);
+        assert!(a.is_latest(7, &repeat.key).unwrap());
+        let once_more = a.begin_evaluation().unwrap();
+        assert_eq!(
+            a.record_decision(&mut decision(7, vec![1, 3]), &[Sink::Obs], once_more).unwrap(),
+            Recorded::Repeat
+        );
     }
 
     #[test]

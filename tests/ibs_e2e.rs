@@ -234,3 +234,32 @@ async fn a_decision_replaced_while_ibs_was_down_is_not_reported() {
     assert_eq!(stale["state"], "final");
     assert!(stale["outcome"].as_str().unwrap().contains("superseded"), "{stale}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_held_up_by_ibs_is_not_delivered_once_testing_resumed() {
+    let s = setup("accept-onpass", "review").await;
+    s.obs.set_down(true);
+    let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7009, REQUEST, &format!("t{i}"))).collect();
+    for job in &jobs {
+        s.qa.sim.set_done(*job, "passed");
+        s.gate.job_done(*job, "passed");
+    }
+    s.gate.flushed();
+    assert_eq!(s.gate.decisions().len(), 1);
+    // a reviewer restarts a passed job while the approval waits for IBS: testing is not finished
+    let (clone, event) = s.qa.sim.restart(jobs[1]).unwrap();
+    assert_eq!(s.gate.submit(&event.name, &event.data), incident_gate::ffi::ig_status::IG_OK);
+    s.gate.flushed();
+    s.obs.set_down(false);
+    s.delivered().await;
+    assert_eq!(s.review(), "new", "the approval of the earlier run must not reach IBS");
+    assert_eq!(s.obs_outcome().split(' ').next(), Some("final"), "{}", s.obs_outcome());
+    assert!(s.obs_outcome().contains("testing resumed"), "{}", s.obs_outcome());
+    // the clone passes with the same result as before: that is a new decision, and it is reported
+    s.qa.sim.set_done(clone, "passed");
+    s.gate.job_done(clone, "passed");
+    s.delivered().await;
+    assert_eq!(s.gate.decisions().len(), 2);
+    assert_eq!(s.review(), "accepted");
+    assert_eq!(s.obs.count("POST", "/request/"), 1, "the review was changed once");
+}
