@@ -1151,7 +1151,7 @@ async fn holds(
 async fn watch_products(core: Arc<Core>, products: Vec<u64>) {
     let started = std::time::Instant::now();
     let mut todo = products;
-    let mut noted: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut noted: HashMap<u64, Vec<Submission>> = HashMap::new();
     // busy only until the products are noted: a flush must not wait for openQA to schedule
     let mut busy = true;
     while !todo.is_empty() && started.elapsed() < PRODUCT_WATCH && !core.is_shutting_down() {
@@ -1159,8 +1159,10 @@ async fn watch_products(core: Arc<Core>, products: Vec<u64>) {
         for id in todo {
             match core.client.scheduled_product(id).await {
                 Ok(Some(p)) => {
-                    let incidents: Vec<u64> =
-                        crate::incident::incidents_of(&p.string_settings()).into_iter().collect();
+                    // a pull request's product (`SUBMISSION_ID=git:<pr>`) holds the pull request,
+                    // not the IBS incident of the same number
+                    let incidents: Vec<Submission> =
+                        crate::incident::submissions_of(&p.string_settings()).into_iter().collect();
                     if let Err(e) = core.store.note_product(id, &incidents, &p.status) {
                         tracing::warn!("scheduled product {id}: {e}");
                     }
@@ -1170,7 +1172,7 @@ async fn watch_products(core: Arc<Core>, products: Vec<u64>) {
                     } else {
                         // its jobs exist now: whatever they say is decided on them, with them
                         let incidents = noted.remove(&id).unwrap_or(incidents);
-                        incidents.into_iter().for_each(|i| core.schedule(i.into()));
+                        incidents.into_iter().for_each(|i| core.schedule(i));
                     }
                 }
                 Ok(None) => {

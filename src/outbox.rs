@@ -92,6 +92,7 @@ pub fn pr_report(cfg: &Config, d: &crate::decision::Decision) -> Option<PrReport
         number: v.incident,
         tested_sha: v.sha.clone().unwrap_or_default(),
         result: v.result,
+        complete: v.complete,
         jobs: v.jobs.clone(),
         blocking: v.blocking.clone(),
         overview_url: format!("{}/tests/overview?build=:git:{}", d.openqa, v.incident),

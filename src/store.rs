@@ -1063,7 +1063,12 @@ impl Store {
     }
 
     /// A scheduled product naming `incidents` has `status`; one still scheduling holds them back.
-    pub fn note_product(&self, product: u64, incidents: &[u64], status: &str) -> Result<(), StoreError> {
+    pub fn note_product(
+        &self,
+        product: u64,
+        incidents: &[Submission],
+        status: &str,
+    ) -> Result<(), StoreError> {
         let conn = self.conn();
         if !matches!(status, "added" | "scheduling") {
             // done creating jobs: nothing to wait for, nothing to keep
@@ -1074,7 +1079,7 @@ impl Store {
             conn.execute(
                 "INSERT INTO scheduling (product, incident, status, since) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(product, incident) DO UPDATE SET status = ?3",
-                params![product as i64, *incident as i64, status, now_ms()],
+                params![product as i64, incident.store_key(), status, now_ms()],
             )?;
         }
         Ok(())
@@ -1687,8 +1692,9 @@ mod tests {
     fn scheduling_products_hold_their_incidents_until_scheduled() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.note_product(7, &[100, 200], "added").unwrap();
-        s.note_product(7, &[100, 200], "scheduling").unwrap();
+        let both = [Submission::ibs(100), Submission::ibs(200)];
+        s.note_product(7, &both, "added").unwrap();
+        s.note_product(7, &both, "scheduling").unwrap();
         assert_eq!(s.scheduling_products(100).unwrap().iter().map(|p| p.0).collect::<Vec<_>>(), [7]);
         // another process of the same state directory sees it too
         let other = Store::open(dir.path()).unwrap();

@@ -377,9 +377,29 @@ pub fn select_submission<'a>(sub: Submission, jobs: &'a [Job], rules: &Rules) ->
         |j: &Job| parse_rrid(j.setting("RRID")).filter(|(i, _)| *i == incident && sub.kind == Kind::Ibs);
     let newest = own.iter().filter_map(|j| request_of(j)).map(|(_, r)| r).max();
     let mut counted: Vec<&Job> = Vec::new();
-    // 2'. a pull request: the commit tested by its newest job
+    // 2'. a pull request: the commit tested by its newest job, where a restarted job counts as
+    // old as the first job of its clone chain (restarting a job of an older commit, by hand or
+    // by openQA's retries, does not take the pull request back to that commit)
     let sha_of = |j: &Job| Some(j.setting("GITEA_SHA").trim()).filter(|s| !s.is_empty()).map(str::to_string);
-    let newest_sha = own.iter().filter(|j| sha_of(j).is_some()).max_by_key(|j| j.id).and_then(|j| sha_of(j));
+    let origin: HashMap<u64, u64> = own
+        .iter()
+        .filter_map(|j| j.clone_id.map(|c| (c, j.id)))
+        .chain(own.iter().filter_map(|j| j.origin_id.map(|o| (j.id, o))))
+        .collect();
+    let first_of_chain = |mut id: u64| {
+        for _ in 0..=origin.len() {
+            match origin.get(&id) {
+                Some(&o) if o < id => id = o,
+                _ => break,
+            }
+        }
+        id
+    };
+    let newest_sha = own
+        .iter()
+        .filter(|j| sha_of(j).is_some())
+        .max_by_key(|j| (first_of_chain(j.id), j.id))
+        .and_then(|j| sha_of(j));
     if let Some(head) = &newest_sha {
         own.retain(|job| match sha_of(job) {
             Some(sha) if &sha != head => {

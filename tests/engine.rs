@@ -470,6 +470,40 @@ async fn a_scheduled_product_still_scheduling_holds_its_incidents() {
     assert_eq!(decided[0]["result"], "passed");
 }
 
+/// A pull request's scheduled product holds the pull request, not the IBS incident of its number.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_product_of_a_pull_request_holds_the_pull_request() {
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    let product = qa.sim.add_scheduled_product(&[
+        ("DISTRI", "sle"),
+        ("VERSION", "16.0"),
+        ("FLAVOR", "Online"),
+        ("ARCH", "x86_64"),
+        ("SUBMISSION_ID", "git:4102"),
+        ("BUILD", ":git:4102:pkg"),
+    ]);
+    assert_eq!(
+        gate.submit("openqa_iso_create", &serde_json::json!({"scheduled_product_id": product})),
+        ig_status::IG_OK
+    );
+    qa.sim.set_product_status(product, "scheduling", &[]);
+    let job = qa.gitea_job("products/SLFO", 4102, "abc123", "t0");
+    let ibs = qa.incident_job(4102, 304102, "t0");
+    for j in [job, ibs] {
+        qa.sim.set_done(j, "passed");
+        gate.job_done(j, "passed");
+    }
+    gate.flushed();
+    let pr = gate.evaluate_submission("git:4102").unwrap();
+    assert_eq!((pr["result"].as_str(), pr["complete"].as_bool()), (Some("pending"), Some(false)), "{pr}");
+    assert_eq!(pr["waiting"][0]["kind"], "scheduling", "{pr}");
+    let incident = gate.evaluate(4102).unwrap();
+    assert_eq!(incident["result"], "passed", "the IBS incident is not held: {incident}");
+    assert_eq!(incident["complete"], true, "{incident}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_period_holds_an_approval_until_no_job_appears_and_reports_a_failure_at_once() {
     use incident_gate::config::Config;

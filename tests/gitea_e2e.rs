@@ -186,6 +186,28 @@ async fn no_approval_after_a_push() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn restarting_a_job_of_an_older_commit_keeps_the_new_head() {
+    let s = setup().await;
+    let old = s.pr_jobs(SHA1, 1);
+    s.finish(&old, &["failed"]);
+    s.gitea.push(REPO, PR, SHA2);
+    s.gitea.request_review(REPO, PR, Reviewer::User("qam-openqa-review".into()));
+    let new_jobs = s.pr_jobs(SHA2, 2);
+    s.finish(&new_jobs[..1], &["passed"]);
+    // someone restarts the old commit's failed job: its clone is the newest job of the PR
+    let (clone, event) = s.qa.sim.restart(old[0]).unwrap();
+    assert_eq!(s.gate.submit(&event.name, &event.data), incident_gate::ffi::ig_status::IG_OK);
+    s.finish(&[clone], &["failed"]);
+    s.finish(&new_jobs[1..], &["passed"]);
+    s.delivered().await;
+    let verdict = s.gate.evaluate_submission("git:124").unwrap();
+    assert_eq!(verdict["sha"], SHA2, "{verdict}");
+    assert_eq!(verdict["result"], "passed", "{verdict}");
+    assert_eq!(s.approvals(SHA2), 1, "{:?}", s.ours());
+    assert_eq!(s.approvals(SHA1), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_ibs_incident_and_a_pull_request_with_the_same_number_are_decided_independently() {
     let s = setup().await;
     let ibs: Vec<u64> = (0..2).map(|i| s.qa.incident_job(PR, REQUEST, &format!("i{i}"))).collect();

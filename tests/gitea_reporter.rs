@@ -38,6 +38,7 @@ fn report(result: Outcome, sha: &str, failed_jobs: &[u64]) -> PrReport {
         number: PR,
         tested_sha: sha.into(),
         result,
+        complete: true,
         jobs: Counts { total, passed: total - failed, softfailed: 0, failed, accepted: 0, pending: 0 },
         key: format!(
             "key-{}-{}",
@@ -331,6 +332,11 @@ async fn policies_comment_dry_run_and_request_changes() {
     deliver(&c, &cfg, &failed).await;
     assert_eq!(sim.count("POST", "/repos/products/SLFO/pulls/124/reviews"), 0);
     cfg.gitea_request_changes = true;
+    // nor while testing goes on: a failure found early is only commented
+    let early = PrReport { complete: false, ..failed.clone() };
+    let d = deliver(&c, &cfg, &early).await;
+    assert!(!text(&d).contains("requested changes"), "{d:?}");
+    assert_eq!(sim.count("POST", "/repos/products/SLFO/pulls/124/reviews"), 0, "{d:?}");
     let d = deliver(&c, &cfg, &failed).await;
     assert!(text(&d).contains("requested changes"), "{d:?}");
     let mine: Vec<SimReview> =

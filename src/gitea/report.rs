@@ -164,6 +164,7 @@ mod tests {
             number: 124,
             tested_sha: "2cf58b3a9c32d139470a5f32d5aa64efbd0fa90dda0144b09421709252fcb0ea".into(),
             result,
+            complete: true,
             jobs: Counts { total: 3, passed: 2, softfailed: 0, failed: 1, accepted: 0, pending: 0 },
             blocking: vec![BlockingJob {
                 id: 4711,

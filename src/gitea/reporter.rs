@@ -28,6 +28,10 @@ pub struct PrReport {
     /// The commit openQA tested (`GITEA_SHA`).
     pub tested_sha: String,
     pub result: Outcome,
+    /// Testing finished (DESIGN section 4): a failure found before is commented, never answered
+    /// with a "request changes" review, as IBS declines only complete failures.
+    #[serde(default)]
+    pub complete: bool,
     pub jobs: Counts,
     pub blocking: Vec<BlockingJob>,
     /// Base URL of openQA, for job links that openQA did not give.
@@ -219,6 +223,7 @@ pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delive
             let wants_changes = cfg.review_policy == ReviewPolicy::AcceptDecline
                 && cfg.gitea_request_changes
                 && r.result == Outcome::Failed
+                && r.complete
                 && qam == QamReview::Open;
             let requested = reviews.iter().any(|rv| {
                 rv.state == "REQUEST_CHANGES" && !rv.dismissed && rv.commit_id == sha && rv.by_user(&me)
