@@ -898,6 +898,8 @@ impl Core {
             .filter_map(|w| match w.kind.as_str() {
                 "quiet" => quiet_left(&self.cfg, self.store.last_job_at(incident).ok().flatten()),
                 "scheduling" => Some(SCHEDULING_RECHECK),
+                // the clone's own events decide it; this is for a restart openQA never made
+                "restart" => Some(RESTART_RECHECK),
                 _ => None,
             })
             .min();
@@ -1027,6 +1029,7 @@ pub async fn evaluate_with(
         .into_iter()
         .map(|what| Wait::new("coverage", what, None))
         .collect();
+    waiting.extend(verdict::expected_restarts(&selection, &comments, std::time::SystemTime::now()));
     if let Some(store) = store {
         waiting.extend(holds(client, cfg, store, incident, &selection).await?);
     }
@@ -1088,6 +1091,9 @@ async fn contacts(
 
 /// How often an incident named by a scheduled product still being scheduled is looked at again.
 const SCHEDULING_RECHECK: Duration = Duration::from_secs(2);
+/// How often an incident held for a restart openQA announced is looked at again (the hold ends
+/// with the clone, or after `verdict::RESTART_GRACE`).
+const RESTART_RECHECK: Duration = Duration::from_secs(60);
 /// How long a scheduled product is watched after `openqa_iso_create` at most; openQA schedules
 /// in seconds to minutes. Later, evaluations look at it when they come.
 const PRODUCT_WATCH: Duration = Duration::from_secs(3600);

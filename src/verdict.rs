@@ -108,7 +108,7 @@ fn complete_by_default() -> bool {
 pub struct Wait {
     /// `coverage` (a job the policy requires does not exist), `scheduling` (a scheduled product
     /// naming the incident is still being scheduled), `quiet` (jobs were created too recently),
-    /// `running` (a counted job is not final).
+    /// `running` (a counted job is not final), `restart` (openQA is about to restart a failed job).
     pub kind: String,
     pub what: String,
     /// RFC 3339 (or openQA's own timestamp for jobs), when known.
@@ -589,6 +589,42 @@ pub fn hold(verdict: &mut Verdict, mut waiting: Vec<Wait>, started: &HashMap<u64
     }
     verdict.complete = verdict.result.is_final() && waiting.is_empty();
     verdict.waiting = waiting;
+}
+
+/// How long a job openQA marked for an automatic restart holds the verdict back without its clone
+/// appearing: upstream openQA restarts in a background task after the job's done event, usually
+/// within seconds; if that task never ran, the failure stands after this.
+pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Failed counted jobs that openQA will restart (its `auto_clone_regex` matched the reason, or
+/// `RETRY` has tries left: openQA wrote so into the reason or a comment) and whose clone does not
+/// exist yet: testing is not finished, so their failure may be commented but not declined.
+pub fn expected_restarts(
+    sel: &Selection,
+    comments: &HashMap<u64, Vec<Comment>>,
+    now: std::time::SystemTime,
+) -> Vec<Wait> {
+    let recent = |job: &Job| {
+        let finished = job.t_finished.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        finished.is_none_or(|t| now.duration_since(t).unwrap_or_default() < RESTART_GRACE)
+    };
+    sel.counted
+        .iter()
+        .filter(|j| j.is_final() && !j.is_ok() && j.clone_id.is_none() && recent(j))
+        .filter_map(|j| {
+            let by_reason = j.reason.as_deref().is_some_and(|r| r.contains("[Auto-restarting because"));
+            let by_retry = comments
+                .get(&j.id)
+                .is_some_and(|cs| cs.iter().any(|c| c.text.starts_with("Restarting because RETRY is set")));
+            let why = match (by_reason, by_retry) {
+                (true, _) => "its reason matches openQA's auto_clone_regex",
+                (_, true) => "RETRY is set",
+                _ => return None,
+            };
+            let what = format!("job {} {}: openQA restarts it ({why})", j.id, j.name);
+            Some(Wait::new("restart", what, j.t_finished.clone()))
+        })
+        .collect()
 }
 
 fn note(job: &Job, role: &str, counts: bool, why: String) -> JobNote {

@@ -263,3 +263,28 @@ async fn an_approval_held_up_by_ibs_is_not_delivered_once_testing_resumed() {
     assert_eq!(s.review(), "accepted");
     assert_eq!(s.obs.count("POST", "/request/"), 1, "the review was changed once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_openqa_restarts_by_itself_is_not_declined() {
+    let s = setup("accept-decline", "review").await;
+    let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7010, REQUEST, &format!("t{i}"))).collect();
+    for job in &jobs[..2] {
+        s.qa.sim.set_done(*job, "passed");
+        s.gate.job_done(*job, "passed");
+    }
+    // upstream openQA marks the reason, emits the done event, and clones the job afterwards in a
+    // background task whose restart event the web UI never hears
+    let reason = "backend died: QEMU exited unexpectedly [Auto-restarting because reason matches the configured \"auto_clone_regex\".]";
+    s.qa.sim.set_done_with_reason(jobs[2], "incomplete", Some(reason));
+    s.gate.job_done(jobs[2], "incomplete");
+    s.delivered().await;
+    let v = s.gate.evaluate(7010).unwrap();
+    assert_eq!((v["result"].as_str(), v["complete"].as_bool()), (Some("failed"), Some(false)), "{v}");
+    assert_eq!(v["waiting"][0]["kind"], "restart", "{v}");
+    assert_eq!(s.review(), "new", "not declined while openQA restarts the job");
+    let (clone, _restart_event_elsewhere) = s.qa.sim.restart(jobs[2]).unwrap();
+    s.qa.sim.set_done(clone, "passed");
+    s.gate.job_done(clone, "passed");
+    s.delivered().await;
+    assert_eq!(s.review(), "accepted");
+}

@@ -2,7 +2,7 @@
 //! real openQA responses in tests/fixtures/openqa.
 
 use incident_gate::openqa::model::{Comment, Job, JobList};
-use incident_gate::verdict::{decide, glob_match, Outcome, Rules, Verdict};
+use incident_gate::verdict::{decide, expected_restarts, glob_match, select, Outcome, Rules, Verdict};
 use std::collections::HashMap;
 
 const URL: &str = "https://openqa.example.com";
@@ -77,6 +77,7 @@ fn job(id: u64, test: &str, state: &str, result: &str, group: &str, extra: &[(&s
         settings,
         t_finished: None,
         t_started: None,
+        reason: None,
     }
 }
 
@@ -438,4 +439,50 @@ fn acceptable_for_names_a_pull_request_by_kind_or_by_number() {
     assert_eq!(acceptable_for(&bare, pr).as_deref(), Some("bsc#2"));
     assert_eq!(acceptable_for(&bare, incident).as_deref(), Some("bsc#2"));
     assert_eq!(acceptable_for(&says("@review:acceptable_for:incident_git:124:x"), pr), None);
+}
+
+/// Upstream openQA restarts a job in a background task after its done event: the failure is not
+/// the end of testing while the clone is about to come, and is once openQA did not make it.
+#[test]
+fn a_failure_openqa_is_about_to_restart_holds_testing_open() {
+    let (groups, url) = rules();
+    let rules = Rules { ignore_groups: &groups, openqa_url: url };
+    let now = std::time::SystemTime::now();
+    let finished = |ago: u64| {
+        humantime::format_rfc3339_seconds(now - std::time::Duration::from_secs(ago))
+            .to_string()
+            .trim_end_matches('Z')
+            .to_string()
+    };
+    let mut auto = inc(1, "a", 1, "done", "incomplete");
+    auto.reason = Some("backend died: QEMU exited [Auto-restarting because reason matches the configured \"auto_clone_regex\".]".into());
+    auto.t_finished = Some(finished(5));
+    let mut retry = inc(2, "b", 1, "done", "failed");
+    retry.t_finished = Some(finished(5));
+    let mut long_ago = inc(3, "c", 1, "done", "failed");
+    long_ago.reason = auto.reason.clone();
+    long_ago.t_finished = Some(finished(3600));
+    let mut cloned = inc(4, "d", 1, "done", "incomplete");
+    cloned.reason = auto.reason.clone();
+    cloned.clone_id = Some(5);
+    let plain = inc(6, "e", 1, "done", "failed");
+    let jobs = [auto, retry, long_ago, cloned, inc(5, "d", 1, "running", "none"), plain];
+    let sel = select(100, &jobs, &rules);
+    let comments: HashMap<u64, Vec<Comment>> = [
+        (
+            2,
+            vec![Comment {
+                id: 1,
+                text: "Restarting because RETRY is set to 2 (and only restarted 0 times so far)".into(),
+            }],
+        ),
+        (6, vec![Comment { id: 2, text: "Restarting? no: bsc#1".into() }]),
+    ]
+    .into();
+    let waits = expected_restarts(&sel, &comments, now);
+    let held: Vec<(&str, bool)> =
+        waits.iter().map(|w| (w.kind.as_str(), w.what.contains("auto_clone_regex"))).collect();
+    assert_eq!(held, [("restart", true), ("restart", false)], "{waits:?}");
+    assert!(waits[0].what.starts_with("job 1 ") && waits[1].what.starts_with("job 2 "), "{waits:?}");
+    assert!(waits[1].what.contains("RETRY"), "{waits:?}");
 }

@@ -27,6 +27,9 @@ pub struct Job {
     pub settings: BTreeMap<String, String>,
     #[serde(default)]
     pub t_finished: Option<String>,
+    /// Why it ended so; openQA appends its auto-restart decision here.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Shown as "running since" while testing waits on the job.
     #[serde(default)]
     pub t_started: Option<String>,
