@@ -974,6 +974,22 @@ pub async fn evaluate_with(
         }
     };
     let mut jobs = client.jobs(&asked.iter().copied().collect::<Vec<_>>()).await?;
+    if client.settings_query() == SettingsQuery::ListValueOnly {
+        // without `value=` (openQA before 2025-09-30) the submission's own jobs were found with
+        // `list_value`, which only searches openQA's newest jobs: an older one (a failure nobody
+        // restarted) would be missing. Its build, `:<incident>:<package>`, has no such window.
+        let mut builds: Vec<String> = jobs
+            .iter()
+            .filter(|j| crate::incident::parse_build(j.setting("BUILD")) == Some(incident.number))
+            .filter(|j| submissions_of(&j.settings).contains(&incident))
+            .map(|j| j.setting("BUILD").to_string())
+            .collect();
+        builds.sort_unstable();
+        builds.dedup();
+        let fetched =
+            futures_util::future::try_join_all(builds.iter().map(|b| client.jobs_of_any_product(b))).await?;
+        merge_jobs(&mut jobs, &mut asked, fetched.into_iter().flatten());
+    }
     let link_base = crate::config::link_base(&cfg.openqa_url);
     let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &link_base };
     // `list_value` only searches openQA's newest jobs, so the newest build of a product may be
@@ -1000,14 +1016,7 @@ pub async fn evaluate_with(
                 .map(|(product, build)| client.jobs_of_build(build, product.each_ref().map(String::as_str))),
         )
         .await?;
-        let at: HashMap<u64, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
-        for job in fetched.into_iter().flatten() {
-            asked.insert(job.id);
-            match at.get(&job.id) {
-                Some(&i) => jobs[i] = job, // the newer answer of the two
-                None => jobs.push(job),
-            }
-        }
+        merge_jobs(&mut jobs, &mut asked, fetched.into_iter().flatten());
         whole.extend(builds);
     }
     let selection = verdict::select_submission(incident, &jobs, &rules);
@@ -1037,6 +1046,18 @@ pub async fn evaluate_with(
         selection.counted.iter().filter_map(|j| j.t_started.clone().map(|t| (j.id, t))).collect();
     verdict::hold(&mut verdict, waiting, &started);
     Ok(Evaluation { verdict, jobs, relied_comments })
+}
+
+/// Adds `fetched` to `jobs`, a job already there replaced by its newer answer.
+fn merge_jobs(jobs: &mut Vec<Job>, asked: &mut HashSet<u64>, fetched: impl IntoIterator<Item = Job>) {
+    let at: HashMap<u64, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id, i)).collect();
+    for job in fetched {
+        asked.insert(job.id);
+        match at.get(&job.id) {
+            Some(&i) => jobs[i] = job,
+            None => jobs.push(job),
+        }
+    }
 }
 
 /// How the incidents page names what a pending verdict waits for: expected coverage when a job

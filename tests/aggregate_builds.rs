@@ -115,3 +115,28 @@ async fn the_simulator_pages_like_openqa() {
         format!("<{url}/api/v1/jobs?build=20261124-1&before=3&limit=1000&offset=0>; rel=\"first\"")
     );
 }
+
+/// openQA 4.6 (Debian 12) finds an incident's own jobs only with `list_value`, which searches its
+/// newest jobs: a failed job older than that still blocks, found through its build.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_own_job_outside_the_list_value_window_still_blocks_on_openqa_4_6() {
+    let qa = OpenQa::start().await;
+    qa.sim.set_flavor(incident_gate_sim::openqa::Flavor::Debian12);
+    qa.sim.set_job_settings_max_recent_jobs(50);
+    let early = qa.incident_job(7002, 300702, "early");
+    qa.sim.set_done(early, "failed");
+    for t in 0..50 {
+        qa.sim.create_job(&[("TEST", "other"), ("REPOHASH", &t.to_string())], None);
+    }
+    let late = qa.incident_job(7002, 300702, "late");
+    qa.sim.set_done(late, "passed");
+    let listed = client(&qa.url()).job_ids_by_setting("INCIDENT_ID", "7002").await.unwrap();
+    assert_eq!(listed, [late], "the scenario needs the early job outside the window");
+
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    let verdict = gate.evaluate(7002).unwrap();
+    assert_eq!(verdict["result"], "failed", "{verdict}");
+    assert_eq!(verdict["blocking"][0]["id"], early, "{verdict}");
+    assert_eq!(verdict["jobs"]["total"], 2, "{verdict}");
+}

@@ -1220,7 +1220,7 @@ impl Db {
         }
         let (key, element) = (params.get("key").unwrap_or(""), params.get("list_value").unwrap_or(""));
         let max_id = self.settings.iter().map(|r| r.job_id).max().unwrap_or(0);
-        let min_id = max_id.saturating_sub(MAX_RECENT_JOBS);
+        let min_id = max_id.saturating_sub(self.max_recent_jobs.unwrap_or(MAX_RECENT_JOBS));
         let mut matching: Vec<&SettingRow> = self
             .settings
             .iter()

@@ -355,20 +355,33 @@ impl OpenQaClient {
     /// complete only when openQA's `Link` header names no next page (or, without a `Link` header,
     /// when a page comes back empty). Sorted by id.
     pub async fn jobs_of_build(&self, build: &str, product: [&str; 4]) -> Result<Vec<Job>, ApiError> {
-        let [distri, version, flavor, arch] = product;
+        self.build_jobs(build, Some(product)).await
+    }
+
+    /// Every job of `build` whatever its product (`GET /api/v1/jobs?build=`), paged as
+    /// [`Self::jobs_of_build`]: an incident's own build, `:<incident>:<package>`.
+    pub async fn jobs_of_any_product(&self, build: &str) -> Result<Vec<Job>, ApiError> {
+        self.build_jobs(build, None).await
+    }
+
+    async fn build_jobs(&self, build: &str, product: Option<[&str; 4]>) -> Result<Vec<Job>, ApiError> {
+        // (query parameter, setting, value)
+        let product = product.map(|[distri, version, flavor, arch]| {
+            [
+                ("distri", "DISTRI", distri),
+                ("version", "VERSION", version),
+                ("flavor", "FLAVOR", flavor),
+                ("arch", "ARCH", arch),
+            ]
+        });
         let limit = BUILD_PAGE.to_string();
         let mut before: Option<u64> = None;
         let mut jobs: Vec<Job> = Vec::new();
         for _ in 0..MAX_BUILD_PAGES {
             let before_text = before.map(|b| b.to_string());
-            let mut query = vec![
-                ("build", build),
-                ("distri", distri),
-                ("version", version),
-                ("flavor", flavor),
-                ("arch", arch),
-                ("limit", limit.as_str()),
-            ];
+            let mut query = vec![("build", build)];
+            query.extend(product.iter().flatten().map(|(param, _, value)| (*param, *value)));
+            query.push(("limit", limit.as_str()));
             if let Some(b) = &before_text {
                 query.push(("before", b.as_str()));
             }
@@ -390,9 +403,7 @@ impl OpenQaClient {
             // an empty string filter is no filter to openQA: keep only the product asked for
             jobs.extend(page.jobs.into_iter().filter(|j| {
                 j.setting("BUILD") == build
-                    && [("DISTRI", distri), ("VERSION", version), ("FLAVOR", flavor), ("ARCH", arch)]
-                        .iter()
-                        .all(|(k, v)| j.setting(k) == *v)
+                    && product.iter().flatten().all(|(_, setting, value)| j.setting(setting) == *value)
             }));
             match (more, lowest) {
                 (true, Some(lowest)) => before = Some(lowest),
