@@ -4,9 +4,10 @@
 //! callback may not run (Perl cannot be entered from a foreign thread): records wait in a bounded
 //! queue until the caller's thread collects them (`take`).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, MutexGuard, Once};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
@@ -29,14 +30,33 @@ struct Queue {
 static QUEUE: Mutex<Queue> = Mutex::new(Queue { capturing: false, records: VecDeque::new(), dropped: 0 });
 static INIT: Once = Once::new();
 
-fn queue() -> std::sync::MutexGuard<'static, Queue> {
+fn queue() -> MutexGuard<'static, Queue> {
     QUEUE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+thread_local! {
+    static HELD_OVER_FORK: RefCell<Option<MutexGuard<'static, Queue>>> = const { RefCell::new(None) };
+}
+
+// fork() copies only the forking thread: had an engine thread held the queue at that moment, the
+// child would wait for it forever at its first log line. The forking thread takes the lock for
+// the fork and both processes let go of it afterwards.
+extern "C" fn before_fork() {
+    let held = queue();
+    HELD_OVER_FORK.with(|h| *h.borrow_mut() = Some(held));
+}
+
+extern "C" fn after_fork() {
+    HELD_OVER_FORK.with(|h| drop(h.borrow_mut().take()));
 }
 
 /// Installs the library's subscriber unless the process already has one (a Rust host such as
 /// the command or a test). `INCIDENT_GATE_LOG` filters like `RUST_LOG`; the default is info.
 pub fn init() {
     INIT.call_once(|| {
+        // SAFETY: the handlers only take and release a lock that the forking thread does not hold
+        // (fork is never called from inside this module), and never unwind.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
         let filter = tracing_subscriber::EnvFilter::try_from_env("INCIDENT_GATE_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let _ = tracing_subscriber::registry().with(filter).with(Lines).try_init();

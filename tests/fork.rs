@@ -1,0 +1,57 @@
+//! The plugin evaluates verdicts in a fork of an openQA worker whose engine threads keep logging:
+//! a forked child must never find the log queue locked by a thread that did not come along.
+
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_child_forked_while_threads_log_can_log() {
+    incident_gate::log::capture(true);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loggers: Vec<_> = (0..4)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!("engine thread {t} logs");
+                }
+            })
+        })
+        .collect();
+    let (mut forks, mut hung) = (0, 0);
+    let started = Instant::now();
+    while forks < 3000 && started.elapsed() < Duration::from_secs(40) {
+        // SAFETY: the child only logs through the library and leaves with _exit
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let _ = incident_gate::log::take();
+            tracing::info!("the child logs");
+            let kept = incident_gate::log::take().len();
+            unsafe { libc::_exit(if kept > 0 { 0 } else { 2 }) };
+        }
+        forks += 1;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut status = 0;
+        loop {
+            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if done == pid {
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
+                break;
+            }
+            if Instant::now() > deadline {
+                hung += 1;
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = incident_gate::log::take();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    loggers.into_iter().for_each(|l| l.join().unwrap());
+    assert_eq!(hung, 0, "{hung} of {forks} children hung at their first log line");
+    assert!(forks >= 1000, "only {forks} forks in time");
+}
