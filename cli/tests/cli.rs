@@ -222,6 +222,23 @@ fn a_bad_configuration_is_exit_2_naming_the_key() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_budget_beyond_a_day_is_a_usage_error_not_a_crash() {
+    // a reachable openQA, so that without the bound the run gets as far as its deadline
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let env = env_for(&qa.url(), state.path());
+    for budget in ["9223372036854775807", "18446744073709551615", "86401"] {
+        let env = env.clone();
+        let args = ["hook", "--budget", budget, "1"];
+        let out = tokio::task::spawn_blocking(move || run(&args, &env)).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--budget {budget}: {stderr}");
+        assert!(stderr.contains("--budget") && stderr.contains("0..=86400"), "--budget {budget}: {stderr}");
+        assert!(!stderr.contains("panicked"), "--budget {budget}: {stderr}");
+    }
+}
+
 #[test]
 fn sim_prints_its_urls_and_serves_until_stdin_closes() {
     let mut child =
