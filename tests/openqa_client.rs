@@ -96,6 +96,30 @@ async fn jobs_come_in_chunks_of_500_without_duplicates() {
 }
 
 #[tokio::test]
+async fn a_job_list_openqa_cuts_short_is_an_error_not_jobs_gone() {
+    let sim = start().await;
+    for i in 0..300 {
+        sim.create_job(&[("TEST", &format!("t{i}")), ("BUILD", "b")], None);
+    }
+    let c = client(&sim.url());
+    let ids: Vec<u64> = (1..=300).collect();
+    assert_eq!(c.jobs(&ids).await.expect("jobs").len(), 300);
+    // an admin's `[misc_limits] generic_max_limit` below the chunk: openQA answers the highest
+    // 100 ids and names a next page; the 200 others are not gone
+    sim.set_generic_max_limit(100);
+    let e = match c.jobs(&ids).await {
+        Ok(jobs) => panic!("a cut list taken whole: {} of 300 jobs", jobs.len()),
+        Err(e) => e,
+    };
+    assert!(matches!(e, ApiError::Malformed { .. }), "{e:?}");
+    let shown = e.to_string();
+    assert!(shown.starts_with("GET /api/v1/jobs?ids=1%2C2%2C3"), "{shown}");
+    assert!(shown.contains("the list was cut: 100 of 300 jobs"), "{shown}");
+    // ids that fit the page are answered whole
+    assert_eq!(c.jobs(&ids[..100]).await.expect("jobs").len(), 100);
+}
+
+#[tokio::test]
 async fn single_jobs_comments_and_groups() {
     let sim = start().await;
     scenario(&sim);
@@ -231,7 +255,7 @@ async fn malformed_bodies_name_the_route() {
     let c = client(&url);
     let e = c.jobs(&[1, 2]).await.expect_err("garbage");
     assert!(matches!(e, ApiError::Malformed { .. }));
-    assert!(e.to_string().starts_with("GET /api/v1/jobs?ids=1%2C2: malformed body: "), "{e}");
+    assert!(e.to_string().starts_with("GET /api/v1/jobs?ids=1%2C2&limit=500: malformed body: "), "{e}");
     assert!(e.to_string().contains("<html>this is not JSON"), "{e}");
     let e = c.job(1).await.expect_err("wrong type");
     assert!(e.to_string().starts_with("GET /api/v1/jobs/1: malformed body: invalid type"), "{e}");
