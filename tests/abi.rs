@@ -104,7 +104,15 @@ fn compile() -> PathBuf {
 /// Runs one mode of the C program; answers its stdout and stderr (the library logs there).
 fn run_c(mode: &str, config: &serde_json::Value, extra: &[String]) -> (String, String) {
     let exe = compile_c_test();
-    let out = Command::new(exe).arg(mode).arg(config.to_string()).args(extra).output().unwrap();
+    // cargo's LD_LIBRARY_PATH names target/debug before deps/: it would load the library the last
+    // `cargo build` left there instead of the one built for this run, which the rpath names
+    let out = Command::new(exe)
+        .env_remove("LD_LIBRARY_PATH")
+        .arg(mode)
+        .arg(config.to_string())
+        .args(extra)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "abi_test {mode} failed:\n{stdout}\n{stderr}");
