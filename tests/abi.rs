@@ -160,6 +160,23 @@ async fn happy_path_and_fork_then_use() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_by_openqa_is_its_own_status_not_unavailable() {
+    let sim = common::OpenQa::start().await;
+    let (incident, jobs) = sim.finished_incident(4545, 2, "passed").await;
+    sim.sim.refuse_job(jobs[1], 403, "Job is not visible to you");
+    let state = tempfile::tempdir().unwrap();
+    let cfg = common::gate_config(&sim.url(), state.path());
+    let unreachable = common::gate_config("http://127.0.0.1:9", state.path());
+    tokio::task::spawn_blocking(move || {
+        let (out, _) = run_c("refused", &cfg, &[unreachable.to_string(), incident.to_string()]);
+        assert!(out.contains("ok - evaluate (a job refused): status 12"), "{out}");
+        assert!(out.contains("ok - evaluate (openQA unreachable): status 10"), "{out}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn status_and_errors_never_show_secrets() {
     let sim = common::OpenQa::start().await;
     // a decision is taken, and its deliveries fail: the AMQP and IBS error paths run and log
