@@ -73,13 +73,19 @@ fn scenario(sim: &OpenQaSim) {
     }
 }
 
-#[tokio::test]
-async fn jobs_come_in_chunks_of_500_without_duplicates() {
+/// A simulator holding jobs 1..=n (tests t0, t1, ...), and a client of it.
+async fn sim_with_jobs(n: usize) -> (OpenQaSim, OpenQaClient) {
     let sim = start().await;
-    for i in 0..1250 {
+    for i in 0..n {
         sim.create_job(&[("TEST", &format!("t{i}")), ("BUILD", "b")], None);
     }
     let c = client(&sim.url());
+    (sim, c)
+}
+
+#[tokio::test]
+async fn jobs_come_in_chunks_of_500_without_duplicates() {
+    let (sim, c) = sim_with_jobs(1250).await;
     let mut ids: Vec<u64> = (1..=1250).collect();
     ids.extend((1..=1250).rev());
     let jobs = c.jobs(&ids).await.expect("jobs");
@@ -97,11 +103,7 @@ async fn jobs_come_in_chunks_of_500_without_duplicates() {
 
 #[tokio::test]
 async fn a_job_list_openqa_cuts_short_is_an_error_not_jobs_gone() {
-    let sim = start().await;
-    for i in 0..300 {
-        sim.create_job(&[("TEST", &format!("t{i}")), ("BUILD", "b")], None);
-    }
-    let c = client(&sim.url());
+    let (sim, c) = sim_with_jobs(300).await;
     let ids: Vec<u64> = (1..=300).collect();
     assert_eq!(c.jobs(&ids).await.expect("jobs").len(), 300);
     // an admin's `[misc_limits] generic_max_limit` below the chunk: openQA answers the highest
