@@ -28,10 +28,15 @@ typedef enum ig_status {
   IG_QUEUE_FULL = 8,
   // `ig_gate_flush` ran out of time.
   IG_TIMEOUT = 9,
-  // The engine could not start, or openQA could not be asked (try again later).
+  // The engine could not start, or openQA could not be asked: a connection error, a timeout,
+  // a 5xx (try again later).
   IG_UNAVAILABLE = 10,
   // An internal error; the library caught it and stays usable.
   IG_PANIC = 11,
+  // openQA answered, and will answer the same again: a 4xx (e.g. a job not visible), a
+  // malformed or incomplete answer. No verdict; asking again soon does not help, the message
+  // (`ig_last_error()`) names the route.
+  IG_OPENQA_REFUSED = 12,
 } ig_status;
 
 // The severity of a log line (the numbers of `rustls_log_level`).
@@ -71,7 +76,9 @@ enum ig_status ig_gate_submit(const struct ig_gate *gate,
                               const char *event_json);
 
 // The current verdict of `incident` with its reasons, as JSON in `*verdict_json` (free it with
-// `ig_string_free`). Asks openQA and blocks until it answers; changes nothing.
+// `ig_string_free`). Asks openQA and blocks until it answers; changes nothing. No verdict:
+// `IG_UNAVAILABLE` when openQA cannot be asked now, `IG_OPENQA_REFUSED` when its answer will
+// not change by asking again.
 //
 // # Safety
 // `gate` comes from `ig_gate_new`; `verdict_json` is valid for a write.

@@ -272,6 +272,8 @@ impl Default for Config {
     }
 }
 
+const DAY_S: u64 = 86_400;
+
 /// A configuration error; its message names the offending key and never carries a secret value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -364,18 +366,26 @@ impl Config {
         if self.queue_capacity == 0 || self.queue_capacity > 10_000_000 {
             return bad("queue_capacity", "must be between 1 and 10000000");
         }
-        if self.obs_denied_retry_s == 0 {
-            return bad("obs_denied_retry_s", "must be at least 1");
+        // Durations are bounded well below what `as i64 * 1000` or a deadline (now + duration)
+        // can hold, so no later conversion wraps or panics.
+        if !(1..=DAY_S).contains(&self.obs_denied_retry_s) {
+            return bad("obs_denied_retry_s", "must be between 1 and 86400 (one day)");
         }
-        if self.reconcile_interval_s == 0 {
-            return bad("reconcile_interval_s", "must be at least 1");
+        if self.quiet_period_s > DAY_S {
+            return bad("quiet_period_s", "must be at most 86400 (one day)");
+        }
+        if !(1..=DAY_S).contains(&self.reconcile_interval_s) {
+            return bad("reconcile_interval_s", "must be between 1 and 86400 (one day)");
+        }
+        if self.retention_days > 3650 {
+            return bad("retention_days", "must be at most 3650 (ten years)");
         }
         if self.catchup_max_requests == 1 || self.catchup_max_requests > 1000 {
             // two at least: one to look at jobs seen running before, one to look at new jobs
             return bad("catchup_max_requests", "must be 0 (off) or between 2 and 1000");
         }
-        if self.http_timeout_s == 0 {
-            return bad("http_timeout_s", "must be at least 1");
+        if !(1..=3600).contains(&self.http_timeout_s) {
+            return bad("http_timeout_s", "must be between 1 and 3600 (one hour)");
         }
         if self.settle_ms > 3_600_000 {
             return bad("settle_ms", "must be at most 3600000 (one hour)");
@@ -490,6 +500,25 @@ mod tests {
         let e = Config::from_json(r#"{"gitea_url":"src.suse.de"}"#).unwrap_err();
         assert!(e.0.contains("`gitea_url`"), "{e}");
         assert!(Config::from_json("{").unwrap_err().0.contains("JSON"));
+    }
+
+    #[test]
+    fn durations_beyond_their_maximum_name_the_key_and_the_bound() {
+        // each would wrap (`as i64 * 1000`) or overflow a deadline later on
+        for (key, max, why) in [
+            ("obs_denied_retry_s", 86_400, "between 1 and 86400 (one day)"),
+            ("quiet_period_s", 86_400, "at most 86400 (one day)"),
+            ("reconcile_interval_s", 86_400, "between 1 and 86400 (one day)"),
+            ("http_timeout_s", 3_600, "between 1 and 3600 (one hour)"),
+            ("retention_days", 3_650, "at most 3650 (ten years)"),
+        ] {
+            let c = Config::from_json(&format!(r#"{{"{key}":{max}}}"#));
+            assert!(c.is_ok(), "{key} = {max}: {c:?}");
+            for too_much in [max + 1, i64::MAX as u64 / 1000 + 1, u64::MAX] {
+                let e = Config::from_json(&format!(r#"{{"{key}":{too_much}}}"#)).unwrap_err();
+                assert_eq!(e.0, format!("config key `{key}`: must be {why}"), "{key} = {too_much}");
+            }
+        }
     }
 
     #[test]

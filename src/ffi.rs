@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::events::Rejection;
-use crate::gate::{Gate, SubmitError};
+use crate::gate::{EvaluateError, Gate, SubmitError};
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -34,10 +34,15 @@ pub enum ig_status {
     IG_QUEUE_FULL = 8,
     /// `ig_gate_flush` ran out of time.
     IG_TIMEOUT = 9,
-    /// The engine could not start, or openQA could not be asked (try again later).
+    /// The engine could not start, or openQA could not be asked: a connection error, a timeout,
+    /// a 5xx (try again later).
     IG_UNAVAILABLE = 10,
     /// An internal error; the library caught it and stays usable.
     IG_PANIC = 11,
+    /// openQA answered, and will answer the same again: a 4xx (e.g. a job not visible), a
+    /// malformed or incomplete answer. No verdict; asking again soon does not help, the message
+    /// (`ig_last_error()`) names the route.
+    IG_OPENQA_REFUSED = 12,
 }
 
 /// The severity of a log line (the numbers of `rustls_log_level`).
@@ -208,8 +213,17 @@ pub unsafe extern "C" fn ig_gate_submit(
     })
 }
 
+fn evaluate_error(e: EvaluateError) -> (ig_status, String) {
+    match e {
+        EvaluateError::Unavailable(m) => (ig_status::IG_UNAVAILABLE, m),
+        EvaluateError::Refused(m) => (ig_status::IG_OPENQA_REFUSED, m),
+    }
+}
+
 /// The current verdict of `incident` with its reasons, as JSON in `*verdict_json` (free it with
-/// `ig_string_free`). Asks openQA and blocks until it answers; changes nothing.
+/// `ig_string_free`). Asks openQA and blocks until it answers; changes nothing. No verdict:
+/// `IG_UNAVAILABLE` when openQA cannot be asked now, `IG_OPENQA_REFUSED` when its answer will
+/// not change by asking again.
 ///
 /// # Safety
 /// `gate` comes from `ig_gate_new`; `verdict_json` is valid for a write.
@@ -227,7 +241,7 @@ pub unsafe extern "C" fn ig_gate_evaluate(
         if incident == 0 {
             return Err((ig_status::IG_INVALID_ARGUMENT, "incident must be a positive number".into()));
         }
-        let verdict = gate.evaluate(incident).map_err(|m| (ig_status::IG_UNAVAILABLE, m))?;
+        let verdict = gate.evaluate(incident).map_err(evaluate_error)?;
         let value = serde_json::to_value(&verdict).map_err(|e| (ig_status::IG_PANIC, e.to_string()))?;
         unsafe { put_string(verdict_json, &value) }
     })
@@ -289,7 +303,7 @@ pub unsafe extern "C" fn ig_gate_evaluate_submission(
                 "submission must be <incident>, ibs:<incident> or git:<pr>".into(),
             )
         })?;
-        let verdict = gate.evaluate(submission).map_err(|m| (ig_status::IG_UNAVAILABLE, m))?;
+        let verdict = gate.evaluate(submission).map_err(evaluate_error)?;
         let value = serde_json::to_value(&verdict).map_err(|e| (ig_status::IG_PANIC, e.to_string()))?;
         unsafe { put_string(verdict_json, &value) }
     })

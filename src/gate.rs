@@ -17,6 +17,34 @@ pub enum SubmitError {
     Unavailable(String),
 }
 
+/// Why `Gate::evaluate` has no verdict. Callers answer the two differently: asking again later
+/// may help with the first, never with the second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvaluateError {
+    /// openQA unreachable or failing (connection, timeout, 5xx), the store busy, no runtime.
+    Unavailable(String),
+    /// openQA answered what it will answer again: a 4xx, a malformed or incomplete answer.
+    Refused(String),
+}
+
+impl From<crate::engine::EngineError> for EvaluateError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        if e.is_transient() {
+            EvaluateError::Unavailable(e.to_string())
+        } else {
+            EvaluateError::Refused(e.to_string())
+        }
+    }
+}
+
+impl std::fmt::Display for EvaluateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EvaluateError::Unavailable(m) | EvaluateError::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     accepted: AtomicU64,
@@ -130,7 +158,7 @@ impl Gate {
     pub fn evaluate(
         &self,
         incident: impl Into<crate::incident::Submission>,
-    ) -> Result<crate::verdict::Verdict, String> {
+    ) -> Result<crate::verdict::Verdict, EvaluateError> {
         let incident = incident.into();
         let running = {
             let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,20 +169,16 @@ impl Gate {
         };
         let config = self.config.clone();
         let evaluate = move || match running {
-            Some((handle, core)) => {
-                handle.block_on(async move { core.evaluate(incident).await }).map_err(|e| e.to_string())
-            }
+            Some((handle, core)) => Ok(handle.block_on(async move { core.evaluate(incident).await })?),
             None => {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| format!("cannot start a runtime: {e}"))?;
+                    .map_err(|e| EvaluateError::Unavailable(format!("cannot start a runtime: {e}")))?;
                 rt.block_on(async move {
-                    let client =
-                        crate::openqa::client::OpenQaClient::new(&config).map_err(|e| e.to_string())?;
-                    let (verdict, _) = crate::engine::evaluate(&client, &config, incident)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let client = crate::openqa::client::OpenQaClient::new(&config)
+                        .map_err(crate::engine::EngineError::Api)?;
+                    let (verdict, _) = crate::engine::evaluate(&client, &config, incident).await?;
                     Ok(verdict)
                 })
             }
@@ -163,7 +187,8 @@ impl Gate {
             return evaluate();
         }
         // Called from inside some runtime (a Rust caller): block_on there would panic.
-        std::thread::scope(|s| s.spawn(evaluate).join()).map_err(|_| "evaluation panicked".to_string())?
+        std::thread::scope(|s| s.spawn(evaluate).join())
+            .map_err(|_| EvaluateError::Unavailable("evaluation panicked".into()))?
     }
 
     /// The incidents the state directory knows, for the incidents page (no engine needed: reads

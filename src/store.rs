@@ -500,13 +500,15 @@ impl Store {
     /// incident and sink is leased (being delivered by some process), and one take holds at most
     /// one per incident, the oldest first, so the comments and review changes of two decisions
     /// never interleave. Events are not held back: each is a message of its own. Taking an item
-    /// leases it (`LEASE_S`).
+    /// leases it (`LEASE_S`). An item whose decision no longer parses is marked final with the
+    /// reason instead of being taken.
     pub fn take_due(&self, sink: Sink, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let now = now_ms();
         let lease_until = now + LEASE_S * 1000;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut items = Vec::new();
+        let mut unreadable = Vec::new();
         {
             let mut stmt = tx.prepare(
                 "SELECT o.id, o.attempts, o.key, d.incident, d.body FROM outbox AS o
@@ -526,13 +528,26 @@ impl Store {
                 let Some(row) = rows.next()? else { break };
                 let (id, attempts, key, incident, body): (i64, u32, String, i64, String) =
                     (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
-                if sink.reports() && !incidents.insert(incident) {
+                if sink.reports() && incidents.contains(&incident) {
                     continue;
                 }
-                let decision = serde_json::from_str(&body)
-                    .map_err(|e| StoreError(format!("decision {key} is unreadable: {e}")))?;
-                items.push(OutboxItem { id, sink, attempts, decision, lease_until });
+                match serde_json::from_str(&body) {
+                    Ok(decision) => {
+                        incidents.insert(incident);
+                        items.push(OutboxItem { id, sink, attempts, decision, lease_until });
+                    }
+                    Err(e) => unreadable.push((id, format!("decision {key} is unreadable: {e}"))),
+                }
             }
+        }
+        // a body that does not parse now never will: failing the whole take for it would stop
+        // this sink for good, so the item is given up (once, shown in status) and the rest go out
+        for (id, why) in &unreadable {
+            tracing::error!("{} outbox: {why}; not delivered", sink.as_str());
+            tx.execute(
+                "UPDATE outbox SET state = 'final', outcome = ?1, lease_until = 0 WHERE id = ?2",
+                params![why, id],
+            )?;
         }
         for item in &items {
             tx.execute("UPDATE outbox SET lease_until = ?1 WHERE id = ?2", params![lease_until, item.id])?;
@@ -1413,6 +1428,36 @@ mod tests {
         let rows = a.recent_decisions(5).unwrap();
         assert_eq!(rows[0].deliveries[0].state, "done");
         assert_eq!(rows[0].deliveries[0].attempts, 2);
+    }
+
+    #[test]
+    fn an_unreadable_decision_is_given_up_alone_and_the_others_go_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut broken = decision(8, vec![1]);
+        s.record_decision(&mut broken, &[Sink::Amqp, Sink::Obs], s_next()).unwrap();
+        s.record_decision(&mut decision(9, vec![2]), &[Sink::Amqp], s_next()).unwrap();
+        s.conn().execute("UPDATE decisions SET body = '{\"verdict\": 1' WHERE incident = 8", []).unwrap();
+        let taken = s.take_due(Sink::Amqp, 10).unwrap();
+        assert_eq!(taken.iter().map(|i| i.decision.verdict.incident).collect::<Vec<_>>(), vec![9]);
+        // IBS's turn comes once the event is out of the way, and it cannot read it either
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty());
+        let given_up: Vec<(String, String, String)> = {
+            let conn = s.conn();
+            let mut stmt =
+                conn.prepare("SELECT sink, state, outcome FROM outbox WHERE key = ?1 ORDER BY id").unwrap();
+            let rows = stmt.query_map([&broken.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert_eq!(given_up.len(), 2, "{given_up:?}");
+        for (sink, state, outcome) in &given_up {
+            assert_eq!(state, "final", "{sink}: {outcome}");
+            assert!(outcome.starts_with(&format!("decision {} is unreadable", broken.key)), "{outcome}");
+            assert!(outcome.contains("invalid type: integer `1`, expected struct Verdict"), "{outcome}");
+        }
+        // nothing is left to fail again: the next takes find nothing, with no error
+        assert!(s.take_due(Sink::Amqp, 10).unwrap().is_empty());
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -104,7 +104,15 @@ fn compile() -> PathBuf {
 /// Runs one mode of the C program; answers its stdout and stderr (the library logs there).
 fn run_c(mode: &str, config: &serde_json::Value, extra: &[String]) -> (String, String) {
     let exe = compile_c_test();
-    let out = Command::new(exe).arg(mode).arg(config.to_string()).args(extra).output().unwrap();
+    // cargo's LD_LIBRARY_PATH names target/debug before deps/: it would load the library the last
+    // `cargo build` left there instead of the one built for this run, which the rpath names
+    let out = Command::new(exe)
+        .env_remove("LD_LIBRARY_PATH")
+        .arg(mode)
+        .arg(config.to_string())
+        .args(extra)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "abi_test {mode} failed:\n{stdout}\n{stderr}");
@@ -146,6 +154,23 @@ async fn happy_path_and_fork_then_use() {
         assert!(out.contains("ok - the forked child succeeded"), "{out}");
         assert!(out.contains("ok - forked child: verdict passed"), "{out}");
         assert!(out.contains("ok - parent after fork: verdict passed"), "{out}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_by_openqa_is_its_own_status_not_unavailable() {
+    let sim = common::OpenQa::start().await;
+    let (incident, jobs) = sim.finished_incident(4545, 2, "passed").await;
+    sim.sim.refuse_job(jobs[1], 403, "Job is not visible to you");
+    let state = tempfile::tempdir().unwrap();
+    let cfg = common::gate_config(&sim.url(), state.path());
+    let unreachable = common::gate_config("http://127.0.0.1:9", state.path());
+    tokio::task::spawn_blocking(move || {
+        let (out, _) = run_c("refused", &cfg, &[unreachable.to_string(), incident.to_string()]);
+        assert!(out.contains("ok - evaluate (a job refused): status 12"), "{out}");
+        assert!(out.contains("ok - evaluate (openQA unreachable): status 10"), "{out}");
     })
     .await
     .unwrap();

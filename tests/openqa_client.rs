@@ -73,13 +73,19 @@ fn scenario(sim: &OpenQaSim) {
     }
 }
 
-#[tokio::test]
-async fn jobs_come_in_chunks_of_500_without_duplicates() {
+/// A simulator holding jobs 1..=n (tests t0, t1, ...), and a client of it.
+async fn sim_with_jobs(n: usize) -> (OpenQaSim, OpenQaClient) {
     let sim = start().await;
-    for i in 0..1250 {
+    for i in 0..n {
         sim.create_job(&[("TEST", &format!("t{i}")), ("BUILD", "b")], None);
     }
     let c = client(&sim.url());
+    (sim, c)
+}
+
+#[tokio::test]
+async fn jobs_come_in_chunks_of_500_without_duplicates() {
+    let (sim, c) = sim_with_jobs(1250).await;
     let mut ids: Vec<u64> = (1..=1250).collect();
     ids.extend((1..=1250).rev());
     let jobs = c.jobs(&ids).await.expect("jobs");
@@ -93,6 +99,26 @@ async fn jobs_come_in_chunks_of_500_without_duplicates() {
     assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![5]);
     assert!(c.jobs(&[]).await.expect("no jobs").is_empty());
     assert_eq!(c.requests_made(), 4);
+}
+
+#[tokio::test]
+async fn a_job_list_openqa_cuts_short_is_an_error_not_jobs_gone() {
+    let (sim, c) = sim_with_jobs(300).await;
+    let ids: Vec<u64> = (1..=300).collect();
+    assert_eq!(c.jobs(&ids).await.expect("jobs").len(), 300);
+    // an admin's `[misc_limits] generic_max_limit` below the chunk: openQA answers the highest
+    // 100 ids and names a next page; the 200 others are not gone
+    sim.set_generic_max_limit(100);
+    let e = match c.jobs(&ids).await {
+        Ok(jobs) => panic!("a cut list taken whole: {} of 300 jobs", jobs.len()),
+        Err(e) => e,
+    };
+    assert!(matches!(e, ApiError::Malformed { .. }), "{e:?}");
+    let shown = e.to_string();
+    assert!(shown.starts_with("GET /api/v1/jobs?ids=1%2C2%2C3"), "{shown}");
+    assert!(shown.contains("the list was cut: 100 of 300 jobs"), "{shown}");
+    // ids that fit the page are answered whole
+    assert_eq!(c.jobs(&ids[..100]).await.expect("jobs").len(), 100);
 }
 
 #[tokio::test]
@@ -231,7 +257,7 @@ async fn malformed_bodies_name_the_route() {
     let c = client(&url);
     let e = c.jobs(&[1, 2]).await.expect_err("garbage");
     assert!(matches!(e, ApiError::Malformed { .. }));
-    assert!(e.to_string().starts_with("GET /api/v1/jobs?ids=1%2C2: malformed body: "), "{e}");
+    assert!(e.to_string().starts_with("GET /api/v1/jobs?ids=1%2C2&limit=500: malformed body: "), "{e}");
     assert!(e.to_string().contains("<html>this is not JSON"), "{e}");
     let e = c.job(1).await.expect_err("wrong type");
     assert!(e.to_string().starts_with("GET /api/v1/jobs/1: malformed body: invalid type"), "{e}");

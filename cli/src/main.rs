@@ -13,6 +13,8 @@ mod cli;
 /// Exit codes, documented in `--help` and the README.
 const EXIT_USAGE: u8 = 2;
 const EXIT_UNAVAILABLE: u8 = 3;
+/// A day: longer than any sensible hook timeout, far below what overflows a deadline.
+const MAX_BUDGET_S: u64 = 86_400;
 
 #[derive(Parser)]
 #[command(name = "incident-gate", version, about, after_help = cli::EXIT_CODES)]
@@ -51,8 +53,10 @@ enum Command {
         #[arg(long, value_name = "RC")]
         skip_rc: Option<u8>,
         /// Seconds to spend delivering what is due before exiting (keep it under openQA's
-        /// OPENQA_JOB_DONE_HOOK_TIMEOUT, default 5m).
-        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        /// OPENQA_JOB_DONE_HOOK_TIMEOUT, default 5m). At most 86400.
+        // bounded: the run's deadline is now + budget, which a huge value overflows
+        #[arg(long, value_name = "SECONDS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(0..=MAX_BUDGET_S))]
         budget: u64,
         #[command(flatten)]
         config: ConfigArg,

@@ -222,6 +222,59 @@ fn a_bad_configuration_is_exit_2_naming_the_key() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn openqa_refusing_is_exit_6_which_skip_rc_does_not_turn_into_ask_again() {
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let env = env_for(&qa.url(), state.path());
+    // incident 8101: the hook's own job is refused; 8102: another job its evaluation looks up
+    let own = qa.incident_job(8101, 1, "t");
+    let (hooked, other) = (qa.incident_job(8102, 2, "t0"), qa.incident_job(8102, 2, "t1"));
+    for j in [own, hooked, other] {
+        qa.sim.set_done(j, "passed");
+    }
+    qa.sim.refuse_job(own, 403, "Job is not visible to you");
+    qa.sim.refuse_job(other, 403, "Job is not visible to you");
+    let (own, hooked) = (own.to_string(), hooked.to_string());
+    let (own_refused, own_refused_skip, other_refused, check) = tokio::task::spawn_blocking(move || {
+        (
+            run(&["hook", &own], &env),
+            run(&["hook", "--skip-rc", "142", &own], &env),
+            run(&["hook", "--skip-rc", "142", &hooked], &env),
+            run(&["check", "8102"], &env),
+        )
+    })
+    .await
+    .unwrap();
+    for (what, out) in [
+        ("hook, its job refused", own_refused),
+        ("hook --skip-rc 142, its job refused", own_refused_skip),
+        ("hook --skip-rc 142, another job of the incident refused", other_refused),
+        ("check", check),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{what}: {stderr}");
+        assert!(stderr.contains("HTTP 403: Job is not visible to you"), "{what}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_budget_beyond_a_day_is_a_usage_error_not_a_crash() {
+    // a reachable openQA, so that without the bound the run gets as far as its deadline
+    let qa = OpenQa::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let env = env_for(&qa.url(), state.path());
+    for budget in ["9223372036854775807", "18446744073709551615", "86401"] {
+        let env = env.clone();
+        let args = ["hook", "--budget", budget, "1"];
+        let out = tokio::task::spawn_blocking(move || run(&args, &env)).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--budget {budget}: {stderr}");
+        assert!(stderr.contains("--budget") && stderr.contains("0..=86400"), "--budget {budget}: {stderr}");
+        assert!(!stderr.contains("panicked"), "--budget {budget}: {stderr}");
+    }
+}
+
 #[test]
 fn sim_prints_its_urls_and_serves_until_stdin_closes() {
     let mut child =

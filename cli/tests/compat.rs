@@ -299,7 +299,7 @@ async fn a_refused_id_is_given_up_alone_shown_and_logged_once() {
     let refusal = &engine["refusals"][0];
     assert_eq!(refusal["status"], 400);
     assert_eq!(refusal["message"], "Job is not visible to you");
-    assert_eq!(refusal["route"], format!("GET /api/v1/jobs?ids={bad}"));
+    assert_eq!(refusal["route"], format!("GET /api/v1/jobs?ids={bad}&limit=500"));
     assert_eq!(refusal["affected"], format!("events of job {bad}"));
     assert_eq!(engine["api_errors"], 0, "no retries of a refusal");
 

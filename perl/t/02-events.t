@@ -129,6 +129,23 @@ subtest 'verdict route: bad input and openQA not answering' => sub {
     is_deeply [grep {/^\[error\]/} log_lines($t)], [], 'no error logged';
 };
 
+subtest 'verdict route: openQA refusing is 502, not 503' => sub {
+    # every request answered 403: openQA will answer the same however often it is asked
+    my $body = '{"error":"Forbidden","error_status":403}';
+    my $reply = "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: "
+      . length($body) . "\r\nConnection: close\r\n\r\n$body";
+    my $port = Mojo::IOLoop::Server->generate_port;
+    my $refuse = Mojo::IOLoop->server({address => '127.0.0.1', port => $port} => sub ($loop, $stream, $id) {
+        $stream->on(read => sub { $stream->write($reply => sub { $stream->close }) });
+    });
+    my $t = app_with(openqa_url => "http://127.0.0.1:$port");
+    for my $route (qw(incidents/12345 submissions/git:124)) {
+        $t->get_ok("/api/v1/incident_gate/$route")->status_is(502, $route)
+          ->json_is('/status' => 'IG_OPENQA_REFUSED')->json_like('/error' => qr/HTTP 403: Forbidden/);
+    }
+    Mojo::IOLoop->remove($refuse);
+};
+
 subtest 'submission route: kind and number' => sub {
     my $t = app_with();
     for my $bad (qw(git:0 pr:5 git: 0 git:123456789012345678901 ibs:x)) {

@@ -46,15 +46,22 @@ fn start_element(e: &BytesStart) -> Result<Element, String> {
     Ok(Element { name, attrs, ..Element::default() })
 }
 
+/// Deepest element nesting accepted. OBS documents nest a few levels; dropping, cloning or
+/// comparing a tree is recursive, so a deeper body (from IBS or whatever answers in its place)
+/// could overflow the stack.
+const MAX_DEPTH: usize = 256;
+
 /// Parses a whole document into its root element.
 pub fn parse(xml: &str) -> Result<Element, String> {
     let mut reader = Reader::from_str(xml);
     let mut stack: Vec<Element> = Vec::new();
+    let too_deep = || format!("XML nested deeper than {MAX_DEPTH} elements");
     loop {
         let event = reader
             .read_event()
             .map_err(|e| format!("XML error at byte {}: {e}", reader.buffer_position()))?;
         match event {
+            Event::Start(_) | Event::Empty(_) if stack.len() >= MAX_DEPTH => return Err(too_deep()),
             Event::Start(e) => stack.push(start_element(&e)?),
             Event::Empty(e) => {
                 let el = start_element(&e)?;
@@ -147,6 +154,17 @@ mod tests {
         assert!(root.child("c").is_some());
         assert!(parse("<a><b></a>").is_err());
         assert!(parse("<a>").is_err());
+    }
+
+    #[test]
+    fn a_body_nested_deeper_than_any_obs_document_is_an_error_not_a_crash() {
+        let deep = |levels: usize| format!("{}{}", "<a>".repeat(levels), "</a>".repeat(levels));
+        let e = parse(&deep(100_000)).unwrap_err();
+        assert_eq!(e, "XML nested deeper than 256 elements");
+        let e = parse(&format!("{}<b/>{}", "<a>".repeat(256), "</a>".repeat(256))).unwrap_err();
+        assert_eq!(e, "XML nested deeper than 256 elements", "an empty element is one level too");
+        assert!(parse(&deep(256)).is_ok());
+        assert_eq!(parse_status(&deep(100_000)), None);
     }
 
     #[test]

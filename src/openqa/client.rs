@@ -249,10 +249,13 @@ impl OpenQaClient {
         Ok(Some(envelope.job))
     }
 
-    /// `GET /api/v1/jobs?ids=...` for each chunk of [`IDS_PER_REQUEST`] distinct ids, chunks fetched
-    /// concurrently (bounded by `concurrency`). Jobs that no longer exist are simply absent; the
-    /// result is sorted by id. No request at all for an empty list: `GET /api/v1/jobs` without `ids`
-    /// would list every job of the instance.
+    /// `GET /api/v1/jobs?ids=...&limit=500` for each chunk of [`IDS_PER_REQUEST`] distinct ids,
+    /// chunks fetched concurrently (bounded by `concurrency`). Jobs that no longer exist are simply
+    /// absent; the result is sorted by id. No request at all for an empty list: `GET /api/v1/jobs`
+    /// without `ids` would list every job of the instance. openQA cuts the list at `limit`
+    /// (`generic_default_limit` when none is sent) and clamps that to `generic_max_limit`: an
+    /// answer whose `Link` header names a next page is an error, since the jobs left out would
+    /// pass for deleted ones.
     pub async fn jobs(&self, ids: &[u64]) -> Result<Vec<Job>, ApiError> {
         let mut seen = HashSet::with_capacity(ids.len());
         let unique: Vec<u64> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
@@ -265,8 +268,21 @@ impl OpenQaClient {
             .collect();
         let lists: Vec<Vec<Job>> = stream::iter(chunks)
             .map(|ids| async move {
-                let list = self.get_json::<JobList>("/api/v1/jobs", &[("ids", ids.as_str())], false).await?;
-                Ok::<_, ApiError>(list.map(|l| l.jobs).unwrap_or_default())
+                let limit = IDS_PER_REQUEST.to_string();
+                let query = [("ids", ids.as_str()), ("limit", limit.as_str())];
+                let (list, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+                if link.as_deref().is_some_and(link_has_next) {
+                    let asked = ids.split(',').count();
+                    return Err(ApiError::Malformed {
+                        route: shown_route("GET", "/api/v1/jobs", &auth::encode_query(&query)),
+                        detail: format!(
+                            "the list was cut: {} of {asked} jobs, and a next page \
+                             (openQA's [misc_limits] generic_max_limit is below {IDS_PER_REQUEST}?)",
+                            list.jobs.len()
+                        ),
+                    });
+                }
+                Ok::<_, ApiError>(list.jobs)
             })
             .buffer_unordered(self.inner.concurrency)
             .try_collect()

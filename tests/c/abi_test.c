@@ -7,6 +7,7 @@
  *   abi_test fork        <config_json> <incident> <job_id>...
  *   abi_test secrets     <config_json> <incident> <job_id> <secret>...
  *   abi_test log         <config_json> <unusable_state_config_json> <incident> <job_id>...
+ *   abi_test refused     <config_json> <unreachable_config_json> <incident>
  *
  * Every check prints "ok - ..." or "not ok - ..."; the exit code is the number of failures. */
 #include "incident_gate.h"
@@ -264,6 +265,22 @@ int main(int argc, char **argv) {
         }
         ig_string_free(verdict);
         ig_gate_free(gate);
+    } else if (strcmp(mode, "refused") == 0 && argc > 4) {
+        /* openQA refuses a job of the incident (403): no verdict, and not "try again later" */
+        ig_gate *gate = make_gate(config);
+        char *verdict = NULL;
+        EXPECT_STATUS(ig_gate_evaluate(gate, strtoull(argv[4], NULL, 10), &verdict), IG_OPENQA_REFUSED,
+                      "evaluate (a job refused)");
+        CHECK(verdict == NULL, "no verdict handed out");
+        CHECK(strstr(ig_last_error(), "GET /api/v1/jobs?ids=") && strstr(ig_last_error(), "HTTP 403"),
+              "the message names the route and the answer: %s", ig_last_error());
+        EXPECT_STATUS(ig_gate_evaluate_submission(gate, argv[4], &verdict), IG_OPENQA_REFUSED,
+                      "evaluate_submission (a job refused)");
+        ig_gate_free(gate);
+        ig_gate *unreachable = make_gate(argv[3]);
+        EXPECT_STATUS(ig_gate_evaluate(unreachable, strtoull(argv[4], NULL, 10), &verdict), IG_UNAVAILABLE,
+                      "evaluate (openQA unreachable)");
+        ig_gate_free(unreachable);
     } else if (strcmp(mode, "log") == 0 && argc > 5) {
         log_mode(config, argv[3], strtoull(argv[4], NULL, 10), argc - 5, argv + 5);
     } else {

@@ -26,7 +26,9 @@ mod demo;
 mod world;
 
 pub const EXIT_CODES: &str = "Exit codes: 0 passed / done, 1 failed, 2 usage or configuration error, \
-3 openQA, IBS or the broker unavailable (retry later), 4 still pending, 5 no jobs for the incident.";
+3 openQA, IBS or the broker unavailable (retry later), 4 still pending, 5 no jobs for the incident, \
+6 openQA refused the question or answered unusably (a 4xx, a malformed answer: asking again soon \
+does not help; the message names the route).";
 
 const SECTION: &str = "incident_gate";
 const SYSTEM_CONFIG: &str = "/etc/openqa/openqa.ini";
@@ -86,13 +88,22 @@ pub async fn listen(core: Arc<Core>) -> Result<u8, String> {
 
 pub const EXIT_PENDING: u8 = 4;
 const EXIT_UNAVAILABLE: u8 = 3;
+const EXIT_REFUSED: u8 = 6;
 
 /// One run of openQA's job-done hook. Besides the job's incidents it evaluates those left pending
 /// (an earlier run's "ask me again") and those of jobs catch-up finds ended unheard, and it tries
 /// every queued delivery at once, whatever its backoff: a run is the only chance a hook-only setup
-/// has. 3 when deliveries stay queued.
+/// has. 3 when deliveries stay queued or openQA cannot be asked, 6 when openQA refuses (not retried).
 pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, String> {
-    let job = core.client().job(job_id).await.map_err(|e| e.to_string())?;
+    let job = match core.client().job(job_id).await {
+        Ok(job) => job,
+        Err(e) if e.is_transient() => return Err(e.to_string()),
+        Err(e) => {
+            // not 3: with --skip-rc openQA would run the hook again and again for the same answer
+            eprintln!("incident-gate: {e}");
+            return Ok(EXIT_REFUSED);
+        }
+    };
     let mut incidents = job.as_ref().map(|j| submissions_of(&j.settings)).unwrap_or_default();
     match &job {
         None => out!("job {job_id} does not exist (any more)"),
@@ -128,7 +139,7 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
         return Ok(0);
     }
     let mut worst = 0;
-    let mut unavailable = None;
+    let (mut unavailable, mut refused) = (false, false);
     for incident in incidents {
         match core.decide(incident).await {
             Ok(verdict) => {
@@ -139,7 +150,11 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
                 // the others are still decided and delivered; this one is asked again
                 let _ = core.store().mark_pending(incident);
                 eprintln!("incident {incident}: no verdict now: {e}");
-                unavailable = Some(e.to_string());
+                if e.is_transient() {
+                    unavailable = true;
+                } else {
+                    refused = true;
+                }
             }
         }
     }
@@ -159,8 +174,11 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
         eprintln!("{left} deliveries are still queued in the outbox; the next run delivers them");
         return Ok(EXIT_UNAVAILABLE);
     }
-    if unavailable.is_some() {
+    if unavailable {
         return Ok(EXIT_UNAVAILABLE);
+    }
+    if refused {
+        return Ok(EXIT_REFUSED);
     }
     Ok(worst)
 }
@@ -187,7 +205,14 @@ fn summary(v: &Verdict) -> String {
 }
 
 pub async fn check(core: Arc<Core>, incident: Submission, json: bool) -> Result<u8, String> {
-    let verdict = core.evaluate(incident).await.map_err(|e| e.to_string())?;
+    let verdict = match core.evaluate(incident).await {
+        Ok(verdict) => verdict,
+        Err(e) if e.is_transient() => return Err(e.to_string()),
+        Err(e) => {
+            eprintln!("incident-gate: {e}");
+            return Ok(EXIT_REFUSED);
+        }
+    };
     if json {
         out!("{}", serde_json::to_string_pretty(&verdict).map_err(|e| e.to_string())?);
         return Ok(exit_code(verdict.result));

@@ -309,7 +309,12 @@ sub _evaluate ($self, $c, $by_kind = 0) {
     $self->_evaluate_p($incident, $by_kind)->then(
         sub ($status, $text) {
             return $c->render(data => $text, format => 'json') if $status == IG_OK;
-            my $code = $status == IG_UNAVAILABLE ? 503 : $status == IG_INVALID_ARGUMENT ? 400 : 500;
+            # 503 invites a retry; openQA refusing or answering unusably will not change by one
+            my $code
+              = $status == IG_UNAVAILABLE ? 503
+              : $status == IG_OPENQA_REFUSED ? 502
+              : $status == IG_INVALID_ARGUMENT ? 400
+              : 500;
             $c->render(json => {error => $text, status => status_name($status)}, status => $code);
         }
     )->catch(
