@@ -146,6 +146,21 @@ subtest 'verdict route: openQA refusing is 502, not 503' => sub {
     Mojo::IOLoop->remove($refuse);
 };
 
+subtest 'verdict route: an evaluation that does not end is stopped' => sub {
+    # openQA accepts the connection and never answers; the library would wait its HTTP timeout
+    my $port = Mojo::IOLoop::Server->generate_port;
+    my $silent = Mojo::IOLoop->server({address => '127.0.0.1', port => $port} => sub { });
+    my $t = app_with(openqa_url => "http://127.0.0.1:$port", http_timeout_s => 600);
+    no warnings 'once';
+    local $OpenQA::WebAPI::Plugin::IncidentGate::EVALUATION_TIMEOUT = 1;
+    # more than MAX_EVALUATIONS in a row: each stopped child frees its place
+    for my $try (1 .. 3) {
+        $t->get_ok('/api/v1/incident_gate/incidents/12345')->status_is(504, "try $try")
+          ->json_like('/error' => qr/no verdict within 1 s/);
+    }
+    Mojo::IOLoop->remove($silent);
+};
+
 subtest 'submission route: kind and number' => sub {
     my $t = app_with();
     for my $bad (qw(git:0 pr:5 git: 0 git:123456789012345678901 ibs:x)) {

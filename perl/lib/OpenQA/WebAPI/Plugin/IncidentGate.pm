@@ -21,6 +21,9 @@ our @LIBRARY_PATHS = map { "$_/incident-gate/libincident_gate.so" }
 use constant SECTION => 'incident_gate';
 # the verdict route is public and each evaluation is a forked child asking openQA: bound them
 use constant MAX_EVALUATIONS => 2;
+# ... and a child that does not answer within this many seconds is killed: a fork of a process
+# with threads can inherit a lock some thread held (SQLite's, say), and would wait for good
+our $EVALUATION_TIMEOUT = 300;
 
 sub register ($self, $app, $conf = {}) {
     $self->{app} = $app;
@@ -281,12 +284,18 @@ sub _evaluate_p ($self, $incident, $by_kind = 0) {
     return Mojo::Promise->reject("too many verdicts are being evaluated, try again shortly\n")
       if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
     $self->{evaluating}++;
-    return Mojo::IOLoop->subprocess->run_p(
+    my $child = Mojo::IOLoop->subprocess;
+    my $timeout = $EVALUATION_TIMEOUT;
+    my $killed;
+    my $timer = Mojo::IOLoop->timer($timeout => sub { $killed = kill KILL => $child->pid if $child->pid });
+    return $child->run_p(
         sub {
             my ($gate, @failed) = $self->{lib}->gate($self->{config_json});
             return @failed unless $gate;
             return $by_kind ? $gate->evaluate_submission($incident) : $gate->evaluate($incident);
-        })->finally(sub { $self->{evaluating}-- });
+        }
+    )->catch(sub ($err) { die $killed ? "no verdict within $timeout s: the evaluation was stopped\n" : $err })
+      ->finally(sub { Mojo::IOLoop->remove($timer); $self->{evaluating}-- });
 }
 
 sub _evaluate ($self, $c, $by_kind = 0) {
@@ -320,7 +329,8 @@ sub _evaluate ($self, $c, $by_kind = 0) {
     )->catch(
         sub ($err) {
             $self->{app}->log->error("IncidentGate: evaluating incident $incident failed: $err");
-            $c->render(json => {error => "evaluation failed: $err"}, status => 500);
+            my $code = $err =~ /^no verdict within/ ? 504 : 500;
+            $c->render(json => {error => "evaluation failed: $err"}, status => $code);
         });
 }
 
