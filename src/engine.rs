@@ -908,8 +908,9 @@ impl Core {
     }
 }
 
-/// An incident's current verdict from openQA, and the jobs it looked at. Needs no store, so a
-/// process that only evaluates (the plugin's verdict route, in a forked child) opens nothing else.
+/// An incident's current verdict from openQA, and the jobs it looked at. Opens the state directory
+/// only for what holds testing open (scheduled products, the quiet period), so a process that only
+/// evaluates (the plugin's verdict route, in a forked child) starts no engine.
 pub async fn evaluate(
     client: &OpenQaClient,
     cfg: &Config,
@@ -977,13 +978,16 @@ pub async fn evaluate_with(
     if client.settings_query() == SettingsQuery::ListValueOnly {
         // without `value=` (openQA before 2025-09-30) the submission's own jobs were found with
         // `list_value`, which only searches openQA's newest jobs: an older one (a failure nobody
-        // restarted) would be missing. Its build, `:<incident>:<package>`, has no such window.
-        let mut builds: Vec<String> = jobs
+        // restarted) would be missing. Its build, `:<incident>:<package>`, has no such window. Read
+        // when it can matter: while one of the jobs found runs, nothing is approved anyway.
+        let own: Vec<&Job> = jobs
             .iter()
             .filter(|j| crate::incident::parse_build(j.setting("BUILD")) == Some(incident.number))
             .filter(|j| submissions_of(&j.settings).contains(&incident))
-            .map(|j| j.setting("BUILD").to_string())
             .collect();
+        let running = own.iter().any(|j| !j.is_final());
+        let mut builds: Vec<String> =
+            own.iter().filter(|_| !running).map(|j| j.setting("BUILD").to_string()).collect();
         builds.sort_unstable();
         builds.dedup();
         let fetched =
