@@ -840,10 +840,8 @@ impl Core {
         let seen = self.store.begin_evaluation()?;
         let Evaluation { verdict, relied_comments, jobs } = self.evaluation(incident).await?;
         if verdict.result == Outcome::Pending {
-            self.store.note_unfinished(incident, seen)?;
-            self.store.mark_pending(incident)?;
             let (state, why) = waiting_for(&verdict);
-            self.store.note_waiting(incident, state, &why)?;
+            self.store.note_unfinished(incident, seen, state, &why)?;
             return Ok((verdict, seen));
         }
         // an incomplete failure is reported, but the incident stays pending: reconciliation

@@ -482,14 +482,39 @@ impl Store {
         Ok(latest.is_some_and(|(latest, seen)| latest == key && unfinished < seen))
     }
 
-    /// The evaluation holding ticket `ticket` found the incident's testing not finished: no
-    /// decision of an evaluation that began before it is recorded or reported any more.
-    pub fn note_unfinished(&self, incident: impl Into<Submission>, ticket: i64) -> Result<(), StoreError> {
-        self.conn().execute(
+    /// The evaluation holding ticket `ticket` found the incident's testing not finished, waiting
+    /// for `state` (`pending`: jobs to finish or to be created; `coverage`: a job the coverage policy
+    /// expects does not exist): the incident is pending, and no decision of an evaluation
+    /// that began before this one is recorded or reported any more. One transaction: evaluations
+    /// of running incidents are most of them.
+    pub fn note_unfinished(
+        &self,
+        incident: impl Into<Submission>,
+        ticket: i64,
+        state: &str,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let incident = incident.into().store_key();
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
             "INSERT INTO unfinished (incident, ticket) VALUES (?1, ?2)
              ON CONFLICT(incident) DO UPDATE SET ticket = MAX(ticket, ?2)",
-            params![incident.into().store_key(), ticket],
+            params![incident, ticket],
         )?;
+        let current: i64 = tx
+            .query_row("SELECT value FROM counters WHERE name = 'evaluation'", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        tx.execute(
+            "INSERT INTO pending (incident, since, checked_at, ticket, wait_state, wait_why)
+             VALUES (?1, ?2, ?2, ?3, ?4, ?5)
+             ON CONFLICT(incident) DO UPDATE SET checked_at = ?2, ticket = MAX(ticket, ?3),
+                 wait_state = ?4, wait_why = ?5",
+            params![incident, now, current, state, why],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -681,21 +706,6 @@ impl Store {
         self.conn().execute(
             "DELETE FROM pending WHERE incident = ?1 AND ticket <= ?2",
             params![incident.into().store_key(), ticket],
-        )?;
-        Ok(())
-    }
-
-    /// What a pending incident waits for, as its last evaluation found: `pending` (jobs to
-    /// finish or to be created) or `coverage` (a job the coverage policy expects does not exist).
-    pub fn note_waiting(
-        &self,
-        incident: impl Into<Submission>,
-        state: &str,
-        why: &str,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE pending SET wait_state = ?2, wait_why = ?3 WHERE incident = ?1",
-            params![incident.into().store_key(), state, why],
         )?;
         Ok(())
     }
@@ -1544,7 +1554,7 @@ mod tests {
         // a slow evaluation reads every job passed; a job is restarted, and a later evaluation
         // finds its clone scheduled before the slow one records
         let (slow, later) = (a.begin_evaluation().unwrap(), b.begin_evaluation().unwrap());
-        b.note_unfinished(7, later).unwrap();
+        b.note_unfinished(7, later, "pending", "a clone").unwrap();
         assert_eq!(
             a.record_decision(&mut decision(7, vec![1, 2]), &[Sink::Obs], slow).unwrap(),
             Recorded::Stale
@@ -1555,7 +1565,7 @@ mod tests {
         let mut passed = decision(7, vec![1, 3]);
         assert_eq!(a.record_decision(&mut passed, &[Sink::Obs], first).unwrap(), Recorded::New);
         assert!(a.is_latest(7, &passed.key).unwrap());
-        b.note_unfinished(7, b.begin_evaluation().unwrap()).unwrap();
+        b.note_unfinished(7, b.begin_evaluation().unwrap(), "pending", "a clone").unwrap();
         assert!(!a.is_latest(7, &passed.key).unwrap());
         // the same verdict over the same jobs afterwards is a decision of its own, reported
         let again = a.begin_evaluation().unwrap();
@@ -1712,8 +1722,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         // an IBS incident and a pull request of the same number, both waiting
-        s.mark_pending(124).unwrap();
-        s.note_waiting(124, "coverage", "expected, not in openQA: an aggregate job").unwrap();
+        s.note_unfinished(
+            124,
+            s.begin_evaluation().unwrap(),
+            "coverage",
+            "expected, not in openQA: an aggregate job",
+        )
+        .unwrap();
         s.mark_pending(Submission::gitea(124)).unwrap();
         let all = s.incidents(&IncidentQuery::default()).unwrap();
         let rows: Vec<(&str, &str, &str)> =
