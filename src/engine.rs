@@ -983,14 +983,15 @@ pub async fn evaluate_with(
             .filter(|j| crate::incident::parse_build(j.setting("BUILD")) == Some(incident.number))
             .filter(|j| submissions_of(&j.settings).contains(&incident))
             .collect();
-        let running = own.iter().any(|j| !j.is_final());
-        let mut builds: Vec<String> =
-            own.iter().filter(|_| !running).map(|j| j.setting("BUILD").to_string()).collect();
-        builds.sort_unstable();
-        builds.dedup();
-        let fetched =
-            futures_util::future::try_join_all(builds.iter().map(|b| client.jobs_of_any_product(b))).await?;
-        merge_jobs(&mut jobs, &mut asked, fetched.into_iter().flatten());
+        if own.iter().all(|j| j.is_final()) {
+            let mut builds: Vec<String> = own.iter().map(|j| j.setting("BUILD").to_string()).collect();
+            builds.sort_unstable();
+            builds.dedup();
+            let fetched =
+                futures_util::future::try_join_all(builds.iter().map(|b| client.jobs_of_any_product(b)))
+                    .await?;
+            merge_jobs(&mut jobs, &mut asked, fetched.into_iter().flatten());
+        }
     }
     let link_base = crate::config::link_base(&cfg.openqa_url);
     let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &link_base };

@@ -274,6 +274,23 @@ pub struct Store {
 pub const LEASE_S: i64 = 60;
 const MAX_BACKOFF_MS: i64 = 30_000;
 
+/// The ticket of the newest evaluation begun so far (`begin_evaluation`), 0 before any.
+fn current_ticket(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT value FROM counters WHERE name = 'evaluation'", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// The ticket of the newest evaluation that found the incident's testing not finished
+/// (`note_unfinished`), 0 when none did.
+fn unfinished_ticket(conn: &Connection, incident: i64) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT ticket FROM unfinished WHERE incident = ?1", [incident], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -405,10 +422,7 @@ impl Store {
             )
             .optional()?;
         // an evaluation that began later and found testing not finished outranks this one too
-        let unfinished: i64 = tx
-            .query_row("SELECT ticket FROM unfinished WHERE incident = ?1", [incident], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
+        let unfinished = unfinished_ticket(&tx, incident)?;
         if unfinished > seen {
             return Ok(Recorded::Stale);
         }
@@ -475,10 +489,7 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let unfinished: i64 = conn
-            .query_row("SELECT ticket FROM unfinished WHERE incident = ?1", [incident], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
+        let unfinished = unfinished_ticket(&conn, incident)?;
         Ok(latest.is_some_and(|(latest, seen)| latest == key && unfinished < seen))
     }
 
@@ -503,10 +514,7 @@ impl Store {
              ON CONFLICT(incident) DO UPDATE SET ticket = MAX(ticket, ?2)",
             params![incident, ticket],
         )?;
-        let current: i64 = tx
-            .query_row("SELECT value FROM counters WHERE name = 'evaluation'", [], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
+        let current = current_ticket(&tx)?;
         tx.execute(
             "INSERT INTO pending (incident, since, checked_at, ticket, wait_state, wait_why)
              VALUES (?1, ?2, ?2, ?3, ?4, ?5)
@@ -724,10 +732,7 @@ impl Store {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let ticket: i64 = tx
-            .query_row("SELECT value FROM counters WHERE name = 'evaluation'", [], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
+        let ticket = current_ticket(&tx)?;
         for incident in incidents {
             tx.execute(
                 "INSERT INTO pending (incident, since, checked_at, ticket) VALUES (?1, ?2, ?2, ?3)

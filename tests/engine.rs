@@ -419,6 +419,18 @@ async fn a_newer_aggregate_build_is_decided_without_waiting_for_the_older_builds
     assert_eq!(decided[0]["result"], "passed");
 }
 
+/// A scheduled product with `settings`, announced to the gate (`openqa_iso_create`) while openQA
+/// is still scheduling it.
+fn scheduling_product(qa: &OpenQa, gate: &CGate, settings: &[(&str, &str)]) -> u64 {
+    let product = qa.sim.add_scheduled_product(settings);
+    assert_eq!(
+        gate.submit("openqa_iso_create", &serde_json::json!({"scheduled_product_id": product})),
+        ig_status::IG_OK
+    );
+    qa.sim.set_product_status(product, "scheduling", &[]);
+    product
+}
+
 /// Issue 12: an incident named by a scheduled product still being scheduled is not decided, even
 /// when every job that exists has passed; once openQA finished scheduling it, it is decided once.
 #[tokio::test(flavor = "multi_thread")]
@@ -426,19 +438,18 @@ async fn a_scheduled_product_still_scheduling_holds_its_incidents() {
     let qa = OpenQa::start().await;
     let state = tempfile::tempdir().unwrap();
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
-    let product = qa.sim.add_scheduled_product(&[
-        ("DISTRI", "sle"),
-        ("VERSION", "15-SP6"),
-        ("FLAVOR", "Server-DVD-Incidents"),
-        ("ARCH", "x86_64"),
-        ("INCIDENT_ID", "4101"),
-        ("BUILD", ":4101:pkg"),
-    ]);
-    assert_eq!(
-        gate.submit("openqa_iso_create", &serde_json::json!({"scheduled_product_id": product})),
-        ig_status::IG_OK
+    let product = scheduling_product(
+        &qa,
+        &gate,
+        &[
+            ("DISTRI", "sle"),
+            ("VERSION", "15-SP6"),
+            ("FLAVOR", "Server-DVD-Incidents"),
+            ("ARCH", "x86_64"),
+            ("INCIDENT_ID", "4101"),
+            ("BUILD", ":4101:pkg"),
+        ],
     );
-    qa.sim.set_product_status(product, "scheduling", &[]);
     let first = qa.incident_job(4101, 304101, "t0");
     assert_eq!(gate.submit("openqa_job_create", &serde_json::json!({"id": first})), ig_status::IG_OK);
     qa.sim.set_done(first, "passed");
@@ -476,19 +487,18 @@ async fn a_scheduled_product_of_a_pull_request_holds_the_pull_request() {
     let qa = OpenQa::start().await;
     let state = tempfile::tempdir().unwrap();
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
-    let product = qa.sim.add_scheduled_product(&[
-        ("DISTRI", "sle"),
-        ("VERSION", "16.0"),
-        ("FLAVOR", "Online"),
-        ("ARCH", "x86_64"),
-        ("SUBMISSION_ID", "git:4102"),
-        ("BUILD", ":git:4102:pkg"),
-    ]);
-    assert_eq!(
-        gate.submit("openqa_iso_create", &serde_json::json!({"scheduled_product_id": product})),
-        ig_status::IG_OK
+    scheduling_product(
+        &qa,
+        &gate,
+        &[
+            ("DISTRI", "sle"),
+            ("VERSION", "16.0"),
+            ("FLAVOR", "Online"),
+            ("ARCH", "x86_64"),
+            ("SUBMISSION_ID", "git:4102"),
+            ("BUILD", ":git:4102:pkg"),
+        ],
     );
-    qa.sim.set_product_status(product, "scheduling", &[]);
     let job = qa.gitea_job("products/SLFO", 4102, "abc123", "t0");
     let ibs = qa.incident_job(4102, 304102, "t0");
     for j in [job, ibs] {

@@ -33,14 +33,20 @@ async fn setup(policy: &str, request_state: &str) -> Setup {
 }
 
 impl Setup {
-    /// Runs an incident's three jobs to the end with `results` and waits until IBS was told.
-    async fn finish(&self, incident: u64, results: [&str; 3]) -> Vec<u64> {
+    /// Runs an incident's three jobs to the end with `results`, each with its event.
+    fn run(&self, incident: u64, results: [&str; 3]) -> Vec<u64> {
         let jobs: Vec<u64> =
             (0..3).map(|i| self.qa.incident_job(incident, REQUEST, &format!("t{i}"))).collect();
         for (job, result) in jobs.iter().zip(results) {
             self.qa.sim.set_done(*job, result);
             self.gate.job_done(*job, result);
         }
+        jobs
+    }
+
+    /// `run`, then waits until IBS was told.
+    async fn finish(&self, incident: u64, results: [&str; 3]) -> Vec<u64> {
+        let jobs = self.run(incident, results);
         self.delivered().await;
         jobs
     }
@@ -187,11 +193,7 @@ async fn a_second_identical_decision_posts_nothing_new() {
 async fn ibs_down_then_up_reports_exactly_once() {
     let s = setup("accept-onpass", "review").await;
     s.obs.set_down(true);
-    let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7007, REQUEST, &format!("t{i}"))).collect();
-    for job in &jobs {
-        s.qa.sim.set_done(*job, "passed");
-        s.gate.job_done(*job, "passed");
-    }
+    s.run(7007, ["passed"; 3]);
     s.gate.flushed();
     let retried = common::eventually(Duration::from_secs(10), || {
         let d = s.gate.decisions();
@@ -212,11 +214,7 @@ async fn ibs_down_then_up_reports_exactly_once() {
 async fn a_decision_replaced_while_ibs_was_down_is_not_reported() {
     let s = setup("accept-decline", "review").await;
     s.obs.set_down(true);
-    let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7008, REQUEST, &format!("t{i}"))).collect();
-    for (job, result) in jobs.iter().zip(["passed", "failed", "passed"]) {
-        s.qa.sim.set_done(*job, result);
-        s.gate.job_done(*job, result);
-    }
+    let jobs = s.run(7008, ["passed", "failed", "passed"]);
     s.gate.flushed();
     // the failure is fixed before IBS comes back: restart, pass, a new decision
     let (clone, event) = s.qa.sim.restart(jobs[1]).unwrap();
@@ -239,11 +237,7 @@ async fn a_decision_replaced_while_ibs_was_down_is_not_reported() {
 async fn an_approval_held_up_by_ibs_is_not_delivered_once_testing_resumed() {
     let s = setup("accept-onpass", "review").await;
     s.obs.set_down(true);
-    let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7009, REQUEST, &format!("t{i}"))).collect();
-    for job in &jobs {
-        s.qa.sim.set_done(*job, "passed");
-        s.gate.job_done(*job, "passed");
-    }
+    let jobs = s.run(7009, ["passed"; 3]);
     s.gate.flushed();
     assert_eq!(s.gate.decisions().len(), 1);
     // a reviewer restarts a passed job while the approval waits for IBS: testing is not finished
