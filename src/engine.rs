@@ -973,54 +973,25 @@ pub async fn evaluate_with(
         }
     };
     let mut jobs = client.jobs(&asked.iter().copied().collect::<Vec<_>>()).await?;
-    if client.settings_query() == SettingsQuery::ListValueOnly {
-        // without `value=` (openQA before 2025-09-30) the submission's own jobs were found with
-        // `list_value`, which only searches openQA's newest jobs: an older one (a failure nobody
-        // restarted) would be missing. Its build, `:<incident>:<package>`, has no such window. Read
-        // when it can matter: while one of the jobs found runs, nothing is approved anyway.
-        let own: Vec<&Job> = jobs
-            .iter()
-            .filter(|j| crate::incident::parse_build(j.setting("BUILD")) == Some(incident.number))
-            .filter(|j| submissions_of(&j.settings).contains(&incident))
-            .collect();
-        if own.iter().all(|j| j.is_final()) {
-            let mut builds: Vec<String> = own.iter().map(|j| j.setting("BUILD").to_string()).collect();
-            builds.sort_unstable();
-            builds.dedup();
-            let fetched =
-                futures_util::future::try_join_all(builds.iter().map(|b| client.jobs_of_any_product(b)))
-                    .await?;
-            merge_jobs(&mut jobs, &mut asked, fetched.into_iter().flatten());
-        }
-    }
     let link_base = crate::config::link_base(&cfg.openqa_url);
     let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &link_base };
-    // `list_value` only searches openQA's newest jobs, so the newest build of a product may be
-    // listed in part: fetch each such build whole, by BUILD and product, before judging it.
     let mut whole: HashSet<(verdict::Product, String)> = HashSet::new();
+    let mut own_builds_read: HashSet<String> = HashSet::new();
     for round in 0.. {
-        follow_clones(client, &mut jobs, &mut asked).await?;
-        let builds: Vec<(verdict::Product, String)> =
-            verdict::newest_aggregate_builds_of(incident, &jobs, &rules)
-                .into_iter()
-                .filter(|b| !whole.contains(b))
-                .collect();
+        newest_aggregate_builds_whole(client, incident, &rules, &mut jobs, &mut asked, &mut whole).await?;
+        let builds = own_builds_to_read(client, incident, &jobs, &rules, &own_builds_read);
         if builds.is_empty() {
             break;
         }
         if round == MAX_BUILD_ROUNDS {
             return Err(EngineError::Incomplete(format!(
-                "the newest aggregate builds still change after {MAX_BUILD_ROUNDS} rounds"
+                "the submission's own builds still change after {MAX_BUILD_ROUNDS} rounds"
             )));
         }
-        let fetched = futures_util::future::try_join_all(
-            builds
-                .iter()
-                .map(|(product, build)| client.jobs_of_build(build, product.each_ref().map(String::as_str))),
-        )
-        .await?;
+        let fetched =
+            futures_util::future::try_join_all(builds.iter().map(|b| client.jobs_of_any_product(b))).await?;
         merge_jobs(&mut jobs, &mut asked, fetched.into_iter().flatten());
-        whole.extend(builds);
+        own_builds_read.extend(builds);
     }
     let selection = verdict::select_submission(incident, &jobs, &rules);
     let wanted = selection.needs_comments();
@@ -1049,6 +1020,76 @@ pub async fn evaluate_with(
         selection.counted.iter().filter_map(|j| j.t_started.clone().map(|t| (j.id, t))).collect();
     verdict::hold(&mut verdict, waiting, &started);
     Ok(Evaluation { verdict, jobs, relied_comments })
+}
+
+/// The submission's own builds to read whole, by BUILD, before a verdict may be final. Without
+/// `value=` (openQA before 2025-09-30, e.g. Debian 12's 4.6) the own jobs were found with
+/// `list_value`, which only searches openQA's newest `job_settings_max_recent_jobs` jobs: an older
+/// one (a failure nobody restarted) would be missing. Their build, `:<incident>:<package>`, has no
+/// such window. Read whenever the jobs that count have all ended, whatever else was found: a job
+/// that does not count (a Devel group, an older request) must not decide whether the list is
+/// made complete. While a counted job runs nothing is decided, so the read waits for then.
+fn own_builds_to_read(
+    client: &OpenQaClient,
+    incident: Submission,
+    jobs: &[Job],
+    rules: &Rules<'_>,
+    read: &HashSet<String>,
+) -> Vec<String> {
+    if client.settings_query() != SettingsQuery::ListValueOnly {
+        return Vec::new();
+    }
+    let selection = verdict::select_submission(incident, jobs, rules);
+    if !selection.counted.iter().all(|j| j.is_final()) {
+        return Vec::new();
+    }
+    let mut builds: Vec<String> = jobs
+        .iter()
+        .filter(|j| crate::incident::parse_build(j.setting("BUILD")) == Some(incident.number))
+        .filter(|j| submissions_of(&j.settings).contains(&incident))
+        .map(|j| j.setting("BUILD").to_string())
+        .filter(|b| !read.contains(b))
+        .collect();
+    builds.sort_unstable();
+    builds.dedup();
+    builds
+}
+
+/// `list_value` only searches openQA's newest jobs, so the newest build of a product may be
+/// listed in part: each such build is fetched whole, by BUILD and product, before it is judged.
+async fn newest_aggregate_builds_whole(
+    client: &OpenQaClient,
+    incident: Submission,
+    rules: &Rules<'_>,
+    jobs: &mut Vec<Job>,
+    asked: &mut HashSet<u64>,
+    whole: &mut HashSet<(verdict::Product, String)>,
+) -> Result<(), EngineError> {
+    for round in 0.. {
+        follow_clones(client, jobs, asked).await?;
+        let builds: Vec<(verdict::Product, String)> =
+            verdict::newest_aggregate_builds_of(incident, jobs, rules)
+                .into_iter()
+                .filter(|b| !whole.contains(b))
+                .collect();
+        if builds.is_empty() {
+            return Ok(());
+        }
+        if round == MAX_BUILD_ROUNDS {
+            return Err(EngineError::Incomplete(format!(
+                "the newest aggregate builds still change after {MAX_BUILD_ROUNDS} rounds"
+            )));
+        }
+        let fetched = futures_util::future::try_join_all(
+            builds
+                .iter()
+                .map(|(product, build)| client.jobs_of_build(build, product.each_ref().map(String::as_str))),
+        )
+        .await?;
+        merge_jobs(jobs, asked, fetched.into_iter().flatten());
+        whole.extend(builds);
+    }
+    Ok(())
 }
 
 /// Adds `fetched` to `jobs`, a job already there replaced by its newer answer.

@@ -132,6 +132,9 @@ struct Inner {
     requests: AtomicU64,
     /// What `job_settings/jobs` understands, learnt from the first answer (see [`SettingsQuery`]).
     settings_query: AtomicU8,
+    /// The most rows one list answer of openQA held: its `generic_max_limit` is at least that, so a
+    /// `job_settings/jobs?value=` answer with fewer rows was not cut (see `prove_uncut`).
+    rows_seen: AtomicU64,
 }
 
 /// How `job_settings/jobs` is asked for an exact value. openQA before the array job settings
@@ -224,6 +227,7 @@ impl OpenQaClient {
                 concurrency,
                 requests: AtomicU64::new(0),
                 settings_query: AtomicU8::new(0),
+                rows_seen: AtomicU64::new(0),
             }),
             retry: RetryPolicy::default(),
         })
@@ -271,6 +275,7 @@ impl OpenQaClient {
                 let limit = IDS_PER_REQUEST.to_string();
                 let query = [("ids", ids.as_str()), ("limit", limit.as_str())];
                 let (list, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+                self.saw_rows(list.jobs.len());
                 if link.as_deref().is_some_and(link_has_next) {
                     let asked = ids.split(',').count();
                     return Err(ApiError::Malformed {
@@ -315,6 +320,7 @@ impl OpenQaClient {
                             ),
                         });
                     }
+                    self.prove_uncut(key, ids.len()).await?;
                     return Ok(dedupe(ids));
                 }
                 Err(ApiError::Status { status: 400, ref message, .. })
@@ -331,6 +337,40 @@ impl OpenQaClient {
         }
         let ids = self.job_settings_jobs(&[("key", key), ("list_value", value)]).await?;
         Ok(dedupe(ids))
+    }
+
+    fn saw_rows(&self, rows: usize) {
+        self.inner.rows_seen.fetch_max(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Proves that a `job_settings/jobs?value=` answer of `rows` rows was not cut. openQA answers
+    /// at most `min(generic_max_limit, limit)` rows, newest first, and says nothing when it cut
+    /// (no `Link` header): `rows` below the limit asked for proves nothing while the admin's
+    /// `generic_max_limit` is unknown. Every list route is clamped to the same limit, so an answer
+    /// of more rows than `rows` anywhere proves it; when none was seen yet, `GET
+    /// /api/v1/jobs?limit=<rows+1>` is asked once (remembered for the client's life): fewer jobs
+    /// with a next page means the limit is `rows`, and the settings answer was cut.
+    async fn prove_uncut(&self, key: &str, rows: usize) -> Result<(), ApiError> {
+        if rows == 0 || (rows as u64) < self.inner.rows_seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let limit = (rows + 1).to_string();
+        let (page, link) = self.get_page::<JobList>("/api/v1/jobs", &[("limit", limit.as_str())]).await?;
+        let jobs = page.jobs;
+        self.saw_rows(jobs.len());
+        // more jobs than the answer had rows, or (a `Link` header naming no next page) every job
+        // of the instance: nothing was left out
+        if jobs.len() > rows || link.as_deref().is_some_and(|l| !link_has_next(l)) {
+            return Ok(());
+        }
+        Err(ApiError::Malformed {
+            route: format!("GET /api/v1/job_settings/jobs?key={key}"),
+            detail: format!(
+                "{rows} rows, and openQA answers no list longer than {} (its [misc_limits] \
+                 generic_max_limit): older jobs may be missing; raise generic_max_limit",
+                jobs.len()
+            ),
+        })
     }
 
     /// What this client learnt about `job_settings/jobs` (shown in status output).
@@ -402,6 +442,7 @@ impl OpenQaClient {
                 query.push(("before", b.as_str()));
             }
             let (page, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+            self.saw_rows(page.jobs.len());
             let lowest = page.jobs.iter().map(|j| j.id).min();
             let route = || shown_route("GET", "/api/v1/jobs", &auth::encode_query(&query));
             if let (Some(lowest), Some(before)) = (lowest, before) {
@@ -463,6 +504,7 @@ impl OpenQaClient {
             query.push(("before", b));
         }
         let (page, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+        self.saw_rows(page.jobs.len());
         let more = match link {
             Some(link) => link_has_next(&link),
             None => page.jobs.len() >= limit,
