@@ -137,6 +137,34 @@ pub enum Delivery {
     Denied(String, i64),
 }
 
+/// Asked inside a delivery right before an action that cannot be taken back (accepting or
+/// declining an IBS review, approving a pull request, requesting changes): a fresh evaluation
+/// against openQA must reach the same decision, and it must still be the submission's latest.
+/// `Err` is what the delivery ends with instead (withheld as superseded, or retried when openQA
+/// could not be asked). The world changes between a decision and its delivery: a job restarted
+/// while IBS was down, a waiver edited, no event reaching a hook.
+pub trait Recheck: Sync {
+    fn recheck<'a>(
+        &'a self,
+        submission: crate::incident::Submission,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Delivery>>;
+}
+
+/// No check: for callers that deliver a decision they made themselves a moment ago on purpose
+/// (the reporters' own tests).
+pub struct Unchecked;
+
+impl Recheck for Unchecked {
+    fn recheck<'a>(
+        &'a self,
+        _: crate::incident::Submission,
+        _: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Delivery>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

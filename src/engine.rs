@@ -165,6 +165,9 @@ struct Stats {
     decisions: AtomicU64,
     duplicate_decisions: AtomicU64,
     stale_decisions: AtomicU64,
+    /// Fresh evaluations right before an irreversible report, and the reports they withheld.
+    rechecks: AtomicU64,
+    withheld: AtomicU64,
     catchups: AtomicU64,
     catchup_ended_jobs: AtomicU64,
     catchup_unheard_jobs: AtomicU64,
@@ -341,6 +344,8 @@ impl Core {
             "decisions": s.decisions.load(Relaxed),
             "duplicate_decisions": s.duplicate_decisions.load(Relaxed),
             "stale_decisions": s.stale_decisions.load(Relaxed),
+            "rechecks": s.rechecks.load(Relaxed),
+            "withheld_reports": s.withheld.load(Relaxed),
             "openqa_requests": self.client.requests_made(),
             "busy": self.busy.load(Relaxed),
             "job_cache_bytes": self.job_incidents.lock().unwrap_or_else(|p| p.into_inner()).bytes,
@@ -903,6 +908,52 @@ impl Core {
             .min();
         let settled = (verdict.result.is_final() && verdict.complete).then_some(ticket);
         Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect(), recheck_in, settled })
+    }
+}
+
+/// The check at the point of no return: one fresh evaluation, recorded like any other (a new
+/// verdict becomes the new decision and takes over), and the report goes ahead only while the
+/// decision it carries is still the submission's latest.
+impl crate::decision::Recheck for Core {
+    fn recheck<'a>(
+        &'a self,
+        submission: Submission,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::decision::Delivery>> {
+        use crate::decision::Delivery;
+        Box::pin(async move {
+            self.stats.rechecks.fetch_add(1, Relaxed);
+            let verdict = match self.decide_with_ticket(submission).await {
+                Ok((verdict, _)) => verdict,
+                Err(e) => {
+                    if !e.is_transient() {
+                        self.refused(&e, format!("{submission}: the check before reporting"));
+                    }
+                    return Err(Delivery::Retry(format!(
+                        "cannot evaluate {submission} again before reporting: {e}"
+                    )));
+                }
+            };
+            let latest = match self.store.is_latest(submission, key) {
+                Ok(latest) => latest,
+                Err(e) => return Err(Delivery::Retry(e.to_string())),
+            };
+            if latest && verdict.result.is_final() {
+                return Ok(());
+            }
+            self.stats.withheld.fetch_add(1, Relaxed);
+            let now = if verdict.result.is_final() {
+                format!(
+                    "is {} now (decision {})",
+                    verdict.result.as_str(),
+                    crate::decision::decision_key(&verdict)
+                )
+            } else {
+                format!("is pending again ({})", waiting_for(&verdict).1)
+            };
+            tracing::info!("{submission}: decision {key} withheld: a fresh evaluation {now}");
+            Err(Delivery::Final(format!("withheld: a fresh evaluation right before reporting {now}")))
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::amqp::publish::Publisher;
 use crate::config::Config;
-use crate::decision::Delivery;
+use crate::decision::{Delivery, Recheck};
 use crate::engine::Core;
 use crate::gitea::{GiteaClient, PrReport};
 use crate::obs::client::ObsClient;
@@ -34,13 +34,14 @@ impl Deliverer {
         }
     }
 
-    async fn deliver(&mut self, item: &OutboxItem) -> Delivery {
+    /// `recheck` is asked right before an action that cannot be taken back (see [`Recheck`]).
+    async fn deliver(&mut self, item: &OutboxItem, recheck: &dyn Recheck) -> Delivery {
         match self {
             Deliverer::Amqp(p) => p.deliver(&item.decision).await,
             Deliverer::Obs(Ok(client), cfg) => {
                 // well inside the item's lease, so no other process takes it over meanwhile
                 let limit = Duration::from_secs(crate::store::LEASE_S as u64 / 2);
-                let report = crate::obs::reporter::deliver(client, cfg, &item.decision);
+                let report = crate::obs::deliver_checked(client, cfg, &item.decision, recheck);
                 match tokio::time::timeout(limit, report).await {
                     Ok(outcome) => outcome,
                     Err(_) => Delivery::Retry(format!("IBS did not finish within {limit:?}")),
@@ -52,7 +53,8 @@ impl Deliverer {
                     return Delivery::Final("not a Gitea pull request, or no repository known".into());
                 };
                 let limit = Duration::from_secs(crate::store::LEASE_S as u64 / 2);
-                match tokio::time::timeout(limit, crate::gitea::deliver(client, cfg, &report)).await {
+                let report = crate::gitea::deliver_checked(client, cfg, &report, recheck);
+                match tokio::time::timeout(limit, report).await {
                     Ok(outcome) => outcome,
                     Err(_) => Delivery::Retry(format!("Gitea did not finish within {limit:?}")),
                 }
@@ -128,7 +130,7 @@ async fn deliver_due(core: &Core, sink: Sink, deliverer: &mut Deliverer) -> usiz
         let mut lease = Lease { store: core.store(), item: &item, settled: false };
         let outcome = match superseded(core, &item, sink) {
             Some(outcome) => outcome,
-            None => deliver_one(deliverer, &item, sink).await,
+            None => deliver_one(deliverer, &item, sink, core).await,
         };
         match core.store().complete(&item, &outcome) {
             Ok(()) => lease.settled = true,
@@ -222,9 +224,14 @@ fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
     }
 }
 
-async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {
+async fn deliver_one(
+    deliverer: &mut Deliverer,
+    item: &OutboxItem,
+    sink: Sink,
+    recheck: &dyn Recheck,
+) -> Delivery {
     let incident = item.decision.verdict.submission();
-    let outcome = deliverer.deliver(item).await;
+    let outcome = deliverer.deliver(item, recheck).await;
     match &outcome {
         Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
         Delivery::Final(m) => {

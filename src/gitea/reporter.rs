@@ -12,7 +12,8 @@
 use super::client::{Comment, GiteaClient, GiteaError, Review, ReviewEvent};
 use super::report::{self, parse_marker};
 use crate::config::{Config, ReviewPolicy};
-use crate::decision::Delivery;
+use crate::decision::{Delivery, Recheck, Unchecked};
+use crate::incident::Submission;
 use crate::verdict::{BlockingJob, Counts, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -125,8 +126,20 @@ fn would(policy: ReviewPolicy, result: Outcome, request_changes: bool) -> &'stat
     }
 }
 
-/// Reports `r` on its pull request. Never panics, never shows the token.
+/// Reports `r` on its pull request without the check at the point of no return
+/// ([`deliver_checked`] with [`Unchecked`]).
 pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delivery {
+    deliver_checked(client, cfg, r, &Unchecked).await
+}
+
+/// Reports `r` on its pull request; `recheck` is asked right before approving or requesting
+/// changes. Never panics, never shows the token.
+pub async fn deliver_checked(
+    client: &GiteaClient,
+    cfg: &Config,
+    r: &PrReport,
+    recheck: &dyn Recheck,
+) -> Delivery {
     let pr = r.label();
     let (bot, team) = (cfg.gitea_review_bot.as_str(), cfg.gitea_review_team.as_str());
     if !r.result.is_final() {
@@ -204,6 +217,9 @@ pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delive
                 Ok(what) => what,
                 Err(e) => return failed(&format!("{pr}: results comment"), &e),
             };
+            if let Err(withheld) = recheck.recheck(Submission::gitea(r.number), &r.key).await {
+                return withheld;
+            }
             match client.post_comment(&r.owner, &r.repo, r.number, &report::approval_comment(bot, r)).await {
                 Ok(_) => {
                     tracing::info!(pr = r.number, sha, "approved through @{bot}");
@@ -230,6 +246,9 @@ pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delive
             });
             if !wants_changes || requested {
                 return done_or_final(format!("{pr}: {what}"));
+            }
+            if let Err(withheld) = recheck.recheck(Submission::gitea(r.number), &r.key).await {
+                return withheld;
             }
             let body = report::results_comment(r, None);
             match client

@@ -8,7 +8,7 @@
 use super::client::{CheckState, ObsClient, ObsError, ReviewDecision};
 use super::report::{self, parse_marker};
 use crate::config::{Config, ReviewPolicy};
-use crate::decision::{Decision, Delivery};
+use crate::decision::{Decision, Delivery, Recheck, Unchecked};
 use crate::verdict::Outcome;
 
 /// The name of our status check on the request.
@@ -65,9 +65,21 @@ fn failed(what: &str, e: &ObsError) -> Delivery {
     }
 }
 
-/// Reports `decision` on its release request. Never panics, never shows a credential.
+/// Reports `decision` on its release request without the check at the point of no return
+/// ([`deliver_checked`] with [`Unchecked`]).
 pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> Delivery {
-    match deliver_once(client, cfg, decision).await {
+    deliver_checked(client, cfg, decision, &Unchecked).await
+}
+
+/// Reports `decision` on its release request; `recheck` is asked right before the review is
+/// accepted or declined. Never panics, never shows a credential.
+pub async fn deliver_checked(
+    client: &ObsClient,
+    cfg: &Config,
+    decision: &Decision,
+    recheck: &dyn Recheck,
+) -> Delivery {
+    match deliver_once(client, cfg, decision, recheck).await {
         Delivery::Denied(m, _) => {
             let wait = cfg.obs_denied_retry_s;
             Delivery::Denied(format!("{m} (retrying every {wait} s)"), (wait as i64).saturating_mul(1000))
@@ -76,7 +88,12 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
     }
 }
 
-async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> Delivery {
+async fn deliver_once(
+    client: &ObsClient,
+    cfg: &Config,
+    decision: &Decision,
+    recheck: &dyn Recheck,
+) -> Delivery {
     let v = &decision.verdict;
     let group = cfg.review_group.as_str();
     let Some(rr) = v.request else {
@@ -150,6 +167,11 @@ async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> 
             ReviewDecision::Declined => ("decline", "declined"),
             ReviewDecision::Reopened => ("reopen", "reopened"),
         };
+        if matches!(newstate, ReviewDecision::Accepted | ReviewDecision::Declined) {
+            if let Err(withheld) = recheck.recheck(v.submission(), &decision.key).await {
+                return withheld;
+            }
+        }
         match client.change_review(rr, newstate, group, &message).await {
             Ok(()) => {
                 tracing::info!(incident = v.incident, request = rr, "{past} the {group} review");
