@@ -28,6 +28,14 @@ my $w = new_world(base => 50000);
 my $with = IGTest::RealOpenQA->start(workers => $workers, plugin => 1, amqp => 0, exchange => $w->{exchange}, prefix => $w->{prefix},
     ini => {incident_gate => {library => library(), %{$w->gate_section(undef)}}});
 my $without = IGTest::RealOpenQA->start(workers => $workers, amqp => 0, exchange => $w->{exchange}, prefix => "$w->{prefix}-plain");
+# IG_LIBRARY_BEFORE: a third instance with another build of the library (an earlier commit), the same
+# requests alternating: before and after side by side in one run
+my $before_lib = $ENV{IG_LIBRARY_BEFORE};
+my $earlier = $before_lib && IGTest::RealOpenQA->start(workers => $workers, plugin => 1, amqp => 0, exchange => $w->{exchange},
+    prefix => "$w->{prefix}-before", ini => {incident_gate => {library => $before_lib, %{$w->gate_section(undef)}}});
+# each instance's incidents have their own numbers and release requests (in review, so that every
+# pass is an accept on IBS, the irreversible action)
+my %offset = (with => 0, before => 20000);
 
 sub pct {
     my ($p, $v) = @_;
@@ -40,6 +48,7 @@ sub ms { sprintf '%.2f ms', $_[0] * 1000 }
 sub status ($oq) { $oq->api(GET => '/api/v1/incident_gate/internals')->{engine} // {} }
 
 sub jobs ($oq, $i) {
+    $w->release_request(400000 + $i);
     my $g = IGTest::Scenarios::incidents_group($oq);
     map {
         $oq->create_job(TEST => "t$_", BUILD => ":$i:pkg", INCIDENT_ID => $i, RRID => "SUSE:Maintenance:$i:" . (400000 + $i),
@@ -64,38 +73,51 @@ sub timed_done ($oq, $id) {
     return time - $t0;
 }
 
-# warm both instances (database caches, the library's engine start in the plugin's worker)
-for my $oq ($with, $without) { timed_done($oq, $_) for jobs($oq, 49999) }
+# warm the instances (database caches, the library's engine start in the plugin's worker)
+for my $oq (grep {$_} $with, $without, $earlier) { timed_done($oq, $_) for jobs($oq, 49999) }
 $w->await_done(49999, 1, 30) or die "no decision during warm-up\n";
-my $before = status($with);
+my %status_before = (with => status($with), $earlier ? (before => status($earlier)) : ());
 my %rss_before = (with => rss($with), without => rss($without));
 
-my (@cost_with, @cost_without, @latency);
+# the last job: wait for the incident's decision on the broker, polling without pause
+sub await_decision ($i, $t0) {
+    my $deadline = $t0 + 30;
+    while (time < $deadline) {
+        my $m = $w->{amqp}->get(1, 0) or next;
+        my $j = eval { decode_json($m->{body}) } // {};
+        return time - $t0 if ($j->{incident} // 0) == $i && $m->{routing_key} =~ /incident\.done$/;
+    }
+    die "no incident.done for $i within 30 s\n";
+}
+
+my (@cost_with, @cost_without, %latency);
+my %plugged = (with => $with, $earlier ? (before => $earlier) : ());
 for my $k (1 .. $incidents) {
     my $i = 50000 + $k;
-    my @a = jobs($with, $i);
+    my %jobs = map { ($_ => [jobs($plugged{$_}, $i + $offset{$_})]) } keys %plugged;
     my @b = jobs($without, $i);
-    for my $n (0 .. $#a) {
+    for my $n (0 .. $#b) {
         push @cost_without, timed_done($without, $b[$n]);
-        my $t0 = time;
-        push @cost_with, timed_done($with, $a[$n]);
-        next unless $n == $#a;
-        # the last job: wait for the incident's decision on the broker, polling without pause
-        my $deadline = $t0 + 30;
-        my $got;
-        while (!$got && time < $deadline) {
-            my $m = $w->{amqp}->get(1, 0) or next;
-            my $j = eval { decode_json($m->{body}) } // {};
-            $got = ($j->{incident} // 0) == $i && $m->{routing_key} =~ /incident\.done$/;
+        for my $which (sort keys %plugged) {
+            my $t0 = time;
+            my $cost = timed_done($plugged{$which}, $jobs{$which}[$n]);
+            push @cost_with, $cost if $which eq 'with';
+            push @{$latency{$which}}, await_decision($i + $offset{$which}, $t0) if $n == $#b;
         }
-        die "no incident.done for $i within 30 s\n" unless $got;
-        push @latency, time - $t0;
     }
 }
-my $after = status($with);
+# the IBS reports (and, after issue 20, their checks against openQA) go on after incident.done
+for my $which (sort keys %plugged) {
+    my $last = 400000 + 50000 + $incidents + $offset{$which};
+    $w->await_review($last, 'accepted', 60) or die "$which: the last review was not accepted\n";
+}
+sleep 2;
+my %status_after = map { ($_ => status($plugged{$_})) } keys %plugged;
 my %rss_after = (with => rss($with), without => rss($without));
-my $decisions = ($after->{decisions} // 0) - ($before->{decisions} // 0);
-my $requests = ($after->{openqa_requests} // 0) - ($before->{openqa_requests} // 0);
+sub delta ($which, $what) { ($status_after{$which}{$what} // 0) - ($status_before{$which}{$what} // 0) }
+my @latency = @{$latency{with}};
+my $decisions = delta(with => 'decisions');
+my $requests = delta(with => 'openqa_requests');
 
 my ($mw, $mo) = (pct(50, \@cost_with), pct(50, \@cost_without));
 say '## Against a real openQA web UI (Debian 12 `openqa`, ',
@@ -111,7 +133,17 @@ say '| plugin cost on `set_done` | ', sprintf('%+.1f %%', 100 * ($mw - $mo) / $m
 say '| last `set_done` sent -> `incident.done` consumed | ', ms(pct(50, \@latency)), ' | ', ms(pct(99, \@latency)), ' |';
 say '';
 say "openQA requests by the library: $requests for $decisions decisions (", sprintf('%.2f', $requests / ($decisions || 1)),
-  ' per decision).';
+  ' per decision, ', delta(with => 'rechecks'), ' checks right before an accept).';
+if ($earlier) {
+    say '';
+    say "Side by side in the same run, the library of `IG_LIBRARY_BEFORE` ($before_lib):\n";
+    say '| library | last `set_done` -> `incident.done` median | p99 | openQA requests per decision |';
+    say '| --- | --- | --- | --- |';
+    for my $which (qw(before with)) {
+        say sprintf('| %s | %s | %s | %.2f |', $which eq 'with' ? 'this build' : 'before', ms(pct(50, $latency{$which})),
+            ms(pct(99, $latency{$which})), delta($which, 'openqa_requests') / (delta($which, 'decisions') || 1));
+    }
+}
 say '';
 say '| resident memory of the web UI', ($workers ? ' (manager and workers)' : ' process'), ' | after warm-up | after the run |';
 say '| --- | --- | --- |';

@@ -18,7 +18,7 @@ use IGTest qw(start_sim unique library);
 use IGTest::RealOpenQA;
 use IGTest::AMQP;
 
-our @EXPORT_OK = qw(new_world run_scenarios plugin_suite);
+our @EXPORT_OK = qw(new_world run_scenarios plugin_suite incident_job group);
 
 # How long "nothing more arrives" is watched for. Decisions follow the last job within
 # milliseconds on loopback; this only has to outlast a slow CI machine.
