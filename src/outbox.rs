@@ -95,7 +95,7 @@ pub fn pr_report(cfg: &Config, d: &crate::decision::Decision) -> Option<PrReport
         complete: v.complete,
         jobs: v.jobs.clone(),
         blocking: v.blocking.clone(),
-        overview_url: format!("{}/tests/overview?build=:git:{}", d.openqa, v.incident),
+        builds: d.builds.clone(),
         page_url: crate::decision::page_url(&d.openqa, v.submission()),
         openqa: d.openqa.clone(),
         key: d.key.clone(),
@@ -130,6 +130,7 @@ async fn deliver_due(core: &Core, sink: Sink, deliverer: &mut Deliverer) -> usiz
             Some(outcome) => outcome,
             None => deliver_one(deliverer, &item, sink).await,
         };
+        let outcome = bound_wait(core.config(), &item.decision.decided_at, crate::store::now_ms(), outcome);
         match core.store().complete(&item, &outcome) {
             Ok(()) => lease.settled = true,
             Err(e) => tracing::warn!("outbox ({}): cannot record delivery: {e}", sink.as_str()),
@@ -225,16 +226,24 @@ fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
 async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {
     let incident = item.decision.verdict.submission();
     let outcome = deliverer.deliver(item).await;
+    // a refusal or a wait that says what the previous attempt said is logged once, not every
+    // `gitea_denied_retry_s` / `reconcile_interval_s` for days
+    let again = item.last_outcome.as_deref() == Some(outcome.text());
     match &outcome {
         Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
         Delivery::Final(m) => {
             tracing::info!("incident {incident} → {}: nothing more to do: {m}", sink.as_str())
+        }
+        Delivery::Denied(m, _) if again => {
+            tracing::debug!("incident {incident} → {}: still refused: {m}", sink.as_str())
         }
         Delivery::Denied(m, _) => tracing::error!(
             "incident {incident} → {}: attempt {} refused, will retry: {m}",
             sink.as_str(),
             item.attempts + 1
         ),
+        Delivery::Waiting(m, _) if again => tracing::debug!("incident {incident} → {}: {m}", sink.as_str()),
+        Delivery::Waiting(m, _) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
         Delivery::Retry(m) => tracing::warn!(
             "incident {incident} → {}: attempt {} failed, will retry: {m}",
             sink.as_str(),
@@ -242,4 +251,60 @@ async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -
         ),
     }
     outcome
+}
+
+/// A report waiting for the other side is tried again every `reconcile_interval_s` (so it goes out
+/// within one interval of the review being asked for) until `review_wait_max_s` after its
+/// decision; then it is given up, saying what it waited for. `now_ms`: the clock, for tests.
+pub fn bound_wait(cfg: &Config, decided_at: &str, now_ms: i64, outcome: Delivery) -> Delivery {
+    let Delivery::Waiting(what, _) = outcome else {
+        return outcome;
+    };
+    let decided_ms = humantime::parse_rfc3339(decided_at)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now_ms, |d| d.as_millis() as i64);
+    let max_ms = (cfg.review_wait_max_s as i64).saturating_mul(1000);
+    if now_ms.saturating_sub(decided_ms) >= max_ms {
+        return Delivery::Final(format!(
+            "gave up after waiting {} s (review_wait_max_s) since the decision: {what}",
+            cfg.review_wait_max_s
+        ));
+    }
+    Delivery::Waiting(what, (cfg.reconcile_interval_s as i64).saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECIDED: &str = "2026-11-24T17:00:00Z";
+    const DECIDED_MS: i64 = 1_795_539_600_000;
+
+    #[test]
+    fn a_wait_is_retried_every_reconcile_interval_until_review_wait_max_s() {
+        assert_eq!(
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(DECIDED_MS as u64)
+            )
+            .to_string(),
+            DECIDED
+        );
+        let cfg = Config { reconcile_interval_s: 120, review_wait_max_s: 3600, ..Config::default() };
+        let waiting = || Delivery::Waiting("PR o/r#1: the QAM review is stale".into(), 0);
+        assert_eq!(
+            bound_wait(&cfg, DECIDED, DECIDED_MS + 3_599_000, waiting()),
+            Delivery::Waiting("PR o/r#1: the QAM review is stale".into(), 120_000)
+        );
+        assert_eq!(
+            bound_wait(&cfg, DECIDED, DECIDED_MS + 3_600_000, waiting()),
+            Delivery::Final(
+                "gave up after waiting 3600 s (review_wait_max_s) since the decision: PR o/r#1: the QAM review is stale"
+                    .into()
+            )
+        );
+        // everything else passes unchanged
+        let denied = Delivery::Denied("401".into(), 600_000);
+        assert_eq!(bound_wait(&cfg, DECIDED, DECIDED_MS + 9_999_999, denied.clone()), denied);
+    }
 }
