@@ -226,9 +226,7 @@ fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
 async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {
     let incident = item.decision.verdict.submission();
     let outcome = deliverer.deliver(item).await;
-    // a refusal or a wait that says what the previous attempt said is logged once, not every
-    // `gitea_denied_retry_s` / `reconcile_interval_s` for days
-    let again = item.last_outcome.as_deref() == Some(outcome.text());
+    let again = repeats(item.last_outcome.as_deref(), &outcome);
     match &outcome {
         Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
         Delivery::Final(m) => {
@@ -251,6 +249,12 @@ async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -
         ),
     }
     outcome
+}
+
+/// A refusal or a wait that says what the previous attempt said: logged once (at error, info),
+/// not again every `*_denied_retry_s` / `reconcile_interval_s` for days.
+fn repeats(last: Option<&str>, outcome: &Delivery) -> bool {
+    matches!(outcome, Delivery::Denied(..) | Delivery::Waiting(..)) && last == Some(outcome.text())
 }
 
 /// A report waiting for the other side is tried again every `reconcile_interval_s` (so it goes out
@@ -303,6 +307,12 @@ mod tests {
                     .into()
             )
         );
+        // logged once: the same refusal or wait again is not logged again
+        let denied = Delivery::Denied("PR o/r#1: Gitea answered 403".into(), 600_000);
+        assert!(!repeats(None, &denied) && !repeats(Some("Gitea answered 503"), &denied));
+        assert!(repeats(Some("PR o/r#1: Gitea answered 403"), &denied));
+        assert!(repeats(Some("PR o/r#1: the QAM review is stale"), &waiting()));
+        assert!(!repeats(Some("x"), &Delivery::Retry("x".into())), "a passing fault is logged each time");
         // everything else passes unchanged
         let denied = Delivery::Denied("401".into(), 600_000);
         assert_eq!(bound_wait(&cfg, DECIDED, DECIDED_MS + 9_999_999, denied.clone()), denied);

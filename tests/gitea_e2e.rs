@@ -134,6 +134,19 @@ async fn the_failure_comment_is_updated_in_place_when_results_change() {
         first[0].body
     );
     assert_eq!(s.approvals(SHA1), 0);
+    // links that open: the pull request's page, and openQA's overview of the jobs' build (openQA
+    // matches `build` exactly; `:git:124` alone matches none)
+    assert!(
+        first[0].body.contains(&format!("({}/incident%5Fgate/git:124)", s.qa.url())),
+        "{}",
+        first[0].body
+    );
+    assert!(
+        first[0].body.contains(&format!("[:git:124:pkg]({}/tests/overview?build=:git:124:pkg)", s.qa.url())),
+        "{}",
+        first[0].body
+    );
+    assert!(!first[0].body.contains("build=:git:124)"), "{}", first[0].body);
 
     // the failed job is restarted and fails again: a new decision, the same comment edited
     let (clone, _) = s.qa.sim.restart(jobs[1]).unwrap();

@@ -518,3 +518,103 @@ async fn the_token_is_sent_but_never_shown() {
         "Gitea answered 401 to POST /repos/products/SLFO/issues/124/comments: token is required"
     );
 }
+
+fn scoped(scopes: &[&str]) -> GiteaSimConfig {
+    let mut cfg = GiteaSimConfig::new(TOKEN, ME);
+    cfg.scopes.insert(TOKEN.into(), scopes.iter().map(|s| s.to_string()).collect());
+    cfg
+}
+
+/// A scoped token with the repository and issue scopes but not `read:user` (Gitea answers
+/// `GET /user` 403): the reporter still comments and approves, asks `/user` once per client,
+/// and knows its results comment by the marker line it begins with, so it is edited in place.
+#[tokio::test]
+async fn a_token_that_may_not_read_its_user_still_reports_and_edits_its_comment() {
+    let sim = sim_with(scoped(&["write:issue", "read:repository"])).await;
+    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    // a person quoting our marker is not us
+    let quoted = format!(
+        "> {}\nwhy?",
+        incident_gate::gitea::report::marker_line(&report(Outcome::Failed, SHA1, &[1]))
+    );
+    sim.add_comment(REPO, PR, "someone", &quoted);
+    let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
+    let e = c.me().await;
+    assert_eq!(e, Ok(None), "403 on /user is no error");
+    let d = deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[1, 2])).await;
+    assert!(is_done(&d) && text(&d).contains("results comment posted"), "{d:?}");
+    // another process (a new client) does not know who it is either: the marker tells
+    let other = client(&sim, TOKEN);
+    let d = deliver(&other, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert!(
+        is_done(&d) && text(&d).contains("approved commit") && text(&d).contains("results comment updated"),
+        "{d:?}"
+    );
+    let ours = results_comments(&sim).into_iter().filter(|c| c.user == ME).collect::<Vec<_>>();
+    assert_eq!(ours.len(), 1, "edited in place, not posted again: {:?}", sim.comments(REPO, PR));
+    assert!(ours[0].body.contains("passed**"), "{}", ours[0].body);
+    assert_eq!(approvals(&sim, SHA1).len(), 1);
+    assert!(sim.comments(REPO, PR).iter().any(|c| c.body == quoted), "the quote is left alone");
+    assert_eq!(sim.count("PATCH", "/"), 1);
+    assert_eq!(sim.count("DELETE", "/"), 0);
+    assert_eq!(sim.count("GET", "/user"), 2, "once per client");
+
+    // with gitea_user configured, /user is never asked
+    sim.clear_received();
+    let named = client(&sim, TOKEN).with_user(ME);
+    let d = deliver(&named, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert!(text(&d).contains("already approved"), "{d:?}");
+    assert_eq!(sim.count("GET", "/user"), 0);
+}
+
+/// Gitea refusing what our token may do (a scope it lacks: 403) is no answer about the pull
+/// request: retried every `gitea_denied_retry_s`, and it says what was refused.
+#[tokio::test]
+async fn a_refused_scope_is_denied_and_retried_not_dropped() {
+    let sim = sim_with(scoped(&["read:repository", "read:issue", "read:user"])).await;
+    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    let (c, mut cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
+    cfg.gitea_denied_retry_s = 60;
+    let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert_eq!(
+        d,
+        Delivery::Denied(
+            "PR products/SLFO#124: posting the approval comment: Gitea refused our token or its permissions: Gitea answered 403 to POST /repos/products/SLFO/issues/124/comments: token does not have at least one of required scope(s): [write:issue] (retrying every 60 s)".into(),
+            60_000
+        )
+    );
+    assert!(approvals(&sim, SHA1).is_empty());
+}
+
+/// Gitea API calls per delivered decision: a pass is 4 (pull, reviews, comments, the approval);
+/// a pass after a failure comment is 5 (the comment edited too); `GET /user` at most once per
+/// process, none with `gitea_user`. A wait costs 2 per `reconcile_interval_s`.
+#[tokio::test]
+async fn gitea_calls_per_delivered_decision() {
+    let sim = new_sim().await;
+    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    let (c, cfg) = (client(&sim, TOKEN).with_user(ME), config(&sim, ReviewPolicy::AcceptOnpass));
+    sim.clear_received();
+    assert!(is_done(&deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await));
+    assert_eq!(sim.received().len(), 4, "{:?}", sim.received());
+
+    let sim = new_sim().await;
+    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    let c = client(&sim, TOKEN).with_user(ME);
+    assert!(is_done(&deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[1])).await));
+    sim.clear_received();
+    let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert!(text(&d).contains("results comment updated"), "{d:?}");
+    assert_eq!(sim.received().len(), 5, "{:?}", sim.received());
+
+    let sim = new_sim().await;
+    let c = client(&sim, TOKEN).with_user(ME);
+    sim.clear_received();
+    assert!(matches!(deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await, Delivery::Waiting(..)));
+    assert_eq!(
+        sim.received().len(),
+        2,
+        "a wait reads the pull request and its reviews: {:?}",
+        sim.received()
+    );
+}
