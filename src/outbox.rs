@@ -128,9 +128,8 @@ async fn deliver_due(core: &Core, sink: Sink, deliverer: &mut Deliverer) -> usiz
         let mut lease = Lease { store: core.store(), item: &item, settled: false };
         let outcome = match superseded(core, &item, sink) {
             Some(outcome) => outcome,
-            None => deliver_one(deliverer, &item, sink).await,
+            None => deliver_one(core.config(), deliverer, &item, sink).await,
         };
-        let outcome = bound_wait(core.config(), &item.decision.decided_at, crate::store::now_ms(), outcome);
         match core.store().complete(&item, &outcome) {
             Ok(()) => lease.settled = true,
             Err(e) => tracing::warn!("outbox ({}): cannot record delivery: {e}", sink.as_str()),
@@ -223,12 +222,16 @@ fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
     }
 }
 
-async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {
+async fn deliver_one(cfg: &Config, deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {
     let incident = item.decision.verdict.submission();
     let outcome = deliverer.deliver(item).await;
+    let waited = matches!(outcome, Delivery::Waiting(..));
+    let outcome = bound_wait(cfg, &item.decision.decided_at, crate::store::now_ms(), outcome);
     let again = repeats(item.last_outcome.as_deref(), &outcome);
     match &outcome {
         Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
+        // not reported after all: someone may have to look why the review never came
+        Delivery::Final(m) if waited => tracing::warn!("incident {incident} → {}: {m}", sink.as_str()),
         Delivery::Final(m) => {
             tracing::info!("incident {incident} → {}: nothing more to do: {m}", sink.as_str())
         }

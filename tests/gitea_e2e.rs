@@ -241,6 +241,24 @@ async fn a_pass_before_the_review_is_requested_again_is_approved_once_it_is() {
     assert_eq!(s.approvals(SHA1), 0);
 }
 
+/// The wait is bounded: after `review_wait_max_s` the report ends, saying what it waited for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_for_the_review_ends_after_review_wait_max_s() {
+    let s = setup_with(|cfg| cfg["review_wait_max_s"] = 0.into()).await;
+    s.gitea.push(REPO, PR, SHA2);
+    let jobs = s.pr_jobs(SHA2, 1);
+    s.finish(&jobs, &["passed"]);
+    s.delivered().await;
+    let d = s.gate.decisions();
+    let gitea = d[0]["deliveries"].as_array().unwrap().iter().find(|x| x["sink"] == "gitea").unwrap().clone();
+    assert_eq!(gitea["state"], "final", "{gitea}");
+    assert_eq!(
+        gitea["outcome"],
+        "gave up after waiting 0 s (review_wait_max_s) since the decision: PR products/SLFO#124: the QAM review is stale, waiting for it to be requested again"
+    );
+    assert_eq!(s.approvals(SHA2), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restarting_a_job_of_an_older_commit_keeps_the_new_head() {
     let s = setup().await;
