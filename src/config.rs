@@ -525,6 +525,8 @@ mod tests {
         // each would wrap (`as i64 * 1000`) or overflow a deadline later on
         for (key, max, why) in [
             ("obs_denied_retry_s", 86_400, "between 1 and 86400 (one day)"),
+            ("gitea_denied_retry_s", 86_400, "between 1 and 86400 (one day)"),
+            ("review_wait_max_s", 2_592_000, "at most 2592000 (30 days)"),
             ("quiet_period_s", 86_400, "at most 86400 (one day)"),
             ("reconcile_interval_s", 86_400, "between 1 and 86400 (one day)"),
             ("http_timeout_s", 3_600, "between 1 and 3600 (one hour)"),
