@@ -162,7 +162,8 @@ impl Drop for Lease<'_> {
 }
 
 /// Delivers everything due, for short-lived processes (`incident-gate hook`); returns how many
-/// items are still queued when `timeout` passes or nothing more is due.
+/// items are still queued when `timeout` passes or nothing more is due, not counting reports that
+/// wait for the other side (a later run tries them once due).
 pub async fn drain(core: &Arc<Core>, timeout: Duration) -> u64 {
     let deadline = tokio::time::Instant::now() + timeout;
     for sink in core.sinks() {
@@ -176,7 +177,7 @@ pub async fn drain(core: &Arc<Core>, timeout: Duration) -> u64 {
         }
         deliverer.close().await;
     }
-    core.store().backlog().map(|b| b.total()).unwrap_or(0)
+    core.store().undelivered().unwrap_or(0)
 }
 
 async fn run(core: Arc<Core>, sink: Sink) {

@@ -355,6 +355,9 @@ impl Store {
             add_column(&mut conn, "pending", column, "TEXT")
                 .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         }
+        // a report waiting for the other side (`Delivery::Waiting`): not hurried by hook runs
+        add_column(&mut conn, "outbox", "waiting", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Store { conn: Mutex::new(conn), path })
     }
 
@@ -614,11 +617,12 @@ impl Store {
                     }
                 };
                 let next = now_ms() + wait;
+                let waiting = matches!(outcome, Delivery::Waiting(..));
                 // only while the lease is still ours: after it ran out another process may hold it
                 conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2
-                     WHERE id = ?3 AND lease_until = ?4",
-                    params![next, msg, item.id, item.lease_until],
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2,
+                     waiting = ?5 WHERE id = ?3 AND lease_until = ?4",
+                    params![next, msg, item.id, item.lease_until, waiting],
                 )?;
             }
         }
@@ -648,13 +652,26 @@ impl Store {
     }
 
     /// Makes every queued delivery due now, whatever its backoff (not one another process holds):
-    /// for `incident-gate hook`, whose runs are the only chance to deliver.
+    /// for `incident-gate hook`, whose runs are the only chance to deliver. A report waiting for
+    /// the other side keeps its `reconcile_interval_s`: asking IBS or Gitea at every hook run of
+    /// every job would not make the review come sooner.
     pub fn expedite_queued(&self) -> Result<(), StoreError> {
         self.conn().execute(
-            "UPDATE outbox SET next_at = 0 WHERE state = 'queued' AND next_at > ?1 AND lease_until <= ?1",
+            "UPDATE outbox SET next_at = 0
+             WHERE state = 'queued' AND waiting = 0 AND next_at > ?1 AND lease_until <= ?1",
             [now_ms()],
         )?;
         Ok(())
+    }
+
+    /// Queued deliveries, not counting reports waiting for the other side: what a hook run
+    /// leaves undone (a later run, or any other process, tries the waiting ones when due).
+    pub fn undelivered(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'queued' AND waiting = 0",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// Gives up this process's lease on an item it took but did not deliver (shutting down in the
@@ -1680,9 +1697,18 @@ mod tests {
         let row = s.incidents(&IncidentQuery::default()).unwrap().incidents.remove(0);
         assert_eq!(row.state, "delivery_pending");
         assert!(row.why.as_deref().unwrap_or("").contains(why), "{:?}", row.why);
+        // a hook run does not hurry it, nor count it as left undone
+        s.expedite_queued().unwrap();
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "a hook run keeps the wait");
+        assert_eq!(s.undelivered().unwrap(), 0);
         s.conn().execute("UPDATE outbox SET next_at = 0", []).unwrap();
         let again = s.take_due(Sink::Obs, 10).unwrap().remove(0);
         assert_eq!(again.last_outcome.as_deref(), Some(why));
+        // a retry after a wait is hurried and counted again
+        s.complete(&again, &Delivery::Retry("IBS: 503".into())).unwrap();
+        assert_eq!(s.undelivered().unwrap(), 1);
+        s.expedite_queued().unwrap();
+        assert_eq!(s.take_due(Sink::Obs, 10).unwrap().len(), 1);
     }
 
     #[test]
