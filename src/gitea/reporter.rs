@@ -381,7 +381,13 @@ mod tests {
         let dismissed = review(Some(bot), None, "REQUEST_REVIEW", false, true);
         assert_eq!(qam_review(&[dismissed], bot, team), QamReview::Closed("dismissed".into()));
         let approved = review(Some(bot), None, "APPROVED", false, false);
-        assert_eq!(qam_review(&[approved], bot, team), QamReview::Closed("approved".into()));
+        assert_eq!(
+            qam_review(std::slice::from_ref(&approved), bot, team),
+            QamReview::Closed("approved".into())
+        );
+        // the approval of an older commit, stale after a push: the review is asked for again
+        let older = review(Some(bot), None, "APPROVED", true, false);
+        assert_eq!(qam_review(&[approved, older], bot, team), QamReview::Closed("stale".into()));
         assert_eq!(PrReport::split_repo("products/SLFO"), Some(("products".into(), "SLFO".into())));
         assert_eq!(PrReport::split_repo("SLFO"), None);
     }
