@@ -20,6 +20,10 @@ pub struct Decision {
     /// group's description in openQA (group name → lines). Not part of what was decided.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub contacts: std::collections::BTreeMap<String, Vec<String>>,
+    /// The `BUILD`s of the jobs that count (`:git:124:openssl`), sorted, for links to openQA's
+    /// overview of each (openQA matches `build` exactly). Not part of what was decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<String>,
 }
 
 impl Decision {
@@ -29,6 +33,7 @@ impl Decision {
             decided_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             openqa: openqa.trim_end_matches('/').to_string(),
             contacts: Default::default(),
+            builds: Vec::new(),
             verdict,
         }
     }
@@ -135,6 +140,21 @@ pub enum Delivery {
     /// The service refused our credentials or permissions (IBS 401/403): nothing about the
     /// request is known yet; try again after this many milliseconds, until it accepts them.
     Denied(String, i64),
+    /// Waiting for the other side: the review the report answers is not (or no longer) asked of
+    /// us yet (IBS: no qam-openqa review; Gitea: no QAM review requested, or stale after a push).
+    /// The text says what it waits for; tried again after this many milliseconds (the outbox sets
+    /// it, see `outbox::bound_wait`), until it is there, a newer decision replaces this one, or
+    /// the wait is given up.
+    Waiting(String, i64),
+}
+
+impl Delivery {
+    pub fn text(&self) -> &str {
+        match self {
+            Delivery::Done(m) | Delivery::Final(m) | Delivery::Retry(m) => m,
+            Delivery::Denied(m, _) | Delivery::Waiting(m, _) => m,
+        }
+    }
 }
 
 /// Asked inside a delivery right before an action that cannot be taken back (accepting or

@@ -855,6 +855,7 @@ impl Core {
         self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
+        decision.builds = builds(&decision.verdict, &jobs);
         // the event for every submission, a report to the service the submission belongs to
         let sinks: Vec<Sink> = self.sinks.iter().copied().filter(|s| s.serves(incident.kind)).collect();
         match self.store.record_decision(&mut decision, &sinks, seen)? {
@@ -1173,6 +1174,18 @@ fn waiting_for(verdict: &Verdict) -> (&'static str, String) {
         format!("waiting for {}", what.join(", "))
     };
     ("pending", why)
+}
+
+/// The `BUILD`s of the jobs that count, sorted, each once.
+fn builds(verdict: &Verdict, jobs: &[Job]) -> Vec<String> {
+    let counted: std::collections::HashSet<u64> = verdict.job_ids.iter().copied().collect();
+    let builds: std::collections::BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| counted.contains(&j.id))
+        .map(|j| j.setting("BUILD"))
+        .filter(|b| !b.is_empty())
+        .collect();
+    builds.into_iter().map(str::to_string).collect()
 }
 
 /// Whom to contact for each job group with a blocking job, from the `Responsible:` lines of the

@@ -73,6 +73,9 @@ pub struct OutboxItem {
     /// The lease this process holds on the item (its expiry, ms): identifies the lease for
     /// `release`, so a process never drops a lease that expired and went to another process.
     pub lease_until: i64,
+    /// What the previous attempt came to (None before the first): a refusal or a wait that says
+    /// the same again is not logged again.
+    pub last_outcome: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -352,6 +355,9 @@ impl Store {
             add_column(&mut conn, "pending", column, "TEXT")
                 .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         }
+        // a report waiting for the other side (`Delivery::Waiting`): not hurried by hook runs
+        add_column(&mut conn, "outbox", "waiting", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Store { conn: Mutex::new(conn), path })
     }
 
@@ -544,7 +550,7 @@ impl Store {
         let mut unreadable = Vec::new();
         {
             let mut stmt = tx.prepare(
-                "SELECT o.id, o.attempts, o.key, d.incident, d.body FROM outbox AS o
+                "SELECT o.id, o.attempts, o.key, d.incident, d.body, o.outcome FROM outbox AS o
                  JOIN decisions AS d ON d.key = o.key
                  WHERE o.sink = ?1 AND o.state = 'queued' AND o.next_at <= ?2 AND o.lease_until <= ?2
                  AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = o.key
@@ -561,13 +567,14 @@ impl Store {
                 let Some(row) = rows.next()? else { break };
                 let (id, attempts, key, incident, body): (i64, u32, String, i64, String) =
                     (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+                let last_outcome: Option<String> = row.get(5)?;
                 if sink.reports() && incidents.contains(&incident) {
                     continue;
                 }
                 match serde_json::from_str(&body) {
                     Ok(decision) => {
                         incidents.insert(incident);
-                        items.push(OutboxItem { id, sink, attempts, decision, lease_until });
+                        items.push(OutboxItem { id, sink, attempts, decision, lease_until, last_outcome });
                     }
                     Err(e) => unreadable.push((id, format!("decision {key} is unreadable: {e}"))),
                 }
@@ -589,7 +596,8 @@ impl Store {
         Ok(items)
     }
 
-    /// Records how a delivery went: done and final leave the outbox, retry comes back later.
+    /// Records how a delivery went: done and final leave the outbox; retry, denied and waiting
+    /// come back later (waiting and denied after the delay they carry).
     pub fn complete(&self, item: &OutboxItem, outcome: &Delivery) -> Result<(), StoreError> {
         let conn = self.conn();
         match outcome {
@@ -601,19 +609,20 @@ impl Store {
                     params![state, msg, item.id],
                 )?;
             }
-            Delivery::Retry(_) | Delivery::Denied(..) => {
+            Delivery::Retry(_) | Delivery::Denied(..) | Delivery::Waiting(..) => {
                 let (msg, wait) = match outcome {
-                    Delivery::Denied(msg, wait) => (msg, *wait),
+                    Delivery::Denied(msg, wait) | Delivery::Waiting(msg, wait) => (msg, *wait),
                     Delivery::Retry(msg) | Delivery::Done(msg) | Delivery::Final(msg) => {
                         (msg, backoff_ms(item.attempts))
                     }
                 };
                 let next = now_ms() + wait;
+                let waiting = matches!(outcome, Delivery::Waiting(..));
                 // only while the lease is still ours: after it ran out another process may hold it
                 conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2
-                     WHERE id = ?3 AND lease_until = ?4",
-                    params![next, msg, item.id, item.lease_until],
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2,
+                     waiting = ?5 WHERE id = ?3 AND lease_until = ?4",
+                    params![next, msg, item.id, item.lease_until, waiting],
                 )?;
             }
         }
@@ -643,13 +652,26 @@ impl Store {
     }
 
     /// Makes every queued delivery due now, whatever its backoff (not one another process holds):
-    /// for `incident-gate hook`, whose runs are the only chance to deliver.
+    /// for `incident-gate hook`, whose runs are the only chance to deliver. A report waiting for
+    /// the other side keeps its `reconcile_interval_s`: asking IBS or Gitea at every hook run of
+    /// every job would not make the review come sooner.
     pub fn expedite_queued(&self) -> Result<(), StoreError> {
         self.conn().execute(
-            "UPDATE outbox SET next_at = 0 WHERE state = 'queued' AND next_at > ?1 AND lease_until <= ?1",
+            "UPDATE outbox SET next_at = 0
+             WHERE state = 'queued' AND waiting = 0 AND next_at > ?1 AND lease_until <= ?1",
             [now_ms()],
         )?;
         Ok(())
+    }
+
+    /// Queued deliveries, not counting reports waiting for the other side: what a hook run
+    /// leaves undone (a later run, or any other process, tries the waiting ones when due).
+    pub fn undelivered(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'queued' AND waiting = 0",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// Gives up this process's lease on an item it took but did not deliver (shutting down in the
@@ -1655,6 +1677,38 @@ mod tests {
         assert!(s.incidents_relying_on(&[7]).unwrap().is_empty(), "replaced by the newer verdict");
         assert_eq!(s.claim_relied_comments(0, 10).unwrap(), vec![(8, Submission::ibs(12346), 80)]);
         assert!(s.claim_relied_comments(60_000, 10).unwrap().is_empty(), "just checked");
+    }
+
+    /// A report waiting for the other side stays queued, is due again after the delay it carries
+    /// (not the retry backoff), shows in status what it waits for, and remembers it for the log.
+    #[test]
+    fn a_waiting_delivery_stays_queued_and_says_what_it_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.record_decision(&mut decision(105, vec![5]), &[Sink::Obs], s_next()).unwrap();
+        let item = s.take_due(Sink::Obs, 10).unwrap().remove(0);
+        assert_eq!(item.last_outcome, None);
+        let why = "request 9: waiting for a qam-openqa review to be added";
+        s.complete(&item, &Delivery::Waiting(why.into(), 300_000)).unwrap();
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "not due before its delay");
+        let due_in = s.next_due_in(Sink::Obs).unwrap().unwrap();
+        assert!(due_in > 250_000 && due_in <= 300_000, "{due_in}");
+        assert_eq!(s.backlog().unwrap().obs, 1);
+        let row = s.incidents(&IncidentQuery::default()).unwrap().incidents.remove(0);
+        assert_eq!(row.state, "delivery_pending");
+        assert!(row.why.as_deref().unwrap_or("").contains(why), "{:?}", row.why);
+        // a hook run does not hurry it, nor count it as left undone
+        s.expedite_queued().unwrap();
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "a hook run keeps the wait");
+        assert_eq!(s.undelivered().unwrap(), 0);
+        s.conn().execute("UPDATE outbox SET next_at = 0", []).unwrap();
+        let again = s.take_due(Sink::Obs, 10).unwrap().remove(0);
+        assert_eq!(again.last_outcome.as_deref(), Some(why));
+        // a retry after a wait is hurried and counted again
+        s.complete(&again, &Delivery::Retry("IBS: 503".into())).unwrap();
+        assert_eq!(s.undelivered().unwrap(), 1);
+        s.expedite_queued().unwrap();
+        assert_eq!(s.take_due(Sink::Obs, 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -360,3 +360,40 @@ async fn an_approval_waits_while_openqa_cannot_be_asked_again() {
     assert_eq!(s.review(), "new", "no approval while the clone runs");
     assert!(s.obs_outcome().starts_with("final withheld"), "{}", s.obs_outcome());
 }
+
+/// The request has no qam-openqa review when the incident passes (it is added later): the pass
+/// waits in the outbox, shown in status, and is accepted once the review is there, within one
+/// reconciliation interval and without another openQA event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_before_our_review_is_added_is_accepted_once_it_is() {
+    let qa = OpenQa::start().await;
+    let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-e2e-1".into() };
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
+    obs.create_request(REQUEST, "review", vec![SimReview::group("qam-manual")], "maintenance_release");
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = common::gate_config(&qa.url(), state.path());
+    cfg["report_obs"] = true.into();
+    cfg["obs_url"] = obs.url().into();
+    cfg["obs_user"] = "qam-bot".into();
+    cfg["obs_password"] = "pw-e2e-1".into();
+    cfg["reconcile_interval_s"] = 1.into();
+    let s = Setup { qa, obs, _state: state, gate: CGate::new(&cfg) };
+    s.run(7009, ["passed", "passed", "passed"]);
+    s.gate.flushed();
+    let waiting = common::eventually(Duration::from_secs(20), || {
+        let d = s.gate.decisions();
+        let obs = d.first()?["deliveries"].as_array()?.iter().find(|x| x["sink"] == "obs")?.clone();
+        let o = format!("{} {}", obs["state"].as_str()?, obs["outcome"].as_str()?);
+        o.contains("waiting for a qam-openqa review").then_some(o)
+    })
+    .await
+    .unwrap_or_else(|| panic!("not waiting for the review: {:?}", s.gate.decisions()));
+    assert!(waiting.starts_with("queued "), "{waiting}");
+    assert!(s.obs.comments(REQUEST).is_empty());
+
+    s.obs.add_review(REQUEST, SimReview::group("qam-openqa"));
+    s.delivered().await;
+    let ours = s.obs.reviews(REQUEST).into_iter().find(|r| r.by_group.as_deref() == Some("qam-openqa"));
+    assert_eq!(ours.map(|r| r.state).as_deref(), Some("accepted"), "{}", s.obs_outcome());
+    assert!(s.obs_outcome().starts_with("done "), "{}", s.obs_outcome());
+}

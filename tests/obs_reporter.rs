@@ -283,9 +283,6 @@ async fn requests_out_of_review_are_final_and_untouched() {
     );
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
     assert!(final_(&d).contains("review is already declined"), "{d:?}");
-    sim.create_request(RR, "review", vec![SimReview::group("qam-manual")], "maintenance_release");
-    let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
-    assert!(final_(&d).contains("has no qam-openqa review"), "{d:?}");
     // unknown request: OBS's 404 not_found, final
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(999), &[1])).await;
     assert!(final_(&d).contains("404 not_found: Couldn't find request with id '999'"), "{d:?}");
@@ -295,6 +292,27 @@ async fn requests_out_of_review_are_final_and_untouched() {
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, None, &[1])).await;
     assert!(final_(&d).contains("no release request"), "{d:?}");
     assert!(sim.received().is_empty());
+}
+
+/// A request in review without our group's review yet is waited for, not the end of the report:
+/// once the review is added, the same decision is reported and accepted.
+#[tokio::test]
+async fn a_request_without_our_review_yet_waits_for_it() {
+    let sim = start(ObsSimConfig::default()).await;
+    let cfg = config(&sim, ReviewPolicy::AcceptDecline);
+    let c = anonymous(&sim);
+    sim.create_request(RR, "review", vec![SimReview::group("qam-manual")], "maintenance_release");
+    let d = decision(Outcome::Passed, Some(RR), &[1]);
+    let first = deliver(&c, &cfg, &d).await;
+    assert_eq!(
+        first,
+        Delivery::Waiting("request 300001: waiting for a qam-openqa review to be added".into(), 0)
+    );
+    assert_eq!(writes(&sim), 0, "{:?}", sim.received());
+    sim.add_review(RR, SimReview::group(GROUP));
+    let text = done(&deliver(&c, &cfg, &d).await).to_string();
+    assert!(text.contains("accepted the qam-openqa review"), "{text}");
+    assert_eq!(our_review(&sim).state, "accepted");
 }
 
 #[tokio::test]

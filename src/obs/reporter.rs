@@ -125,11 +125,16 @@ async fn deliver_once(
     if request.open_review_for_group(group).is_none() {
         let review = request.review_for_group(group);
         if !takes_back(review, client.user(), v.result) {
-            let why = match review {
-                Some(r) => format!("the {group} review is already {}", r.state),
-                None => format!("it has no {group} review"),
+            return match review {
+                Some(r) => Delivery::Final(format!(
+                    "request {rr}: the {group} review is already {}, nothing to do",
+                    r.state
+                )),
+                // the review may still be added to the request: wait for it, do not drop the verdict
+                None => {
+                    Delivery::Waiting(format!("request {rr}: waiting for a {group} review to be added"), 0)
+                }
             };
-            return Delivery::Final(format!("request {rr}: {why}, nothing to do"));
         }
         // the failure that is now known (an acceptable_for comment deleted, a result changed) would
         // otherwise be released on our word: reopen before telling why

@@ -128,6 +128,12 @@ impl CGate {
     }
 
     /// Decisions recorded in the state directory, newest first, as the status shows them.
+    /// `ig_gate_incidents`: what the incidents page shows.
+    pub fn incidents(&self, query: &serde_json::Value) -> serde_json::Value {
+        let q = CString::new(query.to_string()).unwrap();
+        self.take_string(|out| unsafe { ig_gate_incidents(self.0, q.as_ptr(), out) }).unwrap()
+    }
+
     pub fn decisions(&self) -> Vec<serde_json::Value> {
         self.status()["engine"]["recent_decisions"].as_array().cloned().unwrap_or_default()
     }

@@ -261,7 +261,7 @@ async fn gitea_pull_request(d: &mut Demo) -> Result<(), String> {
     let ev = d.world.openqa.set_done(b, "passed");
     d.event(&format!("git:{PR} mau-extratests passed: results for the old commit"), ev).await?;
     d.step("The workflow bot requests the review again; openQA tests the new head");
-    d.gitea.request_review(SLFO, PR, Reviewer::User("qam-openqa-review".into()));
+    d.gitea.rerequest_review(SLFO, PR, Reviewer::User("qam-openqa-review".into()));
     let (a, b) = (job(d, PR_SHA2, "qam-minimal"), job(d, PR_SHA2, "mau-extratests"));
     let ev = d.world.openqa.set_done(a, "passed");
     d.event(&format!("git:{PR} qam-minimal passed ({})", &PR_SHA2[..12]), ev).await?;
