@@ -331,3 +331,26 @@ fn submissions_are_named_through_the_c_abi() {
     assert_eq!(status, ig_status::IG_NULL_ARGUMENT);
     assert_eq!(gate.evaluate_submission("git:9").unwrap()["result"], "no_jobs");
 }
+
+/// Issue 20, point 3: a pass waits for Gitea (down), a job is restarted and no event says so: the
+/// check right before the approval comment asks openQA afresh and withholds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_held_up_by_gitea_is_withheld_when_a_job_was_restarted_unheard() {
+    let s = setup().await;
+    let jobs = s.pr_jobs(SHA1, 2);
+    s.gitea.set_down(true);
+    s.finish(&jobs, &["passed", "passed"]);
+    s.gate.flushed();
+    let (clone, _unheard) = s.qa.sim.restart(jobs[0]).unwrap();
+    s.gitea.set_down(false);
+    s.delivered().await;
+    assert_eq!(s.approvals(SHA1), 0, "no approval while the clone runs: {:?}", s.ours());
+    let decisions = s.gate.decisions();
+    let gitea =
+        decisions[0]["deliveries"].as_array().unwrap().iter().find(|d| d["sink"] == "gitea").unwrap().clone();
+    assert_eq!(gitea["state"], "final", "{gitea}");
+    assert!(gitea["outcome"].as_str().unwrap().contains("withheld"), "{gitea}");
+    s.finish(&[clone], &["passed"]);
+    s.delivered().await;
+    assert_eq!(s.approvals(SHA1), 1, "approved once the clone passed: {:?}", s.ours());
+}
