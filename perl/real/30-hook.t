@@ -25,6 +25,14 @@ run_scenarios($w, $oq, skip => qr/acceptable_for|force_result|cancelled/);
 
 sub ibs_down ($on) { $w->sim->ua->post("$w->{sim}{obs}/_sim/down?on=$on")->result->is_success or die "IBS sim down=$on" }
 
+# openQA's GRU has run every hook it was given (its own metrics route, public on 4.6 and upstream)
+sub gru_idle () {
+    $w->await(sub {
+        my ($jobs) = grep { /^openqa_minion_jobs/ } split /\n/, $oq->ua->get($oq->url . '/admin/influxdb/minion')->result->body;
+        ($jobs // '') =~ /[ ,]active=0i/ && $jobs =~ /[ ,]inactive=0i/;
+    }, 60);
+}
+
 # What the state directory says of an incident's IBS report: (state, outcome).
 sub ibs_delivery ($incident) {
     my $json = decode_json(scalar qx{@{[IGTest::bin()]} status --json --config $ini 2>/dev/null} || '{}');
@@ -51,6 +59,7 @@ subtest 'hook: an approval held up by IBS is withheld once a job was restarted' 
     $oq->set_done($_, 'passed') for @jobs;
     my @m = $w->await_done($i);
     is $m[0]{json}{result}, 'passed', 'passed, published' or return;
+    ok gru_idle(), 'the hooks of both jobs ran';
     my $clone = $oq->restart($jobs[0]);
     ibs_down(0);
     my ($other) = incident_job($oq, $i + 1, $rr + 1, 'unrelated');
