@@ -555,19 +555,39 @@ async fn a_quiet_period_holds_an_approval_until_no_job_appears_and_reports_a_fai
     let held = core.evaluate(6501).await.unwrap();
     assert_eq!(held.result, Outcome::Pending);
     assert!(held.waiting.iter().any(|w| w.kind == "quiet"), "{:?}", held.waiting);
-    // a job created now starts the period again
+    // a job created now starts the period again: the store's clock for the incident moves to its
+    // creation, and the approval is recorded no earlier than a full period after it
+    let first = core.store().last_job_at(6501).unwrap().expect("the first jobs started the period");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while incident_gate::store::now_ms() <= first && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let later = qa.incident_job(6501, 300651, "t2");
     core.take_events(vec![event(EventKind::JobCreate, later)]).await.unwrap();
+    let restarted = core.store().last_job_at(6501).unwrap().unwrap();
+    assert!(restarted > first, "the creation restarted the period ({first} -> {restarted})");
     qa.sim.set_done(later, "passed");
     core.take_events(vec![event(EventKind::JobDone, later)]).await.unwrap();
-    let created = std::time::Instant::now();
-    while decided(6501).is_none() && created.elapsed() < Duration::from_secs(15) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while decided(6501).is_none() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let passed = decided(6501).expect("decided once the period passed without a new job");
+    let approval = core
+        .store()
+        .latest_decision(6501)
+        .unwrap()
+        .expect("decided once the period passed without a new job");
+    let passed = approval.verdict.clone();
+    let quiet_end = std::time::UNIX_EPOCH + Duration::from_millis(restarted as u64 + 2000);
+    let recorded = humantime::parse_rfc3339(&approval.decided_at).unwrap();
+    // decided_at has whole seconds: compare with the period's end rounded down as well
+    let quiet_end_s = quiet_end.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let recorded_s = recorded.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!(
-        created.elapsed() >= Duration::from_millis(1500),
-        "not before the period restarted by the new job"
+        recorded_s >= quiet_end_s,
+        "approved at {} before the period restarted by the new job ended ({})",
+        approval.decided_at,
+        humantime::format_rfc3339_seconds(quiet_end)
     );
     assert_eq!((passed.result, passed.complete, passed.jobs.total), (Outcome::Passed, true, 3));
     // the failure once more with complete: true once its quiet period is over (docs/events.md)

@@ -51,6 +51,13 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The backoff before retry number `retry` (1 = the first retry).
+    pub fn delay_before(&self, retry: u32) -> Duration {
+        self.base_delay.saturating_mul(1 << retry.saturating_sub(1).min(16))
+    }
+}
+
 /// A failed openQA API call. `route` is `METHOD /path?query` relative to the configured openQA URL;
 /// no variant ever carries a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,7 +563,7 @@ impl OpenQaClient {
             if attempt >= attempts {
                 return Err(failure);
             }
-            let delay = self.retry.base_delay.saturating_mul(1 << (attempt - 1).min(16));
+            let delay = self.retry.delay_before(attempt);
             tracing::debug!(error = %failure, delay_ms = delay.as_millis() as u64, "openQA request failed, retrying");
             tokio::time::sleep(delay).await;
         }
