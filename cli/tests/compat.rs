@@ -318,12 +318,18 @@ async fn a_refused_id_is_given_up_alone_shown_and_logged_once() {
     qa.sim.refuse_job(comments_of, 403, "forbidden by the proxy");
     gate.job_done(comments_of, "failed");
     assert_eq!(gate.flush(Duration::from_secs(20)), ig_status::IG_OK);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // the refusal is recorded, the incident left pending, and no evaluation runs or waits to run
+    // again (a retry loop keeps its evaluation busy while it backs off)
+    let settled = common::eventually(Duration::from_secs(20), || {
+        let engine = gate.status()["engine"].clone();
+        let pending = engine["pending_incidents"].as_array()?.contains(&json!(3601));
+        (engine["refused"].as_u64()? >= 3 && pending && engine["busy"] == 0).then_some(engine)
+    })
+    .await;
+    let engine = settled.unwrap_or_else(|| panic!("the refusal settled: {}", gate.status()["engine"]));
     let spent = qa.sim.requests() - requests;
     assert!(spent <= 8, "{spent} requests: the refusal was retried");
-    let engine = gate.status()["engine"].clone();
-    assert!(engine["refused"].as_u64().unwrap() >= 3, "{engine}");
-    assert!(engine["pending_incidents"].as_array().unwrap().contains(&json!(3601)), "{engine}");
+    assert_eq!(engine["refused"], 3, "{engine}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,14 +341,27 @@ async fn transient_errors_keep_their_backoff() {
     }
     let state = tempfile::tempdir().unwrap();
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    incident_gate::log::capture(true);
     qa.sim.set_down(true);
     gate.job_done(jobs[1], "passed");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // each failed lookup of the event's job says how long it waits: the wait doubles
+    let mut delays = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while delays.len() < 3 && std::time::Instant::now() < deadline {
+        for line in incident_gate::log::take() {
+            if let Some((_, rest)) = line.message.split_once("jobs of events, retrying in ") {
+                delays.push(rest.split(':').next().unwrap_or_default().to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    incident_gate::log::capture(false);
+    assert_eq!(delays.get(..3), Some(&["100ms", "200ms", "400ms"].map(String::from)[..]), "{delays:?}");
     qa.sim.set_down(false);
     gate.flushed();
     assert_eq!(decisions_for(&gate, 3701)[0]["result"], "passed");
     let engine = gate.status()["engine"].clone();
-    assert!(engine["api_errors"].as_u64().unwrap() >= 1, "{engine}");
+    assert!(engine["api_errors"].as_u64().unwrap() >= 3, "{engine}");
     assert_eq!(engine["refused"], 0, "an outage is no refusal");
 }
 
