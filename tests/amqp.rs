@@ -461,11 +461,34 @@ async fn decisions_taken_while_the_connection_is_cut_arrive_after_it_is_restored
     })
     .await;
     assert_eq!(amqp_backlog(&gate), 3, "kept in the outbox while the broker is unreachable");
-    // retries back off (0.5 s, 1 s, 2 s …): at most 3 attempts in the first 1.5 s or so
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rows = amqp_deliveries(&gate);
+    // retries back off (0.5 s, 1 s, 2 s …): a failed attempt n schedules the next one at least
+    // backoff_ms(n - 1) after the time it had been scheduled for, as the outbox records it
+    let db = rusqlite::Connection::open_with_flags(
+        state.path().join("incident-gate.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut scheduled: HashMap<String, std::collections::BTreeMap<u32, i64>> = HashMap::new();
+    wait_until("two failed attempts in a row seen for every new decision", || {
+        let mut rows = db.prepare("SELECT key, attempts, next_at FROM outbox WHERE sink = 'amqp'").unwrap();
+        let rows = rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        for (key, attempts, next_at) in rows.map(Result::unwrap) {
+            scheduled.entry(key).or_default().entry(attempts).or_insert(next_at);
+        }
+        waiting
+            .iter()
+            .all(|k| scheduled.get(k).is_some_and(|s| s.keys().any(|n| *n >= 1 && s.contains_key(&(n + 1)))))
+    })
+    .await;
     for key in &waiting {
-        assert!(rows[key]["attempts"].as_u64() <= Some(3), "retried without backing off: {}", rows[key]);
+        let s = &scheduled[key];
+        for (n, at) in s.iter().filter(|(n, _)| **n >= 1) {
+            if let Some(next) = s.get(&(n + 1)) {
+                let gap = next - at;
+                let least = incident_gate::store::backoff_ms(*n);
+                assert!(gap >= least, "attempt {} came {gap} ms after {n}'s time, not {least}: {s:?}", n + 1);
+            }
+        }
     }
     assert!(next_message(&mut consumer, Duration::from_millis(200)).await.is_none());
 
@@ -568,7 +591,9 @@ async fn publish_amqp_false_never_talks_to_the_broker() {
     assert_eq!(decisions.len(), 1, "decided");
     assert_eq!(decisions[0]["deliveries"], json!([]), "nothing queued for any sink");
     assert_eq!(amqp_backlog(&gate), 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ig_gate_free returns after the gate's engine and outbox stopped: whatever they were to
+    // connect to has been connected to by then
+    drop(gate);
     assert_eq!(proxy.accepted(), 0, "no connection to the broker");
 }
 
