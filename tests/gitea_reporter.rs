@@ -187,7 +187,8 @@ async fn duplicates_of_our_results_comment_are_removed() {
     let sim = new_sim().await;
     sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
     let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
-    let old = incident_gate::gitea::report::results_comment(&report(Outcome::Failed, SHA1, &[1]), None);
+    // our results comment of an earlier run, as Gitea holds it (failed, job 1)
+    let old = include_str!("fixtures/gitea/our-results-comment-124.md");
     let a = sim.add_comment(REPO, PR, ME, &old);
     let b = sim.add_comment(REPO, PR, ME, &old);
     // a quote of our marker by someone else is not ours to touch
