@@ -189,8 +189,8 @@ async fn duplicates_of_our_results_comment_are_removed() {
     let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
     // our results comment of an earlier run, as Gitea holds it (failed, job 1)
     let old = include_str!("fixtures/gitea/our-results-comment-124.md");
-    let a = sim.add_comment(REPO, PR, ME, &old);
-    let b = sim.add_comment(REPO, PR, ME, &old);
+    let a = sim.add_comment(REPO, PR, ME, old);
+    let b = sim.add_comment(REPO, PR, ME, old);
     // a quote of our marker by someone else is not ours to touch
     let quote = sim.add_comment(REPO, PR, "someone", &format!("> {old}"));
     let d = deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[2])).await;
