@@ -718,6 +718,25 @@ mod tests {
         assert!(!link_has_next("<http://o/api/v1/jobs?ids=1,rel=\"next\">; rel=\"first\""));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever openQA (or a proxy) puts into the URLs, only the parameters outside them count.
+        #[test]
+        fn link_headers_with_any_urls(
+            first in "[^>]{0,30}([,;] ?rel=\"?next\"?)?[^>]{0,30}",
+            next in "[^>]{0,60}",
+            junk in "\\PC{0,80}",
+        ) {
+            let only_first = format!("<{first}>; rel=\"first\"");
+            proptest::prop_assert!(!link_has_next(&only_first), "{}", only_first);
+            let with_next = format!("<{first}>; rel=\"first\", <{next}>; rel=\"next\"");
+            proptest::prop_assert!(link_has_next(&with_next), "{}", with_next);
+            let _ = link_has_next(&junk);
+            proptest::prop_assert!(error_message(junk.as_bytes()).len() <= junk.len().max(1) + 16);
+        }
+    }
+
     #[test]
     fn config_errors() {
         let config = Config { openqa_url: "not a url".into(), ..Config::default() };
