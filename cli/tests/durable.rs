@@ -13,15 +13,13 @@ mod common;
 use common::{amqp_url, publish, OpenQa};
 use futures_util::StreamExt;
 use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
-use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use testkit::{review_changes, unique, Leftovers};
 
 const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
 const OBS_USER: &str = "qam-bot";
@@ -29,10 +27,6 @@ const OBS_PASSWORD: &str = "pw-durable-13";
 /// Catch-up off: openQA's job table would re-find an incident whose message the listener lost,
 /// and a test of what the listener acknowledged would pass either way.
 const NO_CATCHUP: (&str, &str) = ("INCIDENT_GATE_CATCHUP_MAX_REQUESTS", "0");
-
-fn unique(test: &str) -> String {
-    format!("ig-test-{}-{test}", std::process::id())
-}
 
 /// A small deterministic generator: the kill points differ per run (seeded by the pid) and the
 /// seed is printed, so a failing run can be replayed.
@@ -56,36 +50,6 @@ async fn connect() -> (Connection, Channel) {
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     (conn, ch)
-}
-
-/// Deletes the test's exchange and queue, also when the test fails.
-struct Leftovers {
-    exchange: String,
-    queue: String,
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        let (exchange, queue) = (self.exchange.clone(), self.queue.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let Ok(Ok(conn)) = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()),
-                )
-                .await
-                else {
-                    return;
-                };
-                let Ok(ch) = conn.create_channel().await else { return };
-                let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-                let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-                let _ = conn.close(200, "".into()).await;
-            });
-        })
-        .join();
-    }
 }
 
 /// `common::subscribe_done` on `exchange`, declared as openQA would find it.
@@ -120,17 +84,6 @@ fn command(env: &[(&str, String)]) -> Command {
 async fn start_obs() -> ObsSim {
     let auth = SimAuth::Basic { user: OBS_USER.into(), password: OBS_PASSWORD.into() };
     incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await
-}
-
-/// Review changes IBS accepted for request `rr`.
-fn review_changes(obs: &ObsSim, rr: u64) -> usize {
-    let path = format!("/request/{rr}");
-    obs.received()
-        .iter()
-        .filter(|r| {
-            r.method == "POST" && r.path == path && r.query.contains("changereviewstate") && r.status == 200
-        })
-        .count()
 }
 
 /// (ready messages, consumers) of `queue`, or `None` while it does not exist.
@@ -183,7 +136,7 @@ impl Stream {
     async fn new(name: &str, amqp_url: Option<String>, extra: &[(&'static str, &str)]) -> Stream {
         let (exchange, prefix) = (unique(name), unique(&format!("{name}-prefix")));
         let queue = format!("{exchange}-listen");
-        let _leftovers = Leftovers { exchange: exchange.clone(), queue: queue.clone() };
+        let _leftovers = Leftovers::new(&[&exchange], &[&queue]);
         let (conn, ch) = connect().await;
         let done = subscribe_done(&ch, &exchange).await;
         let qa = OpenQa::start().await;

@@ -8,9 +8,7 @@ use incident_gate_sim::openqa::OpenQaSim;
 use std::ffi::{CStr, CString};
 use std::time::Duration;
 
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub use testkit::amqp_url;
 
 /// The openQA simulator with the groups of the recorded scenario.
 pub struct OpenQa {
