@@ -8,6 +8,8 @@ use incident_gate_sim::openqa::OpenQaSim;
 use std::ffi::{CStr, CString};
 use std::time::Duration;
 
+// not every test file talks to the broker
+#[allow(unused_imports)]
 pub use testkit::amqp_url;
 
 /// The openQA simulator with the groups of the recorded scenario.
