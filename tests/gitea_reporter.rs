@@ -88,13 +88,7 @@ fn client(sim: &GiteaSim, token: &str) -> GiteaClient {
 }
 
 fn approvals(sim: &GiteaSim, sha: &str) -> Vec<SimComment> {
-    sim.comments(REPO, PR)
-        .into_iter()
-        .filter(|c| {
-            c.body.starts_with(&format!("@{BOT}: approved\n"))
-                && c.body.ends_with(&format!("\nTested commit: {sha}"))
-        })
-        .collect()
+    testkit::approvals(sim, REPO, PR, BOT, sha)
 }
 
 fn results_comments(sim: &GiteaSim) -> Vec<SimComment> {

@@ -5,7 +5,7 @@
 //! - [`amqp_url`], [`broker_addr`]: the shared RabbitMQ;
 //! - [`Leftovers`]: deletes a test's exchanges and queues when dropped;
 //! - [`proxy::Proxy`]: a TCP proxy the test can cut, stall and restore;
-//! - [`review_changes`], [`approvals`]: what the IBS and Gitea simulators were asked to change;
+//! - [`review_changes`], [`review_change_requests`], [`approvals`]: what the IBS and Gitea simulators were asked to change;
 //! - [`keygen`]: SSH keys made by `ssh-keygen`, as IBS users make them.
 
 pub mod proxy;
@@ -95,6 +95,11 @@ pub fn review_changes(obs: &ObsSim, rr: u64) -> usize {
             r.method == "POST" && r.path == path && r.query.contains("changereviewstate") && r.status == 200
         })
         .count()
+}
+
+/// Review changes asked of IBS, for any request, whatever IBS answered: 0 means none was tried.
+pub fn review_change_requests(obs: &ObsSim) -> usize {
+    obs.received().iter().filter(|r| r.method == "POST" && r.query.contains("cmd=changereviewstate")).count()
 }
 
 /// `bot`'s approval comments on pull request `repo#pr` of the Gitea simulator for commit `sha`.
