@@ -131,6 +131,11 @@ impl CGate {
     pub fn decisions(&self) -> Vec<serde_json::Value> {
         self.status()["engine"]["recent_decisions"].as_array().cloned().unwrap_or_default()
     }
+
+    /// The decisions about `incident`, newest first.
+    pub fn decisions_for(&self, incident: u64) -> Vec<serde_json::Value> {
+        self.decisions().into_iter().filter(|d| d["incident"] == incident).collect()
+    }
 }
 
 impl Drop for CGate {
