@@ -73,12 +73,7 @@ fn env_for(qa: &OpenQa, obs: &ObsSim, state: &std::path::Path) -> Vec<(&'static 
 }
 
 fn command(env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
+    testkit::cli::command(BIN, env)
 }
 
 async fn start_obs() -> ObsSim {

@@ -6,10 +6,12 @@
 //! - [`Leftovers`]: deletes a test's exchanges and queues when dropped;
 //! - [`proxy::Proxy`]: a TCP proxy the test can cut, stall and restore;
 //! - [`review_changes`], [`review_change_requests`], [`approvals`]: what the IBS and Gitea simulators were asked to change;
+//! - [`cli::run`], [`cli::command`]: the `incident-gate` command with a test's environment;
 //! - [`keygen`]: SSH keys made by `ssh-keygen`, as IBS users make them;
 //! - [`scenario`]: the openQA simulator with a maintenance scenario, a gate behind the C ABI
 //!   ([`scenario::CGate`]), the broker's `incident.done` subscription and openQA-like publishing.
 
+pub mod cli;
 pub mod proxy;
 pub mod scenario;
 
