@@ -13,81 +13,16 @@ use futures_util::StreamExt;
 use incident_gate::config::Config;
 use incident_gate::engine::Core;
 use lapin::message::Delivery;
-use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::Consumer;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use testkit::broker::Broker;
 use testkit::proxy::Proxy;
-use testkit::{broker_addr, unique, Leftovers};
+use testkit::{unique, Leftovers};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------------
-// The test's own side of the broker: a direct connection, as any consumer of our events has.
-
-struct Broker {
-    conn: Connection,
-    ch: Channel,
-}
-
-impl Broker {
-    async fn connect() -> Broker {
-        let conn =
-            tokio::time::timeout(WAIT, Connection::connect(&amqp_url(), ConnectionProperties::default()))
-                .await
-                .expect("connecting to RabbitMQ timed out")
-                .unwrap_or_else(|e| panic!("RabbitMQ at {} is needed: {e}", broker_addr()));
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        Broker { conn, ch }
-    }
-
-    /// Declares the topic exchange exactly as the gate does with `amqp_declare_exchange`.
-    async fn declare_exchange(&self, exchange: &str) {
-        let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        self.ch
-            .exchange_declare(exchange.into(), ExchangeKind::Topic, options, FieldTable::default())
-            .await
-            .unwrap();
-    }
-
-    async fn subscribe_done(&self, exchange: &str) -> Consumer {
-        common::subscribe_done(&self.ch, exchange).await
-    }
-
-    async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
-        common::publish(&self.ch, exchange, routing_key, body).await
-    }
-
-    /// Consumers of `queue` right now (0 when the queue does not exist).
-    async fn consumers(&self, queue: &str) -> u32 {
-        // a passive declare of a missing queue closes its channel: use a fresh one
-        let ch = self.conn.create_channel().await.unwrap();
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
-        let count = match ch.queue_declare(queue.into(), options, FieldTable::default()).await {
-            Ok(q) => q.consumer_count(),
-            Err(_) => 0,
-        };
-        let _ = ch.close(200, "".into()).await;
-        count
-    }
-
-    async fn wait_for_consumers(&self, queue: &str, wanted: impl Fn(u32) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !wanted(self.consumers(queue).await) {
-            assert!(tokio::time::Instant::now() < deadline, "consumers of {queue} never became as expected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Deletes `queue`; returns how many messages were still in it.
-    async fn delete_queue(&self, queue: &str) -> u32 {
-        self.ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await.unwrap()
-    }
-}
 
 /// The next message, or None after `timeout`.
 async fn next_message(consumer: &mut Consumer, timeout: Duration) -> Option<Delivery> {

@@ -3,6 +3,7 @@
 //!
 //! - [`unique`]: names of exchanges, queues and prefixes no other test or run uses;
 //! - [`amqp_url`], [`broker_addr`]: the shared RabbitMQ;
+//! - [`broker::Broker`]: the test's own connection to it: declare, subscribe, publish, count consumers;
 //! - [`Leftovers`]: deletes a test's exchanges and queues when dropped;
 //! - [`proxy::Proxy`]: a TCP proxy the test can cut, stall and restore;
 //! - [`review_changes`], [`review_change_requests`], [`approvals`]: what the IBS and Gitea simulators were asked to change;
@@ -11,6 +12,7 @@
 //! - [`scenario`]: the openQA simulator with a maintenance scenario, a gate behind the C ABI
 //!   ([`scenario::CGate`]), the broker's `incident.done` subscription and openQA-like publishing.
 
+pub mod broker;
 pub mod cli;
 pub mod proxy;
 pub mod scenario;
