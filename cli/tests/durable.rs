@@ -10,15 +10,14 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use common::{amqp_url, publish, OpenQa};
+use common::{amqp_url, OpenQa};
 use futures_util::StreamExt;
 use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
-use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::Consumer;
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use testkit::broker::Broker;
 use testkit::{review_changes, unique, Leftovers};
 
 const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
@@ -37,26 +36,6 @@ impl Rng {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
-}
-
-async fn connect() -> (Connection, Channel) {
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(&amqp_url(), ConnectionProperties::default()),
-    )
-    .await
-    .expect("connecting to RabbitMQ timed out")
-    .expect("RabbitMQ is needed");
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    (conn, ch)
-}
-
-/// `common::subscribe_done` on `exchange`, declared as openQA would find it.
-async fn subscribe_done(ch: &Channel, exchange: &str) -> Consumer {
-    let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, options, FieldTable::default()).await.unwrap();
-    common::subscribe_done(ch, exchange).await
 }
 
 fn env_for(qa: &OpenQa, obs: &ObsSim, state: &std::path::Path) -> Vec<(&'static str, String)> {
@@ -79,16 +58,6 @@ fn command(env: &[(&str, String)]) -> Command {
 async fn start_obs() -> ObsSim {
     let auth = SimAuth::Basic { user: OBS_USER.into(), password: OBS_PASSWORD.into() };
     incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await
-}
-
-/// (ready messages, consumers) of `queue`, or `None` while it does not exist.
-async fn queue_state(conn: &Connection, queue: &str) -> Option<(u32, u32)> {
-    // a passive declare of a missing queue closes its channel: one channel per look
-    let ch = conn.create_channel().await.ok()?;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let q = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
-    let _ = ch.close(200, "".into()).await;
-    Some((q.message_count(), q.consumer_count()))
 }
 
 /// A listener killed (SIGKILL) when dropped, also when an assertion failed: a test's listener left
@@ -115,8 +84,7 @@ struct Stream {
     queue: String,
     prefix: String,
     _leftovers: Leftovers,
-    conn: Connection,
-    ch: Channel,
+    broker: Broker,
     done: Consumer,
     qa: OpenQa,
     obs: ObsSim,
@@ -132,8 +100,10 @@ impl Stream {
         let (exchange, prefix) = (unique(name), unique(&format!("{name}-prefix")));
         let queue = format!("{exchange}-listen");
         let _leftovers = Leftovers::new(&[&exchange], &[&queue]);
-        let (conn, ch) = connect().await;
-        let done = subscribe_done(&ch, &exchange).await;
+        let broker = Broker::connect().await;
+        // declared as openQA would find it
+        broker.declare_exchange(&exchange).await;
+        let done = broker.subscribe_done(&exchange).await;
         let qa = OpenQa::start().await;
         let obs = start_obs().await;
         let state = tempfile::tempdir().unwrap();
@@ -149,7 +119,7 @@ impl Stream {
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let log = state.path().join("listen.log");
         let incidents = BTreeMap::new();
-        Stream { exchange, queue, prefix, _leftovers, conn, ch, done, qa, obs, state, env, log, incidents }
+        Stream { exchange, queue, prefix, _leftovers, broker, done, qa, obs, state, env, log, incidents }
     }
 
     /// Waits until the listener's queue, as the broker reports it (ready messages, consumers),
@@ -157,7 +127,7 @@ impl Stream {
     async fn wait_for_queue(&self, what: &str, ready: impl Fn(u32, u32) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let seen = queue_state(&self.conn, &self.queue).await;
+            let seen = self.broker.queue(&self.queue).await;
             if seen.is_some_and(|(messages, consumers)| ready(messages, consumers)) {
                 return;
             }
@@ -204,7 +174,7 @@ impl Stream {
         for job in jobs {
             let event = self.qa.sim.set_done(job, "passed").unwrap();
             let key = event.routing_key(&self.prefix);
-            publish(&self.ch, &self.exchange, &key, event.amqp_body.to_string().as_bytes()).await;
+            self.broker.publish(&self.exchange, &key, event.amqp_body.to_string().as_bytes()).await;
         }
     }
 
@@ -558,7 +528,7 @@ async fn catch_up_is_the_rescuer_of_incidents_whose_messages_never_reached_the_l
     for n in 0..5 {
         stream.incident(13_900 + n).await;
     }
-    assert!(queue_state(&stream.conn, &stream.queue).await.is_none(), "no queue held the messages");
+    assert!(stream.broker.queue(&stream.queue).await.is_none(), "no queue held the messages");
     let mut child = stream.listen(None);
     stream.count_and_check("messages dropped by the broker, catch-up on", Duration::from_secs(30)).await;
     child.kill();

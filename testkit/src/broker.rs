@@ -43,17 +43,19 @@ impl Broker {
         scenario::publish(&self.ch, exchange, routing_key, body).await
     }
 
+    /// (ready messages, consumers) of `queue` right now, or `None` while it does not exist.
+    pub async fn queue(&self, queue: &str) -> Option<(u32, u32)> {
+        // a passive declare of a missing queue closes its channel: one channel per look
+        let ch = self.conn.create_channel().await.ok()?;
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let q = ch.queue_declare(queue.into(), options, FieldTable::default()).await.ok()?;
+        let _ = ch.close(200, "".into()).await;
+        Some((q.message_count(), q.consumer_count()))
+    }
+
     /// Consumers of `queue` right now (0 when the queue does not exist).
     pub async fn consumers(&self, queue: &str) -> u32 {
-        // a passive declare of a missing queue closes its channel: use a fresh one
-        let ch = self.conn.create_channel().await.unwrap();
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
-        let count = match ch.queue_declare(queue.into(), options, FieldTable::default()).await {
-            Ok(q) => q.consumer_count(),
-            Err(_) => 0,
-        };
-        let _ = ch.close(200, "".into()).await;
-        count
+        self.queue(queue).await.map_or(0, |(_, consumers)| consumers)
     }
 
     pub async fn wait_for_consumers(&self, queue: &str, wanted: impl Fn(u32) -> bool) {
