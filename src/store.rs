@@ -1647,13 +1647,14 @@ mod tests {
                 request INTEGER, result TEXT NOT NULL, decided_at TEXT NOT NULL, body TEXT NOT NULL);",
         )
         .unwrap();
-        let mut before = decision(4, vec![1]);
-        before.verdict.result = Outcome::Failed;
-        let body = serde_json::to_string(&before).unwrap();
+        let body = include_str!("../tests/fixtures/store/decision-body-2026-11-24.json").trim();
         old.execute("INSERT INTO decisions VALUES ('k', 'k', 4, 300001, 'failed', 'then', ?1)", [body])
             .unwrap();
         drop(old);
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+        let before = a.latest_decision(4).unwrap().expect("the older row is read");
+        let v = before.verdict;
+        assert_eq!((v.result, v.job_ids, v.complete), (Outcome::Failed, vec![1], true), "taken as complete");
         let ticket = b.begin_evaluation().unwrap();
         assert_eq!(
             a.record_decision(&mut decision(4, vec![1]), &[Sink::Obs], ticket).unwrap(),

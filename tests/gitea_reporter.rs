@@ -88,13 +88,7 @@ fn client(sim: &GiteaSim, token: &str) -> GiteaClient {
 }
 
 fn approvals(sim: &GiteaSim, sha: &str) -> Vec<SimComment> {
-    sim.comments(REPO, PR)
-        .into_iter()
-        .filter(|c| {
-            c.body.starts_with(&format!("@{BOT}: approved\n"))
-                && c.body.ends_with(&format!("\nTested commit: {sha}"))
-        })
-        .collect()
+    testkit::approvals(sim, REPO, PR, BOT, sha)
 }
 
 fn results_comments(sim: &GiteaSim) -> Vec<SimComment> {
@@ -185,9 +179,10 @@ async fn duplicates_of_our_results_comment_are_removed() {
     let sim = new_sim().await;
     sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
     let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
-    let old = incident_gate::gitea::report::results_comment(&report(Outcome::Failed, SHA1, &[1]), None);
-    let a = sim.add_comment(REPO, PR, ME, &old);
-    let b = sim.add_comment(REPO, PR, ME, &old);
+    // our results comment of an earlier run, as Gitea holds it (failed, job 1)
+    let old = include_str!("fixtures/gitea/our-results-comment-124.md");
+    let a = sim.add_comment(REPO, PR, ME, old);
+    let b = sim.add_comment(REPO, PR, ME, old);
     // a quote of our marker by someone else is not ours to touch
     let quote = sim.add_comment(REPO, PR, "someone", &format!("> {old}"));
     let d = deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[2])).await;

@@ -13,12 +13,7 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
 
 fn run(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("incident-gate runs")
+    testkit::cli::run(BIN, args, env)
 }
 
 /// The simulators and the environment of a hook that reports to the IBS simulator as `qam-bot`.

@@ -16,13 +16,9 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
 const SECRET: &str = "S3CRET-in-url";
 
+/// With the command's own default log level: what an operator sees.
 fn run(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("INCIDENT_GATE_CONFIG").env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("incident-gate runs")
+    testkit::cli::command(BIN, env).env_remove("RUST_LOG").args(args).output().expect("incident-gate runs")
 }
 
 fn text(out: &Output) -> String {

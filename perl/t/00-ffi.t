@@ -42,6 +42,9 @@ my $state = tempdir(CLEANUP => 1);
 # nothing listens on port 9 of the loopback: asking openQA fails at once
 my $config = encode_json({openqa_url => 'http://127.0.0.1:9', state_dir => $state, publish_amqp => 'false',
     report_obs => 'false', obs_password => 'S3CRET-OBS'});
+# the engine's threads start with the first event and end with ig_gate_free
+sub threads { scalar(() = glob "/proc/$$/task/*") }
+my $threads_before = threads();
 my $gate = $lib->gate($config);
 isa_ok $gate, 'IncidentGate::FFI::Gate';
 
@@ -111,7 +114,8 @@ subtest 'ig_gate_flush and ig_gate_evaluate' => sub {
     like $error, qr/\S/, "with a message ($error)";
 };
 
+cmp_ok threads(), '>', $threads_before, 'the gate runs threads of its own';
 undef $gate;
-pass 'ig_gate_free';
+is threads(), $threads_before, 'ig_gate_free stopped them before it returned';
 
 done_testing;

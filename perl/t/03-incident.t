@@ -54,7 +54,7 @@ $sim->set_done($jobs[2], 'passed');
 emit(openqa_job_done => {id => $jobs[2], newbuild => undef, reason => undef, result => 'passed'});
 my ($msg) = ours($amqp->get_all(5));
 $msg //= wait_for(sub { (ours($amqp->get_all(1)))[0] }, 30);
-ok $msg, 'incident.done published once the last job is done' or BAIL_OUT 'no incident.done message';
+ok $msg, 'incident.done published once the last job is done' or die "no incident.done message: the rest of this file depends on it\n";
 is $msg->{exchange}, $exchange, 'on the configured exchange';
 is $msg->{content_type}, 'application/json', 'as JSON';
 is $msg->{delivery_mode}, 2, 'persistent';

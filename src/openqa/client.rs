@@ -51,6 +51,13 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The backoff before retry number `retry` (1 = the first retry).
+    pub fn delay_before(&self, retry: u32) -> Duration {
+        self.base_delay.saturating_mul(1 << retry.saturating_sub(1).min(16))
+    }
+}
+
 /// A failed openQA API call. `route` is `METHOD /path?query` relative to the configured openQA URL;
 /// no variant ever carries a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -598,7 +605,7 @@ impl OpenQaClient {
             if attempt >= attempts {
                 return Err(failure);
             }
-            let delay = self.retry.base_delay.saturating_mul(1 << (attempt - 1).min(16));
+            let delay = self.retry.delay_before(attempt);
             tracing::debug!(error = %failure, delay_ms = delay.as_millis() as u64, "openQA request failed, retrying");
             tokio::time::sleep(delay).await;
         }
@@ -751,6 +758,25 @@ mod tests {
         assert!(!link_has_next("<http://o/api/v1/jobs?build=b&limit=2&offset=0>; rel=\"first\""));
         assert!(!link_has_next("<http://o/api/v1/jobs?next=1>; rel=\"prev\""));
         assert!(!link_has_next("<http://o/api/v1/jobs?ids=1,rel=\"next\">; rel=\"first\""));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever openQA (or a proxy) puts into the URLs, only the parameters outside them count.
+        #[test]
+        fn link_headers_with_any_urls(
+            first in "[^>]{0,30}([,;] ?rel=\"?next\"?)?[^>]{0,30}",
+            next in "[^>]{0,60}",
+            junk in "\\PC{0,80}",
+        ) {
+            let only_first = format!("<{first}>; rel=\"first\"");
+            proptest::prop_assert!(!link_has_next(&only_first), "{}", only_first);
+            let with_next = format!("<{first}>; rel=\"first\", <{next}>; rel=\"next\"");
+            proptest::prop_assert!(link_has_next(&with_next), "{}", with_next);
+            let _ = link_has_next(&junk);
+            proptest::prop_assert!(error_message(junk.as_bytes()).len() <= junk.len().max(1) + 16);
+        }
     }
 
     #[test]
