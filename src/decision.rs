@@ -20,6 +20,10 @@ pub struct Decision {
     /// group's description in openQA (group name → lines). Not part of what was decided.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub contacts: std::collections::BTreeMap<String, Vec<String>>,
+    /// When the last of the counted jobs ended (RFC 3339, UTC), for the decision latency the
+    /// metrics show (`metrics`). Absent in decisions recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job_end: Option<String>,
 }
 
 impl Decision {
@@ -29,6 +33,7 @@ impl Decision {
             decided_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             openqa: openqa.trim_end_matches('/').to_string(),
             contacts: Default::default(),
+            last_job_end: None,
             verdict,
         }
     }
@@ -63,6 +68,17 @@ impl Decision {
         }
         body
     }
+}
+
+/// When the last of the verdict's counted jobs ended (openQA's `t_finished`, read as UTC), as
+/// RFC 3339; None when none of them says.
+pub fn last_job_end(verdict: &Verdict, jobs: &[crate::openqa::model::Job]) -> Option<String> {
+    let counted: std::collections::HashSet<u64> = verdict.job_ids.iter().copied().collect();
+    jobs.iter()
+        .filter(|j| counted.contains(&j.id))
+        .filter_map(|j| humantime::parse_rfc3339_weak(j.t_finished.as_deref()?).ok())
+        .max()
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
 /// The submission's page in openQA's web UI (served by the plugin): the verdict explained.
@@ -122,6 +138,10 @@ pub fn salted_key(base: &str, n: u64) -> String {
     h.update(format!("{base}|{n}"));
     hex::encode(&h.finalize()[..16])
 }
+
+/// What a `Delivery::Denied` message says, so that the metrics can count the reports held back
+/// by refused credentials from the outcome the outbox keeps.
+pub const CREDENTIALS_REFUSED: &str = "refused our credentials or permissions";
 
 /// What delivering a decision to a sink came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

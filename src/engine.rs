@@ -408,6 +408,8 @@ impl Core {
     /// Records an error openQA will repeat: counted, kept for status, logged the first time only.
     fn refused(&self, e: &EngineError, affected: String) {
         self.stats.refused.fetch_add(1, Relaxed);
+        // shared by every process of the state directory, for the metrics (a lost count is no harm)
+        let _ = self.store.count("openqa_refused", 1);
         let (route, status, message) = refusal_parts(e);
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
@@ -850,6 +852,7 @@ impl Core {
         self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
+        decision.last_job_end = crate::decision::last_job_end(&decision.verdict, &jobs);
         // the event for every submission, a report to the service the submission belongs to
         let sinks: Vec<Sink> = self.sinks.iter().copied().filter(|s| s.serves(incident.kind)).collect();
         match self.store.record_decision(&mut decision, &sinks, seen)? {

@@ -240,8 +240,15 @@ pub async fn check(core: Arc<Core>, incident: Submission, json: bool) -> Result<
     Ok(exit_code(verdict.result))
 }
 
-pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
+pub fn status(core: Arc<Core>, json: bool, influx: bool) -> Result<u8, String> {
     let store = core.store();
+    if influx {
+        let read = store.metrics_read(incident_gate::metrics::LATENCY_WINDOW).map_err(|e| e.to_string())?;
+        let url = incident_gate::config::link_base(&core.config().openqa_url);
+        let lines = incident_gate::metrics::render(&url, &read, std::time::SystemTime::now());
+        out!("{}", lines.trim_end());
+        return Ok(0);
+    }
     let summary = store.summary(incident_gate::engine::RECENT_DECISIONS).map_err(|e| e.to_string())?;
     if json {
         let mut v = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
