@@ -38,6 +38,24 @@ impl Decision {
         }
     }
 
+    /// The log line of a new decision: `incident 12345: passed (request 600101, 3 jobs, decision
+    /// …)`, `pull request git:124: failed (2 jobs, decision …)`.
+    pub fn log_line(&self) -> String {
+        let v = &self.verdict;
+        let request = match (v.kind, v.request) {
+            (Kind::Ibs, Some(r)) => format!("request {r}, "),
+            (Kind::Ibs, None) => "no release request known, ".to_string(),
+            (Kind::Gitea, _) => String::new(),
+        };
+        format!(
+            "{}: {} ({request}{} jobs, decision {})",
+            v.submission().named(),
+            v.result.as_str(),
+            v.jobs.total,
+            self.key
+        )
+    }
+
     /// The `incident.done` event body (DESIGN section 5, docs/events.md).
     pub fn event_json(&self) -> serde_json::Value {
         let v = &self.verdict;
@@ -197,6 +215,23 @@ mod tests {
         assert_eq!(page_url("https://o.example/", 12), "https://o.example/incident_gate/12");
         let pr = crate::incident::Submission::gitea(124);
         assert_eq!(page_url("https://o.example", pr), "https://o.example/incident_gate/git:124");
+    }
+
+    #[test]
+    fn a_decision_is_logged_as_people_read_it() {
+        let mut v = failed(&[]);
+        v.jobs.total = 3;
+        let d = Decision::new(v.clone(), "https://o.example");
+        assert_eq!(d.log_line(), format!("incident 1: failed (request 2, 3 jobs, decision {})", d.key));
+        v.request = None;
+        let d = Decision::new(v.clone(), "https://o.example");
+        assert_eq!(
+            d.log_line(),
+            format!("incident 1: failed (no release request known, 3 jobs, decision {})", d.key)
+        );
+        v.kind = Kind::Gitea;
+        let d = Decision::new(v, "https://o.example");
+        assert_eq!(d.log_line(), format!("pull request git:1: failed (3 jobs, decision {})", d.key));
     }
 
     #[test]

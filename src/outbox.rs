@@ -43,7 +43,10 @@ impl Deliverer {
                 let report = crate::obs::reporter::deliver(client, cfg, &item.decision);
                 match tokio::time::timeout(limit, report).await {
                     Ok(outcome) => outcome,
-                    Err(_) => Delivery::Retry(format!("IBS did not finish within {limit:?}")),
+                    Err(_) => Delivery::Retry(format!(
+                        "IBS did not finish within {}",
+                        humantime::format_duration(limit)
+                    )),
                 }
             }
             Deliverer::Obs(Err(e), _) => Delivery::Retry(format!("IBS client: {e}")),
@@ -54,7 +57,10 @@ impl Deliverer {
                 let limit = Duration::from_secs(crate::store::LEASE_S as u64 / 2);
                 match tokio::time::timeout(limit, crate::gitea::deliver(client, cfg, &report)).await {
                     Ok(outcome) => outcome,
-                    Err(_) => Delivery::Retry(format!("Gitea did not finish within {limit:?}")),
+                    Err(_) => Delivery::Retry(format!(
+                        "Gitea did not finish within {}",
+                        humantime::format_duration(limit)
+                    )),
                 }
             }
             Deliverer::Gitea(Err(e), _) => Delivery::Retry(format!("Gitea client: {e}")),
@@ -223,20 +229,20 @@ fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
 }
 
 async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {
-    let incident = item.decision.verdict.submission();
+    let incident = item.decision.verdict.submission().named();
     let outcome = deliverer.deliver(item).await;
     match &outcome {
-        Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
+        Delivery::Done(m) => tracing::info!("{incident} → {}: {m}", sink.as_str()),
         Delivery::Final(m) => {
-            tracing::info!("incident {incident} → {}: nothing more to do: {m}", sink.as_str())
+            tracing::info!("{incident} → {}: nothing more to do: {m}", sink.as_str())
         }
         Delivery::Denied(m, _) => tracing::error!(
-            "incident {incident} → {}: attempt {} refused, will retry: {m}",
+            "{incident} → {}: attempt {} refused, will retry: {m}",
             sink.as_str(),
             item.attempts + 1
         ),
         Delivery::Retry(m) => tracing::warn!(
-            "incident {incident} → {}: attempt {} failed, will retry: {m}",
+            "{incident} → {}: attempt {} failed, will retry: {m}",
             sink.as_str(),
             item.attempts + 1
         ),
