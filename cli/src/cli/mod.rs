@@ -259,7 +259,12 @@ pub fn status(core: Arc<Core>, json: bool, influx: bool) -> Result<u8, String> {
     let (backlog, pending) = (&summary.outbox_backlog, &summary.pending_incidents);
     out!("state: {}", store.path().display());
     out!("outbox backlog: {} AMQP, {} IBS, {} Gitea", backlog.amqp, backlog.obs, backlog.gitea);
-    out!("pending: {}", incident_gate::log::list(pending.iter().map(|p| p.named())));
+    let pending = if pending.is_empty() {
+        "none".into()
+    } else {
+        incident_gate::log::list(pending.iter().map(|p| p.named()))
+    };
+    out!("pending: {pending}");
     let c = &summary.catchup;
     let shown = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     out!(
