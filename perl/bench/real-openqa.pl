@@ -6,6 +6,8 @@
 #   - last set_done -> `incident.done` consumed from RabbitMQ (median, p99),
 #   - openQA requests the library made per decision,
 #   - the resident memory of both web UI processes, after warm-up and after the run.
+#   - decisions lost or duplicated: incidents with no `incident.done`, messages beyond one per incident,
+#     and the decisions recorded in the state directory every process shares (the metrics route),
 # Usage (scripts/bench runs it): IG_LIBRARY=... IG_BIN=... perl perl/bench/real-openqa.pl [incidents] [jobs] [workers]
 # workers: 0 (default) runs `openqa daemon`, one process; N runs `openqa prefork` with N workers as
 # openQA's service does (`-c 1`), where the library's requests are answered by other workers.
@@ -64,10 +66,36 @@ sub timed_done ($oq, $id) {
     return time - $t0;
 }
 
+# The plugin's metrics (/admin/influxdb/incident_gate, from the state directory all workers
+# share): the line without kind or sink tag, and the decisions summed over kinds and results.
+sub metrics ($oq) {
+    my %m = (decisions => 0);
+    for my $line (split /\n/, $oq->ua->get($oq->url . '/admin/influxdb/incident_gate')->result->body) {
+        my ($tags, $fields) = $line =~ /^incident_gate,url=\S+?((?:,\w+=\w+)*) (\S+)$/ or next;
+        my %f = map { /^(\w+)=(-?\d+)i$/ } split /,/, $fields;
+        if ($tags =~ /kind=/) { $m{decisions} += $f{decisions} // 0 }
+        elsif (!$tags) { %m = (%m, %f) }
+    }
+    return \%m;
+}
+
+# every incident.done seen, by incident: event ids (the decision keys) and how often each came
+my %done;
+sub note_done ($m) {
+    my $j = eval { decode_json($m->{body}) } // {};
+    return undef unless $m->{routing_key} =~ /incident\.done$/ && $j->{incident};
+    $done{$j->{incident}}{$j->{event_id} // ''}++;
+    return $j->{incident};
+}
+sub loadavg { open my $fh, '<', '/proc/loadavg' or return '?'; (split ' ', <$fh>)[0] }
+my $load_before = loadavg();
+
 # warm both instances (database caches, the library's engine start in the plugin's worker)
 for my $oq ($with, $without) { timed_done($oq, $_) for jobs($oq, 49999) }
 $w->await_done(49999, 1, 30) or die "no decision during warm-up\n";
+note_done($_) for $w->openqa_messages('incident.done');
 my $before = status($with);
+my $metrics_before = metrics($with);
 my %rss_before = (with => rss($with), without => rss($without));
 
 my (@cost_with, @cost_without, @latency);
@@ -85,13 +113,22 @@ for my $k (1 .. $incidents) {
         my $got;
         while (!$got && time < $deadline) {
             my $m = $w->{amqp}->get(1, 0) or next;
-            my $j = eval { decode_json($m->{body}) } // {};
-            $got = ($j->{incident} // 0) == $i && $m->{routing_key} =~ /incident\.done$/;
+            $got = (note_done($m) // 0) == $i;
         }
         die "no incident.done for $i within 30 s\n" unless $got;
         push @latency, time - $t0;
     }
 }
+# late or repeated messages: drained until none came for 3 s
+while (my @late = $w->{amqp}->get_all(3)) { note_done($_) for @late }
+my $load_after = loadavg();
+my $metrics_after = metrics($with);
+my @incidents = (49999, map { 50000 + $_ } 1 .. $incidents);
+my $lost = grep { !$done{$_} } @incidents;
+my $messages = 0;
+$messages += $_ for map { values %$_ } values %done;
+my $duplicated = $messages - keys %done;
+my $stored = $metrics_after->{decisions};
 my $after = status($with);
 my %rss_after = (with => rss($with), without => rss($without));
 my $decisions = ($after->{decisions} // 0) - ($before->{decisions} // 0);
@@ -110,8 +147,21 @@ say '| plugin cost on `set_done` | ', sprintf('%+.1f %%', 100 * ($mw - $mo) / $m
   sprintf('%+.1f %%', 100 * (pct(99, \@cost_with) - pct(99, \@cost_without)) / pct(99, \@cost_without)), ' |';
 say '| last `set_done` sent -> `incident.done` consumed | ', ms(pct(50, \@latency)), ' | ', ms(pct(99, \@latency)), ' |';
 say '';
-say "openQA requests by the library: $requests for $decisions decisions (", sprintf('%.2f', $requests / ($decisions || 1)),
-  ' per decision).';
+if ($workers) {
+    # each worker counts its own openQA requests; the evaluations counter is the state directory's
+    my $evaluations = ($metrics_after->{evaluations} // 0) - ($metrics_before->{evaluations} // 0);
+    say "Evaluations by all $workers workers: $evaluations for ", $stored - $metrics_before->{decisions},
+      ' decisions (the openQA requests of the one worker that answered the status: ', $requests, ').';
+}
+else {
+    say "openQA requests by the library: $requests for $decisions decisions (", sprintf('%.2f', $requests / ($decisions || 1)),
+      ' per decision).';
+}
+say '';
+say 'Decisions: ', scalar @incidents, " incidents (with the warm-up's), $stored recorded in the state directory, ",
+  "$messages `incident.done` messages with ", scalar(map { keys %$_ } values %done), ' distinct event ids; ',
+  "lost $lost, duplicated $duplicated.";
+say "Load average of the machine (2 cores, shared): $load_before before, $load_after after.";
 say '';
 say '| resident memory of the web UI', ($workers ? ' (manager and workers)' : ' process'), ' | after warm-up | after the run |';
 say '| --- | --- | --- |';
