@@ -24,6 +24,10 @@ pub struct Decision {
     /// overview of each (openQA matches `build` exactly). Not part of what was decided.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub builds: Vec<String>,
+    /// When the last of the counted jobs ended (RFC 3339, UTC), for the decision latency the
+    /// metrics show (`metrics`). Absent in decisions recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job_end: Option<String>,
 }
 
 impl Decision {
@@ -34,8 +38,27 @@ impl Decision {
             openqa: openqa.trim_end_matches('/').to_string(),
             contacts: Default::default(),
             builds: Vec::new(),
+            last_job_end: None,
             verdict,
         }
+    }
+
+    /// The log line of a new decision: `incident 12345: passed (request 600101, 3 jobs, decision
+    /// …)`, `pull request git:124: failed (2 jobs, decision …)`.
+    pub fn log_line(&self) -> String {
+        let v = &self.verdict;
+        let request = match (v.kind, v.request) {
+            (Kind::Ibs, Some(r)) => format!("request {r}, "),
+            (Kind::Ibs, None) => "no release request known, ".to_string(),
+            (Kind::Gitea, _) => String::new(),
+        };
+        format!(
+            "{}: {} ({request}{} jobs, decision {})",
+            v.submission().named(),
+            v.result.as_str(),
+            v.jobs.total,
+            self.key
+        )
     }
 
     /// The `incident.done` event body (DESIGN section 5, docs/events.md).
@@ -68,6 +91,17 @@ impl Decision {
         }
         body
     }
+}
+
+/// When the last of the verdict's counted jobs ended (openQA's `t_finished`, read as UTC), as
+/// RFC 3339; None when none of them says.
+pub fn last_job_end(verdict: &Verdict, jobs: &[crate::openqa::model::Job]) -> Option<String> {
+    let counted: std::collections::HashSet<u64> = verdict.job_ids.iter().copied().collect();
+    jobs.iter()
+        .filter(|j| counted.contains(&j.id))
+        .filter_map(|j| humantime::parse_rfc3339_weak(j.t_finished.as_deref()?).ok())
+        .max()
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
 /// The submission's page in openQA's web UI (served by the plugin): the verdict explained.
@@ -127,6 +161,10 @@ pub fn salted_key(base: &str, n: u64) -> String {
     h.update(format!("{base}|{n}"));
     hex::encode(&h.finalize()[..16])
 }
+
+/// What a `Delivery::Denied` message says, so that the metrics can count the reports held back
+/// by refused credentials from the outcome the outbox keeps.
+pub const CREDENTIALS_REFUSED: &str = "refused our credentials or permissions";
 
 /// What delivering a decision to a sink came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +263,23 @@ mod tests {
         assert_eq!(page_url("https://o.example/", 12), "https://o.example/incident_gate/12");
         let pr = crate::incident::Submission::gitea(124);
         assert_eq!(page_url("https://o.example", pr), "https://o.example/incident_gate/git:124");
+    }
+
+    #[test]
+    fn a_decision_is_logged_as_people_read_it() {
+        let mut v = failed(&[]);
+        v.jobs.total = 3;
+        let d = Decision::new(v.clone(), "https://o.example");
+        assert_eq!(d.log_line(), format!("incident 1: failed (request 2, 3 jobs, decision {})", d.key));
+        v.request = None;
+        let d = Decision::new(v.clone(), "https://o.example");
+        assert_eq!(
+            d.log_line(),
+            format!("incident 1: failed (no release request known, 3 jobs, decision {})", d.key)
+        );
+        v.kind = Kind::Gitea;
+        let d = Decision::new(v, "https://o.example");
+        assert_eq!(d.log_line(), format!("pull request git:1: failed (3 jobs, decision {})", d.key));
     }
 
     #[test]

@@ -381,17 +381,17 @@ impl Core {
             self.stats.catchup_unheard_jobs.fetch_add(r.unheard_jobs as u64, Relaxed);
             match &r.error {
                 Some(e) => tracing::warn!(
-                    "catch-up stopped after {} requests, up to job {:?}: {e}",
+                    "catch-up stopped after {} requests, up to job {}: {e}",
                     r.requests,
-                    r.after_id
+                    crate::log::or_none(r.after_id)
                 ),
                 None if r.unheard_jobs > 0 => tracing::info!(
-                    "catch-up: {} ended jobs of incidents no decision counted yet ({} requests, up to job {:?})",
+                    "catch-up: {} ended jobs of incidents no decision counted yet ({} requests, up to job {})",
                     r.unheard_jobs,
                     r.requests,
-                    r.after_id
+                    crate::log::or_none(r.after_id)
                 ),
-                None => tracing::debug!("catch-up: {} requests, up to job {:?}", r.requests, r.after_id),
+                None => tracing::debug!("catch-up: {} requests, up to job {}", r.requests, crate::log::or_none(r.after_id)),
             }
         }
         Ok(report)
@@ -413,6 +413,8 @@ impl Core {
     /// Records an error openQA will repeat: counted, kept for status, logged the first time only.
     fn refused(&self, e: &EngineError, affected: String) {
         self.stats.refused.fetch_add(1, Relaxed);
+        // shared by every process of the state directory, for the metrics (a lost count is no harm)
+        let _ = self.store.count("openqa_refused", 1);
         let (route, status, message) = refusal_parts(e);
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
@@ -505,7 +507,7 @@ impl Core {
                 for job in &event.jobs {
                     for incident in map.get(job).into_iter().flatten() {
                         if let Err(e) = self.store.note_job(*incident, *job, true) {
-                            tracing::warn!("incident {incident}: {e}");
+                            tracing::warn!("{}: {e}", incident.named());
                         }
                     }
                 }
@@ -529,7 +531,10 @@ impl Core {
                         touched.entry(i).or_default().0 = true;
                     }
                 }
-                Err(e) => tracing::warn!("cannot look up the incidents of deleted comments {deleted:?}: {e}"),
+                Err(e) => tracing::warn!(
+                    "cannot look up the incidents of deleted comments {}: {e}",
+                    crate::log::list(&deleted)
+                ),
             }
         }
         let mut incidents: Vec<Submission> = touched.keys().copied().collect();
@@ -538,7 +543,10 @@ impl Core {
         reported.sort_unstable();
         let stored = self.store.mark_pending_many(&incidents, &reported);
         if let Err(e) = &stored {
-            tracing::warn!("cannot record incidents {incidents:?} as pending: {e}");
+            tracing::warn!(
+                "cannot record {} as pending: {e}",
+                crate::log::list(incidents.iter().map(|i| i.named()))
+            );
         }
         let mut queued = 0;
         {
@@ -577,8 +585,9 @@ impl Core {
                 if e.is_transient() {
                     self.stats.api_errors.fetch_add(1, Relaxed);
                     tracing::warn!(
-                        "cannot look up {} jobs of events, retrying in {delay:?}: {e}",
-                        chunk.len()
+                        "cannot look up {} jobs of events, retrying in {}: {e}",
+                        chunk.len(),
+                        humantime::format_duration(delay)
                     );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -759,15 +768,15 @@ impl Core {
                     }
                     Err(e) if e.is_transient() => {
                         core.stats.api_errors.fetch_add(1, Relaxed);
-                        tracing::warn!("incident {incident}: no verdict now, will retry: {e}");
+                        tracing::warn!("{}: no verdict now, will retry: {e}", incident.named());
                         failures += 1;
                         true
                     }
                     Err(e) => {
                         // asked again only by reconciliation (or a new event), not in a loop
-                        core.refused(e, format!("incident {incident}"));
+                        core.refused(e, incident.named());
                         if let Err(e) = core.store.mark_pending(incident) {
-                            tracing::warn!("incident {incident}: {e}");
+                            tracing::warn!("{}: {e}", incident.named());
                         }
                         false
                     }
@@ -818,7 +827,7 @@ impl Core {
                 };
                 if let Some(ticket) = settle {
                     if let Err(e) = core.store.settle_pending(incident, ticket) {
-                        tracing::warn!("incident {incident}: {e}");
+                        tracing::warn!("{}: {e}", incident.named());
                     }
                 }
                 if !go_on {
@@ -856,18 +865,13 @@ impl Core {
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
         decision.builds = builds(&decision.verdict, &jobs);
+        decision.last_job_end = crate::decision::last_job_end(&decision.verdict, &jobs);
         // the event for every submission, a report to the service the submission belongs to
         let sinks: Vec<Sink> = self.sinks.iter().copied().filter(|s| s.serves(incident.kind)).collect();
         match self.store.record_decision(&mut decision, &sinks, seen)? {
             Recorded::New => {
                 self.stats.decisions.fetch_add(1, Relaxed);
-                tracing::info!(
-                    "incident {incident}: {} (request {:?}, {} jobs, decision {})",
-                    decision.verdict.result.as_str(),
-                    decision.verdict.request,
-                    decision.verdict.jobs.total,
-                    decision.key
-                );
+                tracing::info!("{}", decision.log_line());
                 self.outbox_wake.notify_waiters();
             }
             Recorded::Repeat => {
@@ -876,7 +880,8 @@ impl Core {
             Recorded::Stale => {
                 self.stats.stale_decisions.fetch_add(1, Relaxed);
                 tracing::info!(
-                    "incident {incident}: {} not recorded: an evaluation that started later decided already",
+                    "{}: {} not recorded: an evaluation that started later decided already",
+                    incident.named(),
                     decision.verdict.result.as_str()
                 );
             }

@@ -44,7 +44,10 @@ impl Deliverer {
                 let report = crate::obs::deliver_checked(client, cfg, &item.decision, recheck);
                 match tokio::time::timeout(limit, report).await {
                     Ok(outcome) => outcome,
-                    Err(_) => Delivery::Retry(format!("IBS did not finish within {limit:?}")),
+                    Err(_) => Delivery::Retry(format!(
+                        "IBS did not finish within {}",
+                        humantime::format_duration(limit)
+                    )),
                 }
             }
             Deliverer::Obs(Err(e), _) => Delivery::Retry(format!("IBS client: {e}")),
@@ -56,7 +59,10 @@ impl Deliverer {
                 let report = crate::gitea::deliver_checked(client, cfg, &report, recheck);
                 match tokio::time::timeout(limit, report).await {
                     Ok(outcome) => outcome,
-                    Err(_) => Delivery::Retry(format!("Gitea did not finish within {limit:?}")),
+                    Err(_) => Delivery::Retry(format!(
+                        "Gitea did not finish within {}",
+                        humantime::format_duration(limit)
+                    )),
                 }
             }
             Deliverer::Gitea(Err(e), _) => Delivery::Retry(format!("Gitea client: {e}")),
@@ -232,30 +238,30 @@ async fn deliver_one(
     sink: Sink,
     recheck: &dyn Recheck,
 ) -> Delivery {
-    let incident = item.decision.verdict.submission();
+    let incident = item.decision.verdict.submission().named();
     let outcome = deliverer.deliver(item, recheck).await;
     let waited = matches!(outcome, Delivery::Waiting(..));
     let outcome = bound_wait(cfg, &item.decision.decided_at, crate::store::now_ms(), outcome);
     let again = repeats(item.last_outcome.as_deref(), &outcome);
     match &outcome {
-        Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
+        Delivery::Done(m) => tracing::info!("{incident} → {}: {m}", sink.as_str()),
         // not reported after all: someone may have to look why the review never came
-        Delivery::Final(m) if waited => tracing::warn!("incident {incident} → {}: {m}", sink.as_str()),
+        Delivery::Final(m) if waited => tracing::warn!("{incident} → {}: {m}", sink.as_str()),
         Delivery::Final(m) => {
-            tracing::info!("incident {incident} → {}: nothing more to do: {m}", sink.as_str())
+            tracing::info!("{incident} → {}: nothing more to do: {m}", sink.as_str())
         }
         Delivery::Denied(m, _) if again => {
-            tracing::debug!("incident {incident} → {}: still refused: {m}", sink.as_str())
+            tracing::debug!("{incident} → {}: still refused: {m}", sink.as_str())
         }
         Delivery::Denied(m, _) => tracing::error!(
-            "incident {incident} → {}: attempt {} refused, will retry: {m}",
+            "{incident} → {}: attempt {} refused, will retry: {m}",
             sink.as_str(),
             item.attempts + 1
         ),
-        Delivery::Waiting(m, _) if again => tracing::debug!("incident {incident} → {}: {m}", sink.as_str()),
-        Delivery::Waiting(m, _) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
+        Delivery::Waiting(m, _) if again => tracing::debug!("{incident} → {}: {m}", sink.as_str()),
+        Delivery::Waiting(m, _) => tracing::info!("{incident} → {}: {m}", sink.as_str()),
         Delivery::Retry(m) => tracing::warn!(
-            "incident {incident} → {}: attempt {} failed, will retry: {m}",
+            "{incident} → {}: attempt {} failed, will retry: {m}",
             sink.as_str(),
             item.attempts + 1
         ),

@@ -1288,6 +1288,119 @@ impl Store {
     pub fn decision_count(&self) -> Result<u64, StoreError> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get::<_, i64>(0))? as u64)
     }
+
+    // ---- metrics (`crate::metrics`): one read, then `count` for what only the engine sees ----
+
+    /// Adds `n` to the counter `name`, shared by every process of the state directory.
+    pub fn count(&self, name: &str, n: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO counters (name, value) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET value = value + ?2",
+            params![name, n],
+        )?;
+        Ok(())
+    }
+
+    /// What the metrics are made of, as the store holds it (no clock, no arithmetic: see
+    /// `crate::metrics::render`), in one read transaction. `window`: how many of the newest
+    /// decisions the latency is taken over. Reads only; aggregates and indexed lookups.
+    pub fn metrics_read(&self, window: usize) -> Result<MetricsRead, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut m = MetricsRead::default();
+        {
+            let mut stmt = tx.prepare(
+                "SELECT incident < 0, result, COUNT(*) FROM decisions GROUP BY 1, 2 ORDER BY 1, 2",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let gitea: bool = r.get(0)?;
+                Ok(DecisionCount {
+                    kind: if gitea { Kind::Gitea } else { Kind::Ibs },
+                    result: r.get(1)?,
+                    count: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?;
+            m.decisions = rows.collect::<Result<_, _>>()?;
+            let counter = |name: &str| -> rusqlite::Result<u64> {
+                Ok(tx
+                    .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .unwrap_or(0)
+                    .max(0) as u64)
+            };
+            m.evaluations = counter("evaluation")?;
+            m.openqa_refused = counter("openqa_refused")?;
+            (m.waiting, m.oldest_waiting_since_ms) =
+                tx.query_row("SELECT COUNT(*), MIN(since) FROM pending", [], |r| {
+                    Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?))
+                })?;
+            let mut stmt = tx.prepare(
+                "SELECT COUNT(*), MIN(d.decided_at), COALESCE(SUM(o.outcome LIKE '%' || ?2 || '%'), 0)
+                 FROM outbox AS o JOIN decisions AS d ON d.key = o.key WHERE o.sink = ?1 AND o.state = 'queued'",
+            )?;
+            for sink in [Sink::Amqp, Sink::Obs, Sink::Gitea] {
+                let (queued, oldest, denied) = stmt
+                    .query_row(params![sink.as_str(), crate::decision::CREDENTIALS_REFUSED], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get::<_, i64>(2)?))
+                    })?;
+                m.sinks.push(SinkRead {
+                    sink,
+                    queued: queued.max(0) as u64,
+                    oldest_decided_at: oldest,
+                    credentials_refused: denied.max(0) as u64,
+                });
+            }
+            m.newest_seen = counter("catchup_newest_seen")?;
+            let after_id = counter("catchup_after_id")?;
+            let lowest: Option<i64> =
+                tx.query_row("SELECT MIN(id) FROM catchup_jobs WHERE final = 0", [], |r| r.get(0))?;
+            m.watermark = lowest.map_or(after_id, |l| after_id.min((l.max(1) - 1) as u64));
+            let mut stmt = tx.prepare(
+                "SELECT decided_at, json_extract(body, '$.last_job_end') FROM decisions
+                 ORDER BY rowid DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([window as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            m.recent = rows.collect::<Result<_, _>>()?;
+        }
+        tx.commit()?;
+        Ok(m)
+    }
+}
+
+/// The store's part of the metrics (`Store::metrics_read`).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsRead {
+    /// Decisions the state directory keeps, by kind and result.
+    pub decisions: Vec<DecisionCount>,
+    /// Evaluations begun by every process (the evaluation ticket).
+    pub evaluations: u64,
+    pub openqa_refused: u64,
+    /// Submissions waiting to be decided, and since when the longest-waiting one waits (unix ms).
+    pub waiting: u64,
+    pub oldest_waiting_since_ms: Option<i64>,
+    pub sinks: Vec<SinkRead>,
+    /// Catch-up: the highest job id seen, and the id every incident job up to which ended.
+    pub newest_seen: u64,
+    pub watermark: u64,
+    /// The newest decisions: (decided_at, last_job_end), newest first.
+    pub recent: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecisionCount {
+    pub kind: Kind,
+    pub result: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkRead {
+    pub sink: Sink,
+    /// Reports not delivered yet, the decision time of the oldest, and how many of them were
+    /// last refused for our credentials.
+    pub queued: u64,
+    pub oldest_decided_at: Option<String>,
+    pub credentials_refused: u64,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 # on the real RabbitMQ, the qam-openqa review accepted on the OBS simulator, and the routes show it.
 use v5.20;
 use warnings;
+use utf8;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
@@ -94,7 +95,7 @@ subtest 'the public status shows decisions, not configuration or deliveries' => 
 };
 
 subtest "the library's log is in the app's log" => sub {
-    my $decided = qr/^\[info\] IncidentGate: incident $incident: passed \(request Some\($request\)/;
+    my $decided = qr/^\[info\] IncidentGate: incident $incident: passed \(request $request, 3 jobs,/;
     ok wait_for(sub { grep {/$decided/} log_lines($t) }, 10), 'the decision, logged by the engine'
       or diag join "\n", log_lines($t);
     ok((grep {/^\[info\] IncidentGate: incident $incident → obs: /} log_lines($t)), 'the IBS delivery')

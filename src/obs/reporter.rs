@@ -57,7 +57,7 @@ fn retry(what: &str, e: &ObsError) -> Delivery {
 fn failed(what: &str, e: &ObsError) -> Delivery {
     if e.is_denied() {
         // the caller (`deliver`) sets the delay from the configuration
-        Delivery::Denied(format!("{what}: IBS refused our credentials or permissions: {e}"), 0)
+        Delivery::Denied(format!("{what}: IBS {}: {e}", crate::decision::CREDENTIALS_REFUSED), 0)
     } else if e.is_retryable() {
         retry(what, e)
     } else {

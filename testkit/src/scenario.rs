@@ -78,6 +78,10 @@ impl CGate {
         CGate(gate)
     }
 
+    pub fn raw(&self) -> *const ig_gate {
+        self.0
+    }
+
     pub fn submit(&self, name: &str, data: &serde_json::Value) -> ig_status {
         let (n, d) = (CString::new(name).unwrap(), CString::new(data.to_string()).unwrap());
         unsafe { ig_gate_submit(self.0, n.as_ptr(), d.as_ptr()) }

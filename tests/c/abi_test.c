@@ -99,6 +99,13 @@ static void bad_input(const char *config) {
     CHECK(out && strstr(out, "\"incidents\":[]") && strstr(out, "\"total\":0"), "no incidents known yet: %s",
           out ? out : "(null)");
     ig_string_free(out);
+    out = NULL;
+    EXPECT_STATUS(ig_gate_metrics(NULL, &out), IG_NULL_ARGUMENT, "metrics(NULL gate)");
+    EXPECT_STATUS(ig_gate_metrics(gate, NULL), IG_NULL_ARGUMENT, "metrics(NULL lines)");
+    EXPECT_STATUS(ig_gate_metrics(gate, &out), IG_OK, "metrics");
+    CHECK(out && strncmp(out, "incident_gate,url=", 18) == 0 && strstr(out, "evaluations=0i"),
+          "metrics are incident_gate lines: %s", out ? out : "(null)");
+    ig_string_free(out);
     ig_string_free(NULL);
     ig_gate_free(NULL);
     CHECK(strlen(ig_version()) > 0, "version %s", ig_version());
