@@ -30,6 +30,12 @@ my $w = new_world(base => 50000);
 my $with = IGTest::RealOpenQA->start(workers => $workers, plugin => 1, amqp => 0, exchange => $w->{exchange}, prefix => $w->{prefix},
     ini => {incident_gate => {library => library(), %{$w->gate_section(undef)}}});
 my $without = IGTest::RealOpenQA->start(workers => $workers, amqp => 0, exchange => $w->{exchange}, prefix => "$w->{prefix}-plain");
+# IG_LIBRARY_BEFORE: a third instance with another build of the library (an earlier commit), its own
+# incidents (numbered 20000 higher) alternating with the others: before and after in one run
+my $before_lib = $ENV{IG_LIBRARY_BEFORE};
+my $earlier = $before_lib && IGTest::RealOpenQA->start(workers => $workers, plugin => 1, amqp => 0, exchange => $w->{exchange},
+    prefix => "$w->{prefix}-before", ini => {incident_gate => {library => $before_lib, %{$w->gate_section(undef)}}});
+use constant EARLIER => 20000;
 
 sub pct {
     my ($p, $v) = @_;
@@ -41,7 +47,10 @@ sub ms { sprintf '%.2f ms', $_[0] * 1000 }
 # the engine's counters are for operators (the Demo user of the fake login is one)
 sub status ($oq) { $oq->api(GET => '/api/v1/incident_gate/internals')->{engine} // {} }
 
+# every incident's release request is in review: each pass is an accept on IBS, the irreversible
+# action the library checks against openQA once more right before it
 sub jobs ($oq, $i) {
+    $w->release_request(400000 + $i);
     my $g = IGTest::Scenarios::incidents_group($oq);
     map {
         $oq->create_job(TEST => "t$_", BUILD => ":$i:pkg", INCIDENT_ID => $i, RRID => "SUSE:Maintenance:$i:" . (400000 + $i),
@@ -92,19 +101,37 @@ my $load_before = loadavg();
 
 # warm both instances (database caches, the library's engine start in the plugin's worker)
 for my $oq ($with, $without) { timed_done($oq, $_) for jobs($oq, 49999) }
+if ($earlier) { timed_done($earlier, $_) for jobs($earlier, 49999 + EARLIER) }
 $w->await_done(49999, 1, 30) or die "no decision during warm-up\n";
 note_done($_) for $w->openqa_messages('incident.done');
 my $before = status($with);
+my $earlier_before = $earlier && status($earlier);
 my $metrics_before = metrics($with);
 my %rss_before = (with => rss($with), without => rss($without));
 
-my (@cost_with, @cost_without, @latency);
+# the last job: wait for the incident's decision on the broker, polling without pause
+sub await_decision ($i, $t0) {
+    my $deadline = $t0 + 30;
+    while (time < $deadline) {
+        my $m = $w->{amqp}->get(1, 0) or next;
+        return time - $t0 if (note_done($m) // 0) == $i;
+    }
+    die "no incident.done for $i within 30 s\n";
+}
+
+my (@cost_with, @cost_without, @latency, @latency_earlier);
 for my $k (1 .. $incidents) {
     my $i = 50000 + $k;
     my @a = jobs($with, $i);
     my @b = jobs($without, $i);
+    my @e = $earlier ? jobs($earlier, $i + EARLIER) : ();
     for my $n (0 .. $#a) {
         push @cost_without, timed_done($without, $b[$n]);
+        if ($earlier) {
+            my $t0 = time;
+            timed_done($earlier, $e[$n]);
+            push @latency_earlier, await_decision($i + EARLIER, $t0) if $n == $#a;
+        }
         my $t0 = time;
         push @cost_with, timed_done($with, $a[$n]);
         next unless $n == $#a;
@@ -119,6 +146,11 @@ for my $k (1 .. $incidents) {
         push @latency, time - $t0;
     }
 }
+# the IBS reports (and the checks right before each accept) go on after incident.done
+for my $oq (grep {$_} $with, $earlier) {
+    my $last = 400000 + 50000 + $incidents + ($oq == $with ? 0 : EARLIER);
+    $w->await_review($last, 'accepted', 60) or die "the last review (request $last) was not accepted\n";
+}
 # late or repeated messages: drained until none came for 3 s
 while (my @late = $w->{amqp}->get_all(3)) { note_done($_) for @late }
 my $load_after = loadavg();
@@ -130,6 +162,7 @@ $messages += $_ for map { values %$_ } values %done;
 my $duplicated = $messages - keys %done;
 my $stored = $metrics_after->{decisions};
 my $after = status($with);
+my $earlier_after = $earlier && status($earlier);
 my %rss_after = (with => rss($with), without => rss($without));
 my $decisions = ($after->{decisions} // 0) - ($before->{decisions} // 0);
 my $requests = ($after->{openqa_requests} // 0) - ($before->{openqa_requests} // 0);
@@ -155,7 +188,17 @@ if ($workers) {
 }
 else {
     say "openQA requests by the library: $requests for $decisions decisions (", sprintf('%.2f', $requests / ($decisions || 1)),
-      ' per decision).';
+      ' per decision, ', ($after->{rechecks} // 0) - ($before->{rechecks} // 0), ' checks right before an accept).';
+}
+if ($earlier && !$workers) {
+    my $d = ($earlier_after->{decisions} // 0) - ($earlier_before->{decisions} // 0);
+    my $r = ($earlier_after->{openqa_requests} // 0) - ($earlier_before->{openqa_requests} // 0);
+    say '';
+    say "Side by side in this run, the library of `IG_LIBRARY_BEFORE` ($before_lib), every pass accepted on IBS:\n";
+    say '| library | last `set_done` -> `incident.done` median | p99 | openQA requests per decision |';
+    say '| --- | --- | --- | --- |';
+    say sprintf('| before | %s | %s | %.2f |', ms(pct(50, \@latency_earlier)), ms(pct(99, \@latency_earlier)), $r / ($d || 1));
+    say sprintf('| this build | %s | %s | %.2f |', ms(pct(50, \@latency)), ms(pct(99, \@latency)), $requests / ($decisions || 1));
 }
 say '';
 say 'Decisions: ', scalar @incidents, " incidents (with the warm-up's), $stored recorded in the state directory, ",
