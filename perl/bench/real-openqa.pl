@@ -30,11 +30,13 @@ my $w = new_world(base => 50000);
 my $with = IGTest::RealOpenQA->start(workers => $workers, plugin => 1, amqp => 0, exchange => $w->{exchange}, prefix => $w->{prefix},
     ini => {incident_gate => {library => library(), %{$w->gate_section(undef)}}});
 my $without = IGTest::RealOpenQA->start(workers => $workers, amqp => 0, exchange => $w->{exchange}, prefix => "$w->{prefix}-plain");
-# IG_LIBRARY_BEFORE: a third instance with another build of the library (an earlier commit), its own
-# incidents (numbered 20000 higher) alternating with the others: before and after in one run
-my $before_lib = $ENV{IG_LIBRARY_BEFORE};
+# IG_BEFORE: another checkout of this project (an earlier commit) with its library built in release, as
+# a third instance (its own plugin and library) whose incidents (numbered 20000 higher) alternate with
+# the others: before and after in one run
+my $before_lib = $ENV{IG_BEFORE} && "$ENV{IG_BEFORE}/target/release/libincident_gate.so";
 my $earlier = $before_lib && IGTest::RealOpenQA->start(workers => $workers, plugin => 1, amqp => 0, exchange => $w->{exchange},
-    prefix => "$w->{prefix}-before", ini => {incident_gate => {library => $before_lib, %{$w->gate_section(undef)}}});
+    prefix => "$w->{prefix}-before", root => $ENV{IG_BEFORE},
+    ini => {incident_gate => {library => $before_lib, %{$w->gate_section(undef)}}});
 use constant EARLIER => 20000;
 
 sub pct {
@@ -194,7 +196,7 @@ if ($earlier && !$workers) {
     my $d = ($earlier_after->{decisions} // 0) - ($earlier_before->{decisions} // 0);
     my $r = ($earlier_after->{openqa_requests} // 0) - ($earlier_before->{openqa_requests} // 0);
     say '';
-    say "Side by side in this run, the library of `IG_LIBRARY_BEFORE` ($before_lib), every pass accepted on IBS:\n";
+    say "Side by side in this run, the checkout of `IG_BEFORE` ($ENV{IG_BEFORE}), every pass accepted on IBS:\n";
     say '| library | last `set_done` -> `incident.done` median | p99 | openQA requests per decision |';
     say '| --- | --- | --- | --- |';
     say sprintf('| before | %s | %s | %.2f |', ms(pct(50, \@latency_earlier)), ms(pct(99, \@latency_earlier)), $r / ($d || 1));

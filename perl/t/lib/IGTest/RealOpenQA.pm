@@ -21,7 +21,7 @@ my $root = path(__FILE__)->realpath->dirname->dirname->dirname->dirname->dirname
 
 # %o: workers => N (prefork), plugin => 1, ini => {section => {key => value}} appended to
 # openqa.ini, exchange, prefix (openQA's AMQP plugin), env => {NAME => value} for openQA's processes,
-# gru => 1 (also run openQA's GRU, which runs job-done hooks).
+# gru => 1 (also run openQA's GRU, which runs job-done hooks), root => another checkout of this project.
 sub start ($class, %o) {
     my @args = ('--workers', $o{workers} // 0);
     push @args, '--plugin' if $o{plugin};
@@ -47,7 +47,9 @@ sub start ($class, %o) {
         open STDIN, '<&', $child_in or die;
         open STDOUT, '>&', $child_out or die;
         $ENV{$_} = $o{env}{$_} for keys %{$o{env} // {}};
-        exec "$root/scripts/real-openqa", @args or die "exec scripts/real-openqa: $!";
+        # root => another checkout: its scripts/real-openqa, which loads its own perl/lib (the bench's before)
+        my $from = $o{root} // $root;
+        exec "$from/scripts/real-openqa", @args or die "exec scripts/real-openqa: $!";
     }
     close $child_in;
     close $child_out;
