@@ -11,17 +11,19 @@ no warnings 'experimental::signatures';
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
-use IGTest qw(library write_ini new_app start_sim wait_for tempdir unique OPERATOR);
+use IGTest qw(library write_ini new_app emit start_sim wait_for tempdir unique OPERATOR);
 use IncidentGate::Evaluations;
 
-# one evaluation at a time, one more submission may wait (2 s) for the place
-%IncidentGate::Evaluations::DEFAULTS = (%IncidentGate::Evaluations::DEFAULTS, max => 1, queue => 1, wait => 2);
+# one evaluation at a time, one more submission may wait (2 s) for the place; a verdict is asked
+# anew each time (but in the subtest about reuse)
+%IncidentGate::Evaluations::DEFAULTS = (%IncidentGate::Evaluations::DEFAULTS, max => 1, queue => 1, wait => 2, fresh => 0);
 
 my $sim = start_sim();
 my $group = $sim->{groups}{incidents} // $sim->create_group('Maintenance: SLE 15 SP6 Incidents');
 my ($one, $two, $three) = (61001, 61002, 61003);
+my %jobs;
 for my $incident ($one, $two, $three) {
-    my @ids = $sim->create_incident_jobs(incident => $incident, request => 400000 + $incident, group => $group,
+    my @ids = @{$jobs{$incident}} = $sim->create_incident_jobs(incident => $incident, request => 400000 + $incident, group => $group,
         tests => [qw(mau-extratests qam-minimal)]);
     $sim->set_done($ids[0], 'passed');
 }
@@ -167,6 +169,22 @@ subtest 'a number without jobs costs one evaluation, not one per request' => sub
     is $sim->requests - $requests, $cost, 'a verdict with jobs is always asked anew';
 };
 
+subtest 'a verdict is given again, with its age, for a while after its evaluation' => sub {
+    my $requests = $sim->requests;
+    $t->get_ok("/api/v1/incident_gate/incidents/$one")->status_is(200)->json_is('/result' => 'pending')
+      ->header_is(Age => 0, 'asked just now');
+    is $sim->requests - $requests, $cost, 'the first asks openQA';
+    local $IncidentGate::Evaluations::DEFAULTS{fresh} = 3600;
+    $requests = $sim->requests;
+    $t->get_ok("/api/v1/incident_gate/submissions/ibs:$one")->status_is(200)->json_is('/result' => 'pending')
+      ->header_like(Age => qr/^[0-9]+$/);
+    $t->get_ok("/incident_gate/$one")->status_is(200)->element_exists('#ig-result[data-result="pending"]');
+    is $sim->requests, $requests, 'the others within the while ask openQA nothing';
+    local $IncidentGate::Evaluations::DEFAULTS{fresh} = 0;
+    $t->get_ok("/api/v1/incident_gate/incidents/$one")->status_is(200)->header_is(Age => 0);
+    is $sim->requests - $requests, $cost, 'after it, openQA is asked again';
+};
+
 subtest 'a number nobody could use is refused before anything is asked' => sub {
     my $requests = $sim->requests;
     $t->get_ok('/api/v1/incident_gate/incidents/0')->status_is(400);
@@ -174,6 +192,19 @@ subtest 'a number nobody could use is refused before anything is asked' => sub {
     $t->get_ok('/api/v1/incident_gate/submissions/obs:5')->status_is(400);
     $t->get_ok('/incident_gate/12345678901234567890')->status_is(400);
     is $sim->requests, $requests, 'openQA was not asked';
+};
+
+subtest 'an event in this process ends the while: the next asker gets a new verdict' => sub {
+    local $IncidentGate::Evaluations::DEFAULTS{fresh} = 3600;
+    $t->get_ok("/api/v1/incident_gate/incidents/$three")->status_is(200)->json_is('/result' => 'pending');
+    $t->get_ok("/api/v1/incident_gate/incidents/$three")->status_is(200)->json_is('/result' => 'pending')
+      ->header_like(Age => qr/^[0-9]+$/);
+    $sim->set_done($jobs{$three}[1], 'passed');
+    $t->get_ok("/api/v1/incident_gate/incidents/$three")->status_is(200)->json_is('/result' => 'pending',
+        'without an event: the verdict of a moment ago');
+    emit(openqa_job_done => {id => $jobs{$three}[1], newbuild => undef, reason => undef, result => 'passed'});
+    $t->get_ok("/api/v1/incident_gate/incidents/$three")->status_is(200)->json_is('/result' => 'passed')
+      ->header_is(Age => 0);
 };
 
 subtest 'Retry-After when openQA cannot be asked' => sub {

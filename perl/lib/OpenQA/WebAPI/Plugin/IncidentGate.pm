@@ -100,6 +100,8 @@ sub _submit ($self, $name, $args) {
         my ($status, $error);
         eval {
             die "event arguments are not [user_id, connection_id, name, data]\n" unless ref $args eq 'ARRAY';
+            # whether or not the gate takes it: openQA changed, verdicts of before are not given again
+            $self->_evaluations->changed;
             ($status, $error) = $self->_gate->submit($name, encode_json(_copy($args->[3])));
             1;
         } or ($status, $error) = (undef, $@ =~ s/\n\z//r);
@@ -239,8 +241,8 @@ sub _incident_page ($self, $c) {
     return $c->render(template => 'incident_gate/incident', status => 503) unless $list;
     $c->render_later;
     $self->_evaluations->verdict_p($incident)->then(
-        sub ($status, $text) {
-            return $c->stash(verdict => decode_json($text)) if $status == IG_OK;
+        sub ($status, $text, $age = 0) {
+            return $c->stash(verdict => decode_json($text), verdict_age => $age || undef) if $status == IG_OK;
             $self->_last_verdict($c, $incident,
                 'openQA could not be asked just now (' . status_name($status) . ')', 200);
         }
@@ -334,8 +336,12 @@ sub _evaluate ($self, $c, $by_kind = 0) {
     }
     $c->render_later;
     $self->_evaluations->verdict_p($incident)->then(
-        sub ($status, $text) {
-            return $c->render(data => $text, format => 'json') if $status == IG_OK;
+        sub ($status, $text, $age = 0) {
+            if ($status == IG_OK) {
+                # HTTP's Age: how long ago openQA was asked for this verdict
+                $c->res->headers->header(Age => $age);
+                return $c->render(data => $text, format => 'json');
+            }
             # 503 invites a retry; openQA refusing or answering unusably will not change by one
             my $code
               = $status == IG_UNAVAILABLE ? 503
