@@ -4,8 +4,10 @@
 # each route (the JSON verdict by incident and by submission, the incident page), one route after
 # the other. Prints Markdown for docs/performance.md:
 #   - per route: answers other than 200 (by code), p50/p99 as the clients saw them,
+#   - the same for two of openQA's own routes (a job's JSON, a job's page), the same way, for
+#     comparison: what as many clients cost openQA on a route without any evaluation,
 #   - openQA's own `GET /api/v1/jobs/<id>` (one client asking one after the other, in a process
-#     of its own) before, during and after the load, p50/p99,
+#     of its own) before, during each route's load and after, p50/p99,
 #   - evaluations started, shared, reused and turned away (the plugin's counters, daemon only).
 # Usage (scripts/bench runs it): IG_LIBRARY=... IG_BIN=... perl perl/bench/verdict-load.pl
 #   [clients 100] [incidents 12] [requests 600] [workers 0]
@@ -52,7 +54,7 @@ sub pct ($p, $v) {
 sub ms ($s) { sprintf '%.0f ms', $s * 1000 }
 
 # openQA's own route, asked one request after the other by a process of its own (so the load's
-# event loop never delays it): the latencies, until $stop exists (or $count requests).
+# event loop never delays it): [end time, latency] of each, until $stop exists (or $count requests).
 sub probe ($count, $stop = undef) {
     my $out = tempfile;
     my $pid = fork // die "fork: $!";
@@ -62,12 +64,12 @@ sub probe ($count, $stop = undef) {
         while ($stop ? !-e $stop && getppid() != 1 : @t < $count) {
             my $t0 = time;
             my $res = $ua->get("$oq->{url}/api/v1/jobs/$probe_job")->result;
-            push @t, $res->code == 200 ? time - $t0 : -1;
+            push @t, time . ' ' . ($res->code == 200 ? time - $t0 : -1);
         }
         $out->spurt(join "\n", @t);
         POSIX::_exit(0);
     }
-    return sub { waitpid $pid, 0; [split /\n/, $out->slurp] };
+    return sub { waitpid $pid, 0; [map { [split / /] } split /\n/, $out->slurp] };
 }
 
 sub evaluations () { $oq->api(GET => '/api/v1/incident_gate/internals')->{evaluations} // {} }
@@ -97,24 +99,32 @@ sub load ($path_of) {
 
 # warm up: every incident evaluated once, openQA's caches filled
 $oq->ua->get("$oq->{url}/api/v1/incident_gate/incidents/$_")->result for @numbers;
-my $before = probe(300)->();
+my $before = [map { $_->[1] } @{probe(300)->()}];
 
 my $stop = tempfile->remove;
 my $during = probe(0, "$stop");
 my $e0 = $workers ? undef : evaluations();
+my $e1;
+my %job_of = map { ($numbers[$_] => $job_ids[5 * $_ + 1]) } 0 .. $#numbers;
 my @routes = (
     ['`GET /api/v1/incident_gate/incidents/<n>`', sub ($i) {"/api/v1/incident_gate/incidents/$i"}],
     ['`GET /api/v1/incident_gate/submissions/ibs:<n>`', sub ($i) {"/api/v1/incident_gate/submissions/ibs:$i"}],
     ['`GET /incident_gate/<n>` (page)', sub ($i) {"/incident_gate/$i"}],
+    ["openQA's own `GET /api/v1/jobs/<id>` (comparison)", sub ($i) {"/api/v1/jobs/$job_of{$i}"}],
+    ["openQA's own `GET /tests/<id>` (page, comparison)", sub ($i) {"/tests/$job_of{$i}"}],
 );
 my %result;
 my $t0 = time;
-$result{$_->[0]} = load($_->[1]) for @routes;
+for my $r (@routes) {
+    my $start = time;
+    $result{$r->[0]} = load($r->[1]);
+    $result{$r->[0]}{span} = [$start, time];
+    $e1 //= evaluations() if !$workers && $r->[0] =~ /page/;
+}
 my $seconds = time - $t0;
-my $e1 = $workers ? undef : evaluations();
 $stop->spurt('stop');
 my $while = $during->();
-my $after = probe(300)->();
+my $after = [map { $_->[1] } @{probe(300)->()}];
 
 say '## Live verdicts under ', $clients, ' clients (real openQA, ', ($workers ? "`openqa prefork` with $workers workers" : 'one `openqa daemon`'), ")\n";
 say "$incidents incidents of 5 jobs; $clients clients at once send $requests requests to each route, one route after";
@@ -132,7 +142,11 @@ say "openQA's own `GET /api/v1/jobs/<id>`, one request after the other:\n";
 say '| | requests | failed | p50 | p99 | p50 against before |';
 say '| --- | --- | --- | --- | --- | --- |';
 my $base = pct(50, [grep { $_ >= 0 } @$before]);
-for my $row (['before', $before], ['during', $while], ['after', $after]) {
+my @during = map {
+    my ($from, $to) = @{$result{$_->[0]}{span}};
+    ["during $_->[0]", [map { $_->[1] } grep { $_->[0] >= $from && $_->[0] <= $to } @$while]]
+} @routes;
+for my $row (['before', $before], @during, ['after', $after]) {
     my @ok = grep { $_ >= 0 } @{$row->[1]};
     my $p50 = pct(50, \@ok);
     say "| $row->[0] | ", scalar @{$row->[1]}, ' | ', @{$row->[1]} - @ok, ' | ', ms($p50), ' | ', ms(pct(99, \@ok)), ' | ',
@@ -140,6 +154,6 @@ for my $row (['before', $before], ['during', $while], ['after', $after]) {
 }
 if ($e0 && $e1) {
     say '';
-    say 'Evaluations during the load (the plugin\'s counters): ', join(', ',
+    say 'Evaluations during the load of the three routes (the plugin\'s counters): ', join(', ',
         map { "$_ " . (($e1->{$_} // 0) - ($e0->{$_} // 0)) } qw(started shared reused turned_away)), '.';
 }
