@@ -59,12 +59,13 @@ sub probe ($count, $stop = undef) {
     my $out = tempfile;
     my $pid = fork // die "fork: $!";
     if (!$pid) {
-        my $ua = Mojo::UserAgent->new(request_timeout => 60);
+        my $ua = Mojo::UserAgent->new(request_timeout => 120, inactivity_timeout => 120);
         my @t;
         while ($stop ? !-e $stop && getppid() != 1 : @t < $count) {
             my $t0 = time;
-            my $res = $ua->get("$oq->{url}/api/v1/jobs/$probe_job")->result;
-            push @t, time . ' ' . ($res->code == 200 ? time - $t0 : -1);
+            # a request that fails (a timeout under the load) is counted as failed, not the end
+            my $res = eval { $ua->get("$oq->{url}/api/v1/jobs/$probe_job")->result };
+            push @t, time . ' ' . ($res && $res->code == 200 ? time - $t0 : -1);
         }
         $out->spurt(join "\n", @t);
         POSIX::_exit(0);
