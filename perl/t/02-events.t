@@ -170,7 +170,7 @@ subtest 'submission route: kind and number' => sub {
     }
 };
 
-subtest 'verdict route: at most two evaluations at a time per worker' => sub {
+subtest 'verdict route: askers of one incident while openQA hangs share one evaluation' => sub {
     # an openQA that accepts connections and never answers keeps evaluations busy
     my @held;
     my $port = Mojo::IOLoop::Server->generate_port;
@@ -180,16 +180,18 @@ subtest 'verdict route: at most two evaluations at a time per worker' => sub {
     my @requests = map {
         my $n = $_;
         Mojo::Promise->timer(0.05 * $n)->then(sub { $t->ua->get_p('/api/v1/incident_gate/incidents/12345') })
-          ->then(sub ($tx) { push @answers, [$tx->res->code, $tx->res->json] });
+          ->then(sub ($tx) { push @answers, [$tx->res->code, $tx->res->json, $tx->res->headers->header('Retry-After')] });
     } 0 .. 2;
     Mojo::Promise->all(@requests)->wait;
     is scalar @answers, 3, 'three answers';
-    my @busy = grep { ($_->[1]{error} // '') =~ /too many verdicts/ } @answers;
-    is scalar @busy, 1, 'the third request is turned away at once';
-    is $busy[0][0], 503, '... with 503';
-    is scalar(grep { ($_->[1]{status} // '') eq 'IG_UNAVAILABLE' } @answers), 2, 'the other two ran and found openQA unavailable';
+    is_deeply [map { [$_->[0], $_->[1]{status}] } @answers], [([503, 'IG_UNAVAILABLE']) x 3],
+      'each 503: openQA unavailable';
+    ok !(grep { ($_->[2] // '') !~ /^[1-9][0-9]*$/ } @answers), 'each with Retry-After';
+    $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->json_is('/evaluations/started' => 1, 'one evaluation')
+      ->json_is('/evaluations/shared' => 2, 'shared by the other two');
     $t->get_ok('/api/v1/incident_gate/incidents/12345')->status_is(503)->json_is('/status' => 'IG_UNAVAILABLE',
-        'once they finished, evaluations are taken again');
+        'once it finished, the next asker gets an evaluation of its own');
+    $t->get_ok('/api/v1/incident_gate/internals' => OPERATOR)->json_is('/evaluations/started' => 2);
     Mojo::IOLoop->remove($hang);
 };
 

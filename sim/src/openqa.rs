@@ -1347,6 +1347,9 @@ struct Shared {
     signatures_bad: AtomicU64,
     /// Scheduled products (`POST /api/v1/isos`), as `ScheduledProducts::to_hash` renders them.
     products: Mutex<BTreeMap<u64, Value>>,
+    /// While true, API requests are counted and then wait: a test holds an evaluation in flight
+    /// until its other requests have arrived, instead of hoping openQA is slow enough.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -1399,6 +1402,7 @@ pub async fn start_on(addr: SocketAddr) -> std::io::Result<OpenQaSim> {
         signatures_ok: AtomicU64::new(0),
         signatures_bad: AtomicU64::new(0),
         products: Mutex::new(BTreeMap::new()),
+        held: tokio::sync::watch::Sender::new(false),
     });
     let app = Router::new().fallback(handle).with_state(shared.clone());
     let server = tokio::spawn(async move {
@@ -1600,6 +1604,11 @@ impl OpenQaSim {
         self.shared.fail_next.store(n, Ordering::SeqCst);
     }
 
+    /// While `held`, API requests are counted and then wait until `hold(false)`.
+    pub fn hold(&self, held: bool) {
+        self.shared.held.send_replace(held);
+    }
+
     /// API requests received so far, including the ones answered 503.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
@@ -1723,6 +1732,26 @@ async fn handle(
     json_response(status, &v)
 }
 
+/// `/_sim/...`, for tests outside the process (the Perl suite): GET requests (API requests
+/// received so far, as [`OpenQaSim::requests`]), PUT hold with `{"hold": bool}` (as [`OpenQaSim::hold`]).
+fn control_route(sim: &Shared, method: &Method, path: &str, body: &[u8]) -> Response {
+    match (method, path) {
+        (&Method::GET, "requests") => {
+            json_response(200, &json!({"requests": sim.requests.load(Ordering::SeqCst)}))
+        }
+        (&Method::PUT, "hold") => {
+            match serde_json::from_slice::<Value>(body).ok().and_then(|v| v["hold"].as_bool()) {
+                Some(held) => {
+                    sim.held.send_replace(held);
+                    json_response(200, &json!({"hold": held}))
+                }
+                None => json_response(400, &json!({"error": "expected {\"hold\": true|false}"})),
+            }
+        }
+        _ => json_response(404, &json!({"error": format!("no control route {method} /_sim/{path}")})),
+    }
+}
+
 async fn route(
     State(sim): State<Arc<Shared>>,
     method: Method,
@@ -1730,7 +1759,16 @@ async fn route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(control) = uri.path().strip_prefix("/_sim/") {
+        return control_route(&sim, &method, control, &body);
+    }
     sim.requests.fetch_add(1, Ordering::SeqCst);
+    let mut held = sim.held.subscribe();
+    while *held.borrow_and_update() {
+        if held.changed().await.is_err() {
+            break;
+        }
+    }
     let failing =
         sim.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     if failing || sim.down.load(Ordering::SeqCst) {

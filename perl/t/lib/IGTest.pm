@@ -157,6 +157,15 @@ sub create_incident_jobs ($self, %o) {
     return @ids;
 }
 
+# API requests the openQA simulator received so far.
+sub requests ($self) { $self->ua->get("$self->{openqa}/_sim/requests")->result->json('/requests') }
+
+# While held, the openQA simulator counts each API request and answers it only once released.
+sub hold ($self, $held) {
+    my $res = $self->ua->put("$self->{openqa}/_sim/hold" => json => {hold => $held ? \1 : \0})->result;
+    die "openQA sim: PUT /_sim/hold: " . $res->code . ' ' . $res->body . "\n" unless $res->code == 200;
+}
+
 sub set_done ($self, $id, $result = 'passed') {
     $self->openqa(POST => "/api/v1/jobs/$id/set_done", {result => $result});
 }

@@ -4,11 +4,13 @@ package OpenQA::WebAPI::Plugin::IncidentGate;
 # `[global] plugins = IncidentGate` and configure in the `[incident_gate]` section of openqa.ini.
 use Mojo::Base 'Mojolicious::Plugin', -signatures;
 
+use IncidentGate::Evaluations;
 use IncidentGate::FFI qw(:status);
 use Mojo::File;
 use Mojo::IOLoop;
 use Mojo::Promise;
 use Mojo::JSON qw(decode_json encode_json);
+use Time::HiRes ();
 
 # comments_create/comments_delete: upstream's bulk comment routes (openQA since 2024), which the
 # AMQP plugin does not forward; subscribing to a name an older openQA never emits is harmless.
@@ -19,9 +21,9 @@ our @EVENTS = map { "openqa_$_" } qw(job_done job_cancel job_restart jobs_restar
 our @LIBRARY_PATHS = map { "$_/incident-gate/libincident_gate.so" }
   qw(/usr/lib64 /usr/lib /usr/local/lib64 /usr/local/lib);
 use constant SECTION => 'incident_gate';
-# the verdict route is public and each evaluation is a forked child asking openQA: bound them
-use constant MAX_EVALUATIONS => 2;
-# ... and a child that does not answer within this many seconds is killed: a fork of a process
+# Retry-After of a 503 because openQA cannot be asked just now
+use constant RETRY_UNAVAILABLE => 30;
+# a child that does not answer within this many seconds is killed: a fork of a process
 # with threads can inherit a lock some thread held (SQLite's, say), and would wait for good
 our $EVALUATION_TIMEOUT = 300;
 
@@ -98,6 +100,8 @@ sub _submit ($self, $name, $args) {
         my ($status, $error);
         eval {
             die "event arguments are not [user_id, connection_id, name, data]\n" unless ref $args eq 'ARRAY';
+            # whether or not the gate takes it: openQA changed, verdicts of before are not given again
+            $self->_evaluations->changed;
             ($status, $error) = $self->_gate->submit($name, encode_json(_copy($args->[3])));
             1;
         } or ($status, $error) = (undef, $@ =~ s/\n\z//r);
@@ -227,7 +231,7 @@ sub _index_page ($self, $c) {
 sub _incident_page ($self, $c) {
     my $incident = $c->param('incident');
     $c->stash(layout => $self->_layout($c), title => "Incident $incident", incident => $incident,
-        states => \%STATES, verdict => undef, verdict_error => undef, record => undef, decisions => []);
+        states => \%STATES, verdict => undef, verdict_error => undef, verdict_age => undef, record => undef, decisions => []);
     $incident = _submission($incident)
       // return $c->render(template => 'incident_gate/incident', status => 400,
         error => 'the incident must be a positive number below 10^19, or git:<pull request>');
@@ -238,13 +242,34 @@ sub _incident_page ($self, $c) {
         decisions => $list ? $list->{decisions} // [] : []);
     return $c->render(template => 'incident_gate/incident', status => 503) unless $list;
     $c->render_later;
-    $self->_evaluate_p($incident, 1)->then(
-        sub ($status, $text) {
-            if ($status == IG_OK) { $c->stash(verdict => decode_json($text)) }
-            else { $c->stash(verdict_error => 'openQA could not be asked just now (' . status_name($status) . ')') }
+    $self->_evaluations->verdict_p($incident)->then(
+        sub ($status, $text, $age = 0) {
+            return $c->stash(verdict => decode_json($text), verdict_age => $age || undef) if $status == IG_OK;
+            $self->_last_verdict($c, $incident,
+                'openQA could not be asked just now (' . status_name($status) . ')', 200);
         }
-    )->catch(sub ($err) { $c->stash(verdict_error => 'openQA could not be asked just now') })
-      ->finally(sub { $c->render(template => 'incident_gate/incident') });
+    )->catch(
+        sub ($err) {
+            my $busy = ref $err && $err->isa('IncidentGate::Evaluations::Busy');
+            $self->_last_verdict($c, $incident, $busy ? $err->message : 'openQA could not be asked just now',
+                $busy ? 503 : 200, $busy && $err->retry_after);
+        }
+    )->finally(sub { $c->render(template => 'incident_gate/incident') });
+}
+
+# Instead of a verdict: why there is none, and the last one this process saw with its age.
+sub _last_verdict ($self, $c, $incident, $why, $code, $retry_after = undef) {
+    $c->stash(verdict_error => $why, status => $code);
+    $c->res->headers->header('Retry-After' => $retry_after) if $retry_after;
+    my $last = $self->_evaluations->last_verdict($incident) or return;
+    $c->stash(verdict => decode_json($last->{text}), verdict_age => int(abs(Time::HiRes::time() - $last->{at})));
+}
+
+# The evaluations of this process (each prefork worker has its own).
+sub _evaluations ($self) {
+    return $self->{evaluations} if $self->{evaluations} && $self->{evaluations_pid} == $$;
+    $self->{evaluations_pid} = $$;
+    return $self->{evaluations} = IncidentGate::Evaluations->new(run => sub ($key) { $self->_evaluate_p($key) });
 }
 
 sub _inactive ($self, $c) {
@@ -285,16 +310,13 @@ sub _influxdb ($self, $c) {
 
 sub _internals ($self, $c) {
     my $s = $self->_gate_status($c) // return;
-    $c->render(json => $s);
+    $c->render(json => {%$s, evaluations => $self->_evaluations->stats});
 }
 
 # ig_gate_evaluate asks openQA and blocks: run it in a forked child (the library supports that); a
-# gate that has not started its engine in the child only evaluates. A promise of ($status, $text);
-# rejected when MAX_EVALUATIONS already run in this worker.
-sub _evaluate_p ($self, $incident, $by_kind = 0) {
-    return Mojo::Promise->reject("too many verdicts are being evaluated, try again shortly\n")
-      if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
-    $self->{evaluating}++;
+# gate that has not started its engine in the child only evaluates. A promise of ($status, $text)
+# for a submission as _submission names it; only through _evaluations, which bounds them.
+sub _evaluate_p ($self, $submission) {
     my $child = Mojo::IOLoop->subprocess;
     my $timeout = $EVALUATION_TIMEOUT;
     my $killed;
@@ -303,10 +325,10 @@ sub _evaluate_p ($self, $incident, $by_kind = 0) {
         sub {
             my ($gate, @failed) = $self->{lib}->gate($self->{config_json});
             return @failed unless $gate;
-            return $by_kind ? $gate->evaluate_submission($incident) : $gate->evaluate($incident);
+            return $gate->evaluate_submission($submission);
         }
     )->catch(sub ($err) { die $killed ? "no verdict within $timeout s: the evaluation was stopped\n" : $err })
-      ->finally(sub { Mojo::IOLoop->remove($timer); $self->{evaluating}-- });
+      ->finally(sub { Mojo::IOLoop->remove($timer) });
 }
 
 sub _evaluate ($self, $c, $by_kind = 0) {
@@ -323,22 +345,29 @@ sub _evaluate ($self, $c, $by_kind = 0) {
           unless $incident =~ /^0*([1-9][0-9]{0,18})$/;
         $incident = $1;
     }
-    return $c->render(json => {error => 'too many verdicts are being evaluated, try again shortly'}, status => 503)
-      if ($self->{evaluating} // 0) >= MAX_EVALUATIONS;
     $c->render_later;
-    $self->_evaluate_p($incident, $by_kind)->then(
-        sub ($status, $text) {
-            return $c->render(data => $text, format => 'json') if $status == IG_OK;
+    $self->_evaluations->verdict_p($incident)->then(
+        sub ($status, $text, $age = 0) {
+            if ($status == IG_OK) {
+                # HTTP's Age: how long ago openQA was asked for this verdict
+                $c->res->headers->header(Age => $age);
+                return $c->render(data => $text, format => 'json');
+            }
             # 503 invites a retry; openQA refusing or answering unusably will not change by one
             my $code
               = $status == IG_UNAVAILABLE ? 503
               : $status == IG_OPENQA_REFUSED ? 502
               : $status == IG_INVALID_ARGUMENT ? 400
               : 500;
+            $c->res->headers->header('Retry-After' => RETRY_UNAVAILABLE) if $code == 503;
             $c->render(json => {error => $text, status => status_name($status)}, status => $code);
         }
     )->catch(
         sub ($err) {
+            if (ref $err && $err->isa('IncidentGate::Evaluations::Busy')) {
+                $c->res->headers->header('Retry-After' => $err->retry_after);
+                return $c->render(json => {error => $err->message}, status => 503);
+            }
             $self->{app}->log->error("IncidentGate: evaluating incident $incident failed: $err");
             my $code = $err =~ /^no verdict within/ ? 504 : 500;
             $c->render(json => {error => "evaluation failed: $err"}, status => $code);
