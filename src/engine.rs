@@ -847,12 +847,11 @@ impl Core {
         // an incomplete failure is reported, but the incident stays pending: reconciliation
         // comes back to it should no event or timer do it first
         let incomplete = !verdict.complete;
-        self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
         // the event for every submission, a report to the service the submission belongs to
         let sinks: Vec<Sink> = self.sinks.iter().copied().filter(|s| s.serves(incident.kind)).collect();
-        match self.store.record_decision(&mut decision, &sinks, seen)? {
+        match self.store.record_decision(&mut decision, &sinks, seen, &relied_comments)? {
             Recorded::New => {
                 self.stats.decisions.fetch_add(1, Relaxed);
                 tracing::info!(

@@ -291,6 +291,20 @@ fn unfinished_ticket(conn: &Connection, incident: i64) -> rusqlite::Result<i64> 
         .unwrap_or(0))
 }
 
+/// Replaces the comments (id, job) an incident's latest decision relied on.
+fn replace_relied(conn: &Connection, incident: i64, comments: &[(u64, u64)]) -> rusqlite::Result<()> {
+    let now = now_ms();
+    conn.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident])?;
+    for (comment, job) in comments {
+        conn.execute(
+            "INSERT OR IGNORE INTO relied_comments (comment_id, incident, job_id, since, checked_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![*comment as i64, incident, *job as i64, now],
+        )?;
+    }
+    Ok(())
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -404,11 +418,16 @@ impl Store {
     ///
     /// A verdict that comes back after another one (passed, failed, passed over the same jobs) is
     /// a new decision: it gets a key of its own, derived so that every process derives the same.
+    ///
+    /// `relied` are the comments (id, job) the verdict relied on (`set_relied_comments`); they
+    /// replace the incident's set in the same transaction, and only when the decision counts (new
+    /// or a repeat): a stale evaluation must not replace the set of the newer decision.
     pub fn record_decision(
         &self,
         d: &mut Decision,
         sinks: &[Sink],
         seen: i64,
+        relied: &[(u64, u64)],
     ) -> Result<Recorded, StoreError> {
         let base = crate::decision::decision_key(&d.verdict);
         let incident = d.verdict.submission().store_key();
@@ -435,6 +454,7 @@ impl Store {
                     "DELETE FROM pending WHERE incident = ?1 AND ticket < ?2",
                     params![incident, seen],
                 )?;
+                replace_relied(&tx, incident, relied)?;
                 tx.commit()?;
                 return Ok(Recorded::Repeat);
             }
@@ -472,6 +492,7 @@ impl Store {
             }
         }
         tx.execute("DELETE FROM pending WHERE incident = ?1 AND ticket < ?2", params![incident, seen])?;
+        replace_relied(&tx, incident, relied)?;
         tx.commit()?;
         Ok(if inserted { Recorded::New } else { Recorded::Repeat })
     }
@@ -832,32 +853,17 @@ impl Store {
 
     /// Replaces the comments (id, job) the incident's latest final verdict relied on: the
     /// `acceptable_for` comments that made failed jobs acceptable. openQA's in-process deletion
-    /// events carry only comment ids; this is how they find their incident.
+    /// events carry only comment ids; this is how they find their incident. The engine writes
+    /// them with the decision (`record_decision`); this is for tests and tools.
     pub fn set_relied_comments(
         &self,
         incident: impl Into<Submission>,
         comments: &[(u64, u64)],
     ) -> Result<(), StoreError> {
         let incident = incident.into().store_key();
-        let now = now_ms();
         let mut conn = self.conn();
-        // most verdicts rely on no comment: no write lock for them
-        let known: i64 =
-            conn.query_row("SELECT COUNT(*) FROM relied_comments WHERE incident = ?1", [incident], |r| {
-                r.get(0)
-            })?;
-        if known == 0 && comments.is_empty() {
-            return Ok(());
-        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident])?;
-        for (comment, job) in comments {
-            tx.execute(
-                "INSERT OR IGNORE INTO relied_comments (comment_id, incident, job_id, since, checked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![*comment as i64, incident, *job as i64, now],
-            )?;
-        }
+        replace_relied(&tx, incident, comments)?;
         tx.commit()?;
         Ok(())
     }
@@ -1320,7 +1326,7 @@ mod tests {
                 comment: None,
             })
             .collect();
-        s.record_decision(&mut d, &[Sink::Amqp], s_next()).unwrap();
+        s.record_decision(&mut d, &[Sink::Amqp], s_next(), &[]).unwrap();
         assert_eq!(d.verdict.notes.len(), 4000, "the caller keeps its notes");
         let stored = s.latest_decision(77).unwrap().unwrap();
         assert!(stored.verdict.notes.is_empty());
@@ -1342,9 +1348,9 @@ mod tests {
         s.mark_pending(124).unwrap();
         assert_eq!(s.pending().unwrap(), vec![Submission::ibs(124), Submission::gitea(124)]);
         let t = s.begin_evaluation().unwrap();
-        assert_eq!(s.record_decision(&mut ibs, &[Sink::Amqp, Sink::Obs], t).unwrap(), Recorded::New);
+        assert_eq!(s.record_decision(&mut ibs, &[Sink::Amqp, Sink::Obs], t, &[]).unwrap(), Recorded::New);
         assert_eq!(s.pending().unwrap(), vec![Submission::gitea(124)], "only the incident is decided");
-        assert_eq!(s.record_decision(&mut pr, &[Sink::Amqp, Sink::Gitea], t).unwrap(), Recorded::New);
+        assert_eq!(s.record_decision(&mut pr, &[Sink::Amqp, Sink::Gitea], t, &[]).unwrap(), Recorded::New);
         assert!(s.is_latest(124, &ibs.key).unwrap() && s.is_latest(Submission::gitea(124), &pr.key).unwrap());
         assert_eq!(s.latest_decision(Submission::gitea(124)).unwrap().unwrap().verdict.kind, Kind::Gitea);
         assert_eq!(s.latest_decision(124).unwrap().unwrap().verdict.kind, Kind::Ibs);
@@ -1364,15 +1370,15 @@ mod tests {
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
         let d = decision(1, vec![1, 2]);
         assert_eq!(
-            a.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs], s_next()).unwrap(),
+            a.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs], s_next(), &[]).unwrap(),
             Recorded::New
         );
         assert_eq!(
-            b.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs], s_next()).unwrap(),
+            b.record_decision(&mut d.clone(), &[Sink::Amqp, Sink::Obs], s_next(), &[]).unwrap(),
             Recorded::Repeat
         );
         assert_eq!(
-            b.record_decision(&mut decision(1, vec![1, 3]), &[Sink::Amqp], s_next()).unwrap(),
+            b.record_decision(&mut decision(1, vec![1, 3]), &[Sink::Amqp], s_next(), &[]).unwrap(),
             Recorded::New
         );
         assert_eq!(a.decision_count().unwrap(), 2);
@@ -1388,11 +1394,14 @@ mod tests {
         failed.verdict.result = crate::verdict::Outcome::Failed;
         failed.key = crate::decision::decision_key(&failed.verdict);
         let mut first = passed.clone();
-        assert_eq!(s.record_decision(&mut first, &[Sink::Amqp], s_next()).unwrap(), Recorded::New);
-        assert_eq!(s.record_decision(&mut failed.clone(), &[Sink::Amqp], s_next()).unwrap(), Recorded::New);
+        assert_eq!(s.record_decision(&mut first, &[Sink::Amqp], s_next(), &[]).unwrap(), Recorded::New);
+        assert_eq!(
+            s.record_decision(&mut failed.clone(), &[Sink::Amqp], s_next(), &[]).unwrap(),
+            Recorded::New
+        );
         let mut again = passed.clone();
         assert_eq!(
-            s.record_decision(&mut again, &[Sink::Amqp], s_next()).unwrap(),
+            s.record_decision(&mut again, &[Sink::Amqp], s_next(), &[]).unwrap(),
             Recorded::New,
             "passed again after failed"
         );
@@ -1400,7 +1409,7 @@ mod tests {
         assert!(s.is_latest(9, &again.key).unwrap());
         assert!(!s.is_latest(9, &first.key).unwrap());
         assert_eq!(
-            s.record_decision(&mut passed.clone(), &[Sink::Amqp], s_next()).unwrap(),
+            s.record_decision(&mut passed.clone(), &[Sink::Amqp], s_next(), &[]).unwrap(),
             Recorded::Repeat,
             "repeats the latest"
         );
@@ -1411,7 +1420,7 @@ mod tests {
     fn ibs_waits_until_the_event_is_published() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp, Sink::Obs], s_next()).unwrap();
+        s.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp, Sink::Obs], s_next(), &[]).unwrap();
         assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "the event goes first");
         let amqp = s.take_due(Sink::Amqp, 10).unwrap();
         s.complete(&amqp[0], &Delivery::Retry("broker down".into())).unwrap();
@@ -1427,7 +1436,7 @@ mod tests {
     fn outbox_leases_retries_and_completes() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
-        a.record_decision(&mut decision(7, vec![1]), &[Sink::Amqp], s_next()).unwrap();
+        a.record_decision(&mut decision(7, vec![1]), &[Sink::Amqp], s_next(), &[]).unwrap();
         let taken = a.take_due(Sink::Amqp, 10).unwrap();
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].decision.verdict.incident, 7);
@@ -1450,8 +1459,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let mut broken = decision(8, vec![1]);
-        s.record_decision(&mut broken, &[Sink::Amqp, Sink::Obs], s_next()).unwrap();
-        s.record_decision(&mut decision(9, vec![2]), &[Sink::Amqp], s_next()).unwrap();
+        s.record_decision(&mut broken, &[Sink::Amqp, Sink::Obs], s_next(), &[]).unwrap();
+        s.record_decision(&mut decision(9, vec![2]), &[Sink::Amqp], s_next(), &[]).unwrap();
         s.conn().execute("UPDATE decisions SET body = '{\"verdict\": 1' WHERE incident = 8", []).unwrap();
         let taken = s.take_due(Sink::Amqp, 10).unwrap();
         assert_eq!(taken.iter().map(|i| i.decision.verdict.incident).collect::<Vec<_>>(), vec![9]);
@@ -1479,8 +1488,8 @@ mod tests {
     fn a_released_lease_is_due_at_once_but_a_stale_release_takes_nothing_away() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
-        a.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp], s_next()).unwrap();
-        a.record_decision(&mut decision(9, vec![2]), &[Sink::Amqp], s_next()).unwrap();
+        a.record_decision(&mut decision(8, vec![1]), &[Sink::Amqp], s_next(), &[]).unwrap();
+        a.record_decision(&mut decision(9, vec![2]), &[Sink::Amqp], s_next(), &[]).unwrap();
         let taken = a.take_due(Sink::Amqp, 1).unwrap();
         assert_eq!(taken.len(), 1, "only what is asked for is leased");
         let other = b.take_due(Sink::Amqp, 10).unwrap();
@@ -1505,7 +1514,7 @@ mod tests {
             let seen = s.begin_evaluation().unwrap();
             let mut d = decision(incident, jobs);
             d.decided_at = "2020-01-01T00:00:00Z".into();
-            assert_eq!(s.record_decision(&mut d, &[Sink::Amqp], seen).unwrap(), Recorded::New);
+            assert_eq!(s.record_decision(&mut d, &[Sink::Amqp], seen, &[]).unwrap(), Recorded::New);
         }
         // incident 1's first decision was delivered, incident 2's is still queued
         let items = s.take_due(Sink::Amqp, 10).unwrap();
@@ -1527,7 +1536,7 @@ mod tests {
         assert_eq!(s.claim_stale_pending(0).unwrap(), vec![Submission::ibs(5), Submission::ibs(6)]);
         assert!(other.claim_stale_pending(1_000).unwrap().is_empty(), "claimed by the first process");
         assert!(s.claim_stale_pending(60_000).unwrap().is_empty());
-        s.record_decision(&mut decision(5, vec![1]), &[], s_next()).unwrap();
+        s.record_decision(&mut decision(5, vec![1]), &[], s_next(), &[]).unwrap();
         assert_eq!(s.pending().unwrap(), vec![Submission::ibs(6)]);
     }
 
@@ -1541,15 +1550,15 @@ mod tests {
         let passed = decision(3, vec![1, 2]);
         let mut failed = decision(3, vec![1, 2]);
         failed.verdict.result = Outcome::Failed;
-        assert_eq!(b.record_decision(&mut passed.clone(), &[Sink::Obs], fast).unwrap(), Recorded::New);
-        assert_eq!(a.record_decision(&mut failed.clone(), &[Sink::Obs], slow).unwrap(), Recorded::Stale);
+        assert_eq!(b.record_decision(&mut passed.clone(), &[Sink::Obs], fast, &[]).unwrap(), Recorded::New);
+        assert_eq!(a.record_decision(&mut failed.clone(), &[Sink::Obs], slow, &[]).unwrap(), Recorded::Stale);
         let latest = a.latest_decision(3).unwrap().unwrap();
         assert_eq!(latest.verdict.result, Outcome::Passed);
         assert!(a.is_latest(3, &latest.key).unwrap(), "the passed report is not superseded");
         assert_eq!(a.backlog().unwrap().obs, 1, "the stale failure is never reported");
         // an evaluation started afterwards that finds the failure again is a decision
         let later = a.begin_evaluation().unwrap();
-        assert_eq!(a.record_decision(&mut failed.clone(), &[Sink::Obs], later).unwrap(), Recorded::New);
+        assert_eq!(a.record_decision(&mut failed.clone(), &[Sink::Obs], later, &[]).unwrap(), Recorded::New);
     }
 
     #[test]
@@ -1561,26 +1570,26 @@ mod tests {
         let (slow, later) = (a.begin_evaluation().unwrap(), b.begin_evaluation().unwrap());
         b.note_unfinished(7, later, "pending", "a clone").unwrap();
         assert_eq!(
-            a.record_decision(&mut decision(7, vec![1, 2]), &[Sink::Obs], slow).unwrap(),
+            a.record_decision(&mut decision(7, vec![1, 2]), &[Sink::Obs], slow, &[]).unwrap(),
             Recorded::Stale
         );
         assert_eq!(a.backlog().unwrap().obs, 0);
         // a pass queued for IBS, then testing resumes: the queued report is no longer the latest
         let first = a.begin_evaluation().unwrap();
         let mut passed = decision(7, vec![1, 3]);
-        assert_eq!(a.record_decision(&mut passed, &[Sink::Obs], first).unwrap(), Recorded::New);
+        assert_eq!(a.record_decision(&mut passed, &[Sink::Obs], first, &[]).unwrap(), Recorded::New);
         assert!(a.is_latest(7, &passed.key).unwrap());
         b.note_unfinished(7, b.begin_evaluation().unwrap(), "pending", "a clone").unwrap();
         assert!(!a.is_latest(7, &passed.key).unwrap());
         // the same verdict over the same jobs afterwards is a decision of its own, reported
         let again = a.begin_evaluation().unwrap();
         let mut repeat = decision(7, vec![1, 3]);
-        assert_eq!(a.record_decision(&mut repeat, &[Sink::Obs], again).unwrap(), Recorded::New);
+        assert_eq!(a.record_decision(&mut repeat, &[Sink::Obs], again, &[]).unwrap(), Recorded::New);
         assert_ne!(repeat.key, passed.key);
         assert!(a.is_latest(7, &repeat.key).unwrap());
         let once_more = a.begin_evaluation().unwrap();
         assert_eq!(
-            a.record_decision(&mut decision(7, vec![1, 3]), &[Sink::Obs], once_more).unwrap(),
+            a.record_decision(&mut decision(7, vec![1, 3]), &[Sink::Obs], once_more, &[]).unwrap(),
             Recorded::Repeat
         );
     }
@@ -1591,9 +1600,9 @@ mod tests {
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
         let mut failed = decision(5, vec![1]);
         failed.verdict.result = Outcome::Failed;
-        a.record_decision(&mut failed, &[Sink::Obs], s_next()).unwrap();
-        a.record_decision(&mut decision(6, vec![2]), &[Sink::Obs], s_next()).unwrap();
-        a.record_decision(&mut decision(5, vec![1]), &[Sink::Obs], s_next()).unwrap();
+        a.record_decision(&mut failed, &[Sink::Obs], s_next(), &[]).unwrap();
+        a.record_decision(&mut decision(6, vec![2]), &[Sink::Obs], s_next(), &[]).unwrap();
+        a.record_decision(&mut decision(5, vec![1]), &[Sink::Obs], s_next(), &[]).unwrap();
         let first = a.take_due(Sink::Obs, 10).unwrap();
         let taken: Vec<(u64, Outcome)> =
             first.iter().map(|i| (i.decision.verdict.incident, i.decision.verdict.result)).collect();
@@ -1610,7 +1619,7 @@ mod tests {
         );
         // an older decision backing off does not hold the newer one up: it is superseded anyway
         b.complete(&next[0], &Delivery::Retry("IBS down".into())).unwrap();
-        a.record_decision(&mut decision(5, vec![1, 2]), &[Sink::Obs], s_next()).unwrap();
+        a.record_decision(&mut decision(5, vec![1, 2]), &[Sink::Obs], s_next(), &[]).unwrap();
         let newest = a.take_due(Sink::Obs, 10).unwrap();
         assert_eq!(newest.len(), 1);
         assert_eq!(newest[0].decision.verdict.job_ids, vec![1, 2]);
@@ -1634,7 +1643,7 @@ mod tests {
         let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
         let ticket = b.begin_evaluation().unwrap();
         assert_eq!(
-            a.record_decision(&mut decision(4, vec![1]), &[Sink::Obs], ticket).unwrap(),
+            a.record_decision(&mut decision(4, vec![1]), &[Sink::Obs], ticket, &[]).unwrap(),
             Recorded::New
         );
         assert_eq!(a.latest_decision(4).unwrap().unwrap().verdict.result, Outcome::Passed);
@@ -1658,6 +1667,34 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_evaluation_keeps_the_comments_of_the_newer_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (slow, fast) = (s.begin_evaluation().unwrap(), s.begin_evaluation().unwrap());
+        // the newer evaluation passes thanks to an acceptable_for comment
+        assert_eq!(
+            s.record_decision(&mut decision(12, vec![1, 2]), &[Sink::Obs], fast, &[(7, 70)]).unwrap(),
+            Recorded::New
+        );
+        let mut failed = decision(12, vec![1, 2]);
+        failed.verdict.result = Outcome::Failed;
+        assert_eq!(s.record_decision(&mut failed, &[Sink::Obs], slow, &[]).unwrap(), Recorded::Stale);
+        assert_eq!(
+            s.incidents_relying_on(&[7]).unwrap(),
+            vec![Submission::ibs(12)],
+            "deleting the comment still leads to the passed incident"
+        );
+        // a repeat of the decision brings the set up to date
+        let again = s.begin_evaluation().unwrap();
+        assert_eq!(
+            s.record_decision(&mut decision(12, vec![1, 2]), &[Sink::Obs], again, &[(8, 70)]).unwrap(),
+            Recorded::Repeat
+        );
+        assert!(s.incidents_relying_on(&[7]).unwrap().is_empty());
+        assert_eq!(s.incidents_relying_on(&[8]).unwrap(), vec![Submission::ibs(12)]);
+    }
+
+    #[test]
     fn backoff_grows_and_caps() {
         assert_eq!(backoff_ms(0), 500);
         assert_eq!(backoff_ms(1), 1000);
@@ -1671,19 +1708,19 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let both = [Sink::Amqp, Sink::Obs];
         // 101: delivered everywhere → reported
-        s.record_decision(&mut decision(101, vec![1]), &both, s_next()).unwrap();
+        s.record_decision(&mut decision(101, vec![1]), &both, s_next(), &[]).unwrap();
         for sink in both {
             let item = s.take_due(sink, 10).unwrap().remove(0);
             s.complete(&item, &Delivery::Done("ok".into())).unwrap();
         }
         // 102: IBS failed once → delivery pending, with the reason
-        s.record_decision(&mut decision(102, vec![2]), &both, s_next()).unwrap();
+        s.record_decision(&mut decision(102, vec![2]), &both, s_next(), &[]).unwrap();
         let item = s.take_due(Sink::Amqp, 10).unwrap().remove(0);
         s.complete(&item, &Delivery::Done("ok".into())).unwrap();
         let item = s.take_due(Sink::Obs, 10).unwrap().remove(0);
         s.complete(&item, &Delivery::Retry("IBS: 503 Service Unavailable".into())).unwrap();
         // 103: only an event, published → its result
-        s.record_decision(&mut decision(103, vec![3]), &[Sink::Amqp], s_next()).unwrap();
+        s.record_decision(&mut decision(103, vec![3]), &[Sink::Amqp], s_next(), &[]).unwrap();
         let item = s.take_due(Sink::Amqp, 10).unwrap().remove(0);
         s.complete(&item, &Delivery::Final("dry-run".into())).unwrap();
         // 204: waiting for jobs
