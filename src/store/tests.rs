@@ -110,6 +110,105 @@ fn decision(incident: u64, jobs: Vec<u64>) -> Decision {
 }
 
 both! {
+    fn usable_inside_a_tokio_runtime(open) {
+        let s = open();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            s.mark_pending(3).unwrap();
+            assert_eq!(s.pending().unwrap(), vec![Submission::ibs(3)]);
+            let ticket = s.begin_evaluation().unwrap();
+            s.record_decision(&mut decision(3, vec![1]), &[Sink::Amqp], ticket, &[]).unwrap();
+            assert!(s.pending().unwrap().is_empty());
+        });
+    }
+
+    fn processes_starting_at_once_each_get_a_usable_store(open) {
+        let stores: Vec<Store> = std::thread::scope(|s| {
+            let opening: Vec<_> = (0..6).map(|_| s.spawn(open)).collect();
+            opening.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for s in &stores {
+            s.check_writable().unwrap();
+        }
+        let tickets: HashSet<i64> = stores.iter().map(|s| s.begin_evaluation().unwrap()).collect();
+        assert_eq!(tickets.len(), 6, "one counter for every connection");
+    }
+
+    fn concurrent_takes_lease_each_item_to_one_process(open) {
+        let setup = open();
+        for i in 0..30 {
+            let mut d = decision(1000 + i, vec![i]);
+            setup.record_decision(&mut d, &[Sink::Amqp, Sink::Obs], s_next(), &[]).unwrap();
+            // a second decision of some incidents: IBS hears one of them at a time
+            if i % 3 == 0 {
+                let mut newer = decision(1000 + i, vec![i, 100 + i]);
+                setup.record_decision(&mut newer, &[Sink::Amqp, Sink::Obs], s_next(), &[]).unwrap();
+            }
+        }
+        let stores: Vec<Store> = (0..4).map(|_| open()).collect();
+        for sink in [Sink::Amqp, Sink::Obs] {
+            let taken: Vec<OutboxItem> = std::thread::scope(|s| {
+                let takes: Vec<_> = stores
+                    .iter()
+                    .map(|st| {
+                        s.spawn(move || {
+                            let mut all = Vec::new();
+                            for _ in 0..10 {
+                                all.extend(st.take_due(sink, 3).unwrap());
+                            }
+                            all
+                        })
+                    })
+                    .collect();
+                takes.into_iter().flat_map(|t| t.join().unwrap()).collect()
+            });
+            let ids: HashSet<i64> = taken.iter().map(|i| i.id).collect();
+            assert_eq!(ids.len(), taken.len(), "{sink:?}: an item leased twice");
+            let incidents: HashSet<u64> = taken.iter().map(|i| i.decision.verdict.incident).collect();
+            if sink == Sink::Obs {
+                assert_eq!(incidents.len(), taken.len(), "IBS heard two decisions of an incident at once");
+            } else {
+                assert_eq!(taken.len(), 40, "every event is due");
+            }
+        }
+    }
+
+    fn one_catch_up_at_a_time_across_connections(open) {
+        let stores: Vec<Store> = (0..6).map(|_| open()).collect();
+        let claimed = std::thread::scope(|s| {
+            let claims: Vec<_> =
+                stores.iter().map(|st| s.spawn(move || st.claim_catchup(0, 60_000).unwrap())).collect();
+            claims.into_iter().map(|t| t.join().unwrap()).filter(|t| t.is_some()).count()
+        });
+        assert_eq!(claimed, 1);
+        stores[0].finish_catchup(&CatchupEnd { after_id: Some(10), requests: 2, ..Default::default() }).unwrap();
+        let start = stores[1].claim_catchup(0, 60_000).unwrap().expect("the lease was released");
+        assert_eq!(start.after_id, Some(10));
+        assert!(stores[2].claim_catchup(0, 60_000).unwrap().is_none());
+    }
+
+    fn one_decision_per_identity_when_processes_record_at_once(open) {
+        let stores: Vec<Store> = (0..6).map(|_| open()).collect();
+        for round in 0..5u64 {
+            let ticket = stores[0].begin_evaluation().unwrap();
+            let recorded: Vec<Recorded> = std::thread::scope(|s| {
+                let records: Vec<_> = stores
+                    .iter()
+                    .map(|st| {
+                        s.spawn(move || {
+                            let mut d = decision(2000 + round, vec![1, 2]);
+                            st.record_decision(&mut d, &[Sink::Amqp, Sink::Obs], ticket, &[(5, 1)]).unwrap()
+                        })
+                    })
+                    .collect();
+                records.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            assert_eq!(recorded.iter().filter(|r| **r == Recorded::New).count(), 1, "{recorded:?}");
+        }
+        assert_eq!(stores[0].decision_count().unwrap(), 5);
+        assert_eq!(stores[0].backlog().unwrap().amqp, 5);
+    }
+
     fn an_incident_and_a_pull_request_of_the_same_number_have_their_own_decisions(open) {
         let s = open();
         let mut ibs = decision(124, vec![1]);
@@ -604,4 +703,29 @@ fn backoff_grows_and_caps() {
     assert_eq!(backoff_ms(1), 1000);
     assert_eq!(backoff_ms(10), MAX_BACKOFF_MS);
     assert_eq!(backoff_ms(u32::MAX), MAX_BACKOFF_MS);
+}
+
+/// A forked child (openQA's prefork workers) connects anew: the parent's session is its own.
+#[test]
+fn a_forked_child_leaves_the_parents_connection_alone() {
+    let db = TempPostgres::new();
+    let s = Store::open_url(&db.url(), std::path::Path::new("/nonexistent")).unwrap();
+    s.mark_pending(1).unwrap();
+    // SAFETY: the child only uses the store and leaves with _exit
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let ok = s.mark_pending(2).is_ok() && s.pending().is_ok_and(|p| p.len() == 2);
+        // dropping the store ends the child's connections, never the parent's
+        drop(s);
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child could not use the store");
+    assert_eq!(
+        s.pending().unwrap(),
+        vec![Submission::ibs(1), Submission::ibs(2)],
+        "the parent's session lives on"
+    );
 }
