@@ -239,7 +239,7 @@ impl Core {
     }
 
     pub fn new(cfg: Arc<Config>) -> Result<Core, EngineError> {
-        let store = Arc::new(Store::open(&cfg.state_dir)?);
+        let store = Arc::new(Store::open_url(cfg.store_url.expose(), &cfg.state_dir)?);
         let client = OpenQaClient::new(&cfg)?;
         let mut sinks = Vec::new();
         if cfg.publish_amqp {
@@ -915,7 +915,7 @@ pub async fn evaluate(
 ) -> Result<(Verdict, Vec<Job>), EngineError> {
     // the state directory knows of scheduled products and the quiet period; without it (not
     // writable here) the verdict is explained from openQA alone
-    let store = Store::open(&cfg.state_dir).ok();
+    let store = Store::open_url(cfg.store_url.expose(), &cfg.state_dir).ok();
     let e = evaluate_with(client, cfg, incident.into(), &HashSet::new(), store.as_ref()).await?;
     Ok((e.verdict, e.jobs))
 }

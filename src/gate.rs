@@ -205,7 +205,8 @@ impl Gate {
         let store = match running {
             Some(store) => store,
             None => std::sync::Arc::new(
-                crate::store::Store::open(&self.config.state_dir).map_err(|e| e.to_string())?,
+                crate::store::Store::open_url(self.config.store_url.expose(), &self.config.state_dir)
+                    .map_err(|e| e.to_string())?,
             ),
         };
         store.incidents(query).map_err(|e| e.to_string())

@@ -191,6 +191,21 @@ impl Postgres {
     }
 }
 
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let session = self.session.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        match session {
+            // closing says goodbye to the server, blocking on the client's runtime: not on a
+            // thread that may run tokio
+            Some(s) if s.pid == std::process::id() => {
+                let _ = std::thread::spawn(move || drop(s)).join();
+            }
+            Some(inherited) => std::mem::forget(inherited),
+            None => {}
+        }
+    }
+}
+
 /// Creates the schema or brings it to `SCHEMA_VERSION`, under a session advisory lock: several
 /// processes starting at once migrate once. A schema newer than this build is refused.
 fn migrate(c: &mut Client) -> Result<(), StoreError> {

@@ -111,9 +111,10 @@ fn decision(incident: u64, jobs: Vec<u64>) -> Decision {
 
 both! {
     fn usable_inside_a_tokio_runtime(open) {
-        let s = open();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
+            // opened, used and closed on a thread that runs tokio
+            let s = open();
             s.mark_pending(3).unwrap();
             assert_eq!(s.pending().unwrap(), vec![Submission::ibs(3)]);
             let ticket = s.begin_evaluation().unwrap();
