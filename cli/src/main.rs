@@ -81,6 +81,11 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The store itself.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Run the openQA and IBS simulators (and, with --gitea, Gitea) on loopback for development (one JSON line with the URLs).
     Sim {
         /// Port of the openQA simulator on 127.0.0.1 (0: any free port).
@@ -108,6 +113,20 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy the state directory's store (decisions, outbox, pending work) into PostgreSQL, for
+    /// `store_url`. Idempotent; refuses a target that holds another store's data. Stop every
+    /// process using the state directory first.
+    Copy {
+        /// The PostgreSQL store: postgresql://user[:password]@host[:port]/db[?sslmode=…]
+        #[arg(long, value_name = "URL")]
+        to: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
 impl Command {
     fn config(&self) -> Option<&ConfigArg> {
         match self {
@@ -115,7 +134,7 @@ impl Command {
             | Command::Hook { config, .. }
             | Command::Check { config, .. }
             | Command::Status { config, .. } => Some(config),
-            Command::Sim { .. } | Command::Demo | Command::Bench { .. } => None,
+            Command::Sim { .. } | Command::Demo | Command::Bench { .. } | Command::Store { .. } => None,
         }
     }
 }
@@ -172,6 +191,9 @@ fn main() -> ExitCode {
             Command::Status { json, .. } => cli::status(core()?, json),
             Command::Sim { openqa_port, obs_port, openqa_flavor, gitea } => {
                 cli::sim(openqa_port, obs_port, &openqa_flavor, gitea).await
+            }
+            Command::Store { action: StoreAction::Copy { to, config } } => {
+                cli::store_copy(config.config.as_deref(), &to)
             }
             Command::Demo => cli::demo().await,
             Command::Bench { scale } => cli::bench(scale).await,

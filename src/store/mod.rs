@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod activity;
 mod catchup;
+pub mod copy;
 mod decisions;
 mod incidents;
 mod outbox;
