@@ -555,3 +555,50 @@ async fn a_listener_whose_disk_fills_up_acknowledges_nothing_it_could_not_store(
     stream.count_and_check(&faults, Duration::from_secs(90)).await;
     child.kill();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_listeners_sharing_one_postgres_store_killed_at_random_decide_each_incident_once() {
+    // two hosts: each listener its own working directory, one store_url, one queue
+    let store = common::TestStore::postgres();
+    let url = store.url();
+    let mut stream = Stream::new("pg-pair", None, &[("INCIDENT_GATE_STORE_URL", &url)]).await;
+    let other = tempfile::tempdir().unwrap();
+    // info: "listening on queue" says when a listener consumes
+    let here = "RUST_LOG=info exec \"$0\" \"$@\"".to_string();
+    let elsewhere =
+        format!("RUST_LOG=info INCIDENT_GATE_STATE_DIR={} exec \"$0\" \"$@\"", other.path().display());
+    let start = |stream: &Stream, which: usize| match which {
+        0 => stream.listen(Some(&here)),
+        _ => stream.listen(Some(&elsewhere)),
+    };
+    let mut listeners = [start(&stream, 0), start(&stream, 1)];
+    // the queue exists (declared by the listeners) before the first message is published
+    let consuming = common::eventually(Duration::from_secs(60), || {
+        (stream.logs().matches("listening on queue").count() >= 2).then_some(())
+    });
+    assert!(consuming.await.is_some(), "the listeners did not start:\n{}", stream.logs());
+    let seed = std::process::id() as u64;
+    let mut rng = Rng(seed);
+    let mut kills = 0;
+    for n in 0..40 {
+        stream.incident(13_700 + n).await;
+        if rng.below(3) == 0 {
+            tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
+            let which = rng.below(2) as usize;
+            listeners[which].kill(); // SIGKILL
+            kills += 1;
+            listeners[which] = start(&stream, which);
+        }
+    }
+    let faults =
+        format!("two listeners on one PostgreSQL store, kill -9 either (seed {seed}): {kills} kills");
+    stream.count_and_check(&faults, Duration::from_secs(30)).await;
+    assert!(
+        other
+            .path()
+            .read_dir()
+            .unwrap()
+            .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with(".sqlite") }),
+        "the store is PostgreSQL, not a state directory"
+    );
+}
