@@ -113,6 +113,9 @@ pub(super) struct Postgres {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     shown: String,
     session: Mutex<Option<Session>>,
+    /// The database could not be reached at the last call: said once in the log when it
+    /// happens and once when it is back, not at every call in between.
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
@@ -143,7 +146,13 @@ impl Postgres {
         config.application_name("incident-gate");
         // every statement names its tables unqualified: they are the schema's
         config.options("-c search_path=incident_gate");
-        let pg = Postgres { config, tls: tls()?, shown, session: Mutex::new(None) };
+        let pg = Postgres {
+            config,
+            tls: tls()?,
+            shown,
+            session: Mutex::new(None),
+            unreachable: std::sync::atomic::AtomicBool::new(false),
+        };
         pg.with(migrate)?;
         Ok(pg)
     }
@@ -173,21 +182,38 @@ impl Postgres {
             std::mem::forget(inherited);
         }
         let session: &mut Option<Session> = &mut guard;
-        std::thread::scope(|s| {
+        let (result, lost) = std::thread::scope(|s| {
             s.spawn(move || {
                 if session.is_none() {
-                    *session = Some(Session { pid, client: self.connect()? });
+                    match self.connect() {
+                        Ok(client) => *session = Some(Session { pid, client }),
+                        Err(e) => return (Err(e), true),
+                    }
                 }
                 let Some(open) = session.as_mut() else { unreachable!("connected above") };
                 let result = f(&mut open.client);
-                if result.is_err() && open.client.is_closed() {
+                let lost = result.is_err() && open.client.is_closed();
+                if lost {
                     *session = None;
                 }
-                result
+                (result, lost)
             })
             .join()
-            .unwrap_or_else(|_| Err(StoreError("a PostgreSQL call panicked".into())))
-        })
+            .unwrap_or_else(|_| (Err(StoreError("a PostgreSQL call panicked".into())), false))
+        });
+        use std::sync::atomic::Ordering::Relaxed;
+        match &result {
+            Err(e) if lost && !self.unreachable.swap(true, Relaxed) => tracing::error!(
+                "the store {} cannot be reached: {e}; nothing is decided, acknowledged or delivered \
+                 until it is back",
+                self.shown
+            ),
+            Ok(_) if self.unreachable.swap(false, Relaxed) => {
+                tracing::warn!("the store {} is reachable again", self.shown)
+            }
+            _ => {}
+        }
+        result
     }
 }
 
