@@ -110,6 +110,11 @@ enum Command {
         /// Scale of the synthetic day (1.0 = 300 incidents x 40 jobs + 10 aggregates x 400 jobs).
         #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
         scale: f64,
+        /// Also measure latency and the day with the store in this PostgreSQL database, side by
+        /// side with SQLite. Its name must start with `incident_gate_bench`: the schema
+        /// incident_gate in it is emptied before each run.
+        #[arg(long, value_name = "URL")]
+        store_url: Option<String>,
     },
 }
 
@@ -196,7 +201,7 @@ fn main() -> ExitCode {
                 cli::store_copy(config.config.as_deref(), &to)
             }
             Command::Demo => cli::demo().await,
-            Command::Bench { scale } => cli::bench(scale).await,
+            Command::Bench { scale, store_url } => cli::bench(scale, store_url.as_deref()).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -372,6 +372,6 @@ pub async fn demo() -> Result<u8, String> {
     demo::run().await
 }
 
-pub async fn bench(scale: f64) -> Result<u8, String> {
-    bench::run(scale).await
+pub async fn bench(scale: f64, store_url: Option<&str>) -> Result<u8, String> {
+    bench::run(scale, store_url).await
 }
