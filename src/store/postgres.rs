@@ -238,10 +238,15 @@ fn migrate(c: &mut Client) -> Result<(), StoreError> {
     c.execute("SELECT pg_advisory_lock($1, $2)", &[&LOCK_CLASS, &LOCK_SCHEMA])?;
     let result = (|| {
         let mut tx = c.transaction()?;
-        tx.batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS incident_gate;
-             CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);",
-        )?;
+        // CREATE SCHEMA needs the right to create in the database even when the schema exists:
+        // a schema an administrator created for us is used as it is
+        let exists: bool = tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'incident_gate')", &[])?
+            .get(0);
+        if !exists {
+            tx.batch_execute("CREATE SCHEMA incident_gate")?;
+        }
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
         let version: i32 = match tx.query_opt("SELECT version FROM schema_version", &[])? {
             Some(row) => row.get(0),
             None => {

@@ -730,3 +730,31 @@ fn a_forked_child_leaves_the_parents_connection_alone() {
         "the parent's session lives on"
     );
 }
+
+/// openQA's database user may not create schemas: one an administrator created for it is used.
+#[test]
+fn a_schema_created_by_an_administrator_is_used_by_a_user_who_cannot_create_one() {
+    let db = TempPostgres::new();
+    let role = format!("ig_store_user_{}", std::process::id());
+    let url = db.url();
+    let admin = |sql: String| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap().batch_execute(&sql).unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    admin(format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; CREATE SCHEMA incident_gate AUTHORIZATION {role}"));
+    struct DropRole<F: Fn(String)>(F, String);
+    impl<F: Fn(String)> Drop for DropRole<F> {
+        fn drop(&mut self) {
+            (self.0)(format!("DROP SCHEMA IF EXISTS incident_gate CASCADE; DROP ROLE IF EXISTS {}", self.1));
+        }
+    }
+    let _cleanup = DropRole(admin, role.clone());
+    let as_user = url.replacen("postgres@", &format!("{role}@"), 1);
+    let s = Store::open_url(&as_user, std::path::Path::new("/nonexistent")).unwrap();
+    s.mark_pending(4).unwrap();
+    assert_eq!(s.pending().unwrap(), vec![Submission::ibs(4)]);
+}
