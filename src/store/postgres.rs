@@ -144,8 +144,9 @@ impl Postgres {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
         config.application_name("incident-gate");
-        // every statement names its tables unqualified: they are the schema's
-        config.options("-c search_path=incident_gate");
+        // every statement names its tables unqualified: they are the schema's; the server's
+        // notices ("already exists, skipping" at each start) are no news for the log
+        config.options("-c search_path=incident_gate -c client_min_messages=warning");
         let pg = Postgres {
             config,
             tls: tls()?,
