@@ -158,6 +158,14 @@ enum ig_status ig_log_poll(void);
 // The library version, e.g. "0.1.0". Static; do not free.
 const char *ig_version(void);
 
+// The metrics in InfluxDB line protocol (measurement `incident_gate`, docs/monitoring.md) as
+// text in `*lines` (free it with `ig_string_free`). Reads the state directory only: no network,
+// no engine started.
+//
+// # Safety
+// `gate` comes from `ig_gate_new`; `lines` is valid for a write.
+enum ig_status ig_gate_metrics(const struct ig_gate *gate, char **lines);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

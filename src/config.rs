@@ -218,6 +218,10 @@ pub struct Config {
     /// IBS refused our credentials or permissions (401, 403): try again after this long, until
     /// it accepts them (the operator fixes the password, key or group membership).
     pub obs_denied_retry_s: u64,
+    /// A report waiting for the other side (no review asked of us yet, or stale after a push) is
+    /// tried again every `reconcile_interval_s` for at most this long after its decision, then
+    /// given up with a message saying so.
+    pub review_wait_max_s: u64,
     pub review_group: String,
     pub review_policy: ReviewPolicy,
     /// Job groups whose jobs never count (globs with `*` and `?`).
@@ -264,6 +268,11 @@ pub struct Config {
     pub gitea_review_team: String,
     /// With `accept-decline`, also submit a native "request changes" review on a failure.
     pub gitea_request_changes: bool,
+    /// The login `gitea_token` belongs to, so our comments are known without `GET /user` (which
+    /// a scoped token needs `read:user` for); empty: asked once, else our marker line.
+    pub gitea_user: String,
+    /// Gitea refused our token or its permissions (401, 403): try again after this long.
+    pub gitea_denied_retry_s: u64,
     /// Report decisions about Gitea pull requests to Gitea (through the outbox).
     pub report_gitea: bool,
 }
@@ -288,6 +297,7 @@ impl Default for Config {
             obs_ssh_key: None,
             obs_status_report: false,
             obs_denied_retry_s: 600,
+            review_wait_max_s: 3 * DAY_S,
             review_group: "qam-openqa".into(),
             review_policy: ReviewPolicy::AcceptOnpass,
             ignore_groups: vec!["*Devel*".into(), "*Test*".into()],
@@ -308,6 +318,8 @@ impl Default for Config {
             gitea_review_bot: "qam-openqa-review".into(),
             gitea_review_team: "qam-openqa".into(),
             gitea_request_changes: false,
+            gitea_user: String::new(),
+            gitea_denied_retry_s: 600,
             report_gitea: true,
         }
     }
@@ -426,6 +438,12 @@ impl Config {
         // can hold, so no later conversion wraps or panics.
         if !(1..=DAY_S).contains(&self.obs_denied_retry_s) {
             return bad("obs_denied_retry_s", "must be between 1 and 86400 (one day)");
+        }
+        if !(1..=DAY_S).contains(&self.gitea_denied_retry_s) {
+            return bad("gitea_denied_retry_s", "must be between 1 and 86400 (one day)");
+        }
+        if self.review_wait_max_s > 30 * DAY_S {
+            return bad("review_wait_max_s", "must be at most 2592000 (30 days)");
         }
         if self.quiet_period_s > DAY_S {
             return bad("quiet_period_s", "must be at most 86400 (one day)");
@@ -563,6 +581,8 @@ mod tests {
         // each would wrap (`as i64 * 1000`) or overflow a deadline later on
         for (key, max, why) in [
             ("obs_denied_retry_s", 86_400, "between 1 and 86400 (one day)"),
+            ("gitea_denied_retry_s", 86_400, "between 1 and 86400 (one day)"),
+            ("review_wait_max_s", 2_592_000, "at most 2592000 (30 days)"),
             ("quiet_period_s", 86_400, "at most 86400 (one day)"),
             ("reconcile_interval_s", 86_400, "between 1 and 86400 (one day)"),
             ("http_timeout_s", 3_600, "between 1 and 3600 (one hour)"),

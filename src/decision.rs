@@ -20,6 +20,14 @@ pub struct Decision {
     /// group's description in openQA (group name → lines). Not part of what was decided.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub contacts: std::collections::BTreeMap<String, Vec<String>>,
+    /// The `BUILD`s of the jobs that count (`:git:124:openssl`), sorted, for links to openQA's
+    /// overview of each (openQA matches `build` exactly). Not part of what was decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<String>,
+    /// When the last of the counted jobs ended (RFC 3339, UTC), for the decision latency the
+    /// metrics show (`metrics`). Absent in decisions recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job_end: Option<String>,
 }
 
 impl Decision {
@@ -29,8 +37,28 @@ impl Decision {
             decided_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             openqa: openqa.trim_end_matches('/').to_string(),
             contacts: Default::default(),
+            builds: Vec::new(),
+            last_job_end: None,
             verdict,
         }
+    }
+
+    /// The log line of a new decision: `incident 12345: passed (request 600101, 3 jobs, decision
+    /// …)`, `pull request git:124: failed (2 jobs, decision …)`.
+    pub fn log_line(&self) -> String {
+        let v = &self.verdict;
+        let request = match (v.kind, v.request) {
+            (Kind::Ibs, Some(r)) => format!("request {r}, "),
+            (Kind::Ibs, None) => "no release request known, ".to_string(),
+            (Kind::Gitea, _) => String::new(),
+        };
+        format!(
+            "{}: {} ({request}{} jobs, decision {})",
+            v.submission().named(),
+            v.result.as_str(),
+            v.jobs.total,
+            self.key
+        )
     }
 
     /// The `incident.done` event body (DESIGN section 5, docs/events.md).
@@ -63,6 +91,17 @@ impl Decision {
         }
         body
     }
+}
+
+/// When the last of the verdict's counted jobs ended (openQA's `t_finished`, read as UTC), as
+/// RFC 3339; None when none of them says.
+pub fn last_job_end(verdict: &Verdict, jobs: &[crate::openqa::model::Job]) -> Option<String> {
+    let counted: std::collections::HashSet<u64> = verdict.job_ids.iter().copied().collect();
+    jobs.iter()
+        .filter(|j| counted.contains(&j.id))
+        .filter_map(|j| humantime::parse_rfc3339_weak(j.t_finished.as_deref()?).ok())
+        .max()
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
 /// The submission's page in openQA's web UI (served by the plugin): the verdict explained.
@@ -123,6 +162,10 @@ pub fn salted_key(base: &str, n: u64) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// What a `Delivery::Denied` message says, so that the metrics can count the reports held back
+/// by refused credentials from the outcome the outbox keeps.
+pub const CREDENTIALS_REFUSED: &str = "refused our credentials or permissions";
+
 /// What delivering a decision to a sink came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -135,6 +178,49 @@ pub enum Delivery {
     /// The service refused our credentials or permissions (IBS 401/403): nothing about the
     /// request is known yet; try again after this many milliseconds, until it accepts them.
     Denied(String, i64),
+    /// Waiting for the other side: the review the report answers is not (or no longer) asked of
+    /// us yet (IBS: no qam-openqa review; Gitea: no QAM review requested, or stale after a push).
+    /// The text says what it waits for; tried again after this many milliseconds (the outbox sets
+    /// it, see `outbox::bound_wait`), until it is there, a newer decision replaces this one, or
+    /// the wait is given up.
+    Waiting(String, i64),
+}
+
+impl Delivery {
+    pub fn text(&self) -> &str {
+        match self {
+            Delivery::Done(m) | Delivery::Final(m) | Delivery::Retry(m) => m,
+            Delivery::Denied(m, _) | Delivery::Waiting(m, _) => m,
+        }
+    }
+}
+
+/// Asked inside a delivery right before an action that cannot be taken back (accepting or
+/// declining an IBS review, approving a pull request, requesting changes): a fresh evaluation
+/// against openQA must reach the same decision, and it must still be the submission's latest.
+/// `Err` is what the delivery ends with instead (withheld as superseded, or retried when openQA
+/// could not be asked). The world changes between a decision and its delivery: a job restarted
+/// while IBS was down, a waiver edited, no event reaching a hook.
+pub trait Recheck: Sync {
+    fn recheck<'a>(
+        &'a self,
+        submission: crate::incident::Submission,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Delivery>>;
+}
+
+/// No check: for callers that deliver a decision they made themselves a moment ago on purpose
+/// (the reporters' own tests).
+pub struct Unchecked;
+
+impl Recheck for Unchecked {
+    fn recheck<'a>(
+        &'a self,
+        _: crate::incident::Submission,
+        _: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Delivery>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +263,23 @@ mod tests {
         assert_eq!(page_url("https://o.example/", 12), "https://o.example/incident_gate/12");
         let pr = crate::incident::Submission::gitea(124);
         assert_eq!(page_url("https://o.example", pr), "https://o.example/incident_gate/git:124");
+    }
+
+    #[test]
+    fn a_decision_is_logged_as_people_read_it() {
+        let mut v = failed(&[]);
+        v.jobs.total = 3;
+        let d = Decision::new(v.clone(), "https://o.example");
+        assert_eq!(d.log_line(), format!("incident 1: failed (request 2, 3 jobs, decision {})", d.key));
+        v.request = None;
+        let d = Decision::new(v.clone(), "https://o.example");
+        assert_eq!(
+            d.log_line(),
+            format!("incident 1: failed (no release request known, 3 jobs, decision {})", d.key)
+        );
+        v.kind = Kind::Gitea;
+        let d = Decision::new(v, "https://o.example");
+        assert_eq!(d.log_line(), format!("pull request git:1: failed (3 jobs, decision {})", d.key));
     }
 
     #[test]

@@ -165,6 +165,9 @@ struct Stats {
     decisions: AtomicU64,
     duplicate_decisions: AtomicU64,
     stale_decisions: AtomicU64,
+    /// Fresh evaluations right before an irreversible report, and the reports they withheld.
+    rechecks: AtomicU64,
+    withheld: AtomicU64,
     catchups: AtomicU64,
     catchup_ended_jobs: AtomicU64,
     catchup_unheard_jobs: AtomicU64,
@@ -341,6 +344,8 @@ impl Core {
             "decisions": s.decisions.load(Relaxed),
             "duplicate_decisions": s.duplicate_decisions.load(Relaxed),
             "stale_decisions": s.stale_decisions.load(Relaxed),
+            "rechecks": s.rechecks.load(Relaxed),
+            "withheld_reports": s.withheld.load(Relaxed),
             "openqa_requests": self.client.requests_made(),
             "busy": self.busy.load(Relaxed),
             "job_cache_bytes": self.job_incidents.lock().unwrap_or_else(|p| p.into_inner()).bytes,
@@ -376,17 +381,17 @@ impl Core {
             self.stats.catchup_unheard_jobs.fetch_add(r.unheard_jobs as u64, Relaxed);
             match &r.error {
                 Some(e) => tracing::warn!(
-                    "catch-up stopped after {} requests, up to job {:?}: {e}",
+                    "catch-up stopped after {} requests, up to job {}: {e}",
                     r.requests,
-                    r.after_id
+                    crate::log::or_none(r.after_id)
                 ),
                 None if r.unheard_jobs > 0 => tracing::info!(
-                    "catch-up: {} ended jobs of incidents no decision counted yet ({} requests, up to job {:?})",
+                    "catch-up: {} ended jobs of incidents no decision counted yet ({} requests, up to job {})",
                     r.unheard_jobs,
                     r.requests,
-                    r.after_id
+                    crate::log::or_none(r.after_id)
                 ),
-                None => tracing::debug!("catch-up: {} requests, up to job {:?}", r.requests, r.after_id),
+                None => tracing::debug!("catch-up: {} requests, up to job {}", r.requests, crate::log::or_none(r.after_id)),
             }
         }
         Ok(report)
@@ -408,6 +413,8 @@ impl Core {
     /// Records an error openQA will repeat: counted, kept for status, logged the first time only.
     fn refused(&self, e: &EngineError, affected: String) {
         self.stats.refused.fetch_add(1, Relaxed);
+        // shared by every process of the state directory, for the metrics (a lost count is no harm)
+        let _ = self.store.count("openqa_refused", 1);
         let (route, status, message) = refusal_parts(e);
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
@@ -500,7 +507,7 @@ impl Core {
                 for job in &event.jobs {
                     for incident in map.get(job).into_iter().flatten() {
                         if let Err(e) = self.store.note_job(*incident, *job, true) {
-                            tracing::warn!("incident {incident}: {e}");
+                            tracing::warn!("{}: {e}", incident.named());
                         }
                     }
                 }
@@ -524,7 +531,10 @@ impl Core {
                         touched.entry(i).or_default().0 = true;
                     }
                 }
-                Err(e) => tracing::warn!("cannot look up the incidents of deleted comments {deleted:?}: {e}"),
+                Err(e) => tracing::warn!(
+                    "cannot look up the incidents of deleted comments {}: {e}",
+                    crate::log::list(&deleted)
+                ),
             }
         }
         let mut incidents: Vec<Submission> = touched.keys().copied().collect();
@@ -533,7 +543,10 @@ impl Core {
         reported.sort_unstable();
         let stored = self.store.mark_pending_many(&incidents, &reported);
         if let Err(e) = &stored {
-            tracing::warn!("cannot record incidents {incidents:?} as pending: {e}");
+            tracing::warn!(
+                "cannot record {} as pending: {e}",
+                crate::log::list(incidents.iter().map(|i| i.named()))
+            );
         }
         let mut queued = 0;
         {
@@ -572,8 +585,9 @@ impl Core {
                 if e.is_transient() {
                     self.stats.api_errors.fetch_add(1, Relaxed);
                     tracing::warn!(
-                        "cannot look up {} jobs of events, retrying in {delay:?}: {e}",
-                        chunk.len()
+                        "cannot look up {} jobs of events, retrying in {}: {e}",
+                        chunk.len(),
+                        humantime::format_duration(delay)
                     );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -754,15 +768,15 @@ impl Core {
                     }
                     Err(e) if e.is_transient() => {
                         core.stats.api_errors.fetch_add(1, Relaxed);
-                        tracing::warn!("incident {incident}: no verdict now, will retry: {e}");
+                        tracing::warn!("{}: no verdict now, will retry: {e}", incident.named());
                         failures += 1;
                         true
                     }
                     Err(e) => {
                         // asked again only by reconciliation (or a new event), not in a loop
-                        core.refused(e, format!("incident {incident}"));
+                        core.refused(e, incident.named());
                         if let Err(e) = core.store.mark_pending(incident) {
-                            tracing::warn!("incident {incident}: {e}");
+                            tracing::warn!("{}: {e}", incident.named());
                         }
                         false
                     }
@@ -813,7 +827,7 @@ impl Core {
                 };
                 if let Some(ticket) = settle {
                     if let Err(e) = core.store.settle_pending(incident, ticket) {
-                        tracing::warn!("incident {incident}: {e}");
+                        tracing::warn!("{}: {e}", incident.named());
                     }
                 }
                 if !go_on {
@@ -849,18 +863,14 @@ impl Core {
         let incomplete = !verdict.complete;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
+        decision.builds = builds(&decision.verdict, &jobs);
+        decision.last_job_end = crate::decision::last_job_end(&decision.verdict, &jobs);
         // the event for every submission, a report to the service the submission belongs to
         let sinks: Vec<Sink> = self.sinks.iter().copied().filter(|s| s.serves(incident.kind)).collect();
         match self.store.record_decision(&mut decision, &sinks, seen, &relied_comments)? {
             Recorded::New => {
                 self.stats.decisions.fetch_add(1, Relaxed);
-                tracing::info!(
-                    "incident {incident}: {} (request {:?}, {} jobs, decision {})",
-                    decision.verdict.result.as_str(),
-                    decision.verdict.request,
-                    decision.verdict.jobs.total,
-                    decision.key
-                );
+                tracing::info!("{}", decision.log_line());
                 self.outbox_wake.notify_waiters();
             }
             Recorded::Repeat => {
@@ -869,7 +879,8 @@ impl Core {
             Recorded::Stale => {
                 self.stats.stale_decisions.fetch_add(1, Relaxed);
                 tracing::info!(
-                    "incident {incident}: {} not recorded: an evaluation that started later decided already",
+                    "{}: {} not recorded: an evaluation that started later decided already",
+                    incident.named(),
                     decision.verdict.result.as_str()
                 );
             }
@@ -902,6 +913,52 @@ impl Core {
             .min();
         let settled = (verdict.result.is_final() && verdict.complete).then_some(ticket);
         Ok(Looked { pending, known: verdict.notes.iter().map(|n| n.id).collect(), recheck_in, settled })
+    }
+}
+
+/// The check at the point of no return: one fresh evaluation, recorded like any other (a new
+/// verdict becomes the new decision and takes over), and the report goes ahead only while the
+/// decision it carries is still the submission's latest.
+impl crate::decision::Recheck for Core {
+    fn recheck<'a>(
+        &'a self,
+        submission: Submission,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::decision::Delivery>> {
+        use crate::decision::Delivery;
+        Box::pin(async move {
+            self.stats.rechecks.fetch_add(1, Relaxed);
+            let verdict = match self.decide_with_ticket(submission).await {
+                Ok((verdict, _)) => verdict,
+                Err(e) => {
+                    if !e.is_transient() {
+                        self.refused(&e, format!("{submission}: the check before reporting"));
+                    }
+                    return Err(Delivery::Retry(format!(
+                        "cannot evaluate {submission} again before reporting: {e}"
+                    )));
+                }
+            };
+            let latest = match self.store.is_latest(submission, key) {
+                Ok(latest) => latest,
+                Err(e) => return Err(Delivery::Retry(e.to_string())),
+            };
+            if latest && verdict.result.is_final() {
+                return Ok(());
+            }
+            self.stats.withheld.fetch_add(1, Relaxed);
+            let now = if verdict.result.is_final() {
+                format!(
+                    "is {} now (decision {})",
+                    verdict.result.as_str(),
+                    crate::decision::decision_key(&verdict)
+                )
+            } else {
+                format!("is pending again ({})", waiting_for(&verdict).1)
+            };
+            tracing::info!("{submission}: decision {key} withheld: a fresh evaluation {now}");
+            Err(Delivery::Final(format!("withheld: a fresh evaluation right before reporting {now}")))
+        })
     }
 }
 
@@ -972,54 +1029,25 @@ pub async fn evaluate_with(
         }
     };
     let mut jobs = client.jobs(&asked.iter().copied().collect::<Vec<_>>()).await?;
-    if client.settings_query() == SettingsQuery::ListValueOnly {
-        // without `value=` (openQA before 2025-09-30) the submission's own jobs were found with
-        // `list_value`, which only searches openQA's newest jobs: an older one (a failure nobody
-        // restarted) would be missing. Its build, `:<incident>:<package>`, has no such window. Read
-        // when it can matter: while one of the jobs found runs, nothing is approved anyway.
-        let own: Vec<&Job> = jobs
-            .iter()
-            .filter(|j| crate::incident::parse_build(j.setting("BUILD")) == Some(incident.number))
-            .filter(|j| submissions_of(&j.settings).contains(&incident))
-            .collect();
-        if own.iter().all(|j| j.is_final()) {
-            let mut builds: Vec<String> = own.iter().map(|j| j.setting("BUILD").to_string()).collect();
-            builds.sort_unstable();
-            builds.dedup();
-            let fetched =
-                futures_util::future::try_join_all(builds.iter().map(|b| client.jobs_of_any_product(b)))
-                    .await?;
-            merge_jobs(&mut jobs, &mut asked, fetched.into_iter().flatten());
-        }
-    }
     let link_base = crate::config::link_base(&cfg.openqa_url);
     let rules = Rules { ignore_groups: &cfg.ignore_groups, openqa_url: &link_base };
-    // `list_value` only searches openQA's newest jobs, so the newest build of a product may be
-    // listed in part: fetch each such build whole, by BUILD and product, before judging it.
     let mut whole: HashSet<(verdict::Product, String)> = HashSet::new();
+    let mut own_builds_read: HashSet<String> = HashSet::new();
     for round in 0.. {
-        follow_clones(client, &mut jobs, &mut asked).await?;
-        let builds: Vec<(verdict::Product, String)> =
-            verdict::newest_aggregate_builds_of(incident, &jobs, &rules)
-                .into_iter()
-                .filter(|b| !whole.contains(b))
-                .collect();
+        newest_aggregate_builds_whole(client, incident, &rules, &mut jobs, &mut asked, &mut whole).await?;
+        let builds = own_builds_to_read(client, incident, &jobs, &rules, &own_builds_read);
         if builds.is_empty() {
             break;
         }
         if round == MAX_BUILD_ROUNDS {
             return Err(EngineError::Incomplete(format!(
-                "the newest aggregate builds still change after {MAX_BUILD_ROUNDS} rounds"
+                "the submission's own builds still change after {MAX_BUILD_ROUNDS} rounds"
             )));
         }
-        let fetched = futures_util::future::try_join_all(
-            builds
-                .iter()
-                .map(|(product, build)| client.jobs_of_build(build, product.each_ref().map(String::as_str))),
-        )
-        .await?;
+        let fetched =
+            futures_util::future::try_join_all(builds.iter().map(|b| client.jobs_of_any_product(b))).await?;
         merge_jobs(&mut jobs, &mut asked, fetched.into_iter().flatten());
-        whole.extend(builds);
+        own_builds_read.extend(builds);
     }
     let selection = verdict::select_submission(incident, &jobs, &rules);
     let wanted = selection.needs_comments();
@@ -1048,6 +1076,76 @@ pub async fn evaluate_with(
         selection.counted.iter().filter_map(|j| j.t_started.clone().map(|t| (j.id, t))).collect();
     verdict::hold(&mut verdict, waiting, &started);
     Ok(Evaluation { verdict, jobs, relied_comments })
+}
+
+/// The submission's own builds to read whole, by BUILD, before a verdict may be final. Without
+/// `value=` (openQA before 2025-09-30, e.g. Debian 12's 4.6) the own jobs were found with
+/// `list_value`, which only searches openQA's newest `job_settings_max_recent_jobs` jobs: an older
+/// one (a failure nobody restarted) would be missing. Their build, `:<incident>:<package>`, has no
+/// such window. Read whenever the jobs that count have all ended, whatever else was found: a job
+/// that does not count (a Devel group, an older request) must not decide whether the list is
+/// made complete. While a counted job runs nothing is decided, so the read waits for then.
+fn own_builds_to_read(
+    client: &OpenQaClient,
+    incident: Submission,
+    jobs: &[Job],
+    rules: &Rules<'_>,
+    read: &HashSet<String>,
+) -> Vec<String> {
+    if client.settings_query() != SettingsQuery::ListValueOnly {
+        return Vec::new();
+    }
+    let selection = verdict::select_submission(incident, jobs, rules);
+    if !selection.counted.iter().all(|j| j.is_final()) {
+        return Vec::new();
+    }
+    let mut builds: Vec<String> = jobs
+        .iter()
+        .filter(|j| crate::incident::parse_build(j.setting("BUILD")) == Some(incident.number))
+        .filter(|j| submissions_of(&j.settings).contains(&incident))
+        .map(|j| j.setting("BUILD").to_string())
+        .filter(|b| !read.contains(b))
+        .collect();
+    builds.sort_unstable();
+    builds.dedup();
+    builds
+}
+
+/// `list_value` only searches openQA's newest jobs, so the newest build of a product may be
+/// listed in part: each such build is fetched whole, by BUILD and product, before it is judged.
+async fn newest_aggregate_builds_whole(
+    client: &OpenQaClient,
+    incident: Submission,
+    rules: &Rules<'_>,
+    jobs: &mut Vec<Job>,
+    asked: &mut HashSet<u64>,
+    whole: &mut HashSet<(verdict::Product, String)>,
+) -> Result<(), EngineError> {
+    for round in 0.. {
+        follow_clones(client, jobs, asked).await?;
+        let builds: Vec<(verdict::Product, String)> =
+            verdict::newest_aggregate_builds_of(incident, jobs, rules)
+                .into_iter()
+                .filter(|b| !whole.contains(b))
+                .collect();
+        if builds.is_empty() {
+            return Ok(());
+        }
+        if round == MAX_BUILD_ROUNDS {
+            return Err(EngineError::Incomplete(format!(
+                "the newest aggregate builds still change after {MAX_BUILD_ROUNDS} rounds"
+            )));
+        }
+        let fetched = futures_util::future::try_join_all(
+            builds
+                .iter()
+                .map(|(product, build)| client.jobs_of_build(build, product.each_ref().map(String::as_str))),
+        )
+        .await?;
+        merge_jobs(jobs, asked, fetched.into_iter().flatten());
+        whole.extend(builds);
+    }
+    Ok(())
 }
 
 /// Adds `fetched` to `jobs`, a job already there replaced by its newer answer.
@@ -1080,6 +1178,18 @@ fn waiting_for(verdict: &Verdict) -> (&'static str, String) {
         format!("waiting for {}", what.join(", "))
     };
     ("pending", why)
+}
+
+/// The `BUILD`s of the jobs that count, sorted, each once.
+fn builds(verdict: &Verdict, jobs: &[Job]) -> Vec<String> {
+    let counted: std::collections::HashSet<u64> = verdict.job_ids.iter().copied().collect();
+    let builds: std::collections::BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| counted.contains(&j.id))
+        .map(|j| j.setting("BUILD"))
+        .filter(|b| !b.is_empty())
+        .collect();
+    builds.into_iter().map(str::to_string).collect()
 }
 
 /// Whom to contact for each job group with a blocking job, from the `Responsible:` lines of the

@@ -157,7 +157,16 @@ unsafe fn put_string(out: *mut *mut c_char, value: &serde_json::Value) -> Result
     if out.is_null() {
         return Err((ig_status::IG_NULL_ARGUMENT, "output pointer is NULL".into()));
     }
-    let s = CString::new(value.to_string()).map_err(|e| (ig_status::IG_PANIC, e.to_string()))?;
+    unsafe { put_text(out, value.to_string()) }
+}
+
+/// # Safety
+/// `out` is NULL or valid for a write.
+unsafe fn put_text(out: *mut *mut c_char, text: String) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err((ig_status::IG_NULL_ARGUMENT, "output pointer is NULL".into()));
+    }
+    let s = CString::new(text).map_err(|e| (ig_status::IG_PANIC, e.to_string()))?;
     unsafe { *out = s.into_raw() };
     Ok(())
 }
@@ -405,4 +414,22 @@ pub extern "C" fn ig_log_poll() -> ig_status {
 #[no_mangle]
 pub extern "C" fn ig_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The metrics in InfluxDB line protocol (measurement `incident_gate`, docs/monitoring.md) as
+/// text in `*lines` (free it with `ig_string_free`). Reads the state directory only: no network,
+/// no engine started.
+///
+/// # Safety
+/// `gate` comes from `ig_gate_new`; `lines` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn ig_gate_metrics(gate: *const ig_gate, lines: *mut *mut c_char) -> ig_status {
+    boundary(|| {
+        let gate = unsafe { gate_arg(gate) }?;
+        if lines.is_null() {
+            return Err((ig_status::IG_NULL_ARGUMENT, "lines is NULL".into()));
+        }
+        let text = gate.metrics().map_err(|m| (ig_status::IG_UNAVAILABLE, m))?;
+        unsafe { put_text(lines, text) }
+    })
 }

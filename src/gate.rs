@@ -197,19 +197,32 @@ impl Gate {
         &self,
         query: &crate::store::IncidentQuery,
     ) -> Result<crate::store::IncidentList, String> {
-        // the running engine's connection when there is one: a page view opens no file
+        self.store()?.incidents(query).map_err(|e| e.to_string())
+    }
+
+    /// The metrics in InfluxDB line protocol (`crate::metrics`): one read of the state directory,
+    /// no network, no engine started.
+    pub fn metrics(&self) -> Result<String, String> {
+        let store = self.store()?;
+        let read = store.metrics_read(crate::metrics::LATENCY_WINDOW).map_err(|e| e.to_string())?;
+        let url = crate::config::link_base(&self.config.openqa_url);
+        Ok(crate::metrics::render(&url, &read, std::time::SystemTime::now()))
+    }
+
+    /// The running engine's store when there is one (a page view opens no file), else the state
+    /// directory (or the PostgreSQL store of `store_url`) opened for this call.
+    fn store(&self) -> Result<Arc<crate::store::Store>, String> {
         let running = {
             let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
             guard.as_ref().filter(|r| r.pid == std::process::id()).map(|r| r.core.store().clone())
         };
-        let store = match running {
-            Some(store) => store,
-            None => std::sync::Arc::new(
+        match running {
+            Some(store) => Ok(store),
+            None => Ok(Arc::new(
                 crate::store::Store::open_url(self.config.store_url.expose(), &self.config.state_dir)
                     .map_err(|e| e.to_string())?,
-            ),
-        };
-        store.incidents(query).map_err(|e| e.to_string())
+            )),
+        }
     }
 
     /// Waits until every queued event is processed and no evaluation is running or due.

@@ -46,6 +46,14 @@ impl Submission {
         Submission { kind: Kind::Gitea, number }
     }
 
+    /// How log lines and messages name it: `incident 12345`, `pull request git:124`.
+    pub fn named(self) -> String {
+        match self.kind {
+            Kind::Ibs => format!("incident {self}"),
+            Kind::Gitea => format!("pull request {self}"),
+        }
+    }
+
     /// `12345`, `ibs:12345`, `git:124` or `gitea:124`; numbers are positive.
     pub fn parse(text: &str) -> Option<Submission> {
         let text = text.trim();
@@ -201,6 +209,12 @@ pub fn is_incident_job(settings: &BTreeMap<String, String>, incident: u64) -> bo
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_name_a_pull_request_as_such() {
+        assert_eq!(super::Submission::ibs(55555).named(), "incident 55555");
+        assert_eq!(super::Submission::gitea(12400).named(), "pull request git:12400");
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

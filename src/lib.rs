@@ -13,6 +13,7 @@ pub mod gate;
 pub mod gitea;
 pub mod incident;
 pub mod log;
+pub mod metrics;
 pub mod obs;
 pub mod openqa;
 pub mod outbox;

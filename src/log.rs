@@ -96,6 +96,16 @@ fn take_locked(q: &mut Queue) -> Vec<Record> {
     out
 }
 
+/// Values in a log line as people write them (`1, 2, 3`), not as Rust's `{:?}` shows them.
+pub fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// An optional value in a log line: the value, or `none`.
+pub fn or_none<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
 fn to_stderr(level: Level, target: &str, message: &str) {
     let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
     eprintln!("{now} {level:>5} {target}: {message}");
@@ -146,5 +156,19 @@ impl<S: Subscriber> Layer<S> for Lines {
             }
         }
         to_stderr(level, event.metadata().target(), &message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_read_as_written_not_as_debug_output() {
+        assert_eq!(super::list([3u64, 4]), "3, 4");
+        assert_eq!(
+            super::list(["incident 1".to_string(), "pull request git:2".to_string()]),
+            "incident 1, pull request git:2"
+        );
+        assert_eq!(super::or_none(Some(600101u64)), "600101");
+        assert_eq!(super::or_none(None::<u64>), "none");
     }
 }

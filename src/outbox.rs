@@ -3,7 +3,7 @@
 
 use crate::amqp::publish::Publisher;
 use crate::config::Config;
-use crate::decision::Delivery;
+use crate::decision::{Delivery, Recheck};
 use crate::engine::Core;
 use crate::gitea::{GiteaClient, PrReport};
 use crate::obs::client::ObsClient;
@@ -34,16 +34,20 @@ impl Deliverer {
         }
     }
 
-    async fn deliver(&mut self, item: &OutboxItem) -> Delivery {
+    /// `recheck` is asked right before an action that cannot be taken back (see [`Recheck`]).
+    async fn deliver(&mut self, item: &OutboxItem, recheck: &dyn Recheck) -> Delivery {
         match self {
             Deliverer::Amqp(p) => p.deliver(&item.decision).await,
             Deliverer::Obs(Ok(client), cfg) => {
                 // well inside the item's lease, so no other process takes it over meanwhile
                 let limit = Duration::from_secs(crate::store::LEASE_S as u64 / 2);
-                let report = crate::obs::reporter::deliver(client, cfg, &item.decision);
+                let report = crate::obs::deliver_checked(client, cfg, &item.decision, recheck);
                 match tokio::time::timeout(limit, report).await {
                     Ok(outcome) => outcome,
-                    Err(_) => Delivery::Retry(format!("IBS did not finish within {limit:?}")),
+                    Err(_) => Delivery::Retry(format!(
+                        "IBS did not finish within {}",
+                        humantime::format_duration(limit)
+                    )),
                 }
             }
             Deliverer::Obs(Err(e), _) => Delivery::Retry(format!("IBS client: {e}")),
@@ -52,9 +56,13 @@ impl Deliverer {
                     return Delivery::Final("not a Gitea pull request, or no repository known".into());
                 };
                 let limit = Duration::from_secs(crate::store::LEASE_S as u64 / 2);
-                match tokio::time::timeout(limit, crate::gitea::deliver(client, cfg, &report)).await {
+                let report = crate::gitea::deliver_checked(client, cfg, &report, recheck);
+                match tokio::time::timeout(limit, report).await {
                     Ok(outcome) => outcome,
-                    Err(_) => Delivery::Retry(format!("Gitea did not finish within {limit:?}")),
+                    Err(_) => Delivery::Retry(format!(
+                        "Gitea did not finish within {}",
+                        humantime::format_duration(limit)
+                    )),
                 }
             }
             Deliverer::Gitea(Err(e), _) => Delivery::Retry(format!("Gitea client: {e}")),
@@ -95,7 +103,7 @@ pub fn pr_report(cfg: &Config, d: &crate::decision::Decision) -> Option<PrReport
         complete: v.complete,
         jobs: v.jobs.clone(),
         blocking: v.blocking.clone(),
-        overview_url: format!("{}/tests/overview?build=:git:{}", d.openqa, v.incident),
+        builds: d.builds.clone(),
         page_url: crate::decision::page_url(&d.openqa, v.submission()),
         openqa: d.openqa.clone(),
         key: d.key.clone(),
@@ -128,7 +136,7 @@ async fn deliver_due(core: &Core, sink: Sink, deliverer: &mut Deliverer) -> usiz
         let mut lease = Lease { store: core.store(), item: &item, settled: false };
         let outcome = match superseded(core, &item, sink) {
             Some(outcome) => outcome,
-            None => deliver_one(deliverer, &item, sink).await,
+            None => deliver_one(core.config(), deliverer, &item, sink, core).await,
         };
         match core.store().complete(&item, &outcome) {
             Ok(()) => lease.settled = true,
@@ -162,7 +170,8 @@ impl Drop for Lease<'_> {
 }
 
 /// Delivers everything due, for short-lived processes (`incident-gate hook`); returns how many
-/// items are still queued when `timeout` passes or nothing more is due.
+/// items are still queued when `timeout` passes or nothing more is due, not counting reports that
+/// wait for the other side (a later run tries them once due).
 pub async fn drain(core: &Arc<Core>, timeout: Duration) -> u64 {
     let deadline = tokio::time::Instant::now() + timeout;
     for sink in core.sinks() {
@@ -176,7 +185,7 @@ pub async fn drain(core: &Arc<Core>, timeout: Duration) -> u64 {
         }
         deliverer.close().await;
     }
-    core.store().backlog().map(|b| b.total()).unwrap_or(0)
+    core.store().undelivered().unwrap_or(0)
 }
 
 async fn run(core: Arc<Core>, sink: Sink) {
@@ -222,24 +231,108 @@ fn superseded(core: &Core, item: &OutboxItem, sink: Sink) -> Option<Delivery> {
     }
 }
 
-async fn deliver_one(deliverer: &mut Deliverer, item: &OutboxItem, sink: Sink) -> Delivery {
-    let incident = item.decision.verdict.submission();
-    let outcome = deliverer.deliver(item).await;
+async fn deliver_one(
+    cfg: &Config,
+    deliverer: &mut Deliverer,
+    item: &OutboxItem,
+    sink: Sink,
+    recheck: &dyn Recheck,
+) -> Delivery {
+    let incident = item.decision.verdict.submission().named();
+    let outcome = deliverer.deliver(item, recheck).await;
+    let waited = matches!(outcome, Delivery::Waiting(..));
+    let outcome = bound_wait(cfg, &item.decision.decided_at, crate::store::now_ms(), outcome);
+    let again = repeats(item.last_outcome.as_deref(), &outcome);
     match &outcome {
-        Delivery::Done(m) => tracing::info!("incident {incident} → {}: {m}", sink.as_str()),
+        Delivery::Done(m) => tracing::info!("{incident} → {}: {m}", sink.as_str()),
+        // not reported after all: someone may have to look why the review never came
+        Delivery::Final(m) if waited => tracing::warn!("{incident} → {}: {m}", sink.as_str()),
         Delivery::Final(m) => {
-            tracing::info!("incident {incident} → {}: nothing more to do: {m}", sink.as_str())
+            tracing::info!("{incident} → {}: nothing more to do: {m}", sink.as_str())
+        }
+        Delivery::Denied(m, _) if again => {
+            tracing::debug!("{incident} → {}: still refused: {m}", sink.as_str())
         }
         Delivery::Denied(m, _) => tracing::error!(
-            "incident {incident} → {}: attempt {} refused, will retry: {m}",
+            "{incident} → {}: attempt {} refused, will retry: {m}",
             sink.as_str(),
             item.attempts + 1
         ),
+        Delivery::Waiting(m, _) if again => tracing::debug!("{incident} → {}: {m}", sink.as_str()),
+        Delivery::Waiting(m, _) => tracing::info!("{incident} → {}: {m}", sink.as_str()),
         Delivery::Retry(m) => tracing::warn!(
-            "incident {incident} → {}: attempt {} failed, will retry: {m}",
+            "{incident} → {}: attempt {} failed, will retry: {m}",
             sink.as_str(),
             item.attempts + 1
         ),
     }
     outcome
+}
+
+/// A refusal or a wait that says what the previous attempt said: logged once (at error, info),
+/// not again every `*_denied_retry_s` / `reconcile_interval_s` for days.
+fn repeats(last: Option<&str>, outcome: &Delivery) -> bool {
+    matches!(outcome, Delivery::Denied(..) | Delivery::Waiting(..)) && last == Some(outcome.text())
+}
+
+/// A report waiting for the other side is tried again every `reconcile_interval_s` (so it goes out
+/// within one interval of the review being asked for) until `review_wait_max_s` after its
+/// decision; then it is given up, saying what it waited for. `now_ms`: the clock, for tests.
+pub fn bound_wait(cfg: &Config, decided_at: &str, now_ms: i64, outcome: Delivery) -> Delivery {
+    let Delivery::Waiting(what, _) = outcome else {
+        return outcome;
+    };
+    let decided_ms = humantime::parse_rfc3339(decided_at)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now_ms, |d| d.as_millis() as i64);
+    let max_ms = (cfg.review_wait_max_s as i64).saturating_mul(1000);
+    if now_ms.saturating_sub(decided_ms) >= max_ms {
+        return Delivery::Final(format!(
+            "gave up after waiting {} s (review_wait_max_s) since the decision: {what}",
+            cfg.review_wait_max_s
+        ));
+    }
+    Delivery::Waiting(what, (cfg.reconcile_interval_s as i64).saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECIDED: &str = "2026-11-24T17:00:00Z";
+    const DECIDED_MS: i64 = 1_795_539_600_000;
+
+    #[test]
+    fn a_wait_is_retried_every_reconcile_interval_until_review_wait_max_s() {
+        assert_eq!(
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(DECIDED_MS as u64)
+            )
+            .to_string(),
+            DECIDED
+        );
+        let cfg = Config { reconcile_interval_s: 120, review_wait_max_s: 3600, ..Config::default() };
+        let waiting = || Delivery::Waiting("PR o/r#1: the QAM review is stale".into(), 0);
+        assert_eq!(
+            bound_wait(&cfg, DECIDED, DECIDED_MS + 3_599_000, waiting()),
+            Delivery::Waiting("PR o/r#1: the QAM review is stale".into(), 120_000)
+        );
+        assert_eq!(
+            bound_wait(&cfg, DECIDED, DECIDED_MS + 3_600_000, waiting()),
+            Delivery::Final(
+                "gave up after waiting 3600 s (review_wait_max_s) since the decision: PR o/r#1: the QAM review is stale"
+                    .into()
+            )
+        );
+        // logged once: the same refusal or wait again is not logged again
+        let denied = Delivery::Denied("PR o/r#1: Gitea answered 403".into(), 600_000);
+        assert!(!repeats(None, &denied) && !repeats(Some("Gitea answered 503"), &denied));
+        assert!(repeats(Some("PR o/r#1: Gitea answered 403"), &denied));
+        assert!(repeats(Some("PR o/r#1: the QAM review is stale"), &waiting()));
+        assert!(!repeats(Some("x"), &Delivery::Retry("x".into())), "a passing fault is logged each time");
+        // everything else passes unchanged
+        let denied = Delivery::Denied("401".into(), 600_000);
+        assert_eq!(bound_wait(&cfg, DECIDED, DECIDED_MS + 9_999_999, denied.clone()), denied);
+    }
 }

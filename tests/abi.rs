@@ -193,7 +193,12 @@ async fn status_and_errors_never_show_secrets() {
     cfg["amqp_url"] = "amqp://gate:S3cr3t-amqp-q9@127.0.0.1:9/%2f".into();
     let secrets: Vec<String> =
         ["S3cr3t-openQA-8f2a", "S3cr3t-obs-77x", "S3cr3t-amqp-q9"].map(String::from).to_vec();
-    let mut args = vec![incident.to_string(), jobs[0].to_string()];
+    // the same secrets, openQA's in its URL too, and nothing answering there
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut unreachable = cfg.clone();
+    unreachable["openqa_url"] = "http://gate:S3cr3t-openQA-8f2a@127.0.0.1:9".into();
+    unreachable["state_dir"] = elsewhere.path().display().to_string().into();
+    let mut args = vec![incident.to_string(), jobs[0].to_string(), unreachable.to_string()];
     args.extend(secrets.iter().cloned());
     let (stdout, stderr) = tokio::task::spawn_blocking(move || run_c("secrets", &cfg, &args)).await.unwrap();
     assert!(stdout.contains("AMQP"), "the failed delivery shows in the status: {stdout}");

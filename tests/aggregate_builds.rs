@@ -140,3 +140,77 @@ async fn an_own_job_outside_the_list_value_window_still_blocks_on_openqa_4_6() {
     assert_eq!(verdict["blocking"][0]["id"], early, "{verdict}");
     assert_eq!(verdict["jobs"]["total"], 2, "{verdict}");
 }
+
+/// openQA 4.6: the old failure is outside the `list_value` window, another failure was restarted
+/// and its clone passed, and a Devel job of the incident still runs. The Devel job does not count,
+/// so it must not keep the build read from making the list complete (issue 20, point 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uncounted_running_job_does_not_hide_an_old_failure_on_openqa_4_6() {
+    let qa = OpenQa::start().await;
+    qa.sim.set_flavor(incident_gate_sim::openqa::Flavor::Debian12);
+    qa.sim.set_job_settings_max_recent_jobs(50);
+    let early = qa.incident_job(7003, 300703, "early");
+    qa.sim.set_done(early, "failed");
+    for t in 0..50 {
+        qa.sim.create_job(&[("TEST", "other"), ("REPOHASH", &t.to_string())], None);
+    }
+    let restarted = qa.incident_job(7003, 300703, "late");
+    qa.sim.set_done(restarted, "failed");
+    let (clone, _) = qa.sim.restart(restarted).unwrap();
+    qa.sim.set_done(clone, "passed");
+    let settings = sim::incident_job_settings(7003, 300703, "pkg", "devel", "x86_64");
+    let devel = qa.sim.create_job(&sim::borrowed(&settings), qa.devel_group);
+    let listed = client(&qa.url()).job_ids_by_setting("INCIDENT_ID", "7003").await.unwrap();
+    assert!(!listed.contains(&early), "the scenario needs the early job outside the window");
+    assert!(listed.contains(&devel), "{listed:?}");
+
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    let verdict = gate.evaluate(7003).unwrap();
+    assert_eq!(verdict["result"], "failed", "{verdict}");
+    assert_eq!(verdict["blocking"][0]["id"], early, "{verdict}");
+}
+
+/// Upstream openQA answers `job_settings/jobs?value=` with at most `generic_max_limit` rows, newest
+/// first, and no sign of the cut: an instance whose admin lowered it drops the oldest jobs of a
+/// request. The answer is proven complete, or the verdict waits (issue 20, point 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settings_answer_cut_by_generic_max_limit_decides_nothing() {
+    let qa = OpenQa::start().await;
+    qa.sim.set_generic_max_limit(3);
+    let early = qa.incident_job(7004, 300704, "early");
+    qa.sim.set_done(early, "failed");
+    for t in 0..3 {
+        let j = qa.incident_job(7004, 300704, &format!("late{t}"));
+        qa.sim.set_done(j, "passed");
+    }
+    let err = client(&qa.url()).job_ids_by_setting("INCIDENT_ID", "7004").await.unwrap_err();
+    assert!(err.to_string().contains("generic_max_limit"), "{err}");
+
+    let state = tempfile::tempdir().unwrap();
+    let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    let status = gate.evaluate(7004).unwrap_err();
+    assert_eq!(status, incident_gate::ffi::ig_status::IG_OPENQA_REFUSED, "{}", common::last_error());
+    assert!(common::last_error().contains("generic_max_limit"), "{}", common::last_error());
+
+    // the same number of rows below the limit is proven complete by a longer list elsewhere
+    qa.sim.set_generic_max_limit(10);
+    let verdict = gate.evaluate(7004).unwrap();
+    assert_eq!(verdict["result"], "failed", "{verdict}");
+    assert_eq!(verdict["blocking"][0]["id"], early, "{verdict}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settings_answer_below_the_limit_costs_one_proof_per_client() {
+    let qa = OpenQa::start().await;
+    let jobs: Vec<u64> = (0..4).map(|t| qa.incident_job(7005, 300705, &format!("t{t}"))).collect();
+    qa.aggregate_job("20261124-1", &[1], "other");
+    let c = client(&qa.url());
+    let before = qa.sim.requests();
+    let mut listed = c.job_ids_by_setting("INCIDENT_ID", "7005").await.unwrap();
+    listed.sort_unstable();
+    assert_eq!(listed, jobs);
+    assert_eq!(qa.sim.requests() - before, 2, "the settings answer and one proof");
+    c.job_ids_by_setting("INCIDENT_ID", "7005").await.unwrap();
+    assert_eq!(qa.sim.requests() - before, 3, "the proof is remembered");
+}

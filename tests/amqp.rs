@@ -13,264 +13,16 @@ use futures_util::StreamExt;
 use incident_gate::config::Config;
 use incident_gate::engine::Core;
 use lapin::message::Delivery;
-use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::Consumer;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use testkit::broker::Broker;
+use testkit::proxy::Proxy;
+use testkit::{unique, Leftovers};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// An exchange, queue or prefix name no other test or test run uses.
-fn unique(test: &str) -> String {
-    format!("ig-test-{}-{test}", std::process::id())
-}
-
-/// `host:port` of an AMQP URL.
-fn authority(url: &str) -> (usize, usize) {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
-    let host_start = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
-    (host_start, end)
-}
-
-fn broker_addr() -> String {
-    let url = amqp_url();
-    let (start, end) = authority(&url);
-    let hostport = &url[start..end];
-    if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:5672")
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A TCP proxy between the gate and the broker that the test controls.
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Forward to the broker.
-    Open,
-    /// Accept and close at once: a broker that is down.
-    Refuse,
-    /// Accept and never answer: a broker that hangs.
-    Stall,
-}
-
-struct ProxyState {
-    mode: Mode,
-    links: Vec<AbortHandle>,
-    stalled: Vec<TcpStream>,
-}
-
-struct Proxy {
-    addr: SocketAddr,
-    state: Arc<Mutex<ProxyState>>,
-    accepted: Arc<AtomicUsize>,
-    forwarded: Arc<AtomicUsize>,
-    task: AbortHandle,
-}
-
-impl Proxy {
-    async fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(ProxyState { mode: Mode::Open, links: vec![], stalled: vec![] }));
-        let (accepted, forwarded) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let upstream = broker_addr();
-        let (st, count, opened) = (state.clone(), accepted.clone(), forwarded.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                count.fetch_add(1, SeqCst);
-                let mut state = st.lock().unwrap();
-                match state.mode {
-                    Mode::Refuse => drop(client),
-                    Mode::Stall => state.stalled.push(client),
-                    Mode::Open => {
-                        opened.fetch_add(1, SeqCst);
-                        let upstream = upstream.clone();
-                        let link = tokio::spawn(async move {
-                            if let Ok(mut up) = TcpStream::connect(&upstream).await {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-                            }
-                        });
-                        state.links.retain(|l| !l.is_finished());
-                        state.links.push(link.abort_handle());
-                    }
-                }
-            }
-        });
-        Proxy { addr, state, accepted, forwarded, task: task.abort_handle() }
-    }
-
-    /// The broker's URL (same credentials and vhost) through this proxy.
-    fn url(&self) -> String {
-        let url = amqp_url();
-        let (start, end) = authority(&url);
-        format!("{}{}{}", &url[..start], self.addr, &url[end..])
-    }
-
-    fn set_mode(&self, mode: Mode) {
-        let mut state = self.state.lock().unwrap();
-        state.mode = mode;
-        state.stalled.clear();
-        if mode != Mode::Open {
-            // closes both ends of every live connection
-            state.links.drain(..).for_each(|l| l.abort());
-        }
-    }
-
-    /// Drops every connection and refuses new ones.
-    fn cut(&self) {
-        self.set_mode(Mode::Refuse);
-    }
-
-    /// Drops every connection and leaves new ones hanging without an answer.
-    fn stall(&self) {
-        self.set_mode(Mode::Stall);
-    }
-
-    fn restore(&self) {
-        self.set_mode(Mode::Open);
-    }
-
-    /// Connections accepted so far.
-    fn accepted(&self) -> usize {
-        self.accepted.load(SeqCst)
-    }
-
-    /// Connections forwarded to the broker so far.
-    fn forwarded(&self) -> usize {
-        self.forwarded.load(SeqCst)
-    }
-
-    /// Connections hanging in `Stall` mode.
-    fn stalled(&self) -> usize {
-        self.state.lock().unwrap().stalled.len()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.set_mode(Mode::Refuse);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The test's own side of the broker: a direct connection, as any consumer of our events has.
-
-struct Broker {
-    conn: Connection,
-    ch: Channel,
-}
-
-impl Broker {
-    async fn connect() -> Broker {
-        let conn =
-            tokio::time::timeout(WAIT, Connection::connect(&amqp_url(), ConnectionProperties::default()))
-                .await
-                .expect("connecting to RabbitMQ timed out")
-                .unwrap_or_else(|e| panic!("RabbitMQ at {} is needed: {e}", broker_addr()));
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        Broker { conn, ch }
-    }
-
-    /// Declares the topic exchange exactly as the gate does with `amqp_declare_exchange`.
-    async fn declare_exchange(&self, exchange: &str) {
-        let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        self.ch
-            .exchange_declare(exchange.into(), ExchangeKind::Topic, options, FieldTable::default())
-            .await
-            .unwrap();
-    }
-
-    async fn subscribe_done(&self, exchange: &str) -> Consumer {
-        common::subscribe_done(&self.ch, exchange).await
-    }
-
-    async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
-        common::publish(&self.ch, exchange, routing_key, body).await
-    }
-
-    /// Consumers of `queue` right now (0 when the queue does not exist).
-    async fn consumers(&self, queue: &str) -> u32 {
-        // a passive declare of a missing queue closes its channel: use a fresh one
-        let ch = self.conn.create_channel().await.unwrap();
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
-        let count = match ch.queue_declare(queue.into(), options, FieldTable::default()).await {
-            Ok(q) => q.consumer_count(),
-            Err(_) => 0,
-        };
-        let _ = ch.close(200, "".into()).await;
-        count
-    }
-
-    async fn wait_for_consumers(&self, queue: &str, wanted: impl Fn(u32) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !wanted(self.consumers(queue).await) {
-            assert!(tokio::time::Instant::now() < deadline, "consumers of {queue} never became as expected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Deletes `queue`; returns how many messages were still in it.
-    async fn delete_queue(&self, queue: &str) -> u32 {
-        self.ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await.unwrap()
-    }
-}
-
-/// Deletes the test's exchanges and queues when the test ends, also when it fails.
-struct Leftovers {
-    exchanges: Vec<String>,
-    queues: Vec<String>,
-}
-
-impl Leftovers {
-    fn new(exchanges: &[&str], queues: &[&str]) -> Leftovers {
-        let own = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
-        Leftovers { exchanges: own(exchanges), queues: own(queues) }
-    }
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        let (exchanges, queues) = (std::mem::take(&mut self.exchanges), std::mem::take(&mut self.queues));
-        // its own thread and runtime: drop cannot await, and the test's runtime may be unwinding
-        let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let url = amqp_url();
-                let connect = Connection::connect(&url, ConnectionProperties::default());
-                let Ok(Ok(conn)) = tokio::time::timeout(WAIT, connect).await else { return };
-                let Ok(ch) = conn.create_channel().await else { return };
-                for x in exchanges {
-                    let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
-                }
-                for q in queues {
-                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-                }
-                let _ = conn.close(200, "".into()).await;
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
 
 /// The next message, or None after `timeout`.
 async fn next_message(consumer: &mut Consumer, timeout: Duration) -> Option<Delivery> {
@@ -431,7 +183,7 @@ async fn decisions_taken_while_the_connection_is_cut_arrive_after_it_is_restored
     let broker = Broker::connect().await;
     broker.declare_exchange(&exchange).await;
     let mut consumer = broker.subscribe_done(&exchange).await;
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::to_broker().await;
     let qa = OpenQa::start().await;
     let state = tempfile::tempdir().unwrap();
     let gate = CGate::new(&publishing_config(&qa, state.path(), &proxy.url(), &exchange, &prefix));
@@ -461,11 +213,34 @@ async fn decisions_taken_while_the_connection_is_cut_arrive_after_it_is_restored
     })
     .await;
     assert_eq!(amqp_backlog(&gate), 3, "kept in the outbox while the broker is unreachable");
-    // retries back off (0.5 s, 1 s, 2 s …): at most 3 attempts in the first 1.5 s or so
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rows = amqp_deliveries(&gate);
+    // retries back off (0.5 s, 1 s, 2 s …): a failed attempt n schedules the next one at least
+    // backoff_ms(n - 1) after the time it had been scheduled for, as the outbox records it
+    let db = rusqlite::Connection::open_with_flags(
+        state.path().join("incident-gate.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut scheduled: HashMap<String, std::collections::BTreeMap<u32, i64>> = HashMap::new();
+    wait_until("two failed attempts in a row seen for every new decision", || {
+        let mut rows = db.prepare("SELECT key, attempts, next_at FROM outbox WHERE sink = 'amqp'").unwrap();
+        let rows = rows.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        for (key, attempts, next_at) in rows.map(Result::unwrap) {
+            scheduled.entry(key).or_default().entry(attempts).or_insert(next_at);
+        }
+        waiting
+            .iter()
+            .all(|k| scheduled.get(k).is_some_and(|s| s.keys().any(|n| *n >= 1 && s.contains_key(&(n + 1)))))
+    })
+    .await;
     for key in &waiting {
-        assert!(rows[key]["attempts"].as_u64() <= Some(3), "retried without backing off: {}", rows[key]);
+        let s = &scheduled[key];
+        for (n, at) in s.iter().filter(|(n, _)| **n >= 1) {
+            if let Some(next) = s.get(&(n + 1)) {
+                let gap = next - at;
+                let least = incident_gate::store::backoff_ms(*n);
+                assert!(gap >= least, "attempt {} came {gap} ms after {n}'s time, not {least}: {s:?}", n + 1);
+            }
+        }
     }
     assert!(next_message(&mut consumer, Duration::from_millis(200)).await.is_none());
 
@@ -492,7 +267,7 @@ async fn a_new_process_on_the_same_state_directory_delivers_what_the_stopped_one
     let broker = Broker::connect().await;
     broker.declare_exchange(&exchange).await;
     let mut consumer = broker.subscribe_done(&exchange).await;
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::to_broker().await;
     // A broker that hangs: process A's first delivery is in flight (leased) when it stops.
     proxy.stall();
     let qa = OpenQa::start().await;
@@ -556,7 +331,7 @@ async fn a_publish_the_broker_refuses_stays_queued_until_it_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_amqp_false_never_talks_to_the_broker() {
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::to_broker().await;
     let qa = OpenQa::start().await;
     let state = tempfile::tempdir().unwrap();
     let mut cfg = publishing_config(&qa, state.path(), &proxy.url(), &unique("off"), "off");
@@ -568,7 +343,9 @@ async fn publish_amqp_false_never_talks_to_the_broker() {
     assert_eq!(decisions.len(), 1, "decided");
     assert_eq!(decisions[0]["deliveries"], json!([]), "nothing queued for any sink");
     assert_eq!(amqp_backlog(&gate), 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ig_gate_free returns after the gate's engine and outbox stopped: whatever they were to
+    // connect to has been connected to by then
+    drop(gate);
     assert_eq!(proxy.accepted(), 0, "no connection to the broker");
 }
 
@@ -661,7 +438,7 @@ async fn the_listener_reconnects_and_takes_what_was_queued_meanwhile() {
     let broker = Broker::connect().await;
     broker.declare_exchange(&exchange).await;
     let mut done = broker.subscribe_done(&exchange).await;
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::to_broker().await;
     let qa = OpenQa::start().await;
     let jobs: Vec<u64> = (0..2).map(|i| qa.incident_job(1701, 301701, &format!("t{i}"))).collect();
     let state = tempfile::tempdir().unwrap();

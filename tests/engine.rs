@@ -8,10 +8,6 @@ use common::{gate_config, CGate, OpenQa};
 use incident_gate::ffi::ig_status;
 use std::time::Duration;
 
-fn decisions_for(gate: &CGate, incident: u64) -> Vec<serde_json::Value> {
-    gate.decisions().into_iter().filter(|d| d["incident"] == incident).collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn shuffled_events_give_one_passed_decision_at_the_last_job() {
     let qa = OpenQa::start().await;
@@ -28,13 +24,13 @@ async fn shuffled_events_give_one_passed_decision_at_the_last_job() {
         gate.job_done(*job, result);
     }
     gate.flushed();
-    assert!(decisions_for(&gate, 1001).is_empty(), "decided before the last job: {:?}", gate.decisions());
+    assert!(gate.decisions_for(1001).is_empty(), "decided before the last job: {:?}", gate.decisions());
     assert_eq!(gate.evaluate(1001).unwrap()["result"], "pending");
 
     qa.sim.set_done(*last, "passed");
     gate.job_done(*last, "passed");
     gate.flushed();
-    let decided = decisions_for(&gate, 1001);
+    let decided = gate.decisions_for(1001);
     assert_eq!(decided.len(), 1, "{decided:?}");
     assert_eq!(decided[0]["result"], "passed");
     assert_eq!(decided[0]["request"], 300101);
@@ -43,7 +39,7 @@ async fn shuffled_events_give_one_passed_decision_at_the_last_job() {
         gate.job_done(*job, "passed");
     }
     gate.flushed();
-    assert_eq!(decisions_for(&gate, 1001).len(), 1);
+    assert_eq!(gate.decisions_for(1001).len(), 1);
     let verdict = gate.evaluate(1001).unwrap();
     assert_eq!(verdict["jobs"]["total"], 10);
 }
@@ -60,7 +56,7 @@ async fn a_failure_is_named_and_a_passing_restart_is_a_new_decision() {
         gate.job_done(*job, result);
     }
     gate.flushed();
-    let decided = decisions_for(&gate, 2001);
+    let decided = gate.decisions_for(2001);
     assert_eq!(decided.len(), 1, "{decided:?}");
     assert_eq!(decided[0]["result"], "failed");
     let verdict = gate.evaluate(2001).unwrap();
@@ -74,7 +70,7 @@ async fn a_failure_is_named_and_a_passing_restart_is_a_new_decision() {
     qa.sim.set_done(clone, "passed");
     gate.job_done(clone, "passed");
     gate.flushed();
-    let decided = decisions_for(&gate, 2001);
+    let decided = gate.decisions_for(2001);
     assert_eq!(decided.len(), 2, "{decided:?}");
     assert_eq!(decided[0]["result"], "passed", "newest first");
 }
@@ -95,12 +91,12 @@ async fn no_decision_while_openqa_is_down_then_one_after_it_recovers() {
     qa.sim.set_done(*last, "passed");
     gate.job_done(*last, "passed");
     assert_eq!(gate.flush(Duration::from_millis(1500)), ig_status::IG_TIMEOUT, "the engine keeps retrying");
-    assert!(decisions_for(&gate, 3001).is_empty());
+    assert!(gate.decisions_for(3001).is_empty());
     assert_eq!(gate.evaluate(3001), Err(ig_status::IG_UNAVAILABLE), "no verdict on partial data");
     assert!(gate.status()["engine"]["api_errors"].as_u64().unwrap() > 0);
     qa.sim.set_down(false);
     gate.flushed();
-    let decided = decisions_for(&gate, 3001);
+    let decided = gate.decisions_for(3001);
     assert_eq!(decided.len(), 1, "{decided:?}");
     assert_eq!(decided[0]["result"], "passed");
 }
@@ -125,7 +121,7 @@ async fn two_gates_sharing_a_store_record_one_decision(store: &common::TestStore
     }
     a.flushed();
     b.flushed();
-    assert_eq!(decisions_for(&a, 4001).len(), 1);
+    assert_eq!(a.decisions_for(4001).len(), 1);
     let recorded: u64 = [&a, &b].iter().map(|g| g.status()["engine"]["decisions"].as_u64().unwrap()).sum();
     // The other gate either finds the same decision recorded, or (when its evaluation started
     // before the recorded one) is refused as older; both mean it records nothing.
@@ -154,7 +150,7 @@ async fn a_job_that_finished_without_an_event_is_found_by_reconciliation() {
     // job 1 is cancelled by openQA's stale-job detection: no event reaches us
     qa.sim.cancel(jobs[1]);
     let decided = common::eventually(Duration::from_secs(10), || {
-        let d = decisions_for(&gate, 5001);
+        let d = gate.decisions_for(5001);
         (!d.is_empty()).then_some(d)
     })
     .await
@@ -179,7 +175,7 @@ async fn a_settle_window_folds_a_burst_into_one_evaluation() {
     gate.flushed();
     let engine = &gate.status()["engine"];
     assert_eq!(engine["evaluations"], 1, "{engine}");
-    assert_eq!(decisions_for(&gate, 6001).len(), 1);
+    assert_eq!(gate.decisions_for(6001).len(), 1);
 }
 
 async fn events_split_across_processes_still_decide_at_the_last_job(store: &common::TestStore) {
@@ -198,7 +194,7 @@ async fn events_split_across_processes_still_decide_at_the_last_job(store: &comm
         gate.flushed();
     }
     gates.iter().for_each(CGate::flushed);
-    let decided = decisions_for(&gates[0], 6101);
+    let decided = gates[0].decisions_for(6101);
     assert_eq!(decided.len(), 1, "decided at the last job, not at the next reconciliation: {decided:?}");
     assert_eq!(decided[0]["result"], "passed");
 }
@@ -229,11 +225,11 @@ async fn accepting_one_of_two_failures_is_a_new_decision_that_names_the_other() 
         gate.job_done(*job, result);
     }
     gate.flushed();
-    assert_eq!(decisions_for(&gate, 6201).len(), 1);
+    assert_eq!(gate.decisions_for(6201).len(), 1);
     let event = qa.sim.comment(jobs[1], "@review:acceptable_for:incident_6201:bsc#1 known").unwrap();
     assert_eq!(gate.submit(&event.name, &event.data), ig_status::IG_OK);
     gate.flushed();
-    let decided = decisions_for(&gate, 6201);
+    let decided = gate.decisions_for(6201);
     assert_eq!(decided.len(), 2, "the accepted job no longer blocks: a new decision {decided:?}");
     assert_eq!(decided[0]["result"], "failed");
     let verdict = gate.evaluate(6201).unwrap();
@@ -395,7 +391,7 @@ async fn a_newer_request_is_decided_without_waiting_for_the_older_requests_jobs(
         gate.job_done(*job, "passed");
     }
     gate.flushed();
-    let decided = decisions_for(&gate, 6401);
+    let decided = gate.decisions_for(6401);
     assert_eq!(decided.len(), 1, "decided at the new request's last job: {decided:?}");
     assert_eq!(
         (decided[0]["result"].as_str(), decided[0]["request"].as_u64()),
@@ -422,7 +418,7 @@ async fn a_newer_aggregate_build_is_decided_without_waiting_for_the_older_builds
         gate.job_done(*job, "passed");
     }
     gate.flushed();
-    let decided = decisions_for(&gate, 6501);
+    let decided = gate.decisions_for(6501);
     assert_eq!(decided.len(), 1, "decided at the new build's last job: {decided:?}");
     assert_eq!(decided[0]["result"], "passed");
 }
@@ -463,7 +459,7 @@ async fn a_scheduled_product_still_scheduling_holds_its_incidents() {
     qa.sim.set_done(first, "passed");
     gate.job_done(first, "passed");
     gate.flushed();
-    assert!(decisions_for(&gate, 4101).is_empty(), "no decision while the product is scheduling");
+    assert!(gate.decisions_for(4101).is_empty(), "no decision while the product is scheduling");
     let v = gate.evaluate(4101).unwrap();
     assert_eq!((v["result"].as_str(), v["complete"].as_bool()), (Some("pending"), Some(false)), "{v}");
     assert_eq!(v["waiting"][0]["kind"], "scheduling", "{v}");
@@ -479,13 +475,13 @@ async fn a_scheduled_product_still_scheduling_holds_its_incidents() {
     qa.sim.set_done(second, "passed");
     gate.job_done(second, "passed");
     let decided = common::eventually(Duration::from_secs(10), || {
-        let d = decisions_for(&gate, 4101);
+        let d = gate.decisions_for(4101);
         (!d.is_empty()).then_some(d)
     })
     .await
     .expect("decided once scheduling finished");
     gate.flushed();
-    assert_eq!(decisions_for(&gate, 4101).len(), 1, "{decided:?}");
+    assert_eq!(gate.decisions_for(4101).len(), 1, "{decided:?}");
     assert_eq!(decided[0]["result"], "passed");
 }
 
@@ -563,19 +559,39 @@ async fn a_quiet_period_holds_an_approval_until_no_job_appears_and_reports_a_fai
     let held = core.evaluate(6501).await.unwrap();
     assert_eq!(held.result, Outcome::Pending);
     assert!(held.waiting.iter().any(|w| w.kind == "quiet"), "{:?}", held.waiting);
-    // a job created now starts the period again
+    // a job created now starts the period again: the store's clock for the incident moves to its
+    // creation, and the approval is recorded no earlier than a full period after it
+    let first = core.store().last_job_at(6501).unwrap().expect("the first jobs started the period");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while incident_gate::store::now_ms() <= first && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let later = qa.incident_job(6501, 300651, "t2");
     core.take_events(vec![event(EventKind::JobCreate, later)]).await.unwrap();
+    let restarted = core.store().last_job_at(6501).unwrap().unwrap();
+    assert!(restarted > first, "the creation restarted the period ({first} -> {restarted})");
     qa.sim.set_done(later, "passed");
     core.take_events(vec![event(EventKind::JobDone, later)]).await.unwrap();
-    let created = std::time::Instant::now();
-    while decided(6501).is_none() && created.elapsed() < Duration::from_secs(15) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while decided(6501).is_none() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let passed = decided(6501).expect("decided once the period passed without a new job");
+    let approval = core
+        .store()
+        .latest_decision(6501)
+        .unwrap()
+        .expect("decided once the period passed without a new job");
+    let passed = approval.verdict.clone();
+    let quiet_end = std::time::UNIX_EPOCH + Duration::from_millis(restarted as u64 + 2000);
+    let recorded = humantime::parse_rfc3339(&approval.decided_at).unwrap();
+    // decided_at has whole seconds: compare with the period's end rounded down as well
+    let quiet_end_s = quiet_end.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let recorded_s = recorded.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!(
-        created.elapsed() >= Duration::from_millis(1500),
-        "not before the period restarted by the new job"
+        recorded_s >= quiet_end_s,
+        "approved at {} before the period restarted by the new job ended ({})",
+        approval.decided_at,
+        humantime::format_rfc3339_seconds(quiet_end)
     );
     assert_eq!((passed.result, passed.complete, passed.jobs.total), (Outcome::Passed, true, 3));
     // the failure once more with complete: true once its quiet period is over (docs/events.md)

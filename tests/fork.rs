@@ -17,9 +17,10 @@ fn a_child_forked_while_threads_log_can_log() {
             })
         })
         .collect();
+    // each fork is a chance to copy the queue's lock held; the count, not a time budget, sets
+    // how many chances the bug gets
     let (mut forks, mut hung) = (0, 0);
-    let started = Instant::now();
-    while forks < 3000 && started.elapsed() < Duration::from_secs(40) {
+    while forks < 1000 {
         // SAFETY: the child only logs through the library and leaves with _exit
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
@@ -53,5 +54,4 @@ fn a_child_forked_while_threads_log_can_log() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     loggers.into_iter().for_each(|l| l.join().unwrap());
     assert_eq!(hung, 0, "{hung} of {forks} children hung at their first log line");
-    assert!(forks >= 1000, "only {forks} forks in time");
 }

@@ -26,6 +26,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(configure: impl FnOnce(&mut serde_json::Value)) -> Setup {
     let qa = OpenQa::start().await;
     let gitea = incident_gate_sim::gitea::start(GiteaSimConfig::new(TOKEN, ME)).await;
     gitea.create_pr(REPO, PR, SHA1);
@@ -42,6 +46,7 @@ async fn setup() -> Setup {
     cfg["obs_url"] = obs.url().into();
     cfg["obs_user"] = "qam-bot".into();
     cfg["obs_password"] = "pw-e2e-1".into();
+    configure(&mut cfg);
     let gate = CGate::new(&cfg);
     Setup { qa, gitea, obs, _state: state, gate }
 }
@@ -129,6 +134,19 @@ async fn the_failure_comment_is_updated_in_place_when_results_change() {
         first[0].body
     );
     assert_eq!(s.approvals(SHA1), 0);
+    // links that open: the pull request's page, and openQA's overview of the jobs' build (openQA
+    // matches `build` exactly; `:git:124` alone matches none)
+    assert!(
+        first[0].body.contains(&format!("({}/incident%5Fgate/git:124)", s.qa.url())),
+        "{}",
+        first[0].body
+    );
+    assert!(
+        first[0].body.contains(&format!("[:git:124:pkg]({}/tests/overview?build=:git:124:pkg)", s.qa.url())),
+        "{}",
+        first[0].body
+    );
+    assert!(!first[0].body.contains("build=:git:124)"), "{}", first[0].body);
 
     // the failed job is restarted and fails again: a new decision, the same comment edited
     let (clone, _) = s.qa.sim.restart(jobs[1]).unwrap();
@@ -174,7 +192,7 @@ async fn no_approval_after_a_push() {
 
     // the push made the review request stale (as Gitea does); the workflow bot requests it anew,
     // and openQA tests the new head: its jobs replace the old ones, and that head is approved
-    s.gitea.request_review(REPO, PR, Reviewer::User("qam-openqa-review".into()));
+    s.gitea.rerequest_review(REPO, PR, Reviewer::User("qam-openqa-review".into()));
     let new_jobs = s.pr_jobs(SHA2, 2);
     s.finish(&new_jobs, &["passed", "passed"]);
     s.delivered().await;
@@ -185,13 +203,69 @@ async fn no_approval_after_a_push() {
     assert_eq!(verdict["job_ids"], serde_json::json!(new_jobs));
 }
 
+/// The new head's jobs pass before the workflow bot asks for the QAM review again (the push made
+/// the request stale): the pass waits in the outbox, shown in status, and the approval of that
+/// head follows the request within one reconciliation interval, without another openQA event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_before_the_review_is_requested_again_is_approved_once_it_is() {
+    let s = setup_with(|cfg| cfg["reconcile_interval_s"] = 1.into()).await;
+    s.gitea.push(REPO, PR, SHA2);
+    let jobs = s.pr_jobs(SHA2, 2);
+    s.finish(&jobs, &["passed", "passed"]);
+    s.gate.flushed();
+    let waiting = common::eventually(Duration::from_secs(20), || {
+        let d = s.gate.decisions();
+        let gitea = d.first()?["deliveries"].as_array()?.iter().find(|x| x["sink"] == "gitea")?.clone();
+        (gitea["state"] == "queued"
+            && gitea["outcome"].as_str()?.contains("waiting for it to be requested again"))
+        .then_some(gitea)
+    })
+    .await;
+    assert!(waiting.is_some(), "the pass does not wait for the review: {:?}", s.gate.decisions());
+    assert_eq!(s.approvals(SHA2), 0, "not approved while the review is stale");
+    let page = s.gate.incidents(&serde_json::json!({"submission": "git:124"}));
+    assert_eq!(page["incidents"][0]["state"], "delivery_pending", "{page}");
+    assert!(page["incidents"][0]["why"].as_str().unwrap_or("").contains("stale"), "{page}");
+
+    s.gitea.rerequest_review(REPO, PR, Reviewer::User("qam-openqa-review".into()));
+    // no openQA event from here on
+    let approved =
+        common::eventually(Duration::from_secs(20), || (s.approvals(SHA2) == 1).then_some(())).await;
+    assert!(
+        approved.is_some(),
+        "not approved after the review was requested again: {:?}",
+        s.gate.decisions()
+    );
+    s.delivered().await;
+    assert_eq!(s.approvals(SHA2), 1, "{:?}", s.ours());
+    assert_eq!(s.approvals(SHA1), 0);
+}
+
+/// The wait is bounded: after `review_wait_max_s` the report ends, saying what it waited for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_for_the_review_ends_after_review_wait_max_s() {
+    let s = setup_with(|cfg| cfg["review_wait_max_s"] = 0.into()).await;
+    s.gitea.push(REPO, PR, SHA2);
+    let jobs = s.pr_jobs(SHA2, 1);
+    s.finish(&jobs, &["passed"]);
+    s.delivered().await;
+    let d = s.gate.decisions();
+    let gitea = d[0]["deliveries"].as_array().unwrap().iter().find(|x| x["sink"] == "gitea").unwrap().clone();
+    assert_eq!(gitea["state"], "final", "{gitea}");
+    assert_eq!(
+        gitea["outcome"],
+        "gave up after waiting 0 s (review_wait_max_s) since the decision: PR products/SLFO#124: the QAM review is stale, waiting for it to be requested again"
+    );
+    assert_eq!(s.approvals(SHA2), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restarting_a_job_of_an_older_commit_keeps_the_new_head() {
     let s = setup().await;
     let old = s.pr_jobs(SHA1, 1);
     s.finish(&old, &["failed"]);
     s.gitea.push(REPO, PR, SHA2);
-    s.gitea.request_review(REPO, PR, Reviewer::User("qam-openqa-review".into()));
+    s.gitea.rerequest_review(REPO, PR, Reviewer::User("qam-openqa-review".into()));
     let new_jobs = s.pr_jobs(SHA2, 2);
     s.finish(&new_jobs[..1], &["passed"]);
     // someone restarts the old commit's failed job: its clone is the newest job of the PR
@@ -256,4 +330,27 @@ fn submissions_are_named_through_the_c_abi() {
     let status = unsafe { ig_gate_evaluate_submission(std::ptr::null(), std::ptr::null(), &mut out) };
     assert_eq!(status, ig_status::IG_NULL_ARGUMENT);
     assert_eq!(gate.evaluate_submission("git:9").unwrap()["result"], "no_jobs");
+}
+
+/// Issue 20, point 3: a pass waits for Gitea (down), a job is restarted and no event says so: the
+/// check right before the approval comment asks openQA afresh and withholds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_held_up_by_gitea_is_withheld_when_a_job_was_restarted_unheard() {
+    let s = setup().await;
+    let jobs = s.pr_jobs(SHA1, 2);
+    s.gitea.set_down(true);
+    s.finish(&jobs, &["passed", "passed"]);
+    s.gate.flushed();
+    let (clone, _unheard) = s.qa.sim.restart(jobs[0]).unwrap();
+    s.gitea.set_down(false);
+    s.delivered().await;
+    assert_eq!(s.approvals(SHA1), 0, "no approval while the clone runs: {:?}", s.ours());
+    let decisions = s.gate.decisions();
+    let gitea =
+        decisions[0]["deliveries"].as_array().unwrap().iter().find(|d| d["sink"] == "gitea").unwrap().clone();
+    assert_eq!(gitea["state"], "final", "{gitea}");
+    assert!(gitea["outcome"].as_str().unwrap().contains("withheld"), "{gitea}");
+    s.finish(&[clone], &["passed"]);
+    s.delivered().await;
+    assert_eq!(s.approvals(SHA1), 1, "approved once the clone passed: {:?}", s.ours());
 }

@@ -47,7 +47,7 @@ fn report(result: Outcome, sha: &str, failed_jobs: &[u64]) -> PrReport {
         ),
         blocking,
         openqa: "https://openqa.example.com".into(),
-        overview_url: "https://openqa.example.com/tests/overview?build=:git:124".into(),
+        builds: vec![":git:124:openssl".into()],
         page_url: "https://openqa.example.com/incident_gate/git:124".into(),
         decided_at: "2026-11-24T17:03:12Z".into(),
     }
@@ -88,13 +88,7 @@ fn client(sim: &GiteaSim, token: &str) -> GiteaClient {
 }
 
 fn approvals(sim: &GiteaSim, sha: &str) -> Vec<SimComment> {
-    sim.comments(REPO, PR)
-        .into_iter()
-        .filter(|c| {
-            c.body.starts_with(&format!("@{BOT}: approved\n"))
-                && c.body.ends_with(&format!("\nTested commit: {sha}"))
-        })
-        .collect()
+    testkit::approvals(sim, REPO, PR, BOT, sha)
 }
 
 fn results_comments(sim: &GiteaSim) -> Vec<SimComment> {
@@ -113,9 +107,7 @@ fn is_done(d: &Delivery) -> bool {
 }
 
 fn text(d: &Delivery) -> &str {
-    match d {
-        Delivery::Done(t) | Delivery::Final(t) | Delivery::Retry(t) | Delivery::Denied(t, _) => t,
-    }
+    d.text()
 }
 
 #[tokio::test]
@@ -187,9 +179,10 @@ async fn duplicates_of_our_results_comment_are_removed() {
     let sim = new_sim().await;
     sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
     let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
-    let old = incident_gate::gitea::report::results_comment(&report(Outcome::Failed, SHA1, &[1]), None);
-    let a = sim.add_comment(REPO, PR, ME, &old);
-    let b = sim.add_comment(REPO, PR, ME, &old);
+    // our results comment of an earlier run, as Gitea holds it (failed, job 1)
+    let old = include_str!("fixtures/gitea/our-results-comment-124.md");
+    let a = sim.add_comment(REPO, PR, ME, old);
+    let b = sim.add_comment(REPO, PR, ME, old);
     // a quote of our marker by someone else is not ours to touch
     let quote = sim.add_comment(REPO, PR, "someone", &format!("> {old}"));
     let d = deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[2])).await;
@@ -215,7 +208,7 @@ async fn no_approval_after_a_push_but_a_comment_about_the_older_commit() {
     assert!(ours[0].body.contains("head is now `9d1e0c0ffee0`"), "{}", ours[0].body);
 
     // the review is requested again for the new head: the old results still approve nothing
-    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    sim.rerequest_review(REPO, PR, Reviewer::User(BOT.into()));
     let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
     assert!(text(&d).contains("not approved"), "{d:?}");
     assert!(approvals(&sim, SHA1).is_empty());
@@ -283,8 +276,11 @@ async fn an_existing_approval_comment_or_review_for_the_sha_means_done() {
     assert_eq!(approvals(&sim, SHA1).len(), 1);
 }
 
+/// A review not (yet) asked of us is waited for, never the end of the report: after a push Gitea
+/// marks the QAM request stale and the workflow bot asks again later; before the staging build
+/// nobody asked yet. Once it is asked again, the same report approves (only the tested head).
 #[tokio::test]
-async fn stale_dismissed_or_missing_review_is_not_approved() {
+async fn stale_dismissed_or_missing_review_is_waited_for_then_approved() {
     for (stale, dismissed, why) in [(true, false, "stale"), (false, true, "dismissed")] {
         let sim = new_sim().await;
         let id = sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
@@ -293,20 +289,77 @@ async fn stale_dismissed_or_missing_review_is_not_approved() {
         let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
         assert_eq!(
             d,
-            Delivery::Final(format!("PR products/SLFO#124: the QAM review is {why}, not approving"))
+            Delivery::Waiting(
+                format!(
+                    "PR products/SLFO#124: the QAM review is {why}, waiting for it to be requested again"
+                ),
+                0
+            )
         );
         assert_eq!(sim.comments(REPO, PR).len(), 1, "only the staging bot's comment");
+        // asking again while the stale request stands changes nothing (Gitea's AddReviewRequest)
+        assert_eq!(sim.request_review(REPO, PR, Reviewer::User(BOT.into())), id);
+        sim.rerequest_review(REPO, PR, Reviewer::User(BOT.into()));
+        let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+        assert!(is_done(&d) && text(&d).contains("approved commit"), "{why}: {d:?}");
+        assert_eq!(approvals(&sim, SHA1).len(), 1);
     }
+    // nobody asked yet: a failure waits as well, and is commented once the review is asked
     let sim = new_sim().await;
     let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
     let d = deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[1])).await;
-    assert!(matches!(d, Delivery::Final(_)) && text(&d).contains("no QAM review requested"), "{d:?}");
+    assert!(
+        matches!(&d, Delivery::Waiting(t, _) if t.contains("waiting for the QAM review to be requested")),
+        "{d:?}"
+    );
     assert_eq!(sim.count("POST", "/"), 0);
-    // closed and merged pull requests are left alone
     sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    let d = deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[1])).await;
+    assert!(is_done(&d) && text(&d).contains("results comment posted"), "{d:?}");
+    // an answered QAM review (a person of the team asked for changes on this head) is final
+    let sim = new_sim().await;
+    let id = sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    sim.set_review(REPO, PR, id, "REQUEST_CHANGES", false, false);
+    let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
+    let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert_eq!(
+        d,
+        Delivery::Final("PR products/SLFO#124: the QAM review is request_changes, not approving".into())
+    );
+    // closed and merged pull requests are left alone
     sim.set_pr_state(REPO, PR, "closed", true);
     let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
     assert_eq!(d, Delivery::Final("PR products/SLFO#124 is merged: nothing to do".into()));
+}
+
+/// The head is pushed while openQA tests the old one; the new head's jobs pass before the
+/// workflow bot asks for the QAM review again: the pass waits, and is approved once asked, for
+/// the tested head only. SHA-256 (64 hex) and SHA-1 (40 hex) repositories alike.
+#[tokio::test]
+async fn a_review_requested_again_after_a_push_gets_the_approval_of_the_tested_head() {
+    const SHA1_40: &str = "1f0c2d3e4b5a69788796a5b4c3d2e1f00112233a";
+    const SHA2_40: &str = "8e7d6c5b4a39281706f5e4d3c2b1a09988776655";
+    for (old, new) in [(SHA1, SHA2), (SHA1_40, SHA2_40)] {
+        let sim = start(GiteaSimConfig::new(TOKEN, ME)).await;
+        sim.create_pr(REPO, PR, old);
+        sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+        sim.push(REPO, PR, new);
+        let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
+        let d = deliver(&c, &cfg, &report(Outcome::Passed, new, &[])).await;
+        assert!(matches!(&d, Delivery::Waiting(t, _) if t.contains("stale")), "{d:?}");
+        // minutes later (simulator control, not a clock): the workflow bot asks again
+        sim.rerequest_review(REPO, PR, Reviewer::User(BOT.into()));
+        let d = deliver(&c, &cfg, &report(Outcome::Passed, new, &[])).await;
+        assert!(is_done(&d) && text(&d).contains(&format!("approved commit {new}")), "{d:?}");
+        assert_eq!(approvals(&sim, new).len(), 1);
+        assert_eq!(qam(&sim).state, "APPROVED");
+        // a pass of the older head is never approved, asked or not
+        let d = deliver(&c, &cfg, &report(Outcome::Passed, old, &[])).await;
+        assert!(text(&d).contains("not approved"), "{d:?}");
+        assert!(approvals(&sim, old).is_empty());
+        let marker = parse_marker(&results_comments(&sim)[0].body).unwrap();
+        assert_eq!(marker.sha, old, "the full commit id in the marker");
+    }
 }
 
 #[tokio::test]
@@ -446,7 +499,7 @@ async fn the_token_is_sent_but_never_shown() {
     let d = deliver(&bad, &cfg, &report(Outcome::Failed, SHA1, &[1])).await;
     assert_eq!(
         d,
-        Delivery::Final("PR products/SLFO#124: reading the pull request: Gitea answered 401 to GET /repos/products/SLFO/pulls/124: user does not exist [uid: 0, name: , keyid: 0]".into())
+        Delivery::Denied("PR products/SLFO#124: reading the pull request: Gitea refused our token or its permissions: Gitea answered 401 to GET /repos/products/SLFO/pulls/124: user does not exist [uid: 0, name: , keyid: 0] (retrying every 600 s)".into(), 600_000)
     );
     let shown = format!("{d:?} {bad:?} {cfg:?} {}", cfg.redacted_json());
     assert!(!shown.contains(wrong) && !shown.contains(TOKEN), "{shown}");
@@ -458,5 +511,105 @@ async fn the_token_is_sent_but_never_shown() {
     assert_eq!(
         e.to_string(),
         "Gitea answered 401 to POST /repos/products/SLFO/issues/124/comments: token is required"
+    );
+}
+
+fn scoped(scopes: &[&str]) -> GiteaSimConfig {
+    let mut cfg = GiteaSimConfig::new(TOKEN, ME);
+    cfg.scopes.insert(TOKEN.into(), scopes.iter().map(|s| s.to_string()).collect());
+    cfg
+}
+
+/// A scoped token with the repository and issue scopes but not `read:user` (Gitea answers
+/// `GET /user` 403): the reporter still comments and approves, asks `/user` once per client,
+/// and knows its results comment by the marker line it begins with, so it is edited in place.
+#[tokio::test]
+async fn a_token_that_may_not_read_its_user_still_reports_and_edits_its_comment() {
+    let sim = sim_with(scoped(&["write:issue", "read:repository"])).await;
+    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    // a person quoting our marker is not us
+    let quoted = format!(
+        "> {}\nwhy?",
+        incident_gate::gitea::report::marker_line(&report(Outcome::Failed, SHA1, &[1]))
+    );
+    sim.add_comment(REPO, PR, "someone", &quoted);
+    let (c, cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
+    let e = c.me().await;
+    assert_eq!(e, Ok(None), "403 on /user is no error");
+    let d = deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[1, 2])).await;
+    assert!(is_done(&d) && text(&d).contains("results comment posted"), "{d:?}");
+    // another process (a new client) does not know who it is either: the marker tells
+    let other = client(&sim, TOKEN);
+    let d = deliver(&other, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert!(
+        is_done(&d) && text(&d).contains("approved commit") && text(&d).contains("results comment updated"),
+        "{d:?}"
+    );
+    let ours = results_comments(&sim).into_iter().filter(|c| c.user == ME).collect::<Vec<_>>();
+    assert_eq!(ours.len(), 1, "edited in place, not posted again: {:?}", sim.comments(REPO, PR));
+    assert!(ours[0].body.contains("passed**"), "{}", ours[0].body);
+    assert_eq!(approvals(&sim, SHA1).len(), 1);
+    assert!(sim.comments(REPO, PR).iter().any(|c| c.body == quoted), "the quote is left alone");
+    assert_eq!(sim.count("PATCH", "/"), 1);
+    assert_eq!(sim.count("DELETE", "/"), 0);
+    assert_eq!(sim.count("GET", "/user"), 2, "once per client");
+
+    // with gitea_user configured, /user is never asked
+    sim.clear_received();
+    let named = client(&sim, TOKEN).with_user(ME);
+    let d = deliver(&named, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert!(text(&d).contains("already approved"), "{d:?}");
+    assert_eq!(sim.count("GET", "/user"), 0);
+}
+
+/// Gitea refusing what our token may do (a scope it lacks: 403) is no answer about the pull
+/// request: retried every `gitea_denied_retry_s`, and it says what was refused.
+#[tokio::test]
+async fn a_refused_scope_is_denied_and_retried_not_dropped() {
+    let sim = sim_with(scoped(&["read:repository", "read:issue", "read:user"])).await;
+    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    let (c, mut cfg) = (client(&sim, TOKEN), config(&sim, ReviewPolicy::AcceptOnpass));
+    cfg.gitea_denied_retry_s = 60;
+    let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert_eq!(
+        d,
+        Delivery::Denied(
+            "PR products/SLFO#124: posting the approval comment: Gitea refused our token or its permissions: Gitea answered 403 to POST /repos/products/SLFO/issues/124/comments: token does not have at least one of required scope(s): [write:issue] (retrying every 60 s)".into(),
+            60_000
+        )
+    );
+    assert!(approvals(&sim, SHA1).is_empty());
+}
+
+/// Gitea API calls per delivered decision: a pass is 4 (pull, reviews, comments, the approval);
+/// a pass after a failure comment is 5 (the comment edited too); `GET /user` at most once per
+/// process, none with `gitea_user`. A wait costs 2 per `reconcile_interval_s`.
+#[tokio::test]
+async fn gitea_calls_per_delivered_decision() {
+    let sim = new_sim().await;
+    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    let (c, cfg) = (client(&sim, TOKEN).with_user(ME), config(&sim, ReviewPolicy::AcceptOnpass));
+    sim.clear_received();
+    assert!(is_done(&deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await));
+    assert_eq!(sim.received().len(), 4, "{:?}", sim.received());
+
+    let sim = new_sim().await;
+    sim.request_review(REPO, PR, Reviewer::User(BOT.into()));
+    let c = client(&sim, TOKEN).with_user(ME);
+    assert!(is_done(&deliver(&c, &cfg, &report(Outcome::Failed, SHA1, &[1])).await));
+    sim.clear_received();
+    let d = deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await;
+    assert!(text(&d).contains("results comment updated"), "{d:?}");
+    assert_eq!(sim.received().len(), 5, "{:?}", sim.received());
+
+    let sim = new_sim().await;
+    let c = client(&sim, TOKEN).with_user(ME);
+    sim.clear_received();
+    assert!(matches!(deliver(&c, &cfg, &report(Outcome::Passed, SHA1, &[])).await, Delivery::Waiting(..)));
+    assert_eq!(
+        sim.received().len(),
+        2,
+        "a wait reads the pull request and its reviews: {:?}",
+        sim.received()
     );
 }

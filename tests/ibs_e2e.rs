@@ -282,3 +282,118 @@ async fn a_failure_openqa_restarts_by_itself_is_not_declined() {
     s.delivered().await;
     assert_eq!(s.review(), "accepted");
 }
+
+/// Issue 20, point 3: no event tells the gate that a job was restarted (a hook hears none): the
+/// check right before the accept asks openQA afresh and withholds the approval.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_held_up_by_ibs_is_withheld_when_a_job_was_restarted_unheard() {
+    let s = setup("accept-onpass", "review").await;
+    s.obs.set_down(true);
+    let jobs = s.run(7011, ["passed"; 3]);
+    s.gate.flushed();
+    assert_eq!(s.gate.decisions().len(), 1);
+    let (clone, _unheard) = s.qa.sim.restart(jobs[1]).unwrap();
+    s.obs.set_down(false);
+    s.delivered().await;
+    assert_eq!(s.review(), "new", "no approval while the clone runs");
+    let outcome = s.obs_outcome();
+    assert!(outcome.starts_with("final withheld"), "{outcome}");
+    assert!(outcome.contains("pending again"), "{outcome}");
+    assert_eq!(s.obs.count("POST", "/request/"), 0, "the review was not touched");
+    // the clone passes: a new decision, approved after its own check
+    s.qa.sim.set_done(clone, "passed");
+    s.gate.job_done(clone, "passed");
+    s.delivered().await;
+    assert_eq!(s.review(), "accepted");
+    assert_eq!(s.obs.count("POST", "/request/"), 1, "the review was changed once");
+}
+
+/// Issue 20, point 3: a waiver edited so that it no longer accepts the failure (no comment event
+/// reaches hooks, and the audit only checks that the comment still exists).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_held_up_by_ibs_is_withheld_when_its_waiver_was_edited() {
+    let s = setup("accept-onpass", "review").await;
+    let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7012, REQUEST, &format!("t{i}"))).collect();
+    let created = s.qa.sim.comment(jobs[1], "@review:acceptable_for:incident_7012:bsc#1 known").unwrap();
+    let comment = created.data["id"].as_u64().unwrap();
+    s.obs.set_down(true);
+    for (job, result) in jobs.iter().zip(["passed", "failed", "passed"]) {
+        s.qa.sim.set_done(*job, result);
+        s.gate.job_done(*job, result);
+    }
+    s.gate.flushed();
+    assert_eq!(s.gate.decisions()[0]["result"], "passed", "{}", s.gate.status());
+    s.qa.sim.update_comment(jobs[1], comment, "still looking into it").unwrap();
+    s.obs.set_down(false);
+    s.delivered().await;
+    assert_eq!(s.review(), "new", "the failure is no longer accepted: no approval");
+    let decisions = s.gate.decisions();
+    assert_eq!(decisions[0]["result"], "failed", "the fresh evaluation's decision took over");
+    let held =
+        decisions[1]["deliveries"].as_array().unwrap().iter().find(|d| d["sink"] == "obs").unwrap().clone();
+    assert!(held["outcome"].as_str().unwrap().contains("withheld"), "{held}");
+    assert!(s.obs.comments(REQUEST)[0].text.contains("failed"), "the failure is explained on the request");
+}
+
+/// Issue 20, point 3: openQA cannot be asked again right before the accept: no approval, the
+/// delivery is retried, and once openQA answers the restart it withholds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_waits_while_openqa_cannot_be_asked_again() {
+    let s = setup("accept-onpass", "review").await;
+    s.obs.set_down(true);
+    let jobs = s.run(7013, ["passed"; 3]);
+    s.gate.flushed();
+    let (_clone, _unheard) = s.qa.sim.restart(jobs[0]).unwrap();
+    s.qa.sim.set_down(true);
+    s.obs.set_down(false);
+    let retried = common::eventually(Duration::from_secs(20), || {
+        let d = s.gate.decisions();
+        let obs = d.first()?["deliveries"].as_array()?.iter().find(|x| x["sink"] == "obs")?.clone();
+        let outcome = obs["outcome"].as_str()?.to_string();
+        (obs["state"] == "queued" && outcome.contains("again before reporting")).then_some(obs)
+    })
+    .await;
+    assert!(retried.is_some(), "the delivery waits for openQA: {}", s.gate.status());
+    assert_eq!(s.review(), "new");
+    s.qa.sim.set_down(false);
+    s.delivered().await;
+    assert_eq!(s.review(), "new", "no approval while the clone runs");
+    assert!(s.obs_outcome().starts_with("final withheld"), "{}", s.obs_outcome());
+}
+
+/// The request has no qam-openqa review when the incident passes (it is added later): the pass
+/// waits in the outbox, shown in status, and is accepted once the review is there, within one
+/// reconciliation interval and without another openQA event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_before_our_review_is_added_is_accepted_once_it_is() {
+    let qa = OpenQa::start().await;
+    let auth = SimAuth::Basic { user: "qam-bot".into(), password: "pw-e2e-1".into() };
+    let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
+    obs.create_request(REQUEST, "review", vec![SimReview::group("qam-manual")], "maintenance_release");
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = common::gate_config(&qa.url(), state.path());
+    cfg["report_obs"] = true.into();
+    cfg["obs_url"] = obs.url().into();
+    cfg["obs_user"] = "qam-bot".into();
+    cfg["obs_password"] = "pw-e2e-1".into();
+    cfg["reconcile_interval_s"] = 1.into();
+    let s = Setup { qa, obs, _state: state, gate: CGate::new(&cfg) };
+    s.run(7009, ["passed", "passed", "passed"]);
+    s.gate.flushed();
+    let waiting = common::eventually(Duration::from_secs(20), || {
+        let d = s.gate.decisions();
+        let obs = d.first()?["deliveries"].as_array()?.iter().find(|x| x["sink"] == "obs")?.clone();
+        let o = format!("{} {}", obs["state"].as_str()?, obs["outcome"].as_str()?);
+        o.contains("waiting for a qam-openqa review").then_some(o)
+    })
+    .await
+    .unwrap_or_else(|| panic!("not waiting for the review: {:?}", s.gate.decisions()));
+    assert!(waiting.starts_with("queued "), "{waiting}");
+    assert!(s.obs.comments(REQUEST).is_empty());
+
+    s.obs.add_review(REQUEST, SimReview::group("qam-openqa"));
+    s.delivered().await;
+    let ours = s.obs.reviews(REQUEST).into_iter().find(|r| r.by_group.as_deref() == Some("qam-openqa"));
+    assert_eq!(ours.map(|r| r.state).as_deref(), Some("accepted"), "{}", s.obs_outcome());
+    assert!(s.obs_outcome().starts_with("done "), "{}", s.obs_outcome());
+}

@@ -8,8 +8,9 @@ use incident_gate::obs::report::parse_marker;
 use incident_gate::obs::{deliver, Credentials, ObsClient, ObsError};
 use incident_gate::verdict::{BlockingJob, Counts, Outcome, Verdict};
 use incident_gate_sim::obs::{start, ObsSim, ObsSimConfig, SimAuth, SimReview};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
+use testkit::{keygen, review_change_requests};
 
 const RR: u64 = 300001;
 const GROUP: &str = "qam-openqa";
@@ -84,10 +85,6 @@ fn request(sim: &ObsSim, only_ours: bool) {
 
 fn our_review(sim: &ObsSim) -> SimReview {
     sim.reviews(RR).into_iter().find(|r| r.by_group.as_deref() == Some(GROUP)).unwrap()
-}
-
-fn review_changes(sim: &ObsSim) -> usize {
-    sim.received().iter().filter(|r| r.method == "POST" && r.query.contains("cmd=changereviewstate")).count()
 }
 
 fn writes(sim: &ObsSim) -> usize {
@@ -167,7 +164,7 @@ async fn accept_onpass_only_comments_a_failed_decision() {
     assert!(!text.contains("review"), "{text}");
     assert_eq!(our_review(&sim).state, "new");
     assert_eq!(sim.request_state(RR).as_deref(), Some("review"));
-    assert_eq!(review_changes(&sim), 0);
+    assert_eq!(review_change_requests(&sim), 0);
     let comments = sim.comments(RR);
     assert_eq!(comments.len(), 1);
     let body = &comments[0].text;
@@ -218,7 +215,7 @@ async fn comment_policy_never_changes_a_review() {
     let cfg = config(&sim, ReviewPolicy::Comment);
     done(&deliver(&anonymous(&sim), &cfg, &decision(Outcome::Passed, Some(RR), &[1, 2])).await);
     done(&deliver(&anonymous(&sim), &cfg, &decision(Outcome::Failed, Some(RR), &[1, 2])).await);
-    assert_eq!(review_changes(&sim), 0);
+    assert_eq!(review_change_requests(&sim), 0);
     assert_eq!(our_review(&sim).state, "new");
     let comments = sim.comments(RR);
     assert_eq!(comments.len(), 1, "the failed comment replaced the passed one");
@@ -250,7 +247,7 @@ async fn no_jobs_never_approves_or_declines() {
                 .await,
         );
     }
-    assert_eq!(review_changes(&sim), 0);
+    assert_eq!(review_change_requests(&sim), 0);
     assert_eq!(our_review(&sim).state, "new");
     let comments = sim.comments(RR);
     assert_eq!(comments.len(), 1);
@@ -283,9 +280,6 @@ async fn requests_out_of_review_are_final_and_untouched() {
     );
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
     assert!(final_(&d).contains("review is already declined"), "{d:?}");
-    sim.create_request(RR, "review", vec![SimReview::group("qam-manual")], "maintenance_release");
-    let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(RR), &[1])).await;
-    assert!(final_(&d).contains("has no qam-openqa review"), "{d:?}");
     // unknown request: OBS's 404 not_found, final
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, Some(999), &[1])).await;
     assert!(final_(&d).contains("404 not_found: Couldn't find request with id '999'"), "{d:?}");
@@ -295,6 +289,27 @@ async fn requests_out_of_review_are_final_and_untouched() {
     let d = deliver(&c, &cfg, &decision(Outcome::Passed, None, &[1])).await;
     assert!(final_(&d).contains("no release request"), "{d:?}");
     assert!(sim.received().is_empty());
+}
+
+/// A request in review without our group's review yet is waited for, not the end of the report:
+/// once the review is added, the same decision is reported and accepted.
+#[tokio::test]
+async fn a_request_without_our_review_yet_waits_for_it() {
+    let sim = start(ObsSimConfig::default()).await;
+    let cfg = config(&sim, ReviewPolicy::AcceptDecline);
+    let c = anonymous(&sim);
+    sim.create_request(RR, "review", vec![SimReview::group("qam-manual")], "maintenance_release");
+    let d = decision(Outcome::Passed, Some(RR), &[1]);
+    let first = deliver(&c, &cfg, &d).await;
+    assert_eq!(
+        first,
+        Delivery::Waiting("request 300001: waiting for a qam-openqa review to be added".into(), 0)
+    );
+    assert_eq!(writes(&sim), 0, "{:?}", sim.received());
+    sim.add_review(RR, SimReview::group(GROUP));
+    let text = done(&deliver(&c, &cfg, &d).await).to_string();
+    assert!(text.contains("accepted the qam-openqa review"), "{text}");
+    assert_eq!(our_review(&sim).state, "accepted");
 }
 
 #[tokio::test]
@@ -361,7 +376,7 @@ async fn down_means_retry_and_up_means_done_exactly_once() {
     sim.set_down(false);
     done(&deliver(&c, &cfg, &d).await);
     final_(&deliver(&c, &cfg, &d).await);
-    assert_eq!(review_changes(&sim), 1);
+    assert_eq!(review_change_requests(&sim), 1);
     assert_eq!(sim.count("POST", "/comments/request/"), 1);
     assert_eq!(sim.comments(RR).len(), 1);
 }
@@ -462,17 +477,6 @@ async fn status_reports_are_best_effort() {
 // ---------------------------------------------------------------------------------------------
 // authentication
 
-fn keygen(dir: &Path, kind: &str) -> PathBuf {
-    let path = dir.join(format!("id_{kind}"));
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", kind, "-N", "", "-C", "test", "-f"])
-        .arg(&path)
-        .output()
-        .expect("ssh-keygen must be installed (openssh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    path
-}
-
 fn assert_no_secret(texts: &[String], secrets: &[String]) {
     for t in texts {
         for s in secrets {
@@ -526,7 +530,7 @@ async fn basic_auth_works_and_a_wrong_password_is_final_and_readable() {
 
 async fn signature_round(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), kind);
+    let key = keygen(dir.path(), kind, "");
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let sim = start(ObsSimConfig::new(SimAuth::signature("bot", &public, "Use your SSH key").unwrap())).await;
     request(&sim, false);
@@ -552,7 +556,7 @@ async fn signature_round(kind: &str) {
     // a key the server does not know: final, readable, and no key material anywhere
     let other_dir = dir.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
-    let other = keygen(&other_dir, kind);
+    let other = keygen(&other_dir, kind, "");
     let mut bad_cfg = cfg.clone();
     bad_cfg.obs_ssh_key = Some(other.clone());
     let bad = ObsClient::from_config(&bad_cfg).unwrap();

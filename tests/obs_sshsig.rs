@@ -5,23 +5,12 @@ use base64::Engine;
 use incident_gate::obs::sshsig::{self, SshSigError, SshSigner};
 use ssh_key::PublicKey;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use testkit::keygen;
 
 const REALM: &str = "Use your SSH key to log in";
 const USER: &str = "qam-openqa-bot";
-
-fn keygen(dir: &Path, kind: &str, passphrase: &str) -> PathBuf {
-    let path = dir.join(format!("id_{kind}"));
-    let mut cmd = Command::new("ssh-keygen");
-    cmd.args(["-q", "-t", kind, "-N", passphrase, "-C", "test", "-f"]).arg(&path);
-    if kind == "rsa" {
-        cmd.args(["-b", "3072"]);
-    }
-    let out = cmd.output().expect("ssh-keygen must be installed (openssh)");
-    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
-    path
-}
 
 fn public_key(private: &Path) -> PublicKey {
     let text = std::fs::read_to_string(private.with_extension("pub")).unwrap();

@@ -19,13 +19,10 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use testkit::amqp_url;
 
 /// Fake auth's admin `Demo`.
 const KEY: &str = "1234567890ABCDEF";
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// `scripts/real-openqa`, stopped (and its database dropped) when its stdin closes.
 struct RealOpenQa {

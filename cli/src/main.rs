@@ -76,8 +76,12 @@ enum Command {
     /// What the state directory holds: recent decisions, pending incidents, outbox backlog.
     Status {
         /// Print it as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "influx")]
         json: bool,
+        /// Print the metrics in InfluxDB line protocol, as the plugin serves them on
+        /// /admin/influxdb/incident_gate (for telegraf's exec input; docs/monitoring.md).
+        #[arg(long)]
+        influx: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -193,7 +197,7 @@ fn main() -> ExitCode {
                 })
             }
             Command::Check { incident, json, .. } => cli::check(core()?, incident, json).await,
-            Command::Status { json, .. } => cli::status(core()?, json),
+            Command::Status { json, influx, .. } => cli::status(core()?, json, influx),
             Command::Sim { openqa_port, obs_port, openqa_flavor, gitea } => {
                 cli::sim(openqa_port, obs_port, &openqa_flavor, gitea).await
             }

@@ -13,12 +13,7 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
 
 fn run(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("incident-gate runs")
+    testkit::cli::run(BIN, args, env)
 }
 
 /// The simulators and the environment of a hook that reports to the IBS simulator as `qam-bot`.
@@ -132,18 +127,28 @@ async fn hook_decides_reports_and_status_shows_it() {
     let env = vec![("INCIDENT_GATE_OBS_PASSWORD", "pw-cli-3".to_string())];
     let ini_arg = ini.display().to_string();
     let job = jobs[2].to_string();
-    let (hook, status) = tokio::task::spawn_blocking(move || {
+    let (before, hook, status, influx) = tokio::task::spawn_blocking(move || {
+        let before = run(&["status", "--influx", "--config", &ini_arg], &env);
         let hook = run(&["hook", &job, "--config", &ini_arg], &env);
-        (hook, run(&["status", "--config", &ini_arg], &env))
+        let status = run(&["status", "--config", &ini_arg], &env);
+        (before, hook, status, run(&["status", "--influx", "--config", &ini_arg], &env))
     })
     .await
     .unwrap();
+    // the metrics for telegraf's exec input: the plugin's lines, moved by the hook's decision
+    let passed = format!("incident_gate,url={},kind=ibs,result=passed decisions=", qa.url());
+    let before = String::from_utf8_lossy(&before.stdout);
+    assert!(before.contains(&format!("{passed}0i\n")), "{before}");
+    let influx = String::from_utf8_lossy(&influx.stdout);
+    assert!(influx.contains(&format!("{passed}1i\n")), "{influx}");
+    assert!(influx.contains(",sink=ibs backlog=0i,"), "delivered before the hook exited: {influx}");
     let stdout = String::from_utf8_lossy(&hook.stdout);
     assert_eq!(hook.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&hook.stderr));
     assert!(stdout.contains("incident 8101: passed"), "{stdout}");
     assert_eq!(obs.reviews(310_001)[0].state, "accepted", "the hook reported to IBS before exiting");
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("incident 8101 request 310001 passed"), "{status}");
+    assert!(status.contains("pending: none"), "{status}");
     assert!(status.contains("obs done"), "{status}");
     assert!(!status.contains("pw-cli-3"));
 }

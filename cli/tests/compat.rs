@@ -21,10 +21,6 @@ fn acceptance(incident: u64) -> String {
     ACCEPT.replace("{}", &incident.to_string())
 }
 
-fn decisions_for(gate: &CGate, incident: u64) -> Vec<serde_json::Value> {
-    gate.decisions().into_iter().filter(|d| d["incident"] == incident).collect()
-}
-
 /// Three incident jobs, done, the second one failed.
 fn failed_incident(qa: &OpenQa, incident: u64) -> Vec<u64> {
     let jobs: Vec<u64> =
@@ -46,7 +42,7 @@ async fn debian_12_openqa_without_value_queries_still_decides() {
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
     gate.job_done(jobs[2], "passed");
     gate.flushed();
-    let decided = decisions_for(&gate, 3101);
+    let decided = gate.decisions_for(3101);
     assert_eq!(decided.len(), 1, "{:?}", gate.status());
     assert_eq!(decided[0]["result"], "failed");
     let verdict = gate.evaluate(3101).unwrap();
@@ -138,7 +134,7 @@ async fn plugin_every_comment_change_reaches_the_verdict() {
         gate.flushed();
     };
     let results = |gate: &CGate| -> Vec<String> {
-        decisions_for(gate, 3301)
+        gate.decisions_for(3301)
             .iter()
             .rev()
             .map(|d| d["result"].as_str().unwrap_or("").to_string())
@@ -290,7 +286,7 @@ async fn a_refused_id_is_given_up_alone_shown_and_logged_once() {
     let huge = json!({"id": u64::MAX, "result": "passed"});
     assert_eq!(gate.submit("openqa_job_done", &huge), ig_status::IG_INVALID_EVENT);
     assert_eq!(gate.flush(Duration::from_secs(20)), ig_status::IG_OK, "the batch is not held up");
-    let decided = decisions_for(&gate, 3601);
+    let decided = gate.decisions_for(3601);
     assert_eq!(decided.len(), 1, "{:?}", gate.status());
     assert_eq!(decided[0]["result"], "passed");
 
@@ -318,12 +314,18 @@ async fn a_refused_id_is_given_up_alone_shown_and_logged_once() {
     qa.sim.refuse_job(comments_of, 403, "forbidden by the proxy");
     gate.job_done(comments_of, "failed");
     assert_eq!(gate.flush(Duration::from_secs(20)), ig_status::IG_OK);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // the refusal is recorded, the incident left pending, and no evaluation runs or waits to run
+    // again (a retry loop keeps its evaluation busy while it backs off)
+    let settled = common::eventually(Duration::from_secs(20), || {
+        let engine = gate.status()["engine"].clone();
+        let pending = engine["pending_incidents"].as_array()?.contains(&json!(3601));
+        (engine["refused"].as_u64()? >= 3 && pending && engine["busy"] == 0).then_some(engine)
+    })
+    .await;
+    let engine = settled.unwrap_or_else(|| panic!("the refusal settled: {}", gate.status()["engine"]));
     let spent = qa.sim.requests() - requests;
     assert!(spent <= 8, "{spent} requests: the refusal was retried");
-    let engine = gate.status()["engine"].clone();
-    assert!(engine["refused"].as_u64().unwrap() >= 3, "{engine}");
-    assert!(engine["pending_incidents"].as_array().unwrap().contains(&json!(3601)), "{engine}");
+    assert_eq!(engine["refused"], 3, "{engine}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,14 +337,27 @@ async fn transient_errors_keep_their_backoff() {
     }
     let state = tempfile::tempdir().unwrap();
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
+    incident_gate::log::capture(true);
     qa.sim.set_down(true);
     gate.job_done(jobs[1], "passed");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // each failed lookup of the event's job says how long it waits: the wait doubles
+    let mut delays = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while delays.len() < 3 && std::time::Instant::now() < deadline {
+        for line in incident_gate::log::take() {
+            if let Some((_, rest)) = line.message.split_once("jobs of events, retrying in ") {
+                delays.push(rest.split(':').next().unwrap_or_default().to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    incident_gate::log::capture(false);
+    assert_eq!(delays.get(..3), Some(&["100ms", "200ms", "400ms"].map(String::from)[..]), "{delays:?}");
     qa.sim.set_down(false);
     gate.flushed();
-    assert_eq!(decisions_for(&gate, 3701)[0]["result"], "passed");
+    assert_eq!(gate.decisions_for(3701)[0]["result"], "passed");
     let engine = gate.status()["engine"].clone();
-    assert!(engine["api_errors"].as_u64().unwrap() >= 1, "{engine}");
+    assert!(engine["api_errors"].as_u64().unwrap() >= 3, "{engine}");
     assert_eq!(engine["refused"], 0, "an outage is no refusal");
 }
 
@@ -357,11 +372,11 @@ async fn a_deletion_announced_before_the_row_is_gone_is_not_counted() {
     let gate = CGate::new(&gate_config(&qa.url(), state.path()));
     gate.job_done(jobs[2], "passed");
     gate.flushed();
-    assert_eq!(decisions_for(&gate, 3801)[0]["result"], "passed");
+    assert_eq!(gate.decisions_for(3801)[0]["result"], "passed");
     let id = created.data["id"].as_u64().unwrap();
     // the comment still exists in openQA when the event arrives
     assert_eq!(gate.submit("openqa_comment_delete", &json!({"id": id.to_string()})), ig_status::IG_OK);
     gate.flushed();
-    let decided = decisions_for(&gate, 3801);
+    let decided = gate.decisions_for(3801);
     assert_eq!(decided[0]["result"], "failed", "{decided:?}");
 }

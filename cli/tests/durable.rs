@@ -3,30 +3,29 @@
 //! back, its disk full and then not, IBS refusing our credentials and then
 //! accepting them, a corrupt store, and the hook as openQA's GRU runs it. Each test prints what it
 //! counted and asserts what a user sees: messages on the broker, reviews on the IBS simulator,
-//! exit codes, status output.
+//! exit codes, status output. The listener runs with catch-up off: catch-up re-finds in openQA
+//! what a listener lost, so with it on these tests would pass either way; one test shows catch-up
+//! rescuing what the broker dropped, and is named so.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use common::{amqp_url, publish, OpenQa};
+use common::{amqp_url, OpenQa};
 use futures_util::StreamExt;
 use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
-use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::Consumer;
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use testkit::broker::Broker;
+use testkit::{review_changes, unique, Leftovers};
 
 const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
 const OBS_USER: &str = "qam-bot";
 const OBS_PASSWORD: &str = "pw-durable-13";
-
-fn unique(test: &str) -> String {
-    format!("ig-test-{}-{test}", std::process::id())
-}
+/// Catch-up off: openQA's job table would re-find an incident whose message the listener lost,
+/// and a test of what the listener acknowledged would pass either way.
+const NO_CATCHUP: (&str, &str) = ("INCIDENT_GATE_CATCHUP_MAX_REQUESTS", "0");
 
 /// A small deterministic generator: the kill points differ per run (seeded by the pid) and the
 /// seed is printed, so a failing run can be replayed.
@@ -37,56 +36,6 @@ impl Rng {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
-}
-
-async fn connect() -> (Connection, Channel) {
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(&amqp_url(), ConnectionProperties::default()),
-    )
-    .await
-    .expect("connecting to RabbitMQ timed out")
-    .expect("RabbitMQ is needed");
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    (conn, ch)
-}
-
-/// Deletes the test's exchange and queue, also when the test fails.
-struct Leftovers {
-    exchange: String,
-    queue: String,
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        let (exchange, queue) = (self.exchange.clone(), self.queue.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let Ok(Ok(conn)) = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()),
-                )
-                .await
-                else {
-                    return;
-                };
-                let Ok(ch) = conn.create_channel().await else { return };
-                let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-                let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-                let _ = conn.close(200, "".into()).await;
-            });
-        })
-        .join();
-    }
-}
-
-/// `common::subscribe_done` on `exchange`, declared as openQA would find it.
-async fn subscribe_done(ch: &Channel, exchange: &str) -> Consumer {
-    let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, options, FieldTable::default()).await.unwrap();
-    common::subscribe_done(ch, exchange).await
 }
 
 fn env_for(qa: &OpenQa, obs: &ObsSim, state: &std::path::Path) -> Vec<(&'static str, String)> {
@@ -103,28 +52,12 @@ fn env_for(qa: &OpenQa, obs: &ObsSim, state: &std::path::Path) -> Vec<(&'static 
 }
 
 fn command(env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("INCIDENT_GATE_CONFIG").env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
+    testkit::cli::command(BIN, env)
 }
 
 async fn start_obs() -> ObsSim {
     let auth = SimAuth::Basic { user: OBS_USER.into(), password: OBS_PASSWORD.into() };
     incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await
-}
-
-/// Review changes IBS accepted for request `rr`.
-fn review_changes(obs: &ObsSim, rr: u64) -> usize {
-    let path = format!("/request/{rr}");
-    obs.received()
-        .iter()
-        .filter(|r| {
-            r.method == "POST" && r.path == path && r.query.contains("changereviewstate") && r.status == 200
-        })
-        .count()
 }
 
 /// A listener killed (SIGKILL) when dropped, also when an assertion failed: a test's listener left
@@ -148,10 +81,10 @@ impl Drop for Listener {
 /// end), the simulators, a state directory, the listener's environment and log.
 struct Stream {
     exchange: String,
+    queue: String,
     prefix: String,
     _leftovers: Leftovers,
-    _conn: Connection,
-    ch: Channel,
+    broker: Broker,
     done: Consumer,
     qa: OpenQa,
     obs: ObsSim,
@@ -166,9 +99,11 @@ impl Stream {
     async fn new(name: &str, amqp_url: Option<String>, extra: &[(&'static str, &str)]) -> Stream {
         let (exchange, prefix) = (unique(name), unique(&format!("{name}-prefix")));
         let queue = format!("{exchange}-listen");
-        let _leftovers = Leftovers { exchange: exchange.clone(), queue: queue.clone() };
-        let (_conn, ch) = connect().await;
-        let done = subscribe_done(&ch, &exchange).await;
+        let _leftovers = Leftovers::new(&[&exchange], &[&queue]);
+        let broker = Broker::connect().await;
+        // declared as openQA would find it
+        broker.declare_exchange(&exchange).await;
+        let done = broker.subscribe_done(&exchange).await;
         let qa = OpenQa::start().await;
         let obs = start_obs().await;
         let state = tempfile::tempdir().unwrap();
@@ -178,13 +113,32 @@ impl Stream {
             ("INCIDENT_GATE_AMQP_EXCHANGE", exchange.clone()),
             ("INCIDENT_GATE_AMQP_DECLARE_EXCHANGE", "true".into()),
             ("INCIDENT_GATE_AMQP_TOPIC_PREFIX", prefix.clone()),
-            ("INCIDENT_GATE_AMQP_QUEUE", queue),
+            ("INCIDENT_GATE_AMQP_QUEUE", queue.clone()),
             ("INCIDENT_GATE_AMQP_QUEUE_DURABLE", "false".into()),
         ]);
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let log = state.path().join("listen.log");
         let incidents = BTreeMap::new();
-        Stream { exchange, prefix, _leftovers, _conn, ch, done, qa, obs, state, env, log, incidents }
+        Stream { exchange, queue, prefix, _leftovers, broker, done, qa, obs, state, env, log, incidents }
+    }
+
+    /// Waits until the listener's queue, as the broker reports it (ready messages, consumers),
+    /// satisfies `ready`; panics naming `what` after 30 s.
+    async fn wait_for_queue(&self, what: &str, ready: impl Fn(u32, u32) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = self.broker.queue(&self.queue).await;
+            if seen.is_some_and(|(messages, consumers)| ready(messages, consumers)) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: queue {seen:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until a listener consumes from the queue: it declared and bound it before.
+    async fn wait_until_consuming(&self) {
+        self.wait_for_queue("a listener consumes", |_, consumers| consumers > 0).await;
     }
 
     /// `incident-gate listen` (through `wrap`: a shell command line, or none), logging to the log.
@@ -205,14 +159,22 @@ impl Stream {
 
     /// Incident `incident` in review on IBS, its two jobs passed and their events published.
     async fn incident(&mut self, incident: u64) {
+        self.incident_of(incident, 2).await;
+    }
+
+    /// Incident `incident` in review on IBS, its `jobs` jobs passed and their events published.
+    /// With one job, every message lost is an incident lost: an evaluation made for a sibling
+    /// job's event cannot make up for it.
+    async fn incident_of(&mut self, incident: u64, jobs: usize) {
         let rr = 300_000 + incident;
         self.obs.create_request(rr, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
-        let jobs: Vec<u64> = (0..2).map(|i| self.qa.incident_job(incident, rr, &format!("t{i}"))).collect();
+        let jobs: Vec<u64> =
+            (0..jobs).map(|i| self.qa.incident_job(incident, rr, &format!("t{i}"))).collect();
         self.incidents.insert(incident, rr);
         for job in jobs {
             let event = self.qa.sim.set_done(job, "passed").unwrap();
             let key = event.routing_key(&self.prefix);
-            publish(&self.ch, &self.exchange, &key, event.amqp_body.to_string().as_bytes()).await;
+            self.broker.publish(&self.exchange, &key, event.amqp_body.to_string().as_bytes()).await;
         }
     }
 
@@ -228,15 +190,15 @@ impl Stream {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_killed_at_random_points_loses_no_incident_and_acts_once() {
-    let mut stream = Stream::new("kill9", None, &[]).await;
+    let mut stream = Stream::new("kill9", None, &[NO_CATCHUP]).await;
     let seed = std::process::id() as u64;
     let mut rng = Rng(seed);
     let mut child = stream.listen(None);
     // the queue exists (declared by the listener) before the first message is published
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.wait_until_consuming().await;
     let mut kills = 0;
     for n in 0..40 {
-        stream.incident(13_000 + n).await;
+        stream.incident_of(13_000 + n, 1).await;
         if rng.below(4) == 0 {
             tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
             child.kill(); // SIGKILL
@@ -362,9 +324,9 @@ async fn a_listener_whose_broker_goes_away_at_random_points_loses_no_incident_an
     let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("127.0.0.1:5672");
     let proxy = CuttableProxy::start(authority).await;
     let through = url.replacen(authority, &format!("127.0.0.1:{}", proxy.port), 1);
-    let mut stream = Stream::new("cut", Some(through), &[]).await;
+    let mut stream = Stream::new("cut", Some(through), &[NO_CATCHUP]).await;
     let mut child = stream.listen(None);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.wait_until_consuming().await;
     let seed = std::process::id() as u64;
     let mut rng = Rng(seed);
     let mut cuts = 0;
@@ -525,26 +487,28 @@ fn the_listener_refuses_a_corrupt_store_naming_the_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_whose_disk_fills_up_acknowledges_nothing_it_could_not_store() {
     // only what the broker still holds may decide these incidents: no catch-up from openQA
-    let mut stream = Stream::new("full", None, &[("INCIDENT_GATE_CATCHUP_MAX_REQUESTS", "0")]).await;
+    let mut stream = Stream::new("full", None, &[NO_CATCHUP]).await;
     let status = command(&stream.env).arg("status").output().unwrap();
     assert_eq!(status.status.code(), Some(0), "{status:?}");
     // a full disk as the process sees it: files may not grow past 160 KiB (SIGXFSZ ignored, so a
     // write past it fails with EFBIG, as one fails with ENOSPC)
     let mut child = stream.listen(Some("trap '' XFSZ; ulimit -f 160; exec \"$0\" \"$@\""));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.wait_until_consuming().await;
     for n in 0..30 {
         stream.incident(13_800 + n).await;
     }
     let full =
         |logs: &str| logs.contains("too large") || logs.contains("disk is full") || logs.contains("disk I/O");
+    // the listener met the full disk and gave back what it could not store
+    let returned = |logs: &str| logs.contains("messages to the queue");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !full(&stream.logs()) && tokio::time::Instant::now() < deadline {
+    while !(full(&stream.logs()) && returned(&stream.logs())) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     child.kill();
     let logs = stream.logs();
     assert!(full(&logs), "the file limit was reached in {}:\n{logs}", stream.state.path().display());
+    assert!(returned(&logs), "messages it could not store went back to the queue:\n{logs}");
     // space again: the same state directory, no limit
     child = stream.listen(None);
     let refused = logs.lines().filter(|l| full(l)).count();
@@ -643,4 +607,18 @@ async fn a_listener_whose_postgres_store_goes_away_at_random_points_loses_no_inc
     );
     assert!(cuts == 0 || down > 0, "the cuts reached the listener:\n{logs}");
     assert!(down <= cuts && up == down, "each outage said once, and its end once:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catch_up_is_the_rescuer_of_incidents_whose_messages_never_reached_the_listener() {
+    // published before the listener's queue existed: the broker drops them, only openQA's job
+    // table still knows the jobs ended
+    let mut stream = Stream::new("rescue", None, &[]).await;
+    for n in 0..5 {
+        stream.incident(13_900 + n).await;
+    }
+    assert!(stream.broker.queue(&stream.queue).await.is_none(), "no queue held the messages");
+    let mut child = stream.listen(None);
+    stream.count_and_check("messages dropped by the broker, catch-up on", Duration::from_secs(30)).await;
+    child.kill();
 }

@@ -16,13 +16,9 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
 const SECRET: &str = "S3CRET-in-url";
 
+/// With the command's own default log level: what an operator sees.
 fn run(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("INCIDENT_GATE_CONFIG").env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("incident-gate runs")
+    testkit::cli::command(BIN, env).env_remove("RUST_LOG").args(args).output().expect("incident-gate runs")
 }
 
 fn text(out: &Output) -> String {
@@ -263,8 +259,12 @@ fn logs_carry_no_colour_codes_when_stderr_is_no_terminal() {
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
 
+/// The demos of this file one at a time: each checks what it leaves on the broker's `pubsub`.
+static DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_names_the_policy_as_configured_and_says_when_an_incident_stays_pending() {
+    let _one = DEMO.lock().await;
     let pubsub_before = exchange_exists("pubsub").await;
     let out = tokio::task::spawn_blocking(|| run(&["demo"], &[("AMQP_URL", amqp_url())])).await.unwrap();
     assert_eq!(exchange_exists("pubsub").await, pubsub_before, "the demo leaves the broker as it found it");
@@ -273,6 +273,85 @@ async fn demo_names_the_policy_as_configured_and_says_when_an_incident_stays_pen
     assert!(stdout.contains("policy accept-onpass,"), "{stdout}");
     assert!(stdout.contains("incident-gate: no decision yet, pending: incident 12345\n"), "{stdout}");
     assert!(!stdout.contains("AcceptOnpass"));
+}
+
+/// On a broker where another openQA publishes `incident.done` on the same exchange meanwhile, the
+/// demo shows under each decision that decision's own message, and none of the other's.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_on_a_shared_broker_shows_each_decisions_own_message() {
+    let _one = DEMO.lock().await;
+    let pubsub_before = exchange_exists("pubsub").await;
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare("pubsub".into(), lapin::ExchangeKind::Topic, durable, Default::default())
+        .await
+        .unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let other = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            n += 1;
+            let body = serde_json::json!({"schema_version": 2, "kind": "ibs", "incident": 90632, "request": 390632,
+                "result": "passed", "blocking": [], "event_id": format!("other-openqa-{n}")});
+            let props = lapin::BasicProperties::default().with_message_id(format!("other-openqa-{n}").into());
+            let _ = ch
+                .basic_publish(
+                    "pubsub".into(),
+                    "suse.openqa.incident.done".into(),
+                    Default::default(),
+                    body.to_string().as_bytes(),
+                    props,
+                )
+                .await;
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        n
+    });
+    let out = tokio::task::spawn_blocking(|| run(&["demo"], &[("AMQP_URL", amqp_url())])).await.unwrap();
+    let _ = stop.send(());
+    let published = other.await.unwrap();
+    if !pubsub_before {
+        let _ = conn
+            .create_channel()
+            .await
+            .unwrap()
+            .exchange_delete("pubsub".into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "".into()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(published > 10, "the other openQA published during the demo ({published})");
+    assert!(!stdout.contains("90632"), "another openQA's event in the demo: {stdout}");
+    // each decision line is followed by its own message: same submission, same result
+    let mut decision: Option<(String, String)> = None;
+    let mut shown = 0;
+    for line in stdout.lines() {
+        if let Some(rest) = line.split("incident-gate: ").nth(1).filter(|r| r.contains(" → ")) {
+            let (who, result) = rest.split_once(" → ").unwrap();
+            let number = who.rsplit([' ', ':']).next().unwrap().to_string();
+            let result = result.split([',', ' ']).next().unwrap().to_lowercase();
+            decision = Some((number, result));
+        } else if line.contains("    broker: ") {
+            let (number, result) =
+                decision.take().unwrap_or_else(|| panic!("a message with no decision: {line}\n{stdout}"));
+            assert!(
+                line.contains(&format!("incident: {number},")),
+                "{line} follows the decision of {number}\n{stdout}"
+            );
+            assert!(
+                line.contains(&format!("result: \"{result}\"")),
+                "{line} is not the {result} decision\n{stdout}"
+            );
+            shown += 1;
+        }
+    }
+    assert!(shown >= 5, "every decision shows its message ({shown}): {stdout}");
+    assert_eq!(exchange_exists("pubsub").await, pubsub_before, "the broker as the test found it");
 }
 
 /// Whether the broker has `exchange` (a passive declare fails when it does not).

@@ -42,6 +42,9 @@ my $state = tempdir(CLEANUP => 1);
 # nothing listens on port 9 of the loopback: asking openQA fails at once
 my $config = encode_json({openqa_url => 'http://127.0.0.1:9', state_dir => $state, publish_amqp => 'false',
     report_obs => 'false', obs_password => 'S3CRET-OBS'});
+# the engine's threads start with the first event and end with ig_gate_free
+sub threads { scalar(() = glob "/proc/$$/task/*") }
+my $threads_before = threads();
 my $gate = $lib->gate($config);
 isa_ok $gate, 'IncidentGate::FFI::Gate';
 
@@ -89,8 +92,13 @@ subtest 'ig_set_log_callback, ig_log_poll' => sub {
     like $s->{engine_start_failure}{error}, qr{/proc/self}, 'the status shows the failed start';
     is $s->{intake}{rejected}{engine_unavailable}, 1, 'and counts the refused event';
     is $s->{intake}{last_refused}{event}, 'openqa_job_done', 'naming the last refused event';
+    # a line with more than ASCII arrives as characters, not as UTF-8 bytes to be encoded again
+    my $named = $lib->gate(encode_json({openqa_url => 'http://127.0.0.1:9', state_dir => "/proc/self/z\x{e4}hler \x{2192}"}));
+    $named->submit('openqa_job_done', '{"id":1,"result":"passed"}');
+    is scalar @lines, 2, 'its line too';
+    like $lines[1][1], qr{/proc/self/z\x{e4}hler \x{2192}}, 'with its path as characters';
     is $lib->log_poll, IG_OK, 'ig_log_poll';
-    is scalar @lines, 1, 'nothing new';
+    is scalar @lines, 2, 'nothing new';
     is $lib->on_log(undef), IG_OK, 'back to stderr';
 };
 # the gate below retries an openQA that is not there: its warnings are expected, keep them here
@@ -111,7 +119,17 @@ subtest 'ig_gate_flush and ig_gate_evaluate' => sub {
     like $error, qr/\S/, "with a message ($error)";
 };
 
+cmp_ok threads(), '>', $threads_before, 'the gate runs threads of its own';
+
+subtest 'ig_gate_metrics' => sub {
+    my ($status, $lines) = $gate->metrics;
+    is $status, IG_OK, 'IG_OK while openQA does not answer: the state directory is all it reads';
+    like $lines, qr/^incident_gate,url=\S+,kind=ibs,result=passed decisions=0i$/m, 'decisions by kind and result';
+    like $lines, qr/^incident_gate,url=\S+,sink=ibs backlog=0i,/m, 'the outbox by sink';
+    like $lines, qr/^incident_gate,url=\S+ evaluations=\d+i,/m, 'the rest';
+};
+
 undef $gate;
-pass 'ig_gate_free';
+is threads(), $threads_before, 'ig_gate_free stopped them before it returned';
 
 done_testing;

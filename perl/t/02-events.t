@@ -15,7 +15,6 @@ use Mojo::IOLoop::Server;
 use Mojo::Promise;
 use Mojo::JSON qw(decode_json encode_json);
 use Storable 'dclone';
-use Time::HiRes 'time';
 
 my $events = do { require OpenQA::Events; OpenQA::Events->singleton };
 
@@ -107,10 +106,9 @@ subtest 'garbage and rejected events are logged, the request goes on' => sub {
 
 subtest 'a full queue is logged, never waited for' => sub {
     my $t = app_with(queue_capacity => 1);
-    my $start = time;
+    # openQA is unreachable, so the engine is slow to take events off the queue: an emit that
+    # waited for room would log no event as not taken
     emit(openqa_job_done => {id => $_, result => 'passed', newbuild => undef, reason => undef}) for 1 .. 50;
-    my $took = time - $start;
-    cmp_ok $took, '<', 2, "50 events with openQA unreachable and a full queue took ${took}s";
     my @full = grep {/not taken \(IG_QUEUE_FULL\): intake queue is full/} warnings_of($t);
     cmp_ok scalar @full, '>=', 48, 'at most two fit into a queue of one (one waits in the engine)';
     is scalar @{seen($t)}, 50, 'all reached the next subscriber';
@@ -122,7 +120,6 @@ subtest 'verdict route: bad input and openQA not answering' => sub {
     $t->get_ok('/api/v1/incident_gate/incidents/0')->status_is(400)->json_like('/error' => qr/positive number/);
     $t->get_ok('/api/v1/incident_gate/incidents/123456789012345678901')->status_is(400);
     $t->get_ok('/api/v1/incident_gate/incidents/abc')->status_is(404);
-    my $start = time;
     $t->get_ok('/api/v1/incident_gate/incidents/12345')->status_is(503)->json_is('/status' => 'IG_UNAVAILABLE')
       ->json_like('/error' => qr/\S/);
     $t->get_ok('/ping')->status_is(200);

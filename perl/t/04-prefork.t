@@ -65,7 +65,7 @@ for (1 .. 20) {
     push @clients, [$ua, $pid] unless grep { $_->[1] == $pid } @clients;
     last if @clients == 2;
 }
-is scalar @clients, 2, 'two clients talk to two different workers' or BAIL_OUT 'cannot reach two workers';
+is scalar @clients, 2, 'two clients talk to two different workers' or die "cannot reach two workers: the rest of this file depends on it\n";
 
 my %sent;
 for my $i (0 .. $#jobs) {

@@ -35,6 +35,10 @@ pub struct GiteaSimConfig {
     pub default_paging_num: usize,
     /// Loopback port; 0 picks a free one.
     pub port: u16,
+    /// Scoped tokens (Gitea 1.19+): token → its scopes (`read:user`, `write:issue`,
+    /// `write:repository` …; `write:` includes `read:`). A token not listed may do everything.
+    /// A route outside a token's scopes is answered 403 with Gitea's message.
+    pub scopes: BTreeMap<String, Vec<String>>,
 }
 
 impl GiteaSimConfig {
@@ -48,6 +52,7 @@ impl GiteaSimConfig {
             max_response_items: 50,
             default_paging_num: 30,
             port: 0,
+            scopes: BTreeMap::new(),
         }
     }
 }
@@ -255,8 +260,24 @@ impl GiteaSim {
         }
     }
 
-    /// Requests a review (`REQUEST_REVIEW`, not stale); returns the review's id.
+    /// Requests a review (`REQUEST_REVIEW`, not stale); returns the review's id. As Gitea's
+    /// `AddReviewRequest`: nothing changes when the user's latest review is a request already
+    /// (stale or not), or when the team has any review (its id is returned).
     pub fn request_review(&self, repo: &str, number: u64, who: Reviewer) -> u64 {
+        if let Some(pr) = self.shared.lock().pr_mut(repo, number) {
+            let existing = match &who {
+                Reviewer::User(u) => pr
+                    .reviews
+                    .iter()
+                    .rev()
+                    .find(|r| r.user.as_deref() == Some(u.as_str()))
+                    .filter(|r| r.state == "REQUEST_REVIEW"),
+                Reviewer::Team(t) => pr.reviews.iter().rev().find(|r| r.team.as_deref() == Some(t.as_str())),
+            };
+            if let Some(r) = existing {
+                return r.id;
+            }
+        }
         let (user, team) = match who {
             Reviewer::User(u) => (Some(u), None),
             Reviewer::Team(t) => (None, Some(t)),
@@ -277,6 +298,29 @@ impl GiteaSim {
                 submitted_at: now(),
             },
         )
+    }
+
+    /// Removes a pending review request (Gitea's `RemoveReviewRequest`: the user's latest review,
+    /// when it is a request; the team's latest). Whether there was one.
+    pub fn remove_review_request(&self, repo: &str, number: u64, who: &Reviewer) -> bool {
+        let mut inner = self.shared.lock();
+        let Some(pr) = inner.pr_mut(repo, number) else { return false };
+        let at = match who {
+            Reviewer::User(u) => pr
+                .reviews
+                .iter()
+                .rposition(|r| r.user.as_deref() == Some(u.as_str()))
+                .filter(|&i| pr.reviews[i].state == "REQUEST_REVIEW"),
+            Reviewer::Team(t) => pr.reviews.iter().rposition(|r| r.team.as_deref() == Some(t.as_str())),
+        };
+        at.map(|i| pr.reviews.remove(i)).is_some()
+    }
+
+    /// What SUSE's workflow bot does once the staging build of a new head is there: the stale
+    /// request is removed and the review requested anew (Gitea keeps a stale request otherwise).
+    pub fn rerequest_review(&self, repo: &str, number: u64, who: Reviewer) -> u64 {
+        self.remove_review_request(repo, number, &who);
+        self.request_review(repo, number, who)
     }
 
     /// Adds a review as given (its id is assigned); returns the id, 0 when there is no such PR.
@@ -411,6 +455,24 @@ fn authenticate(cfg: &GiteaSimConfig, headers: &HeaderMap) -> Auth {
     }
 }
 
+/// The scope a scoped token lacks for a route (Gitea groups `/user` under `user`, a repository's
+/// issues and comments under `issue`, the rest of `/repos` under `repository`).
+fn missing_scope(cfg: &GiteaSimConfig, headers: &HeaderMap, method: &Method, path: &str) -> Option<String> {
+    let token = headers.get(AUTHORIZATION)?.to_str().ok()?.split_once(' ')?.1.trim();
+    let scopes = cfg.scopes.get(token)?;
+    let category = if path == "/user" || path.starts_with("/user/") {
+        "user"
+    } else if path.split('/').nth(4) == Some("issues") {
+        "issue"
+    } else {
+        "repository"
+    };
+    let level = if method == Method::GET { "read" } else { "write" };
+    let has = |s: &str| scopes.iter().any(|x| x == s || x == "all");
+    let ok = has(&format!("write:{category}")) || (level == "read" && has(&format!("read:{category}")));
+    (!ok).then(|| format!("{level}:{category}"))
+}
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -458,7 +520,15 @@ async fn handle(
                 api_error(&shared, StatusCode::UNAUTHORIZED, "token is required")
             }
             Auth::Anonymous => route(&shared, &mut inner, &method, &path, &query, &body_text, None),
-            Auth::User(login) => route(&shared, &mut inner, &method, &path, &query, &body_text, Some(&login)),
+            Auth::User(login) => match missing_scope(&shared.cfg, &headers, &method, &path) {
+                // Gitea's tokenRequiresScopes answer
+                Some(scope) => api_error(
+                    &shared,
+                    StatusCode::FORBIDDEN,
+                    &format!("token does not have at least one of required scope(s): [{scope}]"),
+                ),
+                None => route(&shared, &mut inner, &method, &path, &query, &body_text, Some(&login)),
+            },
         }
     };
     inner.log.push(Received {

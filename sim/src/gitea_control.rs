@@ -7,7 +7,8 @@
 //! - `POST /prs/<owner>/<name>/<number>/push` `{"sha": "…"}`: the head moves (as on Gitea, every
 //!   review becomes stale, the review request too);
 //! - `POST /prs/<owner>/<name>/<number>/review_request`: the QAM review requested again from the
-//!   review bot user (what SUSE's workflow bot does after a push);
+//!   review bot user (what SUSE's workflow bot does after a push: the stale request removed, a
+//!   new one added);
 //! - `GET /received`: every API request the simulator answered (tokens never recorded).
 
 use crate::gitea::{GiteaSim, GiteaSimConfig, Reviewer};
@@ -80,7 +81,7 @@ async fn review_request(
     Path((owner, name, number)): Path<(String, String, u64)>,
 ) -> Result<StatusCode, (StatusCode, String)> {
     let repo = format!("{owner}/{name}");
-    match sim.request_review(&repo, number, Reviewer::User(REVIEW_BOT.into())) {
+    match sim.rerequest_review(&repo, number, Reviewer::User(REVIEW_BOT.into())) {
         0 => Err((StatusCode::NOT_FOUND, format!("no pull request {repo}#{number}"))),
         _ => Ok(StatusCode::NO_CONTENT),
     }

@@ -284,6 +284,14 @@ impl ObsSim {
         }
     }
 
+    /// A review added to a request in review, as `osc review add` (`cmd=addreview`) does.
+    pub fn add_review(&self, id: u64, review: SimReview) {
+        if let Some(r) = self.shared.lock().requests.get_mut(&id) {
+            r.reviews.push(review);
+            r.when = timestamp();
+        }
+    }
+
     pub fn request_state(&self, id: u64) -> Option<String> {
         self.shared.lock().requests.get(&id).map(|r| r.state.clone())
     }

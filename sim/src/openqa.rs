@@ -1173,7 +1173,8 @@ impl Db {
         let limit: Option<usize> = params.get("limit").and_then(|v| v.parse().ok());
         let jobs: Vec<u64> = match (value, list_value) {
             (Some(value), None) => {
-                let rows = limit.unwrap_or(GENERIC_DEFAULT_LIMIT).min(GENERIC_MAX_LIMIT);
+                let rows =
+                    limit.unwrap_or(GENERIC_DEFAULT_LIMIT).min(self.max_limit.unwrap_or(GENERIC_MAX_LIMIT));
                 let mut matching: Vec<&SettingRow> =
                     self.settings.iter().filter(|r| r.key == key && r.value == value).collect();
                 matching.sort_by_key(|r| std::cmp::Reverse(r.id));

@@ -45,7 +45,7 @@ pub async fn run(core: Arc<Core>) {
         match consume(&core, &mut delay).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!("AMQP listener: {e}; reconnecting in {delay:?}");
+                tracing::warn!("AMQP listener: {e}; reconnecting in {}", humantime::format_duration(delay));
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = core.until_shutdown() => return,
@@ -110,7 +110,11 @@ async fn subscribe(cfg: &Config) -> Result<(Connection, Consumer), String> {
 async fn consume(core: &Arc<Core>, delay: &mut Duration) -> Result<(), String> {
     let (conn, mut consumer) = subscribe(core.config()).await?;
     *delay = RECONNECT_MIN;
-    tracing::info!("listening on queue {} for {:?}", core.config().amqp_queue, binding_keys(core.config()));
+    tracing::info!(
+        "listening on queue {} for {}",
+        core.config().amqp_queue,
+        crate::log::list(binding_keys(core.config()))
+    );
     // lapin does not always end the consumer's stream when its connection dies (seen with a cut
     // socket: the connection errored, the stream stayed silent): look at the connection too
     let mut watchdog = tokio::time::interval(CONNECTION_CHECK);

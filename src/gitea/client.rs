@@ -60,6 +60,12 @@ impl GiteaError {
         }
     }
 
+    /// Gitea refused our token (401) or what it may do (403: a scope or permission it lacks, a
+    /// locked conversation): the operator's to fix, never an answer about the pull request.
+    pub fn is_denied(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             GiteaError::Http { status, .. } => Some(*status),
@@ -199,7 +205,12 @@ struct Inner {
     api: String,
     token: Option<Secret>,
     retry: RetryPolicy,
-    me: tokio::sync::OnceCell<String>,
+    /// `gitea_user`: who we are, without asking.
+    user: Option<String>,
+    /// The answer of `GET /user`, asked at most once: None when the token may not read it.
+    asked: tokio::sync::OnceCell<Option<String>>,
+    /// The author Gitea gave a comment we posted.
+    learned: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -226,7 +237,9 @@ struct Reply {
 
 impl GiteaClient {
     pub fn from_config(cfg: &Config) -> Result<GiteaClient, GiteaError> {
-        Self::new(&cfg.gitea_url, cfg.gitea_token.clone(), Duration::from_secs(cfg.http_timeout_s))
+        let client =
+            Self::new(&cfg.gitea_url, cfg.gitea_token.clone(), Duration::from_secs(cfg.http_timeout_s))?;
+        Ok(client.with_user(&cfg.gitea_user))
     }
 
     /// `base_url` is Gitea's root URL (`https://src.suse.de`); `/api/v1` is added here.
@@ -257,13 +270,25 @@ impl GiteaClient {
                 api: format!("{base}/api/v1"),
                 token,
                 retry: RetryPolicy::default(),
-                me: tokio::sync::OnceCell::new(),
+                user: None,
+                asked: tokio::sync::OnceCell::new(),
+                learned: std::sync::Mutex::new(None),
             }),
         })
     }
 
     /// The same client with another retry policy (tests use shorter delays).
     pub fn with_retry(self, retry: RetryPolicy) -> GiteaClient {
+        self.rebuilt(retry, self.inner.user.clone())
+    }
+
+    /// The same client knowing the login its token belongs to (`gitea_user`; empty: not known).
+    pub fn with_user(self, login: &str) -> GiteaClient {
+        let login = login.trim();
+        self.rebuilt(self.inner.retry, (!login.is_empty()).then(|| login.to_string()))
+    }
+
+    fn rebuilt(&self, retry: RetryPolicy, user: Option<String>) -> GiteaClient {
         let inner = &self.inner;
         GiteaClient {
             inner: Arc::new(Inner {
@@ -271,7 +296,9 @@ impl GiteaClient {
                 api: inner.api.clone(),
                 token: inner.token.clone(),
                 retry,
-                me: tokio::sync::OnceCell::new(),
+                user,
+                asked: tokio::sync::OnceCell::new(),
+                learned: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -280,17 +307,38 @@ impl GiteaClient {
         &self.inner.api
     }
 
-    /// The login the token belongs to (`GET /user`), asked once per client.
-    pub async fn me(&self) -> Result<&str, GiteaError> {
-        let login = self
+    /// The login the token belongs to: `gitea_user` when configured, else the author of a
+    /// comment this client posted, else `GET /user` (asked once per client). None when none of
+    /// these tells: a scoped token without `read:user` is answered 403 there, although it may
+    /// comment; the reporter then knows its comments by their marker line.
+    pub async fn me(&self) -> Result<Option<String>, GiteaError> {
+        if let Some(user) = &self.inner.user {
+            return Ok(Some(user.clone()));
+        }
+        if let Some(user) = self.learned() {
+            return Ok(Some(user));
+        }
+        let asked = self
             .inner
-            .me
+            .asked
             .get_or_try_init(|| async {
-                let user: User = self.get_json("/user").await?;
-                Ok::<_, GiteaError>(user.login)
+                match self.get_json::<User>("/user").await {
+                    Ok(user) => Ok(Some(user.login)),
+                    Err(e) if e.status() == Some(403) => {
+                        tracing::warn!(
+                            "{e}: our Gitea comments are recognised by their marker line; set gitea_user to the token's login (or give the token read:user)"
+                        );
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
             })
             .await?;
-        Ok(login.as_str())
+        Ok(asked.clone())
+    }
+
+    fn learned(&self) -> Option<String> {
+        self.inner.learned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub async fn pull(&self, owner: &str, repo: &str, index: u64) -> Result<PullRequest, GiteaError> {
@@ -318,7 +366,12 @@ impl GiteaClient {
         body: &str,
     ) -> Result<Comment, GiteaError> {
         let path = format!("/repos/{}/{}/issues/{index}/comments", seg(owner), seg(repo));
-        self.send_json(Method::POST, &path, &serde_json::json!({ "body": body })).await
+        let comment: Comment =
+            self.send_json(Method::POST, &path, &serde_json::json!({ "body": body })).await?;
+        if let Some(login) = comment.author() {
+            *self.inner.learned.lock().unwrap_or_else(|p| p.into_inner()) = Some(login.to_string());
+        }
+        Ok(comment)
     }
 
     pub async fn edit_comment(&self, owner: &str, repo: &str, id: u64, body: &str) -> Result<(), GiteaError> {

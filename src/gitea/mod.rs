@@ -6,4 +6,4 @@ pub mod report;
 pub mod reporter;
 
 pub use client::{GiteaClient, GiteaError, RetryPolicy};
-pub use reporter::{deliver, PrReport};
+pub use reporter::{deliver, deliver_checked, PrReport};

@@ -41,6 +41,11 @@ fn token(s: &str) -> String {
     }
 }
 
+/// Whether `text` is a comment that begins with our marker line, as our results comments do.
+pub fn begins_with_marker(text: &str) -> bool {
+    text.trim_start().starts_with(MARKER_START)
+}
+
 /// The marker in a comment, wherever it is.
 pub fn parse_marker(text: &str) -> Option<Marker> {
     let start = text.find(MARKER_START)? + MARKER_START.len();
@@ -94,6 +99,24 @@ pub fn approval_comment(bot: &str, r: &PrReport) -> String {
     format!("{command}\n{message}\n{commit}")
 }
 
+/// Builds linked one by one in the results comment; the page of the pull request has them all.
+const MAX_BUILD_LINKS: usize = 10;
+
+/// openQA's overview of one build. openQA matches `build` exactly: a pull request's jobs are in
+/// builds `:git:<pr>:<package>` (or `:<project>:<pr>:<package>`), never in `:git:<pr>`.
+pub fn overview_url(openqa: &str, build: &str) -> String {
+    let mut query = String::with_capacity(build.len());
+    for b in build.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                query.push(b as char)
+            }
+            _ => query.push_str(&format!("%{b:02X}")),
+        }
+    }
+    format!("{}/tests/overview?build={query}", openqa.trim_end_matches('/'))
+}
+
 /// The 12 characters people quote a commit by.
 fn short(sha: &str) -> String {
     escape_markdown(&sha.chars().take(12).collect::<String>())
@@ -136,10 +159,21 @@ pub fn results_comment(r: &PrReport, head: Option<&str>) -> String {
     }
     let mut tail = String::new();
     if let Some(url) = link(&r.page_url) {
-        tail.push_str(&format!("[Why: the verdict explained]({url}) · "));
+        tail.push_str(&format!("[This pull request in openQA: every job, the verdict explained]({url})\n\n"));
     }
-    if let Some(url) = link(&r.overview_url) {
-        tail.push_str(&format!("[All openQA jobs of this pull request]({url})\n\n"));
+    let overviews: Vec<String> = r
+        .builds
+        .iter()
+        .take(MAX_BUILD_LINKS)
+        .filter_map(|b| {
+            let url = link(&overview_url(&r.openqa, b))?;
+            Some(format!("[{}]({url})", escape_markdown(b)))
+        })
+        .collect();
+    if !overviews.is_empty() {
+        let more = r.builds.len().saturating_sub(MAX_BUILD_LINKS);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        tail.push_str(&format!("openQA overview per build: {}{more}\n\n", overviews.join(" · ")));
     }
     tail.push_str(&format!("Decided by incident-gate at {}.\n", escape_markdown(&r.decided_at)));
 
@@ -174,7 +208,7 @@ mod tests {
                 url: "https://openqa.example.com/tests/4711".into(),
             }],
             openqa: "https://openqa.example.com".into(),
-            overview_url: "https://openqa.example.com/tests/overview?build=:git:124".into(),
+            builds: vec![":git:124:openssl".into(), ":SUSE:SLFO:1.1.99:PullRequest:124:kernel+x".into()],
             page_url: "https://openqa.example.com/incident_gate/git:124".into(),
             key: "k1".into(),
             decided_at: "2026-11-24T17:03:12Z".into(),
@@ -201,17 +235,18 @@ mod tests {
     fn results_comment_has_marker_table_and_older_commit_note() {
         let r = report(Outcome::Failed);
         let body = results_comment(&r, None);
-        let m = parse_marker(&body).unwrap();
+        let marker =
+            format!("<!-- incident-gate-gitea state=failed pr=124 sha={} key=k1 -->\n", r.tested_sha);
+        assert!(body.starts_with(&marker), "{body}");
+        // a comment of ours as Gitea holds it (written by an earlier run), not one made here
+        let held = include_str!("../../tests/fixtures/gitea/our-results-comment-124.md");
+        let sha = "2cf58b3a9c32d139470a5f32d5aa64efbd0fa90dda0144b09421709252fcb0ea".to_string();
         assert_eq!(
-            m,
-            Marker { state: "failed".into(), pr: 124, sha: r.tested_sha.clone(), key: "k1".into() }
+            parse_marker(held),
+            Some(Marker { state: "failed".into(), pr: 124, sha, key: "key-failed-1".into() })
         );
         assert!(body.contains("| [4711](https://openqa.example.com/tests/4711) | sle-16.0-x86\\_64-Build:git:124:openssl-mau&#124;x&#64;64bit | failed | SLFO PRs |"), "{body}");
         assert!(!body.contains("older commit"));
-        assert!(
-            body.contains("[Why: the verdict explained](https://openqa.example.com/incident%5Fgate/git:124)"),
-            "{body}"
-        );
         let body = results_comment(&r, Some("ffff0000ffff0000"));
         assert!(
             body.contains("results are for an older commit, `2cf58b3a9c32`")
@@ -219,6 +254,37 @@ mod tests {
             "{body}"
         );
         assert_eq!(parse_marker("<!-- incident-gate-gitea state=failed pr=x sha=a key=k -->"), None);
+        assert!(begins_with_marker(&body) && !begins_with_marker(&format!("> {body}")));
+    }
+
+    #[test]
+    fn results_comment_links_the_pull_request_page_and_each_build_not_a_build_that_matches_nothing() {
+        let body = results_comment(&report(Outcome::Failed), None);
+        assert!(!body.contains("build=:git:124)") && !body.contains("build=:git:124 "), "{body}");
+        assert!(
+            body.contains("[This pull request in openQA: every job, the verdict explained](https://openqa.example.com/incident%5Fgate/git:124)"),
+            "{body}"
+        );
+        // openQA's overview matches `build` exactly: one link per build of the verdict's jobs
+        assert!(
+            body.contains(
+                "[:git:124:openssl](https://openqa.example.com/tests/overview?build=:git:124:openssl)"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("(https://openqa.example.com/tests/overview?build=:SUSE:SLFO:1.1.99:PullRequest:124:kernel%2Bx)"),
+            "a '+' would be read as a space: {body}"
+        );
+        assert_eq!(
+            overview_url("https://o.example/", "a b&c#d"),
+            "https://o.example/tests/overview?build=a%20b%26c%23d"
+        );
+        let mut many = report(Outcome::Passed);
+        many.builds = (0..15).map(|i| format!(":git:124:p{i}")).collect();
+        let body = results_comment(&many, None);
+        assert_eq!(body.matches("/tests/overview?build=").count(), MAX_BUILD_LINKS, "{body}");
+        assert!(body.contains(" and 5 more"), "{body}");
         assert_eq!(parse_marker("<!-- incident-gate state=failed rr=1 key=k -->"), None);
     }
 }

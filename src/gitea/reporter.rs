@@ -12,7 +12,8 @@
 use super::client::{Comment, GiteaClient, GiteaError, Review, ReviewEvent};
 use super::report::{self, parse_marker};
 use crate::config::{Config, ReviewPolicy};
-use crate::decision::Delivery;
+use crate::decision::{Delivery, Recheck, Unchecked};
+use crate::incident::Submission;
 use crate::verdict::{BlockingJob, Counts, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -36,9 +37,10 @@ pub struct PrReport {
     pub blocking: Vec<BlockingJob>,
     /// Base URL of openQA, for job links that openQA did not give.
     pub openqa: String,
-    /// Where a reader sees every openQA job of the pull request.
-    pub overview_url: String,
-    /// The pull request's page in openQA (the plugin's): the verdict explained.
+    /// The `BUILD`s of the counted jobs: each is linked to openQA's overview of it.
+    #[serde(default)]
+    pub builds: Vec<String>,
+    /// The pull request's page in openQA (the plugin's): the verdict explained, every job.
     pub page_url: String,
     /// Identity of the decision (`Decision::key`), written into the results comment's marker.
     pub key: String,
@@ -80,7 +82,8 @@ pub fn qam_review(reviews: &[Review], bot: &str, team: &str) -> QamReview {
     if ours.iter().any(|r| open(r) && !r.stale && !r.dismissed) {
         return QamReview::Open;
     }
-    let why = if ours.iter().any(|r| open(r) && r.stale) {
+    // an answer of an older commit is stale after a push too: the request comes again
+    let why = if ours.iter().any(|r| open(r) && r.stale) || ours.last().is_some_and(|r| r.stale) {
         "stale".to_string()
     } else if ours.iter().any(|r| r.dismissed) {
         "dismissed".to_string()
@@ -98,15 +101,18 @@ fn approved_by_review(reviews: &[Review], bot: &str, team: &str, sha: &str) -> b
 }
 
 /// An approval comment for `sha` by us, or by the bot or team accounts (qem-bot posts as those).
-fn approved_by_comment(comments: &[Comment], me: &str, bot: &str, team: &str, sha: &str) -> bool {
+fn approved_by_comment(comments: &[Comment], me: Option<&str>, bot: &str, team: &str, sha: &str) -> bool {
     comments.iter().any(|c| {
-        c.author().is_some_and(|a| a == me || a == bot || a == team)
+        c.author().is_some_and(|a| Some(a) == me || a == bot || a == team)
             && report::is_approval_of(&c.body, bot, sha)
     })
 }
 
 fn failed(what: &str, e: &GiteaError) -> Delivery {
-    if e.is_retryable() {
+    if e.is_denied() {
+        // the caller (`deliver`) sets the delay from the configuration
+        Delivery::Denied(format!("{what}: Gitea refused our token or its permissions: {e}"), 0)
+    } else if e.is_retryable() {
         Delivery::Retry(format!("{what}: {e}"))
     } else {
         Delivery::Final(format!("{what}: {e}"))
@@ -125,8 +131,31 @@ fn would(policy: ReviewPolicy, result: Outcome, request_changes: bool) -> &'stat
     }
 }
 
-/// Reports `r` on its pull request. Never panics, never shows the token.
+/// Reports `r` on its pull request without the check at the point of no return
+/// ([`deliver_checked`] with [`Unchecked`]).
 pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delivery {
+    deliver_checked(client, cfg, r, &Unchecked).await
+}
+
+/// Reports `r` on its pull request; `recheck` is asked right before approving or requesting
+/// changes. Never panics, never shows the token. A refusal of our token is tried again every
+/// `gitea_denied_retry_s`; a review not (yet) asked of us is waited for.
+pub async fn deliver_checked(
+    client: &GiteaClient,
+    cfg: &Config,
+    r: &PrReport,
+    recheck: &dyn Recheck,
+) -> Delivery {
+    match deliver_once(client, cfg, r, recheck).await {
+        Delivery::Denied(m, _) => {
+            let wait = cfg.gitea_denied_retry_s;
+            Delivery::Denied(format!("{m} (retrying every {wait} s)"), (wait as i64).saturating_mul(1000))
+        }
+        other => other,
+    }
+}
+
+async fn deliver_once(client: &GiteaClient, cfg: &Config, r: &PrReport, recheck: &dyn Recheck) -> Delivery {
     let pr = r.label();
     let (bot, team) = (cfg.gitea_review_bot.as_str(), cfg.gitea_review_team.as_str());
     if !r.result.is_final() {
@@ -156,21 +185,26 @@ pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delive
     };
     let qam = qam_review(&reviews, bot, team);
     if qam == QamReview::NotRequested {
-        return Delivery::Final(format!("{pr}: no QAM review requested from {bot} or {team}, nothing to do"));
+        // the workflow bot asks for it later (after the staging build): wait, do not drop
+        return Delivery::Waiting(
+            format!("{pr}: waiting for the QAM review to be requested from {bot} or {team}"),
+            0,
+        );
     }
     let comments = match client.comments(&r.owner, &r.repo, r.number).await {
         Ok(v) => v,
         Err(e) => return failed(&format!("{pr}: reading comments"), &e),
     };
     let me = match client.me().await {
-        Ok(me) => me.to_string(),
+        Ok(me) => me.or_else(|| marked_author(&comments, r.number)),
         Err(e) => return failed(&format!("{pr}: asking Gitea who we are"), &e),
     };
+    let me = me.as_deref();
     let head = pull.head.sha.as_str();
 
     if head != sha {
         // a push after testing: whatever openQA said is about code that is no longer proposed
-        return match sync_results(client, r, &comments, &me, Some(head)).await {
+        return match sync_results(client, r, &comments, me, Some(head)).await {
             Ok(what) => Delivery::Done(format!(
                 "{pr}: results are for commit {sha}, the head is now {head}: not approved; {what}"
             )),
@@ -179,12 +213,12 @@ pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delive
     }
 
     let already =
-        approved_by_review(&reviews, bot, team, sha) || approved_by_comment(&comments, &me, bot, team, sha);
+        approved_by_review(&reviews, bot, team, sha) || approved_by_comment(&comments, me, bot, team, sha);
     match r.result {
         Outcome::Passed => {
             if already {
                 // an earlier failure comment must not keep saying "failed"
-                let refreshed = match refresh_results(client, r, &comments, &me).await {
+                let refreshed = match refresh_results(client, r, &comments, me).await {
                     Ok(what) => what,
                     Err(e) => return failed(&format!("{pr}: results comment"), &e),
                 };
@@ -192,18 +226,28 @@ pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delive
                 return if refreshed.is_some() { Delivery::Done(text) } else { Delivery::Final(text) };
             }
             if let QamReview::Closed(why) = &qam {
+                if why == "stale" || why == "dismissed" {
+                    // after a push Gitea marks the request stale; it is asked for again later
+                    return Delivery::Waiting(
+                        format!("{pr}: the QAM review is {why}, waiting for it to be requested again"),
+                        0,
+                    );
+                }
                 return Delivery::Final(format!("{pr}: the QAM review is {why}, not approving"));
             }
             if cfg.review_policy == ReviewPolicy::Comment {
-                return match sync_results(client, r, &comments, &me, None).await {
+                return match sync_results(client, r, &comments, me, None).await {
                     Ok(what) => done_or_final(format!("{pr}: {what}")),
                     Err(e) => failed(&format!("{pr}: results comment"), &e),
                 };
             }
-            let refreshed = match refresh_results(client, r, &comments, &me).await {
+            let refreshed = match refresh_results(client, r, &comments, me).await {
                 Ok(what) => what,
                 Err(e) => return failed(&format!("{pr}: results comment"), &e),
             };
+            if let Err(withheld) = recheck.recheck(Submission::gitea(r.number), &r.key).await {
+                return withheld;
+            }
             match client.post_comment(&r.owner, &r.repo, r.number, &report::approval_comment(bot, r)).await {
                 Ok(_) => {
                     tracing::info!(pr = r.number, sha, "approved through @{bot}");
@@ -216,7 +260,7 @@ pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delive
             }
         }
         Outcome::Failed | Outcome::NoJobs | Outcome::Pending => {
-            let what = match sync_results(client, r, &comments, &me, None).await {
+            let what = match sync_results(client, r, &comments, me, None).await {
                 Ok(what) => what,
                 Err(e) => return failed(&format!("{pr}: results comment"), &e),
             };
@@ -226,10 +270,16 @@ pub async fn deliver(client: &GiteaClient, cfg: &Config, r: &PrReport) -> Delive
                 && r.complete
                 && qam == QamReview::Open;
             let requested = reviews.iter().any(|rv| {
-                rv.state == "REQUEST_CHANGES" && !rv.dismissed && rv.commit_id == sha && rv.by_user(&me)
+                rv.state == "REQUEST_CHANGES"
+                    && !rv.dismissed
+                    && rv.commit_id == sha
+                    && me.is_some_and(|me| rv.by_user(me))
             });
             if !wants_changes || requested {
                 return done_or_final(format!("{pr}: {what}"));
+            }
+            if let Err(withheld) = recheck.recheck(Submission::gitea(r.number), &r.key).await {
+                return withheld;
             }
             let body = report::results_comment(r, None);
             match client
@@ -256,13 +306,23 @@ fn done_or_final(text: String) -> Delivery {
     }
 }
 
-/// Our results comments on the pull request, oldest first.
-fn ours<'a>(comments: &'a [Comment], me: &str, number: u64) -> Vec<&'a Comment> {
+/// Our results comments on the pull request, oldest first: by us, carrying our marker. When we
+/// do not know who we are, those that begin with the marker (as only ours do; a quote of one
+/// begins with `>`).
+fn ours<'a>(comments: &'a [Comment], me: Option<&str>, number: u64) -> Vec<&'a Comment> {
     comments
         .iter()
-        .filter(|c| c.author() == Some(me))
+        .filter(|c| match me {
+            Some(me) => c.author() == Some(me),
+            None => report::begins_with_marker(&c.body),
+        })
         .filter(|c| parse_marker(&c.body).is_some_and(|m| m.pr == number))
         .collect()
+}
+
+/// Who wrote our results comment, when we were not told who we are.
+fn marked_author(comments: &[Comment], number: u64) -> Option<String> {
+    ours(comments, None, number).first().and_then(|c| c.author()).map(str::to_string)
 }
 
 /// Updates our results comment when one exists (after a failure, then a pass); never creates one.
@@ -270,7 +330,7 @@ async fn refresh_results(
     client: &GiteaClient,
     r: &PrReport,
     comments: &[Comment],
-    me: &str,
+    me: Option<&str>,
 ) -> Result<Option<String>, GiteaError> {
     if ours(comments, me, r.number).is_empty() {
         return Ok(None);
@@ -285,7 +345,7 @@ async fn sync_results(
     client: &GiteaClient,
     r: &PrReport,
     comments: &[Comment],
-    me: &str,
+    me: Option<&str>,
     head: Option<&str>,
 ) -> Result<String, GiteaError> {
     let body = report::results_comment(r, head);
@@ -340,7 +400,13 @@ mod tests {
         let dismissed = review(Some(bot), None, "REQUEST_REVIEW", false, true);
         assert_eq!(qam_review(&[dismissed], bot, team), QamReview::Closed("dismissed".into()));
         let approved = review(Some(bot), None, "APPROVED", false, false);
-        assert_eq!(qam_review(&[approved], bot, team), QamReview::Closed("approved".into()));
+        assert_eq!(
+            qam_review(std::slice::from_ref(&approved), bot, team),
+            QamReview::Closed("approved".into())
+        );
+        // the approval of an older commit, stale after a push: the review is asked for again
+        let older = review(Some(bot), None, "APPROVED", true, false);
+        assert_eq!(qam_review(&[approved, older], bot, team), QamReview::Closed("stale".into()));
         assert_eq!(PrReport::split_repo("products/SLFO"), Some(("products".into(), "SLFO".into())));
         assert_eq!(PrReport::split_repo("SLFO"), None);
     }

@@ -9,4 +9,4 @@ pub mod sshsig;
 pub mod xml;
 
 pub use client::{CheckState, Credentials, ObsClient, ObsComment, ObsError, Request, Review, ReviewDecision};
-pub use reporter::deliver;
+pub use reporter::{deliver, deliver_checked};

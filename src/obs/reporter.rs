@@ -8,7 +8,7 @@
 use super::client::{CheckState, ObsClient, ObsError, ReviewDecision};
 use super::report::{self, parse_marker};
 use crate::config::{Config, ReviewPolicy};
-use crate::decision::{Decision, Delivery};
+use crate::decision::{Decision, Delivery, Recheck, Unchecked};
 use crate::verdict::Outcome;
 
 /// The name of our status check on the request.
@@ -57,7 +57,7 @@ fn retry(what: &str, e: &ObsError) -> Delivery {
 fn failed(what: &str, e: &ObsError) -> Delivery {
     if e.is_denied() {
         // the caller (`deliver`) sets the delay from the configuration
-        Delivery::Denied(format!("{what}: IBS refused our credentials or permissions: {e}"), 0)
+        Delivery::Denied(format!("{what}: IBS {}: {e}", crate::decision::CREDENTIALS_REFUSED), 0)
     } else if e.is_retryable() {
         retry(what, e)
     } else {
@@ -65,9 +65,21 @@ fn failed(what: &str, e: &ObsError) -> Delivery {
     }
 }
 
-/// Reports `decision` on its release request. Never panics, never shows a credential.
+/// Reports `decision` on its release request without the check at the point of no return
+/// ([`deliver_checked`] with [`Unchecked`]).
 pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> Delivery {
-    match deliver_once(client, cfg, decision).await {
+    deliver_checked(client, cfg, decision, &Unchecked).await
+}
+
+/// Reports `decision` on its release request; `recheck` is asked right before the review is
+/// accepted or declined. Never panics, never shows a credential.
+pub async fn deliver_checked(
+    client: &ObsClient,
+    cfg: &Config,
+    decision: &Decision,
+    recheck: &dyn Recheck,
+) -> Delivery {
+    match deliver_once(client, cfg, decision, recheck).await {
         Delivery::Denied(m, _) => {
             let wait = cfg.obs_denied_retry_s;
             Delivery::Denied(format!("{m} (retrying every {wait} s)"), (wait as i64).saturating_mul(1000))
@@ -76,7 +88,12 @@ pub async fn deliver(client: &ObsClient, cfg: &Config, decision: &Decision) -> D
     }
 }
 
-async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> Delivery {
+async fn deliver_once(
+    client: &ObsClient,
+    cfg: &Config,
+    decision: &Decision,
+    recheck: &dyn Recheck,
+) -> Delivery {
     let v = &decision.verdict;
     let group = cfg.review_group.as_str();
     let Some(rr) = v.request else {
@@ -108,11 +125,16 @@ async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> 
     if request.open_review_for_group(group).is_none() {
         let review = request.review_for_group(group);
         if !takes_back(review, client.user(), v.result) {
-            let why = match review {
-                Some(r) => format!("the {group} review is already {}", r.state),
-                None => format!("it has no {group} review"),
+            return match review {
+                Some(r) => Delivery::Final(format!(
+                    "request {rr}: the {group} review is already {}, nothing to do",
+                    r.state
+                )),
+                // the review may still be added to the request: wait for it, do not drop the verdict
+                None => {
+                    Delivery::Waiting(format!("request {rr}: waiting for a {group} review to be added"), 0)
+                }
             };
-            return Delivery::Final(format!("request {rr}: {why}, nothing to do"));
         }
         // the failure that is now known (an acceptable_for comment deleted, a result changed) would
         // otherwise be released on our word: reopen before telling why
@@ -150,6 +172,11 @@ async fn deliver_once(client: &ObsClient, cfg: &Config, decision: &Decision) -> 
             ReviewDecision::Declined => ("decline", "declined"),
             ReviewDecision::Reopened => ("reopen", "reopened"),
         };
+        if matches!(newstate, ReviewDecision::Accepted | ReviewDecision::Declined) {
+            if let Err(withheld) = recheck.recheck(v.submission(), &decision.key).await {
+                return withheld;
+            }
+        }
         match client.change_review(rr, newstate, group, &message).await {
             Ok(()) => {
                 tracing::info!(incident = v.incident, request = rr, "{past} the {group} review");

@@ -168,9 +168,21 @@ mod tests {
     }
 
     #[test]
-    fn status_bodies_round_trip() {
-        let body = status_body("review_not_found", "Review not found");
-        assert_eq!(parse_status(&body), Some(("review_not_found".into(), "Review not found".into())));
+    fn status_bodies_as_obs_writes_them() {
+        // OBS's own bytes (tests/fixtures/obs/derived), not ones status_body made
+        let not_found = include_str!("../../tests/fixtures/obs/derived/status-404-review_not_found.xml");
+        assert_eq!(parse_status(not_found), Some(("review_not_found".into(), "Review not found".into())));
+        assert_eq!(status_body("review_not_found", "Review not found").trim_end(), not_found.trim_end());
+        let obs = include_str!(
+            "../../tests/fixtures/obs/derived/status-403-review_change_state_no_permission-group.xml"
+        );
+        let (code, summary) = parse_status(obs).unwrap();
+        assert_eq!(code, "review_change_state_no_permission");
+        assert_eq!(summary, "review state change for group qam-openqa is not permitted for someuser");
+        assert_eq!(
+            status_body("a&b", "<x> \"y\""),
+            "<status code=\"a&amp;b\">\n  <summary>&lt;x&gt; &quot;y&quot;</summary>\n</status>\n"
+        );
         assert_eq!(parse_status("<html>Bad gateway</html>"), None);
     }
 }

@@ -51,6 +51,13 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The backoff before retry number `retry` (1 = the first retry).
+    pub fn delay_before(&self, retry: u32) -> Duration {
+        self.base_delay.saturating_mul(1 << retry.saturating_sub(1).min(16))
+    }
+}
+
 /// A failed openQA API call. `route` is `METHOD /path?query` relative to the configured openQA URL;
 /// no variant ever carries a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +139,9 @@ struct Inner {
     requests: AtomicU64,
     /// What `job_settings/jobs` understands, learnt from the first answer (see [`SettingsQuery`]).
     settings_query: AtomicU8,
+    /// The most rows one list answer of openQA held: its `generic_max_limit` is at least that, so a
+    /// `job_settings/jobs?value=` answer with fewer rows was not cut (see `prove_uncut`).
+    rows_seen: AtomicU64,
 }
 
 /// How `job_settings/jobs` is asked for an exact value. openQA before the array job settings
@@ -224,6 +234,7 @@ impl OpenQaClient {
                 concurrency,
                 requests: AtomicU64::new(0),
                 settings_query: AtomicU8::new(0),
+                rows_seen: AtomicU64::new(0),
             }),
             retry: RetryPolicy::default(),
         })
@@ -271,6 +282,7 @@ impl OpenQaClient {
                 let limit = IDS_PER_REQUEST.to_string();
                 let query = [("ids", ids.as_str()), ("limit", limit.as_str())];
                 let (list, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+                self.saw_rows(list.jobs.len());
                 if link.as_deref().is_some_and(link_has_next) {
                     let asked = ids.split(',').count();
                     return Err(ApiError::Malformed {
@@ -315,6 +327,7 @@ impl OpenQaClient {
                             ),
                         });
                     }
+                    self.prove_uncut(key, ids.len()).await?;
                     return Ok(dedupe(ids));
                 }
                 Err(ApiError::Status { status: 400, ref message, .. })
@@ -331,6 +344,40 @@ impl OpenQaClient {
         }
         let ids = self.job_settings_jobs(&[("key", key), ("list_value", value)]).await?;
         Ok(dedupe(ids))
+    }
+
+    fn saw_rows(&self, rows: usize) {
+        self.inner.rows_seen.fetch_max(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Proves that a `job_settings/jobs?value=` answer of `rows` rows was not cut. openQA answers
+    /// at most `min(generic_max_limit, limit)` rows, newest first, and says nothing when it cut
+    /// (no `Link` header): `rows` below the limit asked for proves nothing while the admin's
+    /// `generic_max_limit` is unknown. Every list route is clamped to the same limit, so an answer
+    /// of more rows than `rows` anywhere proves it; when none was seen yet, `GET
+    /// /api/v1/jobs?limit=<rows+1>` is asked once (remembered for the client's life): fewer jobs
+    /// with a next page means the limit is `rows`, and the settings answer was cut.
+    async fn prove_uncut(&self, key: &str, rows: usize) -> Result<(), ApiError> {
+        if rows == 0 || (rows as u64) < self.inner.rows_seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let limit = (rows + 1).to_string();
+        let (page, link) = self.get_page::<JobList>("/api/v1/jobs", &[("limit", limit.as_str())]).await?;
+        let jobs = page.jobs;
+        self.saw_rows(jobs.len());
+        // more jobs than the answer had rows, or (a `Link` header naming no next page) every job
+        // of the instance: nothing was left out
+        if jobs.len() > rows || link.as_deref().is_some_and(|l| !link_has_next(l)) {
+            return Ok(());
+        }
+        Err(ApiError::Malformed {
+            route: format!("GET /api/v1/job_settings/jobs?key={key}"),
+            detail: format!(
+                "{rows} rows, and openQA answers no list longer than {} (its [misc_limits] \
+                 generic_max_limit): older jobs may be missing; raise generic_max_limit",
+                jobs.len()
+            ),
+        })
     }
 
     /// What this client learnt about `job_settings/jobs` (shown in status output).
@@ -402,6 +449,7 @@ impl OpenQaClient {
                 query.push(("before", b.as_str()));
             }
             let (page, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+            self.saw_rows(page.jobs.len());
             let lowest = page.jobs.iter().map(|j| j.id).min();
             let route = || shown_route("GET", "/api/v1/jobs", &auth::encode_query(&query));
             if let (Some(lowest), Some(before)) = (lowest, before) {
@@ -463,6 +511,7 @@ impl OpenQaClient {
             query.push(("before", b));
         }
         let (page, link) = self.get_page::<JobList>("/api/v1/jobs", &query).await?;
+        self.saw_rows(page.jobs.len());
         let more = match link {
             Some(link) => link_has_next(&link),
             None => page.jobs.len() >= limit,
@@ -556,7 +605,7 @@ impl OpenQaClient {
             if attempt >= attempts {
                 return Err(failure);
             }
-            let delay = self.retry.base_delay.saturating_mul(1 << (attempt - 1).min(16));
+            let delay = self.retry.delay_before(attempt);
             tracing::debug!(error = %failure, delay_ms = delay.as_millis() as u64, "openQA request failed, retrying");
             tokio::time::sleep(delay).await;
         }
@@ -709,6 +758,25 @@ mod tests {
         assert!(!link_has_next("<http://o/api/v1/jobs?build=b&limit=2&offset=0>; rel=\"first\""));
         assert!(!link_has_next("<http://o/api/v1/jobs?next=1>; rel=\"prev\""));
         assert!(!link_has_next("<http://o/api/v1/jobs?ids=1,rel=\"next\">; rel=\"first\""));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever openQA (or a proxy) puts into the URLs, only the parameters outside them count.
+        #[test]
+        fn link_headers_with_any_urls(
+            first in "[^>]{0,30}([,;] ?rel=\"?next\"?)?[^>]{0,30}",
+            next in "[^>]{0,60}",
+            junk in "\\PC{0,80}",
+        ) {
+            let only_first = format!("<{first}>; rel=\"first\"");
+            proptest::prop_assert!(!link_has_next(&only_first), "{}", only_first);
+            let with_next = format!("<{first}>; rel=\"first\", <{next}>; rel=\"next\"");
+            proptest::prop_assert!(link_has_next(&with_next), "{}", with_next);
+            let _ = link_has_next(&junk);
+            proptest::prop_assert!(error_message(junk.as_bytes()).len() <= junk.len().max(1) + 16);
+        }
     }
 
     #[test]

@@ -78,8 +78,8 @@ const TABLES: &[(&str, &str, &str)] = &[
     ),
     (
         "outbox",
-        "key, sink, state, attempts, next_at, outcome",
-        "SELECT key, sink, state, attempts, next_at, outcome FROM outbox ORDER BY id",
+        "key, sink, state, attempts, next_at, outcome, waiting",
+        "SELECT key, sink, state, attempts, next_at, outcome, waiting FROM outbox ORDER BY id",
     ),
     (
         "pending",

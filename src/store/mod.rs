@@ -7,8 +7,8 @@
 //! and PostgreSQL in a schema `incident_gate` of a database named by `store_url` (`postgres`).
 //! The operations are grouped by concern, each a trait implemented once per backend in its file:
 //! `decisions`, `outbox`, `pending` (evaluation tickets, pending and unfinished incidents),
-//! `catchup`, `activity` (jobs, scheduled products, relied-on comments) and `incidents` (the
-//! incidents page). Adding a query is adding it to its trait and to both implementations.
+//! `catchup`, `activity` (jobs, scheduled products, relied-on comments), `incidents` (the
+//! incidents page) and `metrics` (what `crate::metrics` reports). Adding a query is adding it to its trait and to both implementations.
 
 use crate::decision::{Decision, Delivery};
 use crate::incident::{Kind, Submission};
@@ -23,6 +23,7 @@ mod catchup;
 pub mod copy;
 mod decisions;
 mod incidents;
+mod metrics;
 mod outbox;
 mod pending;
 pub mod postgres;
@@ -34,6 +35,7 @@ use activity::Activity;
 use catchup::Catchup;
 use decisions::Decisions;
 use incidents::Incidents;
+use metrics::Metrics;
 use outbox::Outbox;
 use pending::Pending;
 
@@ -92,6 +94,9 @@ pub struct OutboxItem {
     /// The lease this process holds on the item (its expiry, ms): identifies the lease for
     /// `release`, so a process never drops a lease that expired and went to another process.
     pub lease_until: i64,
+    /// What the previous attempt came to (None before the first): a refusal or a wait that says
+    /// the same again is not logged again.
+    pub last_outcome: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,9 +275,12 @@ pub fn backoff_ms(attempts: u32) -> i64 {
 }
 
 /// Every operation of a store, whichever database keeps it.
-trait Backend: Decisions + Outbox + Pending + Catchup + Activity + Incidents + Send + Sync {
+trait Backend: Decisions + Outbox + Pending + Catchup + Activity + Incidents + Metrics + Send + Sync {
     /// An integrity check and one real write (`Store::check_writable`).
     fn check_writable(&self) -> Result<(), StoreError>;
+    /// Runs a statement the tests need to set the scene (one both databases understand).
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) -> Result<(), StoreError>;
 }
 
 pub struct Store {
@@ -402,15 +410,24 @@ impl Store {
         self.db.take_due(sink, limit)
     }
 
-    /// Records how a delivery went: done and final leave the outbox, retry comes back later.
+    /// Records how a delivery went: done and final leave the outbox; retry, denied and waiting
+    /// come back later (waiting and denied after the delay they carry).
     pub fn complete(&self, item: &OutboxItem, outcome: &Delivery) -> Result<(), StoreError> {
         self.db.complete(item, outcome)
     }
 
     /// Makes every queued delivery due now, whatever its backoff (not one another process holds):
-    /// for `incident-gate hook`, whose runs are the only chance to deliver.
+    /// for `incident-gate hook`, whose runs are the only chance to deliver. A report waiting for
+    /// the other side keeps its `reconcile_interval_s`: asking IBS or Gitea at every hook run of
+    /// every job would not make the review come sooner.
     pub fn expedite_queued(&self) -> Result<(), StoreError> {
         self.db.expedite_queued()
+    }
+
+    /// Queued deliveries, not counting reports waiting for the other side: what a hook run
+    /// leaves undone (a later run, or any other process, tries the waiting ones when due).
+    pub fn undelivered(&self) -> Result<u64, StoreError> {
+        self.db.undelivered()
     }
 
     /// Gives up this process's lease on an item it took but did not deliver (shutting down in the
@@ -592,4 +609,59 @@ impl Store {
     pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentList, StoreError> {
         incidents::list(&*self.db, q)
     }
+
+    // ---- metrics (`crate::metrics`): one read, then `count` for what only the engine sees ----
+
+    /// Adds `n` to the counter `name`, shared by every process of the store.
+    pub fn count(&self, name: &str, n: i64) -> Result<(), StoreError> {
+        self.db.count(name, n)
+    }
+
+    /// What the metrics are made of, as the store holds it (no clock, no arithmetic: see
+    /// `crate::metrics::render`), in one read transaction. `window`: how many of the newest
+    /// decisions the latency is taken over. Reads only; aggregates and indexed lookups.
+    pub fn metrics_read(&self, window: usize) -> Result<MetricsRead, StoreError> {
+        self.db.metrics_read(window)
+    }
+
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) {
+        self.db.execute_for_test(sql).unwrap()
+    }
+}
+
+/// The store's part of the metrics (`Store::metrics_read`).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsRead {
+    /// Decisions the store keeps, by kind and result.
+    pub decisions: Vec<DecisionCount>,
+    /// Evaluations begun by every process (the evaluation ticket).
+    pub evaluations: u64,
+    pub openqa_refused: u64,
+    /// Submissions waiting to be decided, and since when the longest-waiting one waits (unix ms).
+    pub waiting: u64,
+    pub oldest_waiting_since_ms: Option<i64>,
+    pub sinks: Vec<SinkRead>,
+    /// Catch-up: the highest job id seen, and the id every incident job up to which ended.
+    pub newest_seen: u64,
+    pub watermark: u64,
+    /// The newest decisions: (decided_at, last_job_end), newest first.
+    pub recent: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecisionCount {
+    pub kind: Kind,
+    pub result: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkRead {
+    pub sink: Sink,
+    /// Reports not delivered yet, the decision time of the oldest, and how many of them were
+    /// last refused for our credentials.
+    pub queued: u64,
+    pub oldest_decided_at: Option<String>,
+    pub credentials_refused: u64,
 }

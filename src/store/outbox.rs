@@ -10,6 +10,7 @@ pub(super) trait Outbox {
     fn take_due(&self, sink: Sink, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
     fn complete(&self, item: &OutboxItem, outcome: &Delivery) -> Result<(), StoreError>;
     fn expedite_queued(&self) -> Result<(), StoreError>;
+    fn undelivered(&self) -> Result<u64, StoreError>;
     fn release(&self, item: &OutboxItem) -> Result<(), StoreError>;
     fn next_due_in(&self, sink: Sink) -> Result<Option<i64>, StoreError>;
     fn backlog(&self) -> Result<Backlog, StoreError>;
@@ -18,7 +19,7 @@ pub(super) trait Outbox {
 /// Due items of a sink, oldest first: not leased, no earlier item of the same decision still
 /// queued, and (for a review service) no other item of the incident and sink leased. `?1`/`$1`
 /// is the sink, `?2`/`$2` now.
-const DUE: &str = "SELECT o.id, o.attempts, o.key, d.incident, d.body FROM outbox AS o
+const DUE: &str = "SELECT o.id, o.attempts, o.key, d.incident, d.body, o.outcome FROM outbox AS o
      JOIN decisions AS d ON d.key = o.key
      WHERE o.sink = $1 AND o.state = 'queued' AND o.next_at <= $2 AND o.lease_until <= $2
      AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = o.key
@@ -41,18 +42,21 @@ const NEXT_DUE: &str =
      AND NOT EXISTS (SELECT 1 FROM outbox AS earlier WHERE earlier.key = o.key
                      AND earlier.id < o.id AND earlier.state = 'queued')";
 
-/// Chooses among the due rows (id, attempts, key, incident, body): at most `limit`, one per
+/// A due row: id, attempts, key, incident, body, the previous attempt's outcome.
+type DueRow = (i64, u32, String, i64, String, Option<String>);
+
+/// Chooses among the due rows (`DueRow`): at most `limit`, one per
 /// incident for a review service; a body that no longer parses is given up with the reason.
 fn choose(
     sink: Sink,
     limit: usize,
     lease_until: i64,
-    rows: impl Iterator<Item = (i64, u32, String, i64, String)>,
+    rows: impl Iterator<Item = DueRow>,
 ) -> (Vec<OutboxItem>, Vec<(i64, String)>) {
     let mut items = Vec::new();
     let mut unreadable = Vec::new();
     let mut incidents = std::collections::HashSet::new();
-    for (id, attempts, key, incident, body) in rows {
+    for (id, attempts, key, incident, body, last_outcome) in rows {
         if items.len() >= limit {
             break;
         }
@@ -62,7 +66,7 @@ fn choose(
         match serde_json::from_str(&body) {
             Ok(decision) => {
                 incidents.insert(incident);
-                items.push(OutboxItem { id, sink, attempts, decision, lease_until });
+                items.push(OutboxItem { id, sink, attempts, decision, lease_until, last_outcome });
             }
             Err(e) => unreadable.push((id, format!("decision {key} is unreadable: {e}"))),
         }
@@ -75,13 +79,17 @@ fn choose(
     (items, unreadable)
 }
 
-/// The state, outcome and backoff a delivery's outcome leaves: (state, outcome, wait ms).
-fn after(item: &OutboxItem, outcome: &Delivery) -> (&'static str, String, i64) {
+/// The state, outcome and backoff a delivery's outcome leaves: (state, outcome, wait ms,
+/// waiting). Done and final leave the outbox; retry, denied and waiting come back later (waiting
+/// and denied after the delay they carry). `waiting`: a report waiting for the other side
+/// (`Delivery::Waiting`), which hook runs do not hurry (`expedite_queued`).
+fn after(item: &OutboxItem, outcome: &Delivery) -> (&'static str, String, i64, bool) {
     match outcome {
-        Delivery::Done(msg) => ("done", msg.clone(), 0),
-        Delivery::Final(msg) => ("final", msg.clone(), 0),
-        Delivery::Denied(msg, wait) => ("queued", msg.clone(), *wait),
-        Delivery::Retry(msg) => ("queued", msg.clone(), backoff_ms(item.attempts)),
+        Delivery::Done(msg) => ("done", msg.clone(), 0, false),
+        Delivery::Final(msg) => ("final", msg.clone(), 0, false),
+        Delivery::Denied(msg, wait) => ("queued", msg.clone(), *wait, false),
+        Delivery::Waiting(msg, wait) => ("queued", msg.clone(), *wait, true),
+        Delivery::Retry(msg) => ("queued", msg.clone(), backoff_ms(item.attempts), false),
     }
 }
 
@@ -94,7 +102,7 @@ impl Outbox for Sqlite {
                 let mut stmt = tx.prepare(&DUE.replace('$', "?"))?;
                 let rows = stmt
                     .query_map(params![sink.as_str(), now], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 choose(sink, limit, lease_until, rows.into_iter())
@@ -118,15 +126,15 @@ impl Outbox for Sqlite {
     fn complete(&self, item: &OutboxItem, outcome: &Delivery) -> Result<(), StoreError> {
         let conn = self.conn();
         match after(item, outcome) {
-            ("queued", msg, wait) => {
+            ("queued", msg, wait, waiting) => {
                 // only while the lease is still ours: after it ran out another process may hold it
                 conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2
-                     WHERE id = ?3 AND lease_until = ?4",
-                    params![now_ms() + wait, msg, item.id, item.lease_until],
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = ?1, lease_until = 0, outcome = ?2,
+                     waiting = ?5 WHERE id = ?3 AND lease_until = ?4",
+                    params![now_ms() + wait, msg, item.id, item.lease_until, waiting],
                 )?;
             }
-            (state, msg, _) => {
+            (state, msg, _, _) => {
                 conn.execute(
                     "UPDATE outbox SET state = ?1, outcome = ?2, attempts = attempts + 1, lease_until = 0
                      WHERE id = ?3",
@@ -139,10 +147,15 @@ impl Outbox for Sqlite {
 
     fn expedite_queued(&self) -> Result<(), StoreError> {
         self.conn().execute(
-            "UPDATE outbox SET next_at = 0 WHERE state = 'queued' AND next_at > ?1 AND lease_until <= ?1",
+            "UPDATE outbox SET next_at = 0
+             WHERE state = 'queued' AND waiting = 0 AND next_at > ?1 AND lease_until <= ?1",
             [now_ms()],
         )?;
         Ok(())
+    }
+
+    fn undelivered(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row(UNDELIVERED, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
     }
 
     fn release(&self, item: &OutboxItem) -> Result<(), StoreError> {
@@ -172,6 +185,9 @@ impl Outbox for Sqlite {
     }
 }
 
+/// Queued deliveries not waiting for the other side (`Store::undelivered`).
+const UNDELIVERED: &str = "SELECT COUNT(*) FROM outbox WHERE state = 'queued' AND waiting = 0";
+
 fn sink_lock(sink: Sink) -> i32 {
     LOCK_OUTBOX
         + match sink {
@@ -195,8 +211,9 @@ impl Outbox for Postgres {
                 sink,
                 limit,
                 lease_until,
-                rows.iter()
-                    .map(|r| (r.get(0), r.get::<_, i32>(1).max(0) as u32, r.get(2), r.get(3), r.get(4))),
+                rows.iter().map(|r| {
+                    (r.get(0), r.get::<_, i32>(1).max(0) as u32, r.get(2), r.get(3), r.get(4), r.get(5))
+                }),
             );
             for (id, why) in &unreadable {
                 tx.execute(
@@ -212,13 +229,14 @@ impl Outbox for Postgres {
     }
 
     fn complete(&self, item: &OutboxItem, outcome: &Delivery) -> Result<(), StoreError> {
-        let (state, msg, wait) = after(item, outcome);
+        let (state, msg, wait, waiting) = after(item, outcome);
+        let waiting = waiting as i32;
         self.with(|c| {
             if state == "queued" {
                 c.execute(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = now_ms() + $1, lease_until = 0,
-                     outcome = $2 WHERE id = $3 AND lease_until = $4",
-                    &[&wait, &msg, &item.id, &item.lease_until],
+                     outcome = $2, waiting = $5 WHERE id = $3 AND lease_until = $4",
+                    &[&wait, &msg, &item.id, &item.lease_until, &waiting],
                 )?;
             } else {
                 c.execute(
@@ -235,11 +253,15 @@ impl Outbox for Postgres {
         self.with(|c| {
             c.execute(
                 "WITH n AS (SELECT now_ms() AS now) UPDATE outbox SET next_at = 0 FROM n
-                 WHERE state = 'queued' AND next_at > n.now AND lease_until <= n.now",
+                 WHERE state = 'queued' AND waiting = 0 AND next_at > n.now AND lease_until <= n.now",
                 &[],
             )?;
             Ok(())
         })
+    }
+
+    fn undelivered(&self) -> Result<u64, StoreError> {
+        self.with(|c| Ok(c.query_one(UNDELIVERED, &[])?.get::<_, i64>(0).max(0) as u64))
     }
 
     fn release(&self, item: &OutboxItem) -> Result<(), StoreError> {

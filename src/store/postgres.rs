@@ -59,6 +59,8 @@ const MIGRATIONS: &[&str] = &[
         since BIGINT NOT NULL, PRIMARY KEY (product, incident));
      CREATE FUNCTION now_ms() RETURNS BIGINT LANGUAGE sql VOLATILE
         AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;",
+    // 2: a report waiting for the other side (`Delivery::Waiting`), not hurried by hook runs
+    "ALTER TABLE outbox ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.
@@ -303,6 +305,11 @@ impl super::Backend for Postgres {
             )?;
             Ok(())
         })
+    }
+
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
+        self.with(|c| Ok(c.batch_execute(sql)?))
     }
 }
 

@@ -121,6 +121,9 @@ impl Sqlite {
             add_column(&mut conn, "pending", column, "TEXT")
                 .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         }
+        // a report waiting for the other side (`Delivery::Waiting`): not hurried by hook runs
+        add_column(&mut conn, "outbox", "waiting", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Sqlite { conn: Mutex::new(conn), path })
     }
 
@@ -164,6 +167,12 @@ impl super::Backend for Sqlite {
             [],
         )
         .map_err(named)?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn().execute_batch(sql)?;
         Ok(())
     }
 }

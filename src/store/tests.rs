@@ -590,6 +590,80 @@ both! {
         s.note_job(1, 45, true).unwrap();
         assert!(s.last_job_at(1).unwrap().unwrap() > second, "a creation event always does");
     }
+
+    // A report waiting for the other side stays queued, is due again after the delay it carries
+    // (not the retry backoff), shows in status what it waits for, and remembers it for the log.
+    fn a_waiting_delivery_stays_queued_and_says_what_it_waits_for(open) {
+        let s = open();
+        s.record_decision(&mut decision(105, vec![5]), &[Sink::Obs], s_next(), &[]).unwrap();
+        let item = s.take_due(Sink::Obs, 10).unwrap().remove(0);
+        assert_eq!(item.last_outcome, None);
+        let why = "request 9: waiting for a qam-openqa review to be added";
+        s.complete(&item, &Delivery::Waiting(why.into(), 300_000)).unwrap();
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "not due before its delay");
+        let due_in = s.next_due_in(Sink::Obs).unwrap().unwrap();
+        assert!(due_in > 250_000 && due_in <= 300_000, "{due_in}");
+        assert_eq!(s.backlog().unwrap().obs, 1);
+        let row = s.incidents(&IncidentQuery::default()).unwrap().incidents.remove(0);
+        assert_eq!(row.state, "delivery_pending");
+        assert!(row.why.as_deref().unwrap_or("").contains(why), "{:?}", row.why);
+        // a hook run does not hurry it, nor count it as left undone
+        s.expedite_queued().unwrap();
+        assert!(s.take_due(Sink::Obs, 10).unwrap().is_empty(), "a hook run keeps the wait");
+        assert_eq!(s.undelivered().unwrap(), 0);
+        s.execute_for_test("UPDATE outbox SET next_at = 0");
+        let again = s.take_due(Sink::Obs, 10).unwrap().remove(0);
+        assert_eq!(again.last_outcome.as_deref(), Some(why));
+        // a retry after a wait is hurried and counted again
+        s.complete(&again, &Delivery::Retry("IBS: 503".into())).unwrap();
+        assert_eq!(s.undelivered().unwrap(), 1);
+        s.expedite_queued().unwrap();
+        assert_eq!(s.take_due(Sink::Obs, 10).unwrap().len(), 1);
+    }
+
+
+    fn metrics_read_sums_up_what_the_store_holds(open) {
+        let s = open();
+        let mut passed = decision(11, vec![1]);
+        passed.last_job_end = Some("2026-12-07T10:00:00Z".into());
+        s.record_decision(&mut passed, &[Sink::Amqp, Sink::Obs], s.begin_evaluation().unwrap(), &[]).unwrap();
+        let mut failed = decision(12, vec![2]);
+        failed.verdict.result = Outcome::Failed;
+        failed.verdict.kind = Kind::Gitea;
+        s.record_decision(&mut failed, &[Sink::Amqp], s.begin_evaluation().unwrap(), &[]).unwrap();
+        // IBS hears a decision after its event went out
+        let events = s.take_due(Sink::Amqp, 10).unwrap();
+        let event = events.iter().find(|i| i.decision.verdict.incident == 11).unwrap();
+        s.complete(event, &Delivery::Done("confirmed".into())).unwrap();
+        let obs = s.take_due(Sink::Obs, 10).unwrap();
+        let refused = format!("IBS {}: 403", crate::decision::CREDENTIALS_REFUSED);
+        s.complete(&obs[0], &Delivery::Denied(refused, 60_000)).unwrap();
+        s.mark_pending(13).unwrap();
+        s.count("openqa_refused", 2).unwrap();
+        s.count("openqa_refused", 1).unwrap();
+        let end = CatchupEnd { after_id: Some(100), newest_seen: Some(120), waiting: vec![95, 90], ..Default::default() };
+        s.finish_catchup(&end).unwrap();
+
+        let m = s.metrics_read(10).unwrap();
+        let decisions: Vec<(Kind, &str, u64)> =
+            m.decisions.iter().map(|d| (d.kind, d.result.as_str(), d.count)).collect();
+        assert_eq!(decisions, vec![(Kind::Ibs, "passed", 1), (Kind::Gitea, "failed", 1)]);
+        assert_eq!((m.evaluations, m.openqa_refused), (2, 3));
+        assert_eq!(m.waiting, 1);
+        assert!(m.oldest_waiting_since_ms.is_some());
+        let sinks: Vec<(Sink, u64, u64)> =
+            m.sinks.iter().map(|r| (r.sink, r.queued, r.credentials_refused)).collect();
+        assert_eq!(sinks, vec![(Sink::Amqp, 1, 0), (Sink::Obs, 1, 1), (Sink::Gitea, 0, 0)]);
+        assert_eq!(m.sinks[1].oldest_decided_at.as_deref(), Some(passed.decided_at.as_str()));
+        assert_eq!((m.newest_seen, m.watermark), (120, 89), "the lowest job still waited on, less one");
+        let newest_first = vec![
+            (failed.decided_at.clone(), None),
+            (passed.decided_at.clone(), Some("2026-12-07T10:00:00Z".to_string())),
+        ];
+        assert_eq!(m.recent, newest_first);
+        assert_eq!(s.metrics_read(1).unwrap().recent, newest_first[..1]);
+    }
+
 }
 
 #[test]
@@ -684,18 +758,37 @@ fn a_state_directory_of_an_older_version_is_upgraded_in_place() {
                 request INTEGER, result TEXT NOT NULL, decided_at TEXT NOT NULL, body TEXT NOT NULL);",
     )
     .unwrap();
-    let mut before = decision(4, vec![1]);
-    before.verdict.result = Outcome::Failed;
-    let body = serde_json::to_string(&before).unwrap();
+    let body = include_str!("../../tests/fixtures/store/decision-body-2026-11-24.json").trim();
     old.execute("INSERT INTO decisions VALUES ('k', 'k', 4, 300001, 'failed', 'then', ?1)", [body]).unwrap();
     drop(old);
     let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+    let before = a.latest_decision(4).unwrap().expect("the older row is read");
+    let v = before.verdict;
+    assert_eq!((v.result, v.job_ids, v.complete), (Outcome::Failed, vec![1], true), "taken as complete");
     let ticket = b.begin_evaluation().unwrap();
     assert_eq!(
         a.record_decision(&mut decision(4, vec![1]), &[Sink::Obs], ticket, &[]).unwrap(),
         Recorded::New
     );
     assert_eq!(a.latest_decision(4).unwrap().unwrap().verdict.result, Outcome::Passed);
+}
+
+/// A schema of version 1 (before outbox items could wait for the other side) is migrated when
+/// opened: its queued item takes a wait and keeps it through a hook run.
+#[test]
+fn a_postgres_schema_of_version_1_is_migrated_in_place() {
+    let db = TempPostgres::new();
+    let open = || Store::open_url(&db.url(), std::path::Path::new("/nonexistent")).unwrap();
+    let old = open();
+    old.record_decision(&mut decision(6, vec![1]), &[Sink::Amqp], s_next(), &[]).unwrap();
+    old.execute_for_test("ALTER TABLE outbox DROP COLUMN waiting; UPDATE schema_version SET version = 1");
+    drop(old);
+    let s = open();
+    let item = s.take_due(Sink::Amqp, 1).unwrap().remove(0);
+    s.complete(&item, &Delivery::Waiting("waiting for the broker".into(), 300_000)).unwrap();
+    s.expedite_queued().unwrap();
+    assert!(s.take_due(Sink::Amqp, 1).unwrap().is_empty(), "the wait is kept");
+    assert_eq!(s.undelivered().unwrap(), 0);
 }
 
 #[test]

@@ -1,11 +1,11 @@
 /* Drives libincident_gate through its C ABI exactly as a C (or FFI) caller would, against the
- * committed header. tests/c_abi.rs compiles it, starts an openQA simulator and runs each mode:
+ * committed header. tests/abi.rs compiles it, starts an openQA simulator and runs each mode:
  *
  *   abi_test bad-input   <config_json>
  *   abi_test queue-full  <config_json>    (openQA unreachable, queue_capacity small)
  *   abi_test happy       <config_json> <incident> <job_id>...
  *   abi_test fork        <config_json> <incident> <job_id>...
- *   abi_test secrets     <config_json> <incident> <job_id> <secret>...
+ *   abi_test secrets     <config_json> <incident> <job_id> <unreachable_config_json> <secret>...
  *   abi_test log         <config_json> <unusable_state_config_json> <incident> <job_id>...
  *   abi_test refused     <config_json> <unreachable_config_json> <incident>
  *
@@ -98,6 +98,13 @@ static void bad_input(const char *config) {
     EXPECT_STATUS(ig_gate_incidents(gate, "{}", &out), IG_OK, "incidents");
     CHECK(out && strstr(out, "\"incidents\":[]") && strstr(out, "\"total\":0"), "no incidents known yet: %s",
           out ? out : "(null)");
+    ig_string_free(out);
+    out = NULL;
+    EXPECT_STATUS(ig_gate_metrics(NULL, &out), IG_NULL_ARGUMENT, "metrics(NULL gate)");
+    EXPECT_STATUS(ig_gate_metrics(gate, NULL), IG_NULL_ARGUMENT, "metrics(NULL lines)");
+    EXPECT_STATUS(ig_gate_metrics(gate, &out), IG_OK, "metrics");
+    CHECK(out && strncmp(out, "incident_gate,url=", 18) == 0 && strstr(out, "evaluations=0i"),
+          "metrics are incident_gate lines: %s", out ? out : "(null)");
     ig_string_free(out);
     ig_string_free(NULL);
     ig_gate_free(NULL);
@@ -241,30 +248,64 @@ int main(int argc, char **argv) {
         CHECK(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0, "the forked child succeeded (status %d)", wstatus);
         drive(gate, "parent after fork", incident, 1, first);
         ig_gate_free(gate);
-    } else if (strcmp(mode, "secrets") == 0 && argc > 5) {
+    } else if (strcmp(mode, "secrets") == 0 && argc > 6) {
         /* The incident is decided and its deliveries fail (nothing listens where the broker and
-         * IBS are configured): status, errors, verdict and log must still hold no secret. */
+         * IBS are configured): status, errors, verdict and log must still hold no secret.
+         * argv[5] is a config whose openQA URL carries credentials and leads nowhere; the secrets
+         * follow. */
         ig_gate *gate = make_gate(config);
         char data[96];
         snprintf(data, sizeof data, "{\"id\":%s,\"result\":\"passed\"}", argv[4]);
         EXPECT_STATUS(ig_gate_submit(gate, "openqa_job_done", data), IG_OK, "submit");
         EXPECT_STATUS(ig_gate_flush(gate, 10000), IG_OK, "flush");
-        sleep(2); /* the outbox tries the broker and IBS and records why it failed */
+        /* the outbox tries the broker and records why it failed: wait for that (IBS is reported
+         * after the event) */
         char *status = NULL;
-        EXPECT_STATUS(ig_gate_status(gate, &status), IG_OK, "status");
+        ig_status st = IG_OK;
+        for (int waited = 0; waited < 300; waited++) {
+            ig_string_free(status);
+            status = NULL;
+            st = ig_gate_status(gate, &status);
+            if (st != IG_OK || (status && strstr(status, "AMQP")))
+                break;
+            usleep(100000);
+        }
+        EXPECT_STATUS(st, IG_OK, "status");
         CHECK(status && strstr(status, "AMQP"), "status shows the failed AMQP delivery: %.400s", status ? status : "");
-        for (int i = 5; i < argc; i++)
-            CHECK(status && strstr(status, argv[i]) == NULL, "status does not contain secret #%d", i - 4);
+        for (int i = 6; i < argc; i++)
+            CHECK(status && strstr(status, argv[i]) == NULL, "status does not contain secret #%d", i - 5);
         ig_string_free(status);
         char *verdict = NULL;
         EXPECT_STATUS(ig_gate_evaluate(gate, strtoull(argv[3], NULL, 10), &verdict), IG_OK, "evaluate");
-        ig_gate_submit(gate, "openqa_job_done", "{\"id\":\"S3cr3t\"}");
-        for (int i = 5; i < argc; i++) {
-            CHECK(strstr(ig_last_error(), argv[i]) == NULL, "last error does not contain secret #%d", i - 4);
-            CHECK(!verdict || strstr(verdict, argv[i]) == NULL, "verdict does not contain secret #%d", i - 4);
-        }
+        for (int i = 6; i < argc; i++)
+            CHECK(!verdict || strstr(verdict, argv[i]) == NULL, "verdict does not contain secret #%d", i - 5);
         ig_string_free(verdict);
         ig_gate_free(gate);
+        /* an error made from the configuration: openQA, reached through a URL with credentials,
+         * does not answer */
+        ig_gate *unreachable = make_gate(argv[5]);
+        verdict = NULL;
+        EXPECT_STATUS(ig_gate_evaluate(unreachable, strtoull(argv[3], NULL, 10), &verdict), IG_UNAVAILABLE,
+                      "evaluate with openQA unreachable");
+        const char *error = ig_last_error();
+        CHECK(strstr(error, "GET /api/v1/") != NULL, "the error names the openQA route: %s", error);
+        for (int i = 6; i < argc; i++)
+            CHECK(strstr(error, argv[i]) == NULL, "that error does not contain secret #%d: %s", i - 5, error);
+        ig_gate_free(unreachable);
+        /* a refused configuration: the message names the key, never the URL holding the secret */
+        for (int i = 6; i < argc; i++) {
+            const char *keys[] = {"openqa_url", "amqp_url", "obs_url"};
+            const char *schemes[] = {"http", "amqp", "https"};
+            for (int k = 0; k < 3; k++) {
+                char bad[512];
+                snprintf(bad, sizeof bad, "{\"%s\":\"%s://gate:%s@127.0.0.1:99999/\"}", keys[k], schemes[k], argv[i]);
+                ig_gate *refused = NULL;
+                EXPECT_STATUS(ig_gate_new(bad, &refused), IG_INVALID_CONFIG, "new(a URL with a secret and a bad port)");
+                error = ig_last_error();
+                CHECK(strstr(error, keys[k]) != NULL && strstr(error, argv[i]) == NULL,
+                      "the refusal names %s, not secret #%d: %s", keys[k], i - 5, error);
+            }
+        }
     } else if (strcmp(mode, "refused") == 0 && argc > 4) {
         /* openQA refuses a job of the incident (403): no verdict, and not "try again later" */
         ig_gate *gate = make_gate(config);

@@ -4,10 +4,11 @@
 use super::world::{self, World};
 use incident_gate::config::Config;
 use incident_gate::gate::Gate;
+use incident_gate::incident::Submission;
 use incident_gate_sim as sim;
 use incident_gate_sim::gitea::{GiteaSim, GiteaSimConfig, Reviewer};
 use incident_gate_sim::openqa::SimEvent;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 struct Demo {
@@ -15,6 +16,10 @@ struct Demo {
     gitea: GiteaSim,
     gate: Gate,
     consumer: lapin::Consumer,
+    /// The routing key of the demo's own events (its own topic prefix), the only one it binds.
+    routing_key: String,
+    /// Messages received before their decision was shown, by `message_id`.
+    inbox: HashMap<String, serde_json::Value>,
     seen_decisions: HashSet<String>,
     events: Vec<serde_json::Value>,
     started: Instant,
@@ -50,6 +55,23 @@ impl Demo {
         self.settle(submitted).await
     }
 
+    /// The broker's message of decision `key` (its `message_id`), waiting for it at most 5 s.
+    /// Messages that arrive meanwhile are kept for their own decisions: on a broker that other
+    /// publishers share, each decision shows its own message, never the next one to arrive.
+    async fn message(&mut self, key: &str) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(event) = self.inbox.remove(key) {
+                return Some(event);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (id, event) = world::next_message(&mut self.consumer, left).await?;
+            if let Some(id) = id {
+                self.inbox.insert(id, event);
+            }
+        }
+    }
+
     /// Waits for the gate and the outbox to settle, then prints new decisions, IBS actions and events.
     async fn settle(&mut self, since: Instant) -> Result<(), String> {
         let gate = &self.gate;
@@ -71,11 +93,11 @@ impl Demo {
                     say(
                         self.started,
                         &format!(
-                            "incident-gate: {}{} → {} (request {}), {} ms after the event",
+                            "incident-gate: {}{} → {}{}, {} ms after the event",
                             if d["kind"] == "gitea" { "pull request git:" } else { "incident " },
                             d["incident"],
                             d["result"].as_str().unwrap_or("?").to_uppercase(),
-                            d["request"],
+                            d["request"].as_u64().map(|r| format!(" (request {r})")).unwrap_or_default(),
                             since.elapsed().as_millis()
                         ),
                     );
@@ -90,11 +112,12 @@ impl Demo {
                             &format!("    {sink}: {}", delivery["outcome"].as_str().unwrap_or("-")),
                         );
                     }
-                    if let Some(event) = world::next_event(&mut self.consumer, Duration::from_secs(5)).await {
+                    if let Some(event) = self.message(d["key"].as_str().unwrap_or("")).await {
                         say(
                             self.started,
                             &format!(
-                                "    broker: suse.openqa.incident.done {{kind: {}, incident: {}, result: {}, blocking: {}}}",
+                                "    broker: {} {{kind: {}, incident: {}, result: {}, blocking: {}}}",
+                                self.routing_key,
                                 event["kind"],
                                 event["incident"],
                                 event["result"],
@@ -109,12 +132,16 @@ impl Demo {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|i| i.to_string())
+                        .filter_map(|i| match i {
+                            serde_json::Value::String(s) => Submission::parse(s),
+                            other => other.as_u64().map(Submission::ibs),
+                        })
+                        .map(Submission::named)
                         .collect();
                     let text = if pending.is_empty() {
                         "incident-gate: no new decision".to_string()
                     } else {
-                        format!("incident-gate: no decision yet, pending: incident {}", pending.join(", "))
+                        format!("incident-gate: no decision yet, pending: {}", pending.join(", "))
                     };
                     say(self.started, &text);
                 }
@@ -133,7 +160,10 @@ pub async fn run() -> Result<u8, String> {
     out!("incident-gate demo: one maintenance day on simulated openQA and IBS, real RabbitMQ\n");
     let world = World::start(0, 0).await?;
     let amqp = world::amqp_url();
-    let (_conn, consumer) = world::incident_done_consumer(&amqp, EXCHANGE).await?;
+    // a topic prefix of its own: the exchange may be shared with other openQAs publishing theirs
+    let prefix = format!("suse-demo-{}", std::process::id());
+    let routing_key = format!("{prefix}.openqa.incident.done");
+    let (_conn, consumer) = world::incident_done_consumer_of(&amqp, EXCHANGE, &routing_key).await?;
     let state = std::env::temp_dir().join(format!("incident-gate-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let token = format!("demo-{}", std::process::id());
@@ -143,6 +173,7 @@ pub async fn run() -> Result<u8, String> {
     let mut gate_config = world.gate_config(&state, &amqp, EXCHANGE);
     gate_config["gitea_url"] = gitea.url().into();
     gate_config["gitea_token"] = token.into();
+    gate_config["amqp_topic_prefix"] = prefix.into();
     let config = Config::from_value(gate_config).map_err(|e| e.to_string())?;
     say(
         started,
@@ -164,8 +195,17 @@ pub async fn run() -> Result<u8, String> {
         ),
     );
     let gate = Gate::new(config);
-    let mut demo =
-        Demo { world, gitea, gate, consumer, seen_decisions: HashSet::new(), events: Vec::new(), started };
+    let mut demo = Demo {
+        world,
+        gitea,
+        gate,
+        consumer,
+        routing_key,
+        inbox: HashMap::new(),
+        seen_decisions: HashSet::new(),
+        events: Vec::new(),
+        started,
+    };
     let result = play(&mut demo).await;
     let _ = std::fs::remove_dir_all(&state);
     world::remove_created_exchanges(&amqp).await;
@@ -261,7 +301,7 @@ async fn gitea_pull_request(d: &mut Demo) -> Result<(), String> {
     let ev = d.world.openqa.set_done(b, "passed");
     d.event(&format!("git:{PR} mau-extratests passed: results for the old commit"), ev).await?;
     d.step("The workflow bot requests the review again; openQA tests the new head");
-    d.gitea.request_review(SLFO, PR, Reviewer::User("qam-openqa-review".into()));
+    d.gitea.rerequest_review(SLFO, PR, Reviewer::User("qam-openqa-review".into()));
     let (a, b) = (job(d, PR_SHA2, "qam-minimal"), job(d, PR_SHA2, "mau-extratests"));
     let ev = d.world.openqa.set_done(a, "passed");
     d.event(&format!("git:{PR} qam-minimal passed ({})", &PR_SHA2[..12]), ev).await?;
@@ -273,7 +313,7 @@ async fn gitea_pull_request(d: &mut Demo) -> Result<(), String> {
 fn summary(d: &Demo) {
     out!();
     say(d.started, "── End of the day");
-    out!("\nEvents published on the broker (suse.openqa.incident.done):");
+    out!("\nEvents published on the broker ({}):", d.routing_key);
     for e in &d.events {
         let blocking: Vec<String> = e["blocking"]
             .as_array()
@@ -282,10 +322,10 @@ fn summary(d: &Demo) {
             .map(|b| format!("{} {}", b["id"], b["result"].as_str().unwrap_or("")))
             .collect();
         out!(
-            "  {:<6} {} request {} {:<7} jobs {} blocking [{}] event_id {}",
+            "  {:<6} {}{} {:<7} jobs {} blocking [{}] event_id {}",
             e["kind"].as_str().unwrap_or(""),
             e["incident"],
-            e["request"],
+            e["request"].as_u64().map(|r| format!(" request {r}")).unwrap_or_default(),
             e["result"].as_str().unwrap_or(""),
             e["jobs"],
             blocking.join(", "),

@@ -118,7 +118,7 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
         Err(e) => eprintln!("{e}"),
     }
     for incident in core.audit_relied_comments(interval).await {
-        out!("incident {incident}: a comment its verdict relied on was deleted");
+        out!("{}: a comment its verdict relied on was deleted", incident.named());
         incidents.insert(incident);
     }
     // jobs that ended with no hook run of their own (cancelled while scheduled, found incomplete by
@@ -143,13 +143,13 @@ pub async fn hook(core: Arc<Core>, job_id: u64, budget: Duration) -> Result<u8, 
     for incident in incidents {
         match core.decide(incident).await {
             Ok(verdict) => {
-                out!("incident {incident}: {}", summary(&verdict));
+                out!("{}: {}", incident.named(), summary(&verdict));
                 worst = worst.max(exit_code(verdict.result));
             }
             Err(e) => {
                 // the others are still decided and delivered; this one is asked again
                 let _ = core.store().mark_pending(incident);
-                eprintln!("incident {incident}: no verdict now: {e}");
+                eprintln!("{}: no verdict now: {e}", incident.named());
                 if e.is_transient() {
                     unavailable = true;
                 } else {
@@ -276,8 +276,15 @@ pub fn store_copy(config: Option<&Path>, to: &str) -> Result<u8, String> {
     }
 }
 
-pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
+pub fn status(core: Arc<Core>, json: bool, influx: bool) -> Result<u8, String> {
     let store = core.store();
+    if influx {
+        let read = store.metrics_read(incident_gate::metrics::LATENCY_WINDOW).map_err(|e| e.to_string())?;
+        let url = incident_gate::config::link_base(&core.config().openqa_url);
+        let lines = incident_gate::metrics::render(&url, &read, std::time::SystemTime::now());
+        out!("{}", lines.trim_end());
+        return Ok(0);
+    }
     let summary = store.summary(incident_gate::engine::RECENT_DECISIONS).map_err(|e| e.to_string())?;
     if json {
         let mut v = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
@@ -288,7 +295,12 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
     let (backlog, pending) = (&summary.outbox_backlog, &summary.pending_incidents);
     out!("state: {}", store.path().display());
     out!("outbox backlog: {} AMQP, {} IBS, {} Gitea", backlog.amqp, backlog.obs, backlog.gitea);
-    out!("pending incidents: {pending:?}");
+    let pending = if pending.is_empty() {
+        "none".into()
+    } else {
+        incident_gate::log::list(pending.iter().map(|p| p.named()))
+    };
+    out!("pending: {pending}");
     let c = &summary.catchup;
     let shown = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     out!(
@@ -307,11 +319,14 @@ pub fn status(core: Arc<Core>, json: bool) -> Result<u8, String> {
             .iter()
             .map(|x| format!("{} {} ({})", x.sink, x.state, x.outcome.as_deref().unwrap_or("-")))
             .collect();
+        let request = match (d.kind, d.request) {
+            (Kind::Gitea, _) => String::new(),
+            (Kind::Ibs, r) => format!(" request {}", r.map_or_else(|| "?".to_string(), |r| r.to_string())),
+        };
         out!(
-            "  {} incident {} request {} {} — {}",
+            "  {} {}{request} {} — {}",
             d.decided_at,
-            Submission { kind: d.kind, number: d.incident },
-            d.request.map(|r| r.to_string()).unwrap_or_else(|| "?".into()),
+            Submission { kind: d.kind, number: d.incident }.named(),
             d.result,
             deliveries.join("; ")
         );

@@ -131,6 +131,15 @@ async fn exchange_exists(conn: &Connection, exchange: &str) -> Result<bool, Stri
 
 /// An exclusive queue bound to `#.incident.done` on `exchange` (declared as openQA would find it).
 pub async fn incident_done_consumer(url: &str, exchange: &str) -> Result<(Connection, Consumer), String> {
+    incident_done_consumer_of(url, exchange, "#.incident.done").await
+}
+
+/// A consumer of the messages on `exchange` with routing key `binding` only.
+pub async fn incident_done_consumer_of(
+    url: &str,
+    exchange: &str,
+    binding: &str,
+) -> Result<(Connection, Consumer), String> {
     let conn = tokio::time::timeout(
         Duration::from_secs(10),
         Connection::connect(url, ConnectionProperties::default()),
@@ -157,7 +166,7 @@ pub async fn incident_done_consumer(url: &str, exchange: &str) -> Result<(Connec
     ch.queue_bind(
         q.name().clone(),
         exchange.into(),
-        "#.incident.done".into(),
+        binding.into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -180,4 +189,15 @@ pub async fn next_event(consumer: &mut Consumer, timeout: Duration) -> Option<se
     let delivery = tokio::time::timeout(timeout, consumer.next()).await.ok()??.ok()?;
     let _ = delivery.ack(BasicAckOptions::default()).await;
     serde_json::from_slice(&delivery.data).ok()
+}
+
+/// The next message: its `message_id` (None without one) and body, or None after `timeout`.
+pub async fn next_message(
+    consumer: &mut Consumer,
+    timeout: Duration,
+) -> Option<(Option<String>, serde_json::Value)> {
+    let delivery = tokio::time::timeout(timeout, consumer.next()).await.ok()??.ok()?;
+    let _ = delivery.ack(BasicAckOptions::default()).await;
+    let id = delivery.properties.message_id().as_ref().map(|i| i.to_string());
+    Some((id, serde_json::from_slice(&delivery.data).ok()?))
 }

@@ -7,6 +7,7 @@ use warnings;
 use feature 'signatures';
 no warnings 'experimental::signatures';
 
+use Encode ();
 use Exporter 'import';
 
 # enum ig_status, in the order of src/ffi.rs
@@ -51,6 +52,7 @@ sub new ($class, $library) {
         version => $ffi->function(ig_version => [] => 'string'),
         set_log_callback => $ffi->function(ig_set_log_callback => ['ig_log_callback', 'opaque'] => 'int'),
         log_poll => $ffi->function(ig_log_poll => [] => 'int'),
+        metrics => $ffi->function(ig_gate_metrics => ['opaque', 'opaque*'] => 'int'),
     );
     return bless {ffi => $ffi, f => \%f, library => $library}, $class;
 }
@@ -62,13 +64,15 @@ sub last_error ($self) { $self->{f}{last_error}->call // '' }
 # enum ig_log_level → Mojo::Log's levels
 our @LOG_LEVELS = (undef, qw(error warn info debug trace));
 
-# Hands the library's log lines to $sub->($level, $message) ($level as Mojo::Log names it) instead
-# of stderr, for the whole process; undef: back to stderr. The library calls it only on this
-# thread, inside any call into it (and log_poll), never from its own threads.
+# Hands the library's log lines to $sub->($level, $message) ($level as Mojo::Log names it, $message
+# as characters) instead of stderr, for the whole process; undef: back to stderr. The library calls
+# it only on this thread, inside any call into it (and log_poll), never from its own threads.
 sub on_log ($self, $sub) {
     my $closure = $sub && $self->{ffi}->closure(
         sub ($userdata, $level, $message) {
-            eval { $sub->($LOG_LEVELS[$level] // 'info', $message // ''); 1 } or warn "IncidentGate log: $@";
+            # the library's lines are UTF-8 bytes; Mojo::Log and the like want characters
+            $message = Encode::decode('UTF-8', $message // '');
+            eval { $sub->($LOG_LEVELS[$level] // 'info', $message); 1 } or warn "IncidentGate log: $@";
         });
     my $status = $self->{f}{set_log_callback}->call($closure, undef);
     $self->{log_closure} = $closure;    # the library holds its address: keep it alive
@@ -129,6 +133,12 @@ sub status ($self) {
 # (IG_OK, $list_json) or ($status, $error).
 sub incidents ($self, $query_json) {
     my $status = $self->{lib}{f}{incidents}->call($self->{ptr}, $query_json, \my $out);
+    return $status == 0 ? (0, $self->{lib}->_take_string($out)) : $self->_fail($status);
+}
+
+# The metrics in InfluxDB line protocol: (IG_OK, $lines) or ($status, $error).
+sub metrics ($self) {
+    my $status = $self->{lib}{f}{metrics}->call($self->{ptr}, \my $out);
     return $status == 0 ? (0, $self->{lib}->_take_string($out)) : $self->_fail($status);
 }
 

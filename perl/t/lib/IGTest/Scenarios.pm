@@ -11,6 +11,7 @@ no warnings 'experimental::signatures';
 
 use Exporter 'import';
 use Digest::SHA qw(sha1_hex);
+use Encode ();
 use Mojo::JSON qw(decode_json);
 use Test::More;
 use Time::HiRes qw(time sleep);
@@ -18,7 +19,7 @@ use IGTest qw(start_sim unique library);
 use IGTest::RealOpenQA;
 use IGTest::AMQP;
 
-our @EXPORT_OK = qw(new_world run_scenarios plugin_suite);
+our @EXPORT_OK = qw(new_world run_scenarios plugin_suite incident_job group);
 
 # How long "nothing more arrives" is watched for. Decisions follow the last job within
 # milliseconds on loopback; this only has to outlast a slow CI machine.
@@ -738,8 +739,30 @@ sub plugin_suite (%o) {
         prefix => $w->{prefix}, ini => {incident_gate => {library => library(), %{$w->gate_section(undef, %key)}}});
     ok((grep { /IncidentGate: libincident_gate/ } $oq->log_lines), 'openQA loaded the plugin')
       or diag join "\n", $oq->log_lines;
+    my %before = metrics($oq);
     # openQA's own scheduling (openqa_iso_create is heard in-process only) and Gitea pull requests
     run_scenarios($w, $oq, more => [@ISO_SCENARIOS, @GITEA_SCENARIOS]);
+    subtest 'metrics for telegraf beside openQA\'s own, moved by the decisions' => sub {
+        my $res = $oq->ua->get($oq->url . '/admin/influxdb/incident_gate')->result;
+        is $res->code, 200, 'public, as /admin/influxdb/jobs';
+        like $res->headers->content_type, qr{^text/plain}, 'as text';
+        my %after = metrics($oq);
+        ok keys %after, 'incident_gate lines' or diag $res->body;
+        my $decisions = sub ($m) { my $n = 0; $n += $m->{$_}{decisions} // 0 for keys %$m; $n };
+        cmp_ok $decisions->(\%after), '>', $decisions->(\%before), 'more decisions than before the scenarios';
+        cmp_ok $after{''}{evaluations}, '>', $before{''}{evaluations}, 'more evaluations';
+        ok defined $after{''}{latency_p99_s}, 'a decision latency';
+        is $after{'sink=amqp'}{backlog}, 0, 'every event published';
+    };
+    subtest "openQA's log reads as written: no mojibake, no Rust debug output" => sub {
+        my @ours = grep { /IncidentGate/ } map { Encode::decode('UTF-8', $_) } $oq->log_lines;
+        ok((grep { /IncidentGate: incident \d+ \x{2192} amqp: / } @ours), 'arrows as arrows') or diag join "\n", @ours;
+        # UTF-8 encoded twice shows as a Latin-1 letter followed by C1 control characters
+        is_deeply [grep { /[\x{c2}-\x{f4}][\x{80}-\x{bf}]/ } @ours], [], 'no line encoded twice';
+        is_deeply [grep { /Some\(|\bNone\b|request null/ } @ours], [], 'no Some(…), None or null';
+        ok((grep { /IncidentGate: pull request git:\d+: (passed|failed) \(\d+ jobs/ } @ours), 'a pull request named so')
+          or diag join "\n", @ours;
+    };
     subtest "decisions public, internals for operators, the library's log in openQA's" => sub {
         my $public = $oq->ua->get($oq->url . '/api/v1/incident_gate/status')->result;
         is $public->code, 200, 'the status answers anyone';
@@ -750,10 +773,23 @@ sub plugin_suite (%o) {
         my $operator = $oq->request(GET => '/api/v1/incident_gate/internals');
         is $operator->code, 200, 'which an operator has';
         is $operator->json->{config}{amqp_exchange}, $w->{exchange}, 'and sees the configuration';
-        ok((grep { /\[info\].*IncidentGate: incident (git:)?\d+: (passed|failed)/ } $oq->log_lines),
+        ok((grep { /\[info\].*IncidentGate: (incident \d+|pull request git:\d+): (passed|failed)/ } $oq->log_lines),
             "the engine's decisions are in openQA's log") or diag join "\n", $oq->log_lines;
     };
     is_deeply [$oq->alarming_lines], [], 'openQA logged no errors';
+}
+
+# The plugin's metrics route as {tags => {field => value}} (tags without url, '' for none); every
+# line must be incident_gate line protocol with integer fields (tests/metrics.rs parses strictly).
+sub metrics ($oq) {
+    my $body = $oq->ua->get($oq->url . '/admin/influxdb/incident_gate')->result->body;
+    my %m;
+    for my $line (split /\n/, $body) {
+        my ($tags, $fields) = $line =~ /^incident_gate,url=(?:[^\\ ,]|\\.)+((?:,\w+=\w+)*) ((?:\w+=-?\d+i,?)+)$/
+          or do { fail "not an incident_gate line: $line"; next };
+        $m{$tags =~ s/^,//r} = {map { /^(\w+)=(-?\d+)i$/ } split /,/, $fields};
+    }
+    return %m;
 }
 
 # Runs every scenario (and those of `more`) as a subtest, numbering incidents from the world's

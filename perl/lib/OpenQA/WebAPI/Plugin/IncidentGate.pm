@@ -170,6 +170,8 @@ sub _routes ($self, $app) {
     # a submission by kind and number: 12345 or ibs:12345 (IBS incident), git:124 (Gitea PR)
     $api->get('/incident_gate/submissions/<submission>' => sub ($c) { $self->_evaluate($c, 1) })
       ->name('incident_gate_submission');
+    # beside openQA's own /admin/influxdb/jobs, public as those are (telegraf reads them)
+    $r->get('/admin/influxdb/incident_gate' => sub ($c) { $self->_influxdb($c) })->name('incident_gate_influxdb');
     my $operator = $r->find('api_ensure_operator') or return;
     $operator->get('/incident_gate/internals' => sub ($c) { $self->_internals($c) })
       ->name('incident_gate_internals');
@@ -305,6 +307,15 @@ sub _status ($self, $c) {
     } @{$engine->{recent_decisions} // []};
     $c->render(json => {version => $s->{version}, recent_decisions => \@decisions,
         pending_incidents => $engine->{pending_incidents} // []});
+}
+
+# The lines come from the state directory alone: answering asks neither openQA nor IBS.
+sub _influxdb ($self, $c) {
+    return $c->render(text => "incident-gate is inactive: $self->{error}\n", status => 503) if $self->{error};
+    my ($status, $text) = eval { $self->_gate->metrics };
+    ($status, $text) = (IG_PANIC, $@) unless defined $status;
+    return $c->render(text => $text, format => 'txt') if $status == IG_OK;
+    $c->render(text => "$text\n", format => 'txt', status => 500);
 }
 
 sub _internals ($self, $c) {
