@@ -44,8 +44,8 @@ fn decision(incident: u64, result: Outcome) -> Decision {
     Decision::new(v, "http://openqa")
 }
 
-/// A state directory with two decisions (one reported, one still to report), a pending incident
-/// and a relied-on comment.
+/// A state directory with two decisions (one published, its report waiting for IBS and due
+/// again; one still to publish and report), a pending incident and a relied-on comment.
 fn state_directory(first: u64) -> (tempfile::TempDir, i64) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
@@ -58,6 +58,9 @@ fn state_directory(first: u64) -> (tempfile::TempDir, i64) {
     for item in s.take_due(Sink::Amqp, 10).unwrap() {
         s.complete(&item, &incident_gate::decision::Delivery::Done("published".into())).unwrap();
     }
+    let report = s.take_due(Sink::Obs, 10).unwrap().remove(0);
+    let waits = incident_gate::decision::Delivery::Waiting("waiting for a review".into(), 0);
+    s.complete(&report, &waits).unwrap();
     let t = s.begin_evaluation().unwrap();
     s.record_decision(&mut decision(first + 1, Outcome::Failed), &sinks, t, &[]).unwrap();
     s.mark_pending(first + 2).unwrap();
@@ -78,6 +81,7 @@ fn a_state_directory_is_copied_once_and_never_into_another_stores_data() {
         assert_eq!(to.latest_decision(101).unwrap().unwrap().verdict.result, Outcome::Failed);
         let backlog = to.backlog().unwrap();
         assert_eq!((backlog.amqp, backlog.obs), (1, 2), "what was delivered stays delivered");
+        assert_eq!(to.undelivered().unwrap(), 2, "a report waiting for IBS still waits");
         assert_eq!(to.pending().unwrap(), vec![incident_gate::incident::Submission::ibs(102)]);
         assert_eq!(
             to.incidents_relying_on(&[7]).unwrap(),
@@ -87,6 +91,7 @@ fn a_state_directory_is_copied_once_and_never_into_another_stores_data() {
         // as from the state directory: 100's report is due, 101's waits for its event
         let obs = to.take_due(Sink::Obs, 10).unwrap();
         assert_eq!(obs.iter().map(|i| i.decision.verdict.incident).collect::<Vec<_>>(), vec![100]);
+        assert_eq!(obs[0].last_outcome.as_deref(), Some("waiting for a review"));
         for item in &obs {
             to.release(item).unwrap();
         }
