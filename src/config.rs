@@ -111,6 +111,43 @@ fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> 
     Ok(())
 }
 
+/// Where the store is: empty for SQLite in `state_dir`, else a PostgreSQL URL
+/// (`postgresql://user[:password]@host[:port]/db?sslmode=…`) whose password is shown as
+/// `***` everywhere but in `expose()`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    pub fn new(s: impl Into<String>) -> Self {
+        StoreUrl(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn redacted(&self) -> String {
+        crate::store::postgres::redact(&self.0)
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for StoreUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.redacted())
@@ -210,6 +247,9 @@ pub struct Config {
     /// are removed with their delivered outbox rows; 0 keeps them for ever.
     pub retention_days: u64,
     pub state_dir: PathBuf,
+    /// The store shared by every process and host that names it: empty keeps SQLite in
+    /// `state_dir`; `postgresql://…` keeps it in the schema `incident_gate` of that database.
+    pub store_url: StoreUrl,
     /// At most this many openQA or IBS requests in flight at once.
     pub concurrency: usize,
     /// Events that wait for the engine; a full queue refuses more.
@@ -268,6 +308,7 @@ impl Default for Config {
             catchup_max_requests: 20,
             retention_days: 90,
             state_dir: PathBuf::from("/var/lib/incident-gate"),
+            store_url: StoreUrl::default(),
             concurrency: 4,
             queue_capacity: 10_000,
             http_timeout_s: 30,
@@ -298,7 +339,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-const SECRET_KEYS: &[&str] = &["openqa_api_secret", "obs_password", "amqp_url", "gitea_token"];
+const SECRET_KEYS: &[&str] = &["openqa_api_secret", "obs_password", "amqp_url", "gitea_token", "store_url"];
 
 impl Config {
     /// The coverage policy, parsed (`validate` refused any rule that does not parse).
@@ -368,6 +409,21 @@ impl Config {
         });
         if !repo_ok {
             return bad("gitea_repo", "must be owner/name");
+        }
+        let store = self.store_url.expose().trim();
+        if store == "openqa" {
+            return bad(
+                "store_url",
+                "`openqa` (openQA's own database) is for the openQA plugin; name a postgresql:// URL",
+            );
+        }
+        if !store.is_empty() && !store.starts_with("postgresql://") && !store.starts_with("postgres://") {
+            return bad("store_url", "must be empty (SQLite in state_dir) or a postgresql:// URL");
+        }
+        if !store.is_empty() {
+            if let Err(e) = store.parse::<postgres::Config>() {
+                return bad("store_url", &format!("not a PostgreSQL URL: {e}"));
+            }
         }
         if self.state_dir.as_os_str().is_empty() {
             return bad("state_dir", "must not be empty");
@@ -559,6 +615,43 @@ mod tests {
         assert!(!e.0.contains("S3CRET") && e.0.contains("obs_password"), "{e}");
         let e = Config::from_json(r#"{"gitea_token":["S3CRET-GITEA"]}"#).unwrap_err();
         assert!(!e.0.contains("S3CRET") && e.0.contains("gitea_token"), "{e}");
+    }
+
+    #[test]
+    fn the_store_password_never_shows() {
+        let url = "postgresql://ig:S3CRET-PG@db.example:5432/openqa?sslmode=require";
+        let c = Config::from_json(&format!(r#"{{"store_url":"{url}"}}"#)).unwrap();
+        let shown = format!("{c:?} {} {}", c.redacted_json(), c.store_url);
+        assert!(!shown.contains("S3CRET-PG"), "{shown}");
+        assert!(shown.contains("postgresql://ig:***@db.example:5432/openqa?sslmode=require"), "{shown}");
+        assert_eq!(c.store_url.expose(), url);
+        for bad in [
+            "postgresql://ig:S3CRET-PG@db:notaport/openqa",
+            "mysql://ig:S3CRET-PG@db/openqa",
+            "postgresql://ig:S3CRET-PG@db/openqa?sslmode=sometimes",
+        ] {
+            let e = Config::from_json(&format!(r#"{{"store_url":"{bad}"}}"#)).unwrap_err();
+            assert!(!e.0.contains("S3CRET") && e.0.contains("store_url"), "{e}");
+        }
+        // what the plugin makes of openQA's own `DBI:Pg:dbname=openqa`: the local socket
+        let c =
+            Config::from_json(r#"{"store_url":"postgresql://%2Fvar%2Frun%2Fpostgresql/openqa"}"#).unwrap();
+        let parsed: postgres::Config = c.store_url.expose().parse().unwrap();
+        assert!(
+            matches!(parsed.get_hosts(), [postgres::config::Host::Unix(p)] if p.ends_with("postgresql")),
+            "{:?}",
+            parsed.get_hosts()
+        );
+        let e = Config::from_json(r#"{"store_url":"openqa"}"#).unwrap_err();
+        assert!(e.0.contains("openQA plugin"), "{e}");
+        // nobody listens on port 1: the error names the store without its password
+        let e = crate::store::Store::open_url(
+            "postgresql://ig:S3CRET-PG@127.0.0.1:1/openqa?connect_timeout=5",
+            std::path::Path::new("/nonexistent"),
+        )
+        .err()
+        .expect("nothing listens there");
+        assert!(!e.0.contains("S3CRET") && e.0.contains("postgresql://ig:***@127.0.0.1:1/openqa"), "{e}");
     }
 
     #[test]

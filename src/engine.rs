@@ -242,7 +242,7 @@ impl Core {
     }
 
     pub fn new(cfg: Arc<Config>) -> Result<Core, EngineError> {
-        let store = Arc::new(Store::open(&cfg.state_dir)?);
+        let store = Arc::new(Store::open_url(cfg.store_url.expose(), &cfg.state_dir)?);
         let client = OpenQaClient::new(&cfg)?;
         let mut sinks = Vec::new();
         if cfg.publish_amqp {
@@ -861,14 +861,13 @@ impl Core {
         // an incomplete failure is reported, but the incident stays pending: reconciliation
         // comes back to it should no event or timer do it first
         let incomplete = !verdict.complete;
-        self.store.set_relied_comments(incident, &relied_comments)?;
         let mut decision = Decision::new(verdict, &crate::config::link_base(&self.cfg.openqa_url));
         decision.contacts = contacts(&self.client, &decision.verdict, &jobs).await;
         decision.builds = builds(&decision.verdict, &jobs);
         decision.last_job_end = crate::decision::last_job_end(&decision.verdict, &jobs);
         // the event for every submission, a report to the service the submission belongs to
         let sinks: Vec<Sink> = self.sinks.iter().copied().filter(|s| s.serves(incident.kind)).collect();
-        match self.store.record_decision(&mut decision, &sinks, seen)? {
+        match self.store.record_decision(&mut decision, &sinks, seen, &relied_comments)? {
             Recorded::New => {
                 self.stats.decisions.fetch_add(1, Relaxed);
                 tracing::info!("{}", decision.log_line());
@@ -973,7 +972,7 @@ pub async fn evaluate(
 ) -> Result<(Verdict, Vec<Job>), EngineError> {
     // the state directory knows of scheduled products and the quiet period; without it (not
     // writable here) the verdict is explained from openQA alone
-    let store = Store::open(&cfg.state_dir).ok();
+    let store = Store::open_url(cfg.store_url.expose(), &cfg.state_dir).ok();
     let e = evaluate_with(client, cfg, incident.into(), &HashSet::new(), store.as_ref()).await?;
     Ok((e.verdict, e.jobs))
 }

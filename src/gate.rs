@@ -210,7 +210,7 @@ impl Gate {
     }
 
     /// The running engine's store when there is one (a page view opens no file), else the state
-    /// directory opened for this call.
+    /// directory (or the PostgreSQL store of `store_url`) opened for this call.
     fn store(&self) -> Result<Arc<crate::store::Store>, String> {
         let running = {
             let guard = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -218,9 +218,10 @@ impl Gate {
         };
         match running {
             Some(store) => Ok(store),
-            None => {
-                Ok(Arc::new(crate::store::Store::open(&self.config.state_dir).map_err(|e| e.to_string())?))
-            }
+            None => Ok(Arc::new(
+                crate::store::Store::open_url(self.config.store_url.expose(), &self.config.state_dir)
+                    .map_err(|e| e.to_string())?,
+            )),
         }
     }
 

@@ -101,13 +101,19 @@ async fn no_decision_while_openqa_is_down_then_one_after_it_recovers() {
     assert_eq!(decided[0]["result"], "passed");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_gates_sharing_a_state_directory_record_one_decision() {
+on_both_stores!(
+    two_gates_sharing_a_store_record_one_decision,
+    events_split_across_processes_still_decide_at_the_last_job,
+    a_slow_evaluation_of_older_data_does_not_replace_a_newer_decision,
+    an_event_during_the_deciding_evaluation_leaves_no_incident_pending,
+);
+
+async fn two_gates_sharing_a_store_record_one_decision(store: &common::TestStore) {
     let qa = OpenQa::start().await;
     let jobs: Vec<u64> = (0..5).map(|i| qa.incident_job(4001, 300401, &format!("t{i}"))).collect();
     let state = tempfile::tempdir().unwrap();
-    let a = CGate::new(&gate_config(&qa.url(), state.path()));
-    let b = CGate::new(&gate_config(&qa.url(), state.path()));
+    let a = CGate::new(&store.gate_config(&qa.url(), state.path()));
+    let b = CGate::new(&store.gate_config(&qa.url(), state.path()));
     for job in &jobs {
         qa.sim.set_done(*job, "passed");
         a.job_done(*job, "passed");
@@ -172,15 +178,14 @@ async fn a_settle_window_folds_a_burst_into_one_evaluation() {
     assert_eq!(gate.decisions_for(6001).len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn events_split_across_processes_still_decide_at_the_last_job() {
+async fn events_split_across_processes_still_decide_at_the_last_job(store: &common::TestStore) {
     // openQA's prefork web UI hands each event to one worker: no gate sees them all
     let qa = OpenQa::start().await;
     let jobs: Vec<u64> = (0..6).map(|i| qa.incident_job(6101, 300611, &format!("t{i}"))).collect();
     let state = tempfile::tempdir().unwrap();
     let gates = [
-        CGate::new(&gate_config(&qa.url(), state.path())),
-        CGate::new(&gate_config(&qa.url(), state.path())),
+        CGate::new(&store.gate_config(&qa.url(), state.path())),
+        CGate::new(&store.gate_config(&qa.url(), state.path())),
     ];
     for (i, job) in jobs.iter().enumerate() {
         qa.sim.set_done(*job, "passed");
@@ -288,8 +293,7 @@ impl HoldingProxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_slow_evaluation_of_older_data_does_not_replace_a_newer_decision() {
+async fn a_slow_evaluation_of_older_data_does_not_replace_a_newer_decision(store: &common::TestStore) {
     use incident_gate::config::Config;
     use incident_gate::engine::Core;
     use std::sync::Arc;
@@ -302,6 +306,7 @@ async fn a_slow_evaluation_of_older_data_does_not_replace_a_newer_decision() {
         let cfg = Config {
             openqa_url: url.to_string(),
             state_dir: state.path().to_path_buf(),
+            store_url: incident_gate::config::StoreUrl::new(store.url()),
             publish_amqp: false,
             report_obs: false,
             ..Config::default()
@@ -327,8 +332,7 @@ async fn a_slow_evaluation_of_older_data_does_not_replace_a_newer_decision() {
     assert_eq!(slow.status()["stale_decisions"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_event_during_the_deciding_evaluation_leaves_no_incident_pending() {
+async fn an_event_during_the_deciding_evaluation_leaves_no_incident_pending(store: &common::TestStore) {
     use incident_gate::config::Config;
     use incident_gate::engine::Core;
     use incident_gate::events::{Event, EventKind};
@@ -340,8 +344,12 @@ async fn an_event_during_the_deciding_evaluation_leaves_no_incident_pending() {
     qa.sim.set_done(jobs[1], "failed");
     let state = tempfile::tempdir().unwrap();
     let proxy = HoldingProxy::start(qa.sim.addr()).await;
-    let cfg =
-        Config { openqa_url: proxy.url.clone(), state_dir: state.path().to_path_buf(), ..Config::default() };
+    let cfg = Config {
+        openqa_url: proxy.url.clone(),
+        state_dir: state.path().to_path_buf(),
+        store_url: incident_gate::config::StoreUrl::new(store.url()),
+        ..Config::default()
+    };
     let core =
         Arc::new(Core::new(Arc::new(Config { publish_amqp: false, report_obs: false, ..cfg })).unwrap());
     let done = |job: u64| Event {

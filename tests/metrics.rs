@@ -174,14 +174,15 @@ fn int(points: &[Point], tags: &[(&str, &str)], field: &str) -> Option<i64> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_are_line_protocol_and_follow_decisions_and_refused_credentials() {
+on_both_stores!(metrics_are_line_protocol_and_follow_decisions_and_refused_credentials);
+
+async fn metrics_are_line_protocol_and_follow_decisions_and_refused_credentials(store: &common::TestStore) {
     let qa = OpenQa::start().await;
     let auth = SimAuth::Basic { user: "qam-bot".into(), password: "the-right-one".into() };
     let obs = incident_gate_sim::obs::start(ObsSimConfig::new(auth)).await;
     obs.create_request(300_901, "review", vec![SimReview::group("qam-openqa")], "maintenance_release");
     let state = tempfile::tempdir().unwrap();
-    let mut cfg = common::gate_config(&qa.url(), state.path());
+    let mut cfg = store.gate_config(&qa.url(), state.path());
     cfg["openqa_url"] = qa.url().replace("http://", "http://user:secret-pw@").into();
     cfg["report_obs"] = true.into();
     cfg["obs_url"] = obs.url().into();

@@ -85,6 +85,11 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The store itself.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Run the openQA and IBS simulators (and, with --gitea, Gitea) on loopback for development (one JSON line with the URLs).
     Sim {
         /// Port of the openQA simulator on 127.0.0.1 (0: any free port).
@@ -109,6 +114,25 @@ enum Command {
         /// Scale of the synthetic day (1.0 = 300 incidents x 40 jobs + 10 aggregates x 400 jobs).
         #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
         scale: f64,
+        /// Also measure latency and the day with the store in this PostgreSQL database, side by
+        /// side with SQLite. Its name must start with `incident_gate_bench`: the schema
+        /// incident_gate in it is emptied before each run.
+        #[arg(long, value_name = "URL")]
+        store_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy the state directory's store (decisions, outbox, pending work) into PostgreSQL, for
+    /// `store_url`. Idempotent; refuses a target that holds another store's data. Stop every
+    /// process using the state directory first.
+    Copy {
+        /// The PostgreSQL store: postgresql://user[:password]@host[:port]/db[?sslmode=…]
+        #[arg(long, value_name = "URL")]
+        to: String,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -119,7 +143,7 @@ impl Command {
             | Command::Hook { config, .. }
             | Command::Check { config, .. }
             | Command::Status { config, .. } => Some(config),
-            Command::Sim { .. } | Command::Demo | Command::Bench { .. } => None,
+            Command::Sim { .. } | Command::Demo | Command::Bench { .. } | Command::Store { .. } => None,
         }
     }
 }
@@ -177,8 +201,11 @@ fn main() -> ExitCode {
             Command::Sim { openqa_port, obs_port, openqa_flavor, gitea } => {
                 cli::sim(openqa_port, obs_port, &openqa_flavor, gitea).await
             }
+            Command::Store { action: StoreAction::Copy { to, config } } => {
+                cli::store_copy(config.config.as_deref(), &to)
+            }
             Command::Demo => cli::demo().await,
-            Command::Bench { scale } => cli::bench(scale).await,
+            Command::Bench { scale, store_url } => cli::bench(scale, store_url.as_deref()).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

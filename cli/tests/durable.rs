@@ -521,6 +521,95 @@ async fn a_listener_whose_disk_fills_up_acknowledges_nothing_it_could_not_store(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_listeners_sharing_one_postgres_store_killed_at_random_decide_each_incident_once() {
+    // two hosts: each listener its own working directory, one store_url, one queue
+    let store = common::TestStore::postgres();
+    let url = store.url();
+    let mut stream = Stream::new("pg-pair", None, &[("INCIDENT_GATE_STORE_URL", &url)]).await;
+    let other = tempfile::tempdir().unwrap();
+    // info: "listening on queue" says when a listener consumes
+    let here = "RUST_LOG=info exec \"$0\" \"$@\"".to_string();
+    let elsewhere =
+        format!("RUST_LOG=info INCIDENT_GATE_STATE_DIR={} exec \"$0\" \"$@\"", other.path().display());
+    let start = |stream: &Stream, which: usize| match which {
+        0 => stream.listen(Some(&here)),
+        _ => stream.listen(Some(&elsewhere)),
+    };
+    let mut listeners = [start(&stream, 0), start(&stream, 1)];
+    // the queue exists (declared by the listeners) before the first message is published
+    let consuming = common::eventually(Duration::from_secs(60), || {
+        (stream.logs().matches("listening on queue").count() >= 2).then_some(())
+    });
+    assert!(consuming.await.is_some(), "the listeners did not start:\n{}", stream.logs());
+    let seed = std::process::id() as u64;
+    let mut rng = Rng(seed);
+    let mut kills = 0;
+    for n in 0..40 {
+        stream.incident(13_700 + n).await;
+        if rng.below(3) == 0 {
+            tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
+            let which = rng.below(2) as usize;
+            listeners[which].kill(); // SIGKILL
+            kills += 1;
+            listeners[which] = start(&stream, which);
+        }
+    }
+    let faults =
+        format!("two listeners on one PostgreSQL store, kill -9 either (seed {seed}): {kills} kills");
+    stream.count_and_check(&faults, Duration::from_secs(30)).await;
+    assert!(
+        other
+            .path()
+            .read_dir()
+            .unwrap()
+            .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with(".sqlite") }),
+        "the store is PostgreSQL, not a state directory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_whose_postgres_store_goes_away_at_random_points_loses_no_incident_and_acts_once() {
+    // the listener reaches PostgreSQL only through the proxy
+    let store = common::TestStore::postgres();
+    let server =
+        std::env::var("IG_TEST_POSTGRES").unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432".into());
+    let authority = server.rsplit('@').next().unwrap_or("127.0.0.1:5432").to_string();
+    let proxy = CuttableProxy::start(&authority).await;
+    let through = store.url().replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
+    let mut stream = Stream::new("pg-cut", None, &[("INCIDENT_GATE_STORE_URL", &through)]).await;
+    let mut child = stream.listen(Some("RUST_LOG=info exec \"$0\" \"$@\""));
+    let consuming = common::eventually(Duration::from_secs(60), || {
+        stream.logs().contains("listening on queue").then_some(())
+    });
+    assert!(consuming.await.is_some(), "the listener did not start:\n{}", stream.logs());
+    let seed = std::process::id() as u64;
+    let mut rng = Rng(seed);
+    let mut cuts = 0;
+    for n in 0..30 {
+        stream.incident(13_800 + n).await;
+        if rng.below(4) == 0 {
+            // PostgreSQL away (or restarting) for up to 2 s, while incidents are decided
+            tokio::time::sleep(Duration::from_millis(rng.below(50))).await;
+            proxy.set_cut(true);
+            cuts += 1;
+            tokio::time::sleep(Duration::from_millis(300 + rng.below(1700))).await;
+            proxy.set_cut(false);
+        }
+    }
+    let faults = format!("PostgreSQL cut (seed {seed}): {cuts} cuts");
+    stream.count_and_check(&faults, Duration::from_secs(60)).await;
+    child.kill();
+    let logs = stream.logs();
+    let (down, up) = (logs.matches("cannot be reached").count(), logs.matches("is reachable again").count());
+    let refused = logs.matches("messages to the queue").count();
+    println!(
+        "the store was unreachable {down} times, back {up} times; batches returned to the queue {refused}"
+    );
+    assert!(cuts == 0 || down > 0, "the cuts reached the listener:\n{logs}");
+    assert!(down <= cuts && up == down, "each outage said once, and its end once:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn catch_up_is_the_rescuer_of_incidents_whose_messages_never_reached_the_listener() {
     // published before the listener's queue existed: the broker drops them, only openQA's job
     // table still knows the jobs ended

@@ -66,9 +66,17 @@ fn millis(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-pub async fn run(scale: f64) -> Result<u8, String> {
+pub async fn run(scale: f64, store_url: Option<&str>) -> Result<u8, String> {
     if !(0.01..=10.0).contains(&scale) {
         return Err("--scale must be between 0.01 and 10".into());
+    }
+    if let Some(url) = store_url {
+        let db: postgres::Config = url.parse().map_err(|e| format!("--store-url: {e}"))?;
+        if !db.get_dbname().is_some_and(|n| n.starts_with("incident_gate_bench")) {
+            return Err(
+                "--store-url: the database's name must start with incident_gate_bench (it is emptied)".into(),
+            );
+        }
     }
     out!(
         "incident-gate bench (scale {scale}), {} cores\n",
@@ -76,9 +84,15 @@ pub async fn run(scale: f64) -> Result<u8, String> {
     );
     submit_cost().await?;
     let result = async {
-        latency(((50.0 * scale).ceil() as usize).max(5)).await?;
-        day(scale).await?;
-        day_memory(scale).await
+        latency(((50.0 * scale).ceil() as usize).max(5), "").await?;
+        day(scale, "").await?;
+        day_memory(scale).await?;
+        if let Some(url) = store_url {
+            out!("# The same with the store in PostgreSQL\n");
+            latency(((50.0 * scale).ceil() as usize).max(5), url).await?;
+            day(scale, url).await?;
+        }
+        Ok::<(), String>(())
     }
     .await;
     world::remove_created_exchanges(&world::amqp_url()).await;
@@ -150,12 +164,13 @@ async fn submit_cost() -> Result<(), String> {
 
 /// Latency: from the last job's `set_done` event to the `incident.done` message consumed from the broker,
 /// and to the review accepted on the IBS simulator.
-async fn latency(incidents: usize) -> Result<(), String> {
+async fn latency(incidents: usize, store_url: &str) -> Result<(), String> {
     let world = World::start(0, 0).await?;
     let dir = state_dir("latency");
     let exchange = format!("incident-gate-bench-{}", std::process::id());
     let (_conn, mut consumer) = world::incident_done_consumer(&world::amqp_url(), &exchange).await?;
-    let cfg = world.gate_config(&dir, &world::amqp_url(), &exchange);
+    let mut cfg = world.gate_config(&dir, &world::amqp_url(), &exchange);
+    use_store(&mut cfg, store_url)?;
     let gate = CGate::new(&cfg)?;
     let name = CString::new("openqa_job_done").map_err(|e| e.to_string())?;
     let (mut to_event, mut to_review) = (Vec::new(), Vec::new());
@@ -193,7 +208,10 @@ async fn latency(incidents: usize) -> Result<(), String> {
     }
     to_event.sort_unstable();
     to_review.sort_unstable();
-    out!("## Last job's event → decision delivered ({incidents} incidents x 10 jobs)\n");
+    out!(
+        "## Last job's event → decision delivered ({incidents} incidents x 10 jobs){}\n",
+        store_name(store_url)
+    );
     out!("| path | median | p99 | max |");
     out!("| --- | --- | --- | --- |");
     for (what, t) in [
@@ -214,7 +232,50 @@ async fn latency(incidents: usize) -> Result<(), String> {
 }
 
 /// Throughput: a synthetic openQA day: every job finishes in shuffled order with an event.
-async fn day(scale: f64) -> Result<(), String> {
+/// `store_url` empty: SQLite in the state directory; else that PostgreSQL database, its schema
+/// incident_gate emptied first.
+fn use_store(cfg: &mut serde_json::Value, store_url: &str) -> Result<(), String> {
+    if !store_url.is_empty() {
+        let url = store_url.to_string();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
+            c.batch_execute("DROP SCHEMA IF EXISTS incident_gate CASCADE").map_err(|e| e.to_string())
+        })
+        .join()
+        .map_err(|_| "emptying the store panicked".to_string())??;
+        cfg["store_url"] = store_url.into();
+    }
+    Ok(())
+}
+
+fn store_name(store_url: &str) -> &'static str {
+    if store_url.is_empty() {
+        " — store: SQLite"
+    } else {
+        " — store: PostgreSQL"
+    }
+}
+
+/// Bytes the store in PostgreSQL takes: every table of the schema with its indexes and TOAST.
+fn postgres_bytes(store_url: &str) -> Result<u64, String> {
+    let url = store_url.to_string();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
+        let row = c
+            .query_one(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'incident_gate' AND c.relkind = 'r'",
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    })
+    .join()
+    .map_err(|_| "measuring the store panicked".to_string())?
+}
+
+async fn day(scale: f64, store_url: &str) -> Result<(), String> {
     let world = World::start(0, 0).await?;
     let Day { incidents, per_incident, builds, per_build, jobs } = Day::populate(&world, scale);
     let dir = state_dir("day");
@@ -222,6 +283,7 @@ async fn day(scale: f64) -> Result<(), String> {
     let (_conn, mut consumer) = world::incident_done_consumer(&world::amqp_url(), &exchange).await?;
     let mut cfg = world.gate_config(&dir, &world::amqp_url(), &exchange);
     cfg["queue_capacity"] = 1_000_000.into();
+    use_store(&mut cfg, store_url)?;
     let events: Vec<CString> = jobs
         .iter()
         .map(|j| {
@@ -261,7 +323,8 @@ async fn day(scale: f64) -> Result<(), String> {
     let all_reported = start.elapsed();
     let requests = world.openqa.requests() - requests_before;
     out!(
-        "## A synthetic openQA day: {incidents} incidents x {per_incident} jobs + {builds} aggregate builds x {per_build} jobs\n"
+        "## A synthetic openQA day: {incidents} incidents x {per_incident} jobs + {builds} aggregate builds x {per_build} jobs{}\n",
+        store_name(store_url)
     );
     out!("| measure | value |");
     out!("| --- | --- |");
@@ -277,6 +340,10 @@ async fn day(scale: f64) -> Result<(), String> {
         events.len() as f64 / all_published.as_secs_f64()
     );
     out!("| all {incidents} reviews accepted on IBS | {} |", millis(all_reported));
+    out!(
+        "| decisions per second (until the last `incident.done`) | {:.1} |",
+        incidents as f64 / all_published.as_secs_f64()
+    );
     out!("| openQA requests | {requests} ({:.1} per decision) |", requests as f64 / incidents as f64);
     out!(
         "| peak RSS of the bench process (gate + both simulators + {} jobs) | {:.0} MiB |",
@@ -285,11 +352,15 @@ async fn day(scale: f64) -> Result<(), String> {
     );
     drop(gate);
     // the database with its write-ahead log, as the day left them
-    let stored: u64 = std::fs::read_dir(&dir)
-        .map(|files| files.filter_map(|f| f.ok()?.metadata().ok()).map(|m| m.len()).sum())
-        .unwrap_or(0);
+    let stored: u64 = if store_url.is_empty() {
+        std::fs::read_dir(&dir)
+            .map(|files| files.filter_map(|f| f.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0)
+    } else {
+        postgres_bytes(store_url)?
+    };
     out!(
-        "| state directory after the day (database and write-ahead log) | {:.1} MiB ({:.1} KiB per decision) |\n",
+        "| store after the day (SQLite: database and write-ahead log; PostgreSQL: tables, indexes, TOAST) | {:.1} MiB ({:.1} KiB per decision) |\n",
         stored as f64 / 1048576.0,
         stored as f64 / 1024.0 / incidents as f64
     );

@@ -240,6 +240,42 @@ pub async fn check(core: Arc<Core>, incident: Submission, json: bool) -> Result<
     Ok(exit_code(verdict.result))
 }
 
+/// `incident-gate store copy --to URL`: the configuration's state directory into PostgreSQL.
+pub fn store_copy(config: Option<&Path>, to: &str) -> Result<u8, String> {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("incident-gate: {e}");
+            return Ok(2);
+        }
+    };
+    let shown = incident_gate::store::postgres::redact(to);
+    // the store's PostgreSQL client blocks on a runtime of its own: not on this one's threads
+    let state_dir = config.state_dir.clone();
+    let to = to.to_string();
+    let copied = std::thread::spawn(move || incident_gate::store::copy::copy(&state_dir, &to))
+        .join()
+        .map_err(|_| "the copy panicked".to_string())?;
+    match copied {
+        Ok(c) => {
+            out!(
+                "copied {} into {shown}: {} decisions, {} outbox items, {} pending incidents, {} other rows \
+                 (what was there already is left as it is)",
+                config.state_dir.display(),
+                c.decisions,
+                c.outbox,
+                c.pending,
+                c.other
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("incident-gate: {e}");
+            Ok(2)
+        }
+    }
+}
+
 pub fn status(core: Arc<Core>, json: bool, influx: bool) -> Result<u8, String> {
     let store = core.store();
     if influx {
@@ -351,6 +387,6 @@ pub async fn demo() -> Result<u8, String> {
     demo::run().await
 }
 
-pub async fn bench(scale: f64) -> Result<u8, String> {
-    bench::run(scale).await
+pub async fn bench(scale: f64, store_url: Option<&str>) -> Result<u8, String> {
+    bench::run(scale, store_url).await
 }

@@ -10,6 +10,7 @@ use Mojo::File;
 use Mojo::IOLoop;
 use Mojo::Promise;
 use Mojo::JSON qw(decode_json encode_json);
+use Mojo::Util;
 use Time::HiRes ();
 
 # comments_create/comments_delete: upstream's bulk comment routes (openQA since 2024), which the
@@ -70,10 +71,44 @@ sub _setup ($self, $app) {
 
     my $base_url = $config->{global} && $config->{global}{base_url};
     $settings{openqa_url} //= $base_url if $base_url;
+    if (($settings{store_url} // '') eq 'openqa') {
+        $settings{store_url} = eval { openqa_store_url($app) } // return "store_url = openqa: $@" =~ s/\n\z//r;
+    }
     $self->{config_json} = encode_json({map { $_ => "$settings{$_}" } keys %settings});
     my (undef, $status, $error) = $self->{lib}->gate($self->{config_json});
     return "invalid configuration in [" . SECTION . "]: $error (" . status_name($status) . ')' if $status;
     return undef;
+}
+
+# `store_url = openqa`: the database openQA itself is connected to (its schema's connection,
+# from database.ini or TEST_PG), as a libpq URL; the store keeps to the schema incident_gate.
+sub openqa_store_url ($app) {
+    my $schema = $app->can('schema') && $app->schema or die "openQA's database is not known here\n";
+    my $info = $schema->storage->connect_info // [];
+    my ($dsn, $user, $password) = ref $info->[0] eq 'HASH' ? @{$info->[0]}{qw(dsn user password)} : @$info;
+    return store_url_from_dsn($dsn, $user, $password);
+}
+
+# DBI:Pg:dbname=openqa;host=…;port=… (and user, password) → postgresql://user:password@host:port/dbname;
+# a socket directory as host is percent-encoded, as libpq's URLs have it.
+sub store_url_from_dsn ($dsn, $user = undef, $password = undef) {
+    die "openQA's database is not PostgreSQL (DBI:Pg:…)\n" unless ($dsn // '') =~ /^dbi:Pg:(.*)$/i;
+    my %dsn = map { /^\s*([^=]+?)\s*=\s*(.*?)\s*$/ ? (lc($1) => $2) : () } split /;/, $1;
+    my $db = delete $dsn{dbname} // delete $dsn{database} // delete $dsn{db}
+      // die "openQA's database DSN names no database\n";
+    $user //= delete $dsn{user};
+    $password //= delete $dsn{password};
+    my $esc = sub ($text) { Mojo::Util::url_escape($text, '^A-Za-z0-9\-._~') };
+    my $host = delete $dsn{host} // '/var/run/postgresql';
+    my $url = 'postgresql://';
+    $url .= $esc->($user) . (defined $password && length $password ? ':' . $esc->($password) : '') . '@'
+      if defined $user && length $user;
+    $url .= $esc->($host);
+    $url .= ':' . delete $dsn{port} if defined $dsn{port};
+    $url .= '/' . $esc->($db);
+    my @params = map { "$_=" . $esc->($dsn{$_}) } grep { /^(?:sslmode|connect_timeout|application_name)$/ } sort keys %dsn;
+    $url .= '?' . join('&', @params) if @params;
+    return $url;
 }
 
 # The gate of this process, created on first use (never in the prefork manager).

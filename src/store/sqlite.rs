@@ -1,0 +1,178 @@
+//! The SQLite backend: one file in the state directory, in WAL mode. Several processes (openQA's
+//! prefork web UI) share it; SQLite's write lock (`BEGIN IMMEDIATE`) makes each check-then-write
+//! of the concern modules atomic across them.
+
+use super::{now_ms, StoreError};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+pub(super) struct Sqlite {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// Adds a column that state directories created by an older version lack.
+fn add_column(conn: &mut Connection, table: &str, column: &str, decl: &str) -> Result<(), StoreError> {
+    // immediate: two processes opening an old state directory at once add it once
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let present: bool = tx.query_row(
+        &format!("SELECT EXISTS(SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"),
+        [column],
+        |r| r.get(0),
+    )?;
+    if !present {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The ticket of the newest evaluation begun so far (`begin_evaluation`), 0 before any.
+pub(super) fn current_ticket(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT value FROM counters WHERE name = 'evaluation'", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// The ticket of the newest evaluation that found the incident's testing not finished
+/// (`note_unfinished`), 0 when none did.
+pub(super) fn unfinished_ticket(conn: &Connection, incident: i64) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT ticket FROM unfinished WHERE incident = ?1", [incident], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Replaces the comments (id, job) an incident's latest decision relied on.
+pub(super) fn replace_relied(
+    conn: &Connection,
+    incident: i64,
+    comments: &[(u64, u64)],
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    conn.execute("DELETE FROM relied_comments WHERE incident = ?1", [incident])?;
+    for (comment, job) in comments {
+        conn.execute(
+            "INSERT OR IGNORE INTO relied_comments (comment_id, incident, job_id, since, checked_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![*comment as i64, incident, *job as i64, now],
+        )?;
+    }
+    Ok(())
+}
+
+impl Sqlite {
+    pub(super) fn open(dir: &Path) -> Result<Sqlite, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create state directory {}: {e}", dir.display())))?;
+        let path = dir.join("incident-gate.sqlite");
+        // SQLite opens lazily: an unwritable directory or a file that is no database shows only
+        // at the first statement. Each error names the file: it is the operator's to fix.
+        let named = |e: rusqlite::Error| StoreError(format!("cannot use {}: {e}", path.display()));
+        let mut conn = Connection::open(&path).map_err(named)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(named)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(named)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(named)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS decisions (
+                key TEXT PRIMARY KEY, base TEXT NOT NULL, incident INTEGER NOT NULL, request INTEGER,
+                result TEXT NOT NULL, decided_at TEXT NOT NULL, body TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS decisions_incident ON decisions(incident);
+             CREATE TABLE IF NOT EXISTS outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, sink TEXT NOT NULL,
+                state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+                next_at INTEGER NOT NULL DEFAULT 0, lease_until INTEGER NOT NULL DEFAULT 0,
+                outcome TEXT, UNIQUE(key, sink));
+             CREATE INDEX IF NOT EXISTS outbox_due ON outbox(sink, state, next_at);
+             CREATE TABLE IF NOT EXISTS pending (
+                incident INTEGER PRIMARY KEY, since INTEGER NOT NULL, checked_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS relied_comments (
+                comment_id INTEGER NOT NULL, incident INTEGER NOT NULL, job_id INTEGER NOT NULL,
+                since INTEGER NOT NULL, checked_at INTEGER NOT NULL, PRIMARY KEY (comment_id, incident));
+             CREATE INDEX IF NOT EXISTS relied_comments_incident ON relied_comments(incident);
+             CREATE TABLE IF NOT EXISTS job_activity (
+                incident INTEGER PRIMARY KEY, newest_job INTEGER NOT NULL, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS finished_jobs (job_id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS catchup_jobs (
+                id INTEGER PRIMARY KEY, final INTEGER NOT NULL, checked_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS unfinished (incident INTEGER PRIMARY KEY, ticket INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS scheduling (
+                product INTEGER NOT NULL, incident INTEGER NOT NULL, status TEXT NOT NULL,
+                since INTEGER NOT NULL, PRIMARY KEY (product, incident));",
+        )
+        .map_err(named)?;
+        add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
+        // the evaluation ticket current when an incident was marked pending: only an evaluation
+        // that began later (a higher ticket) may clear the mark
+        add_column(&mut conn, "pending", "ticket", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
+        // what the last evaluation of a pending incident waited for, for the incidents page
+        for column in ["wait_state", "wait_why"] {
+            add_column(&mut conn, "pending", column, "TEXT")
+                .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
+        }
+        // a report waiting for the other side (`Delivery::Waiting`): not hurried by hook runs
+        add_column(&mut conn, "outbox", "waiting", "INTEGER NOT NULL DEFAULT 0")
+            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
+        Ok(Sqlite { conn: Mutex::new(conn), path })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
+        // a panic while holding the lock leaves SQLite consistent (transactions roll back)
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A write transaction that holds SQLite's write lock from its start: what it reads stays
+    /// true until it commits, in every process of the state directory.
+    pub(super) fn write<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let r = f(&tx)?;
+        tx.commit()?;
+        Ok(r)
+    }
+}
+
+impl super::Backend for Sqlite {
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let named = |e: rusqlite::Error| StoreError(format!("cannot use {}: {e}", self.path.display()));
+        let conn = self.conn();
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(named)?;
+        if check != "ok" {
+            return Err(StoreError(format!(
+                "cannot use {}: the database is corrupt: {check}",
+                self.path.display()
+            )));
+        }
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('opened', 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            [],
+        )
+        .map_err(named)?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn().execute_batch(sql)?;
+        Ok(())
+    }
+}
