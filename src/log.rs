@@ -29,6 +29,7 @@ struct Queue {
 
 static QUEUE: Mutex<Queue> = Mutex::new(Queue { capturing: false, records: VecDeque::new(), dropped: 0 });
 static INIT: Once = Once::new();
+static AT_FORK: Once = Once::new();
 
 fn queue() -> MutexGuard<'static, Queue> {
     QUEUE.lock().unwrap_or_else(|p| p.into_inner())
@@ -50,13 +51,20 @@ extern "C" fn after_fork() {
     HELD_OVER_FORK.with(|h| drop(h.borrow_mut().take()));
 }
 
+/// Has the forking thread hold the queue over every fork (once per process).
+pub(crate) fn guard_forks() {
+    AT_FORK.call_once(|| {
+        // SAFETY: the handlers only take and release a lock that the forking thread does not hold
+        // (fork is never called from inside this module), and never unwind.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    });
+}
+
 /// Installs the library's subscriber unless the process already has one (a Rust host such as
 /// the command or a test). `INCIDENT_GATE_LOG` filters like `RUST_LOG`; the default is info.
 pub fn init() {
     INIT.call_once(|| {
-        // SAFETY: the handlers only take and release a lock that the forking thread does not hold
-        // (fork is never called from inside this module), and never unwind.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        guard_forks();
         let filter = tracing_subscriber::EnvFilter::try_from_env("INCIDENT_GATE_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let _ = tracing_subscriber::registry().with(filter).with(Lines).try_init();

@@ -55,3 +55,62 @@ fn a_child_forked_while_threads_log_can_log() {
     loggers.into_iter().for_each(|l| l.join().unwrap());
     assert_eq!(hung, 0, "{hung} of {forks} children hung at their first log line");
 }
+
+/// SQLite keeps process-wide locks of its own (its VFS's, the file's lock mutex): a child forked
+/// while an engine thread was inside SQLite must still open the state directory and read it (the
+/// plugin's verdict route opens the store in a fork of a worker whose engine keeps writing).
+#[test]
+fn a_child_forked_while_threads_use_the_store_can_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let (stop, path) = (stop.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                let store = incident_gate::store::Store::open(&path).unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let incident = incident_gate::incident::Submission::ibs(1000 * t + n % 50);
+                    store.mark_pending(incident).unwrap();
+                    // a store opened and closed now and then, as evaluations of the page do
+                    if n % 20 == 0 {
+                        drop(incident_gate::store::Store::open(&path).unwrap());
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut forks, mut hung) = (0, 0);
+    while forks < 300 {
+        // SAFETY: the child only opens and reads the store and leaves with _exit
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = incident_gate::store::Store::open(dir.path()).and_then(|s| s.pending()).is_ok();
+            unsafe { libc::_exit(if ok { 0 } else { 2 }) };
+        }
+        forks += 1;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut status = 0;
+        loop {
+            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if done == pid {
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
+                break;
+            }
+            if Instant::now() > deadline {
+                hung += 1;
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    assert_eq!(hung, 0, "{hung} of {forks} children hung in the store");
+}

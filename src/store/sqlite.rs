@@ -4,8 +4,11 @@
 
 use super::{now_ms, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::cell::{Cell, RefCell};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -14,8 +17,93 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 pub(super) struct Sqlite {
-    conn: Mutex<Connection>,
+    // closed inside the fork gate (see `Drop`)
+    conn: ManuallyDrop<Mutex<Connection>>,
     path: PathBuf,
+}
+
+// SQLite keeps process-wide mutexes of its own (the VFS's list of open files, each file's lock
+// state). fork() copies only the forking thread: had an engine thread been inside SQLite at that
+// moment, the child (the plugin's verdict route forks a worker whose engine keeps writing) would
+// wait for that mutex forever when it opens the state directory. Every use of SQLite therefore
+// holds this gate shared, and the forking thread takes it exclusively for the fork, so a fork
+// happens only while no thread is inside SQLite. A fork may wait for a statement in progress,
+// at most SQLite's busy timeout.
+static GATE: RwLock<()> = RwLock::new(());
+static AT_FORK: Once = Once::new();
+
+thread_local! {
+    // how deep this thread is inside the gate: the shared hold is taken once, as a nested read
+    // of a writer-preferring lock could wait behind a fork that waits for this very thread
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    static HELD_OVER_FORK: RefCell<Option<RwLockWriteGuard<'static, ()>>> = const { RefCell::new(None) };
+}
+
+/// This thread's shared hold of the gate while it uses SQLite.
+struct Inside {
+    _held: Option<RwLockReadGuard<'static, ()>>,
+}
+
+fn inside() -> Inside {
+    let depth = DEPTH.with(|d| d.replace(d.get() + 1));
+    Inside { _held: (depth == 0).then(|| GATE.read().unwrap_or_else(|p| p.into_inner())) }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+extern "C" fn before_fork() {
+    // a thread that forks from inside SQLite keeps its own hold: waiting for itself would hang
+    if DEPTH.with(|d| d.get()) == 0 {
+        let held = GATE.write().unwrap_or_else(|p| p.into_inner());
+        HELD_OVER_FORK.with(|h| *h.borrow_mut() = Some(held));
+    }
+}
+
+extern "C" fn after_fork() {
+    HELD_OVER_FORK.with(|h| drop(h.borrow_mut().take()));
+}
+
+fn guard_forks() {
+    AT_FORK.call_once(|| {
+        // the log queue's handlers first: prepare handlers run in reverse order of registration,
+        // so the gate is taken before the queue, while threads inside SQLite may still log
+        crate::log::guard_forks();
+        // SAFETY: the handlers take and release a lock the forking thread does not hold (checked
+        // with DEPTH), and never unwind.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    });
+}
+
+/// A connection in use: the connection's lock, then this thread's hold of the fork gate, which is
+/// let go of last (fields drop in order).
+pub(super) struct Conn<'a> {
+    conn: MutexGuard<'a, Connection>,
+    _inside: Inside,
+}
+
+impl Deref for Conn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        let _inside = inside();
+        // SAFETY: dropped once, here, and never used again
+        unsafe { ManuallyDrop::drop(&mut self.conn) };
+    }
 }
 
 /// Adds a column that state directories created by an older version lack.
@@ -71,6 +159,8 @@ pub(super) fn replace_relied(
 
 impl Sqlite {
     pub(super) fn open(dir: &Path) -> Result<Sqlite, StoreError> {
+        guard_forks();
+        let _inside = inside();
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("cannot create state directory {}: {e}", dir.display())))?;
         let path = dir.join("incident-gate.sqlite");
@@ -124,16 +214,17 @@ impl Sqlite {
         // a report waiting for the other side (`Delivery::Waiting`): not hurried by hook runs
         add_column(&mut conn, "outbox", "waiting", "INTEGER NOT NULL DEFAULT 0")
             .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
-        Ok(Sqlite { conn: Mutex::new(conn), path })
+        Ok(Sqlite { conn: ManuallyDrop::new(Mutex::new(conn)), path })
     }
 
     pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> Conn<'_> {
+        let inside = inside();
         // a panic while holding the lock leaves SQLite consistent (transactions roll back)
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        Conn { conn: self.conn.lock().unwrap_or_else(|p| p.into_inner()), _inside: inside }
     }
 
     /// A write transaction that holds SQLite's write lock from its start: what it reads stays
