@@ -567,6 +567,64 @@ async fn two_listeners_sharing_one_postgres_store_killed_at_random_decide_each_i
     );
 }
 
+/// Issue 23's failover measure (scripts/bench runs it; it asserts no time): two listeners on one
+/// store consume one queue; one is killed (SIGKILL) right after the last of a burst of incidents
+/// was published, and the survivor must deliver everything, also what the dead one had
+/// acknowledged. Printed: the time from the kill until the last review was accepted, beside the
+/// same burst with no kill (from the last publish). Then the usual counts are asserted.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: scripts/bench runs it"]
+async fn failover_time_of_two_listeners_sharing_one_store() {
+    const BURST: u64 = 20;
+    let postgres = common::TestStore::postgres();
+    println!("| store | round | no kill: last review after the last publish | kill -9: last review after the kill |");
+    println!("| --- | --- | --- | --- |");
+    for (store, url) in [("SQLite (one state directory)", None), ("PostgreSQL", Some(postgres.url()))] {
+        for round in 1..=3u64 {
+            let mut seen = Vec::new();
+            for kill in [false, true] {
+                let extra: Vec<(&'static str, &str)> = match &url {
+                    Some(u) => vec![NO_CATCHUP, ("INCIDENT_GATE_STORE_URL", u.as_str())],
+                    None => vec![NO_CATCHUP],
+                };
+                let mut stream = Stream::new("failover", None, &extra).await;
+                // PostgreSQL: a state directory per listener, as on two hosts; SQLite: one shared
+                let other = tempfile::tempdir().unwrap();
+                let elsewhere = format!(
+                    "RUST_LOG=info INCIDENT_GATE_STATE_DIR={} exec \"$0\" \"$@\"",
+                    if url.is_some() { other.path() } else { stream.state.path() }.display()
+                );
+                let mut listeners = [stream.listen(Some(&elsewhere)), stream.listen(Some(&elsewhere))];
+                stream.wait_for_queue("both listeners consume", |_, consumers| consumers >= 2).await;
+                let base = 13_900 + 100 * round + if kill { 50 } else { 0 };
+                for n in 0..BURST {
+                    stream.incident(base + n).await;
+                }
+                let from = tokio::time::Instant::now();
+                if kill {
+                    listeners[0].kill();
+                }
+                let deadline = from + Duration::from_secs(180);
+                let requests: Vec<u64> = stream.incidents.values().copied().collect();
+                while requests.iter().any(|rr| stream.obs.reviews(*rr)[0].state != "accepted")
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                seen.push(from.elapsed());
+                let faults = format!("failover ({store}, round {round}, kill {kill})");
+                stream.count_and_check(&faults, Duration::from_secs(1)).await;
+                drop(listeners);
+            }
+            println!(
+                "| {store} | {round} | {:.2} s | {:.2} s |",
+                seen[0].as_secs_f64(),
+                seen[1].as_secs_f64()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_whose_postgres_store_goes_away_at_random_points_loses_no_incident_and_acts_once() {
     // the listener reaches PostgreSQL only through the proxy
