@@ -10,7 +10,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use common::{amqp_url, OpenQa};
+use common::OpenQa;
 use futures_util::StreamExt;
 use incident_gate_sim::obs::{ObsSim, ObsSimConfig, SimAuth, SimReview};
 use lapin::Consumer;
@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use testkit::broker::Broker;
+use testkit::proxy::Proxy;
 use testkit::{review_changes, unique, Leftovers};
 
 const BIN: &str = env!("CARGO_BIN_EXE_incident-gate");
@@ -279,52 +280,13 @@ async fn count_and_check(
     assert!(changes.iter().all(|c| *c == 1), "each review changed once: {changes:?}");
 }
 
-/// A loopback TCP proxy to RabbitMQ that can be cut: every connection through it is dropped and
-/// new ones are refused until it is restored, as a network partition or a broker restart looks to
-/// the listener.
-struct CuttableProxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
-}
-
-impl CuttableProxy {
-    async fn start(upstream: &str) -> CuttableProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, watch) = tokio::sync::watch::channel(false);
-        let upstream = upstream.to_string();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if *watch.borrow() {
-                    continue; // dropped: refused while cut
-                }
-                let upstream = upstream.clone();
-                let mut watch = watch.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        CuttableProxy { port, cut }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_whose_broker_goes_away_at_random_points_loses_no_incident_and_acts_once() {
     // the listener reaches the broker only through the proxy; the test publishes directly
-    let url = amqp_url();
-    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("127.0.0.1:5672");
-    let proxy = CuttableProxy::start(authority).await;
-    let through = url.replacen(authority, &format!("127.0.0.1:{}", proxy.port), 1);
-    let mut stream = Stream::new("cut", Some(through), &[NO_CATCHUP]).await;
+    // cut: every connection through it dropped and new ones refused, as a network partition or a
+    // broker restart looks to the listener
+    let proxy = Proxy::to_broker().await;
+    let mut stream = Stream::new("cut", Some(proxy.url()), &[NO_CATCHUP]).await;
     let mut child = stream.listen(None);
     stream.wait_until_consuming().await;
     let seed = std::process::id() as u64;
@@ -335,10 +297,10 @@ async fn a_listener_whose_broker_goes_away_at_random_points_loses_no_incident_an
         if rng.below(4) == 0 {
             // the broker away for up to 1.5 s, while decisions are being published
             tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
-            proxy.set_cut(true);
+            proxy.cut();
             cuts += 1;
             tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
-            proxy.set_cut(false);
+            proxy.restore();
         }
     }
     let faults = format!("broker cut stream (seed {seed}): {cuts} cuts");
@@ -632,8 +594,8 @@ async fn a_listener_whose_postgres_store_goes_away_at_random_points_loses_no_inc
     let server =
         std::env::var("IG_TEST_POSTGRES").unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432".into());
     let authority = server.rsplit('@').next().unwrap_or("127.0.0.1:5432").to_string();
-    let proxy = CuttableProxy::start(&authority).await;
-    let through = store.url().replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
+    let proxy = Proxy::start(&authority).await;
+    let through = store.url().replacen(&authority, &format!("127.0.0.1:{}", proxy.port()), 1);
     let mut stream = Stream::new("pg-cut", None, &[("INCIDENT_GATE_STORE_URL", &through)]).await;
     let mut child = stream.listen(Some("RUST_LOG=info exec \"$0\" \"$@\""));
     let consuming = common::eventually(Duration::from_secs(60), || {
@@ -648,10 +610,10 @@ async fn a_listener_whose_postgres_store_goes_away_at_random_points_loses_no_inc
         if rng.below(4) == 0 {
             // PostgreSQL away (or restarting) for up to 2 s, while incidents are decided
             tokio::time::sleep(Duration::from_millis(rng.below(50))).await;
-            proxy.set_cut(true);
+            proxy.cut();
             cuts += 1;
             tokio::time::sleep(Duration::from_millis(300 + rng.below(1700))).await;
-            proxy.set_cut(false);
+            proxy.restore();
         }
     }
     let faults = format!("PostgreSQL cut (seed {seed}): {cuts} cuts");
