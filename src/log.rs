@@ -29,7 +29,7 @@ struct Queue {
 
 static QUEUE: Mutex<Queue> = Mutex::new(Queue { capturing: false, records: VecDeque::new(), dropped: 0 });
 static INIT: Once = Once::new();
-static AT_FORK: Once = Once::new();
+static AT_FORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn queue() -> MutexGuard<'static, Queue> {
     QUEUE.lock().unwrap_or_else(|p| p.into_inner())
@@ -52,12 +52,14 @@ extern "C" fn after_fork() {
 }
 
 /// Has the forking thread hold the queue over every fork (once per process).
+/// Not a `Once`: a child forked while another thread ran its closure would wait for it forever.
 pub(crate) fn guard_forks() {
-    AT_FORK.call_once(|| {
-        // SAFETY: the handlers only take and release a lock that the forking thread does not hold
-        // (fork is never called from inside this module), and never unwind.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
-    });
+    if AT_FORK.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: the handlers only take and release a lock that the forking thread does not hold
+    // (fork is never called from inside this module), and never unwind.
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
 }
 
 /// Installs the library's subscriber unless the process already has one (a Rust host such as

@@ -62,6 +62,8 @@ fn a_child_forked_while_threads_log_can_log() {
 #[test]
 fn a_child_forked_while_threads_use_the_store_can_use_it() {
     let dir = tempfile::tempdir().unwrap();
+    // the worker's own store, opened before its engine's threads start (as the plugin's gate does)
+    let _store = incident_gate::store::Store::open(dir.path()).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..3)
         .map(|t| {
@@ -73,6 +75,9 @@ fn a_child_forked_while_threads_use_the_store_can_use_it() {
                     n += 1;
                     let incident = incident_gate::incident::Submission::ibs(1000 * t + n % 50);
                     store.mark_pending(incident).unwrap();
+                    // busy as an engine is, not a loop that holds SQLite's write lock all the time
+                    // (a child starved of it would fail for that, not for the fork)
+                    std::thread::sleep(Duration::from_micros(200));
                     // a store opened and closed now and then, as evaluations of the page do
                     if n % 20 == 0 {
                         drop(incident_gate::store::Store::open(&path).unwrap());
@@ -87,16 +92,29 @@ fn a_child_forked_while_threads_use_the_store_can_use_it() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            let ok = incident_gate::store::Store::open(dir.path()).and_then(|s| s.pending()).is_ok();
-            unsafe { libc::_exit(if ok { 0 } else { 2 }) };
+            let read = incident_gate::store::Store::open(dir.path()).and_then(|s| s.pending());
+            if let Err(e) = read {
+                // the test's output capture is the parent's: the error goes to a file it reads
+                let _ =
+                    std::fs::write(dir.path().join(format!("child-{}", std::process::id())), e.to_string());
+                unsafe { libc::_exit(2) };
+            }
+            unsafe { libc::_exit(0) };
         }
         forks += 1;
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // longer than SQLite's busy timeout (10 s): a child that waited for a lock in vain
+        // answers an error, one that waits for a mutex no thread will release never answers
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut status = 0;
         loop {
             let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
             if done == pid {
-                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
+                let why =
+                    std::fs::read_to_string(dir.path().join(format!("child-{pid}"))).unwrap_or_default();
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "child status {status}: {why}"
+                );
                 break;
             }
             if Instant::now() > deadline {
@@ -108,6 +126,9 @@ fn a_child_forked_while_threads_use_the_store_can_use_it() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+        if hung > 0 {
+            break;
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

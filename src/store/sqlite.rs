@@ -8,7 +8,8 @@ use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -30,7 +31,7 @@ pub(super) struct Sqlite {
 // happens only while no thread is inside SQLite. A fork may wait for a statement in progress,
 // at most SQLite's busy timeout.
 static GATE: RwLock<()> = RwLock::new(());
-static AT_FORK: Once = Once::new();
+static AT_FORK: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     // how deep this thread is inside the gate: the shared hold is taken once, as a nested read
@@ -67,15 +68,17 @@ extern "C" fn after_fork() {
     HELD_OVER_FORK.with(|h| drop(h.borrow_mut().take()));
 }
 
+// Not a `Once`: a child forked while another thread ran its closure would wait for it forever.
 fn guard_forks() {
-    AT_FORK.call_once(|| {
-        // the log queue's handlers first: prepare handlers run in reverse order of registration,
-        // so the gate is taken before the queue, while threads inside SQLite may still log
-        crate::log::guard_forks();
-        // SAFETY: the handlers take and release a lock the forking thread does not hold (checked
-        // with DEPTH), and never unwind.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
-    });
+    if AT_FORK.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // the log queue's handlers first: prepare handlers run in reverse order of registration, so
+    // the gate is taken before the queue, while threads inside SQLite may still log
+    crate::log::guard_forks();
+    // SAFETY: the handlers take and release a lock the forking thread does not hold (checked with
+    // DEPTH), and never unwind.
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
 }
 
 /// A connection in use: the connection's lock, then this thread's hold of the fork gate, which is
@@ -169,7 +172,17 @@ impl Sqlite {
         let named = |e: rusqlite::Error| StoreError(format!("cannot use {}: {e}", path.display()));
         let mut conn = Connection::open(&path).map_err(named)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(named)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(named)?;
+        // switching a new file to WAL takes its exclusive lock, and SQLite answers "database is
+        // locked" at once, without its busy handler, when another process (prefork workers
+        // starting together) or thread is at the same step: wait for it as for any lock
+        let waited = std::time::Instant::now();
+        while let Err(e) = conn.pragma_update(None, "journal_mode", "WAL") {
+            let busy = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+            if !busy || waited.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(named(e));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(named)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS decisions (
