@@ -599,3 +599,25 @@ async fn a_quiet_period_holds_an_approval_until_no_job_appears_and_reports_a_fai
     assert_eq!((failed.result, failed.complete), (Outcome::Failed, true));
     assert_eq!(core.store().decision_count().unwrap(), 3, "one approval, two failure messages");
 }
+
+/// openQA's DSN rarely names `sslmode`, and `store_url = openqa` is made from it: libpq's default
+/// (prefer) must reach a server whose certificate is self-signed, as Debian's is, and encrypt
+/// when the server offers TLS. (It failed every connection: "error performing TLS handshake".)
+#[test]
+fn a_store_url_without_sslmode_reaches_a_server_with_a_self_signed_certificate() {
+    let db = testkit::postgres::TempDatabase::new("ig_tls_test");
+    let url = db.url().replace("?sslmode=disable", "");
+    let state = tempfile::tempdir().unwrap();
+    let store = incident_gate::store::Store::open_url(&url, state.path());
+    assert!(store.is_ok(), "{url}: {:?}", store.err().map(|e| e.to_string()));
+    let name = url.rsplit('/').next().unwrap_or_default().to_string();
+    let (offered, encrypted) = db.admin_query(&format!(
+        "SELECT current_setting('ssl'), bool_and(s.ssl)::text FROM pg_stat_ssl s
+         JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{name}' AND a.application_name = 'incident-gate'"
+    ));
+    assert_eq!(
+        encrypted,
+        if offered == "on" { "true" } else { "false" },
+        "the store's session (server ssl = {offered})"
+    );
+}

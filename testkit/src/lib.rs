@@ -14,6 +14,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod postgres;
 pub mod proxy;
 pub mod scenario;
 

@@ -8,12 +8,7 @@ pub use testkit::scenario::*;
 /// of its own on the machine's server (`IG_TEST_POSTGRES` names another), dropped afterwards,
 /// also when the test fails.
 pub struct TestStore {
-    postgres: Option<(String, String)>,
-}
-
-fn pg_admin(server: &str) -> postgres::Client {
-    postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
-        .unwrap_or_else(|e| panic!("the tests need PostgreSQL at {server} (IG_TEST_POSTGRES): {e}"))
+    postgres: Option<testkit::postgres::TempDatabase>,
 }
 
 impl TestStore {
@@ -22,29 +17,12 @@ impl TestStore {
     }
 
     pub fn postgres() -> TestStore {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let server = std::env::var("IG_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432".to_string());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("ig_test_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let (s, n) = (server.clone(), name.clone());
-        // a thread of its own: the sync client must not run on a tokio thread
-        std::thread::spawn(move || pg_admin(&s).batch_execute(&format!("CREATE DATABASE {n}")).unwrap())
-            .join()
-            .unwrap();
-        TestStore { postgres: Some((server, name)) }
+        TestStore { postgres: Some(testkit::postgres::TempDatabase::new("ig_test")) }
     }
 
     /// `store_url`: empty for SQLite.
     pub fn url(&self) -> String {
-        match &self.postgres {
-            Some((server, name)) => format!("{server}/{name}?sslmode=disable"),
-            None => String::new(),
-        }
+        self.postgres.as_ref().map(|db| db.url()).unwrap_or_default()
     }
 
     /// `gate_config` on this store.
@@ -52,20 +30,6 @@ impl TestStore {
         let mut config = gate_config(openqa, state);
         config["store_url"] = self.url().into();
         config
-    }
-}
-
-impl Drop for TestStore {
-    fn drop(&mut self) {
-        if let Some((server, name)) = self.postgres.take() {
-            let dropped = std::thread::spawn(move || {
-                pg_admin(&server).batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            })
-            .join();
-            if !matches!(dropped, Ok(Ok(()))) {
-                eprintln!("could not drop a test database");
-            }
-        }
     }
 }
 
