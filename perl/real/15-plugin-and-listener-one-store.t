@@ -92,16 +92,25 @@ for my $r (@{$w->sim->ua->get("$w->{sim}{obs}/_sim/log")->result->json // []}) {
     $per_request{$1}++ if $r->{path} =~ m{^/request/(\d+)$};
 }
 $changes_max = (sort { $b <=> $a } values %per_request)[0] // 0;
+# the plugin reads the same store: its metrics route counts the listener's decisions too
+my $plugin_decisions = 0;
+my $metrics = $oq->ua->get($oq->url . '/admin/influxdb/incident_gate')->result;
+for my $line (split /\n/, $metrics->body) {
+    $plugin_decisions += $1 if $line =~ /^incident_gate,\S*kind=\S* .*\bdecisions=(\d+)i/;
+}
 my $store_rows = `psql -h 127.0.0.1 -U postgres -d $oq->{database} -Atc "SELECT count(*) FROM incident_gate.decisions"`;
 chomp $store_rows;
 diag "plugin (prefork, 2 workers) and listener on openQA's database (seed $seed): ${\INCIDENTS} incidents, "
   . "$kills listener kills; decided $decided; distinct decisions $distinct; reviews accepted $accepted; "
-  . "review changes at most $changes_max per request; decisions in the shared store $store_rows";
+  . "review changes at most $changes_max per request; decisions in the shared store $store_rows "
+  . "(the plugin's metrics count $plugin_decisions)";
 is $decided, INCIDENTS, 'every incident decided';
 is $distinct, INCIDENTS, 'each once (one event_id), by the plugin or the listener';
 is $messages, INCIDENTS, 'no incident.done published twice';
 is $accepted, INCIDENTS, 'every review accepted';
 is $changes_max, 1, 'one review change per request';
+is $metrics->code, 200, 'the plugin\'s metrics route answers';
+is $plugin_decisions, INCIDENTS, 'the plugin counts every decision in the shared store, the listener\'s too';
 is $store_rows, INCIDENTS, 'one decision per incident in openQA\'s database, schema incident_gate';
 ok !-e "$section->{state_dir}/incident-gate.sqlite", 'the listener keeps no SQLite store in its state directory';
 
