@@ -1,7 +1,31 @@
-//! The plugin evaluates verdicts in a fork of an openQA worker whose engine threads keep logging:
-//! a forked child must never find the log queue locked by a thread that did not come along.
+//! The plugin evaluates verdicts in a fork of an openQA worker whose engine threads keep logging
+//! and writing the store: a forked child must never find a lock held by a thread that did not
+//! come along.
 
 use std::time::{Duration, Instant};
+
+/// The child's exit status, or None when it gave no answer within `patience` (then killed).
+fn wait_for_child(pid: libc::pid_t, patience: Duration) -> Option<i32> {
+    let deadline = Instant::now() + patience;
+    let mut status = 0;
+    loop {
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn exited_0(status: i32) -> bool {
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
 
 #[test]
 fn a_child_forked_while_threads_log_can_log() {
@@ -31,23 +55,9 @@ fn a_child_forked_while_threads_log_can_log() {
             unsafe { libc::_exit(if kept > 0 { 0 } else { 2 }) };
         }
         forks += 1;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut status = 0;
-        loop {
-            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if done == pid {
-                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
-                break;
-            }
-            if Instant::now() > deadline {
-                hung += 1;
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        match wait_for_child(pid, Duration::from_secs(2)) {
+            Some(status) => assert!(exited_0(status), "child status {status}"),
+            None => hung += 1,
         }
         let _ = incident_gate::log::take();
     }
@@ -104,28 +114,13 @@ fn a_child_forked_while_threads_use_the_store_can_use_it() {
         forks += 1;
         // longer than SQLite's busy timeout (10 s): a child that waited for a lock in vain
         // answers an error, one that waits for a mutex no thread will release never answers
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut status = 0;
-        loop {
-            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if done == pid {
+        match wait_for_child(pid, Duration::from_secs(30)) {
+            Some(status) => {
                 let why =
                     std::fs::read_to_string(dir.path().join(format!("child-{pid}"))).unwrap_or_default();
-                assert!(
-                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                    "child status {status}: {why}"
-                );
-                break;
+                assert!(exited_0(status), "child status {status}: {why}");
             }
-            if Instant::now() > deadline {
-                hung += 1;
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+            None => hung += 1,
         }
         if hung > 0 {
             break;
