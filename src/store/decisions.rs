@@ -67,56 +67,55 @@ impl Decisions for Sqlite {
         relied: &[(u64, u64)],
     ) -> Result<Recorded, StoreError> {
         let incident = d.verdict.submission().store_key();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let latest: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT base, seen FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
-                [incident],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        match judge(latest, unfinished_ticket(&tx, incident)?, base, seen) {
-            Some(Recorded::Stale) => return Ok(Recorded::Stale),
-            Some(recorded) => {
-                tx.execute(
-                    "DELETE FROM pending WHERE incident = ?1 AND ticket < ?2",
-                    params![incident, seen],
-                )?;
-                replace_relied(&tx, incident, relied)?;
-                tx.commit()?;
-                return Ok(recorded);
+        // the write lock from the start: the latest decision read stays the latest until commit
+        self.write(|tx| {
+            let latest: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT base, seen FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
+                    [incident],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match judge(latest, unfinished_ticket(tx, incident)?, base, seen) {
+                Some(Recorded::Stale) => return Ok(Recorded::Stale),
+                Some(recorded) => {
+                    tx.execute(
+                        "DELETE FROM pending WHERE incident = ?1 AND ticket < ?2",
+                        params![incident, seen],
+                    )?;
+                    replace_relied(tx, incident, relied)?;
+                    return Ok(recorded);
+                }
+                None => {}
             }
-            None => {}
-        }
-        let earlier: i64 =
-            tx.query_row("SELECT COUNT(*) FROM decisions WHERE incident = ?1", [incident], |r| r.get(0))?;
-        let taken: bool =
-            tx.query_row("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = ?1)", [base], |r| r.get(0))?;
-        d.key = new_key(base, taken, earlier);
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO decisions (key, base, incident, request, result, decided_at, body, seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                d.key,
-                base,
-                incident,
-                d.verdict.request.map(|r| r as i64),
-                d.verdict.result.as_str(),
-                d.decided_at,
-                body(d)?,
-                seen
-            ],
-        )? == 1;
-        if inserted {
-            for sink in sinks {
-                tx.execute("INSERT INTO outbox (key, sink) VALUES (?1, ?2)", params![d.key, sink.as_str()])?;
+            let earlier: i64 =
+                tx.query_row("SELECT COUNT(*) FROM decisions WHERE incident = ?1", [incident], |r| r.get(0))?;
+            let taken: bool =
+                tx.query_row("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = ?1)", [base], |r| r.get(0))?;
+            d.key = new_key(base, taken, earlier);
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO decisions (key, base, incident, request, result, decided_at, body, seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    d.key,
+                    base,
+                    incident,
+                    d.verdict.request.map(|r| r as i64),
+                    d.verdict.result.as_str(),
+                    d.decided_at,
+                    body(d)?,
+                    seen
+                ],
+            )? == 1;
+            if inserted {
+                for sink in sinks {
+                    tx.execute("INSERT INTO outbox (key, sink) VALUES (?1, ?2)", params![d.key, sink.as_str()])?;
+                }
             }
-        }
-        tx.execute("DELETE FROM pending WHERE incident = ?1 AND ticket < ?2", params![incident, seen])?;
-        replace_relied(&tx, incident, relied)?;
-        tx.commit()?;
-        Ok(if inserted { Recorded::New } else { Recorded::Repeat })
+            tx.execute("DELETE FROM pending WHERE incident = ?1 AND ticket < ?2", params![incident, seen])?;
+            replace_relied(tx, incident, relied)?;
+            Ok(if inserted { Recorded::New } else { Recorded::Repeat })
+        })
     }
 
     fn is_latest(&self, incident: Submission, key: &str) -> Result<bool, StoreError> {
