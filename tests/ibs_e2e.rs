@@ -33,13 +33,18 @@ async fn setup(policy: &str, request_state: &str) -> Setup {
 }
 
 impl Setup {
+    /// A job ends in openQA, and its event reaches the gate.
+    fn done(&self, job: u64, result: &str) {
+        self.qa.sim.set_done(job, result);
+        self.gate.job_done(job, result);
+    }
+
     /// Runs an incident's three jobs to the end with `results`, each with its event.
     fn run(&self, incident: u64, results: [&str; 3]) -> Vec<u64> {
         let jobs: Vec<u64> =
             (0..3).map(|i| self.qa.incident_job(incident, REQUEST, &format!("t{i}"))).collect();
         for (job, result) in jobs.iter().zip(results) {
-            self.qa.sim.set_done(*job, result);
-            self.gate.job_done(*job, result);
+            self.done(*job, result);
         }
         jobs
     }
@@ -97,8 +102,7 @@ async fn accept_onpass_accepts_a_pass_and_only_comments_a_failure() {
     // the failed job is restarted and passes: a new decision accepts, the comment is replaced
     let (clone, event) = s.qa.sim.restart(jobs[1]).unwrap();
     assert_eq!(s.gate.submit(&event.name, &event.data), incident_gate::ffi::ig_status::IG_OK);
-    s.qa.sim.set_done(clone, "passed");
-    s.gate.job_done(clone, "passed");
+    s.done(clone, "passed");
     s.delivered().await;
     assert_eq!(s.review(), "accepted");
     assert_eq!(
@@ -219,8 +223,7 @@ async fn a_decision_replaced_while_ibs_was_down_is_not_reported() {
     // the failure is fixed before IBS comes back: restart, pass, a new decision
     let (clone, event) = s.qa.sim.restart(jobs[1]).unwrap();
     assert_eq!(s.gate.submit(&event.name, &event.data), incident_gate::ffi::ig_status::IG_OK);
-    s.qa.sim.set_done(clone, "passed");
-    s.gate.job_done(clone, "passed");
+    s.done(clone, "passed");
     s.gate.flushed();
     assert_eq!(s.gate.decisions().len(), 2);
     s.obs.set_down(false);
@@ -250,8 +253,7 @@ async fn an_approval_held_up_by_ibs_is_not_delivered_once_testing_resumed() {
     assert_eq!(s.obs_outcome().split(' ').next(), Some("final"), "{}", s.obs_outcome());
     assert!(s.obs_outcome().contains("testing resumed"), "{}", s.obs_outcome());
     // the clone passes with the same result as before: that is a new decision, and it is reported
-    s.qa.sim.set_done(clone, "passed");
-    s.gate.job_done(clone, "passed");
+    s.done(clone, "passed");
     s.delivered().await;
     assert_eq!(s.gate.decisions().len(), 2);
     assert_eq!(s.review(), "accepted");
@@ -263,8 +265,7 @@ async fn a_failure_openqa_restarts_by_itself_is_not_declined() {
     let s = setup("accept-decline", "review").await;
     let jobs: Vec<u64> = (0..3).map(|i| s.qa.incident_job(7010, REQUEST, &format!("t{i}"))).collect();
     for job in &jobs[..2] {
-        s.qa.sim.set_done(*job, "passed");
-        s.gate.job_done(*job, "passed");
+        s.done(*job, "passed");
     }
     // upstream openQA marks the reason, emits the done event, and clones the job afterwards in a
     // background task whose restart event the web UI never hears
@@ -277,8 +278,7 @@ async fn a_failure_openqa_restarts_by_itself_is_not_declined() {
     assert_eq!(v["waiting"][0]["kind"], "restart", "{v}");
     assert_eq!(s.review(), "new", "not declined while openQA restarts the job");
     let (clone, _restart_event_elsewhere) = s.qa.sim.restart(jobs[2]).unwrap();
-    s.qa.sim.set_done(clone, "passed");
-    s.gate.job_done(clone, "passed");
+    s.done(clone, "passed");
     s.delivered().await;
     assert_eq!(s.review(), "accepted");
 }
@@ -301,8 +301,7 @@ async fn an_approval_held_up_by_ibs_is_withheld_when_a_job_was_restarted_unheard
     assert!(outcome.contains("pending again"), "{outcome}");
     assert_eq!(s.obs.count("POST", "/request/"), 0, "the review was not touched");
     // the clone passes: a new decision, approved after its own check
-    s.qa.sim.set_done(clone, "passed");
-    s.gate.job_done(clone, "passed");
+    s.done(clone, "passed");
     s.delivered().await;
     assert_eq!(s.review(), "accepted");
     assert_eq!(s.obs.count("POST", "/request/"), 1, "the review was changed once");
@@ -318,8 +317,7 @@ async fn an_approval_held_up_by_ibs_is_withheld_when_its_waiver_was_edited() {
     let comment = created.data["id"].as_u64().unwrap();
     s.obs.set_down(true);
     for (job, result) in jobs.iter().zip(["passed", "failed", "passed"]) {
-        s.qa.sim.set_done(*job, result);
-        s.gate.job_done(*job, result);
+        s.done(*job, result);
     }
     s.gate.flushed();
     assert_eq!(s.gate.decisions()[0]["result"], "passed", "{}", s.gate.status());
