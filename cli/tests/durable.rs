@@ -179,6 +179,32 @@ impl Stream {
         }
     }
 
+    /// 30 incidents from `first`; after one in four (at random, the seed is the pid), within
+    /// `lead_ms`, `proxy` is cut for `outage_ms.0` plus up to `outage_ms.1` ms. Answers the seed
+    /// and how many cuts there were.
+    async fn incidents_through_cuts(
+        &mut self,
+        proxy: &Proxy,
+        first: u64,
+        lead_ms: u64,
+        outage_ms: (u64, u64),
+    ) -> (u64, usize) {
+        let seed = std::process::id() as u64;
+        let mut rng = Rng(seed);
+        let mut cuts = 0;
+        for n in 0..30 {
+            self.incident(first + n).await;
+            if rng.below(4) == 0 {
+                tokio::time::sleep(Duration::from_millis(rng.below(lead_ms))).await;
+                proxy.cut();
+                cuts += 1;
+                tokio::time::sleep(Duration::from_millis(outage_ms.0 + rng.below(outage_ms.1))).await;
+                proxy.restore();
+            }
+        }
+        (seed, cuts)
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -289,20 +315,8 @@ async fn a_listener_whose_broker_goes_away_at_random_points_loses_no_incident_an
     let mut stream = Stream::new("cut", Some(proxy.url()), &[NO_CATCHUP]).await;
     let mut child = stream.listen(None);
     stream.wait_until_consuming().await;
-    let seed = std::process::id() as u64;
-    let mut rng = Rng(seed);
-    let mut cuts = 0;
-    for n in 0..30 {
-        stream.incident(13_600 + n).await;
-        if rng.below(4) == 0 {
-            // the broker away for up to 1.5 s, while decisions are being published
-            tokio::time::sleep(Duration::from_millis(rng.below(30))).await;
-            proxy.cut();
-            cuts += 1;
-            tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
-            proxy.restore();
-        }
-    }
+    // the broker away for up to 1.5 s, while decisions are being published
+    let (seed, cuts) = stream.incidents_through_cuts(&proxy, 13_600, 30, (200, 1300)).await;
     let faults = format!("broker cut stream (seed {seed}): {cuts} cuts");
     stream.count_and_check(&faults, Duration::from_secs(30)).await;
     child.kill();
@@ -602,20 +616,8 @@ async fn a_listener_whose_postgres_store_goes_away_at_random_points_loses_no_inc
         stream.logs().contains("listening on queue").then_some(())
     });
     assert!(consuming.await.is_some(), "the listener did not start:\n{}", stream.logs());
-    let seed = std::process::id() as u64;
-    let mut rng = Rng(seed);
-    let mut cuts = 0;
-    for n in 0..30 {
-        stream.incident(13_800 + n).await;
-        if rng.below(4) == 0 {
-            // PostgreSQL away (or restarting) for up to 2 s, while incidents are decided
-            tokio::time::sleep(Duration::from_millis(rng.below(50))).await;
-            proxy.cut();
-            cuts += 1;
-            tokio::time::sleep(Duration::from_millis(300 + rng.below(1700))).await;
-            proxy.restore();
-        }
-    }
+    // PostgreSQL away (or restarting) for up to 2 s, while incidents are decided
+    let (seed, cuts) = stream.incidents_through_cuts(&proxy, 13_800, 50, (300, 1700)).await;
     let faults = format!("PostgreSQL cut (seed {seed}): {cuts} cuts");
     stream.count_and_check(&faults, Duration::from_secs(60)).await;
     child.kill();
