@@ -116,18 +116,25 @@ async fn the_simulator_pages_like_openqa() {
     );
 }
 
+/// openQA 4.6 whose `list_value` searches the newest 50 jobs, and a failed job of the incident
+/// that 50 newer jobs pushed out of that window: answers its id.
+fn failure_outside_the_window(qa: &OpenQa, incident: u64, request: u64) -> u64 {
+    qa.sim.set_flavor(incident_gate_sim::openqa::Flavor::Debian12);
+    qa.sim.set_job_settings_max_recent_jobs(50);
+    let early = qa.incident_job(incident, request, "early");
+    qa.sim.set_done(early, "failed");
+    for t in 0..50 {
+        qa.sim.create_job(&[("TEST", "other"), ("REPOHASH", &t.to_string())], None);
+    }
+    early
+}
+
 /// openQA 4.6 (Debian 12) finds an incident's own jobs only with `list_value`, which searches its
 /// newest jobs: a failed job older than that still blocks, found through its build.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_own_job_outside_the_list_value_window_still_blocks_on_openqa_4_6() {
     let qa = OpenQa::start().await;
-    qa.sim.set_flavor(incident_gate_sim::openqa::Flavor::Debian12);
-    qa.sim.set_job_settings_max_recent_jobs(50);
-    let early = qa.incident_job(7002, 300702, "early");
-    qa.sim.set_done(early, "failed");
-    for t in 0..50 {
-        qa.sim.create_job(&[("TEST", "other"), ("REPOHASH", &t.to_string())], None);
-    }
+    let early = failure_outside_the_window(&qa, 7002, 300702);
     let late = qa.incident_job(7002, 300702, "late");
     qa.sim.set_done(late, "passed");
     let listed = client(&qa.url()).job_ids_by_setting("INCIDENT_ID", "7002").await.unwrap();
@@ -147,13 +154,7 @@ async fn an_own_job_outside_the_list_value_window_still_blocks_on_openqa_4_6() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_uncounted_running_job_does_not_hide_an_old_failure_on_openqa_4_6() {
     let qa = OpenQa::start().await;
-    qa.sim.set_flavor(incident_gate_sim::openqa::Flavor::Debian12);
-    qa.sim.set_job_settings_max_recent_jobs(50);
-    let early = qa.incident_job(7003, 300703, "early");
-    qa.sim.set_done(early, "failed");
-    for t in 0..50 {
-        qa.sim.create_job(&[("TEST", "other"), ("REPOHASH", &t.to_string())], None);
-    }
+    let early = failure_outside_the_window(&qa, 7003, 300703);
     let restarted = qa.incident_job(7003, 300703, "late");
     qa.sim.set_done(restarted, "failed");
     let (clone, _) = qa.sim.restart(restarted).unwrap();
