@@ -213,20 +213,21 @@ impl Sqlite {
                 since INTEGER NOT NULL, PRIMARY KEY (product, incident));",
         )
         .map_err(named)?;
-        add_column(&mut conn, "decisions", "seen", "INTEGER NOT NULL DEFAULT 0")
-            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
-        // the evaluation ticket current when an incident was marked pending: only an evaluation
-        // that began later (a higher ticket) may clear the mark
-        add_column(&mut conn, "pending", "ticket", "INTEGER NOT NULL DEFAULT 0")
-            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
-        // what the last evaluation of a pending incident waited for, for the incidents page
-        for column in ["wait_state", "wait_why"] {
-            add_column(&mut conn, "pending", column, "TEXT")
+        // columns that state directories of older versions lack
+        for (table, column, decl) in [
+            ("decisions", "seen", "INTEGER NOT NULL DEFAULT 0"),
+            // the evaluation ticket current when an incident was marked pending: only an
+            // evaluation that began later (a higher ticket) may clear the mark
+            ("pending", "ticket", "INTEGER NOT NULL DEFAULT 0"),
+            // what the last evaluation of a pending incident waited for, for the incidents page
+            ("pending", "wait_state", "TEXT"),
+            ("pending", "wait_why", "TEXT"),
+            // a report waiting for the other side (`Delivery::Waiting`): not hurried by hook runs
+            ("outbox", "waiting", "INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            add_column(&mut conn, table, column, decl)
                 .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         }
-        // a report waiting for the other side (`Delivery::Waiting`): not hurried by hook runs
-        add_column(&mut conn, "outbox", "waiting", "INTEGER NOT NULL DEFAULT 0")
-            .map_err(|e| StoreError(format!("cannot use {}: {}", path.display(), e.0)))?;
         Ok(Sqlite { conn: ManuallyDrop::new(Mutex::new(conn)), path })
     }
 
