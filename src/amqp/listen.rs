@@ -22,6 +22,8 @@ const BATCH: usize = 256;
 const STORE_RETRY: Duration = Duration::from_secs(2);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+/// How long a subscription or an acknowledgement may wait for the broker.
+const BROKER_CALL: Duration = Duration::from_secs(15);
 
 /// The routing-key patterns bound to our queue.
 pub fn binding_keys(cfg: &Config) -> Vec<String> {
@@ -58,13 +60,9 @@ pub async fn run(core: Arc<Core>) {
 
 async fn subscribe(cfg: &Config) -> Result<(Connection, Consumer), String> {
     let url = cfg.amqp_url.redacted();
-    let conn = tokio::time::timeout(
-        Duration::from_secs(15),
-        Connection::connect(cfg.amqp_url.expose(), ConnectionProperties::default()),
-    )
-    .await
-    .map_err(|_| format!("connecting to {url} timed out"))?
-    .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let conn = Connection::connect(cfg.amqp_url.expose(), ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     ch.basic_qos(BATCH as u16, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
     if cfg.amqp_declare_exchange {
@@ -108,7 +106,11 @@ async fn subscribe(cfg: &Config) -> Result<(Connection, Consumer), String> {
 /// Consumes until shutdown or an error; a successful subscription resets the reconnect `delay`,
 /// so a connection lost after hours of service is retried quickly again.
 async fn consume(core: &Arc<Core>, delay: &mut Duration) -> Result<(), String> {
-    let (conn, mut consumer) = subscribe(core.config()).await?;
+    // bounded as a whole: a connection that dies between its steps may leave one unanswered
+    let (conn, mut consumer) =
+        tokio::time::timeout(BROKER_CALL, subscribe(core.config())).await.map_err(|_| {
+            format!("subscribing: no answer from the broker within {} s", BROKER_CALL.as_secs())
+        })??;
     *delay = RECONNECT_MIN;
     tracing::info!(
         "listening on queue {} for {}",
@@ -148,6 +150,18 @@ async fn consume(core: &Arc<Core>, delay: &mut Duration) -> Result<(), String> {
     }
 }
 
+/// A broker call with a bounded wait: lapin may leave a call on a connection that died unanswered,
+/// and the listener would then consume nothing more without a word. A call not answered counts as
+/// a lost connection; what it acknowledged comes back after reconnecting.
+async fn answered<T, E: std::fmt::Display>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(BROKER_CALL, call).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer from the broker within {} s", BROKER_CALL.as_secs())),
+    }
+}
+
 /// Rejects the malformed messages, hands the rest to the engine and acknowledges them; returns
 /// false, acknowledging nothing, when shutdown came first: the engine gives up on events it cannot
 /// look up yet (openQA unreachable) once it shuts down, so only the broker still has them.
@@ -162,7 +176,7 @@ async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<bool, Stri
             }
             Err(e) => {
                 tracing::warn!("rejecting a malformed message: {e}");
-                delivery.reject(BasicRejectOptions { requeue: false }).await.map_err(|e| e.to_string())?;
+                answered(delivery.reject(BasicRejectOptions { requeue: false })).await?;
             }
         }
     }
@@ -174,10 +188,7 @@ async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<bool, Stri
     if let Err(e) = taken {
         // not durable: back to the queue, and a pause before taking them again
         for delivery in good {
-            delivery
-                .nack(BasicNackOptions { requeue: true, ..Default::default() })
-                .await
-                .map_err(|e| e.to_string())?;
+            answered(delivery.nack(BasicNackOptions { requeue: true, ..Default::default() })).await?;
         }
         tracing::warn!("returned {n} messages to the queue: {e}", n = good_len);
         tokio::select! {
@@ -187,7 +198,7 @@ async fn take_batch(core: &Arc<Core>, batch: Vec<Delivery>) -> Result<bool, Stri
         return Ok(true);
     }
     for delivery in good {
-        delivery.ack(BasicAckOptions::default()).await.map_err(|e| e.to_string())?;
+        answered(delivery.ack(BasicAckOptions::default())).await?;
     }
     Ok(true)
 }
