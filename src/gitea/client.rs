@@ -436,26 +436,27 @@ impl GiteaClient {
         let route = format!("GET {path}");
         let limit = PAGE_LIMIT.to_string();
         let mut items: Vec<T> = Vec::new();
-        let mut next: Option<(String, Vec<(String, String)>)> = None;
+        let mut next: Option<Vec<(String, String)>> = None;
         for page in 1..=MAX_PAGES {
-            let (p, q) = match next.take() {
-                Some(link) => link,
-                None => {
-                    let mut q: Vec<(String, String)> =
-                        query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-                    q.push(("limit".into(), limit.clone()));
-                    q.push(("page".into(), page.to_string()));
-                    (path.to_string(), q)
-                }
-            };
+            let q = next.take().unwrap_or_else(|| {
+                let mut q: Vec<(String, String)> =
+                    query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                q.push(("limit".into(), limit.clone()));
+                q.push(("page".into(), page.to_string()));
+                q
+            });
             let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let reply = self.call(Method::GET, &p, &q, None).await?;
+            let reply = self.call(Method::GET, path, &q, None).await?;
             let batch: Vec<T> = decode(&route, &reply.body)?;
             let got = batch.len();
             items.extend(batch);
-            if let Some(link) = next_link(&reply.headers) {
-                next = Some(link);
-                continue;
+            match next_link(&reply.headers, path) {
+                Ok(Some(query)) => {
+                    next = Some(query);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(detail) => return Err(GiteaError::Malformed { route, detail }),
             }
             let total = reply
                 .headers
@@ -575,13 +576,16 @@ fn seg(s: &str) -> String {
     out
 }
 
-/// The `rel="next"` target as (path below `/api/v1`, query). Gitea writes its own `ROOT_URL` there,
-/// which need not be the URL we were configured with (a proxy, a port forward): only the part
-/// after `/api/v1` is taken, so the token never goes to a host other than the configured one.
-pub fn next_link(headers: &HeaderMap) -> Option<(String, Vec<(String, String)>)> {
-    for value in headers.get_all("link").iter().filter_map(|v| v.to_str().ok()) {
+/// The `rel="next"` target of a list read of `route` (a path below `/api/v1`), as its query. Gitea
+/// writes its own `ROOT_URL` there, which need not be the URL we were configured with (a proxy, a
+/// port forward): only the part after `/api/v1` is taken, so the token never goes to a host other
+/// than the configured one. A next link that is not the same list is an error, not the end of the
+/// list: taking it as the end would make a cut read look whole.
+pub fn next_link(headers: &HeaderMap, route: &str) -> Result<Option<Vec<(String, String)>>, String> {
+    for value in headers.get_all("link").iter() {
+        let value = value.to_str().map_err(|_| "a Link header that is not ASCII".to_string())?;
         for part in value.split(',') {
-            let (target, params) = part.split_once(';')?;
+            let Some((target, params)) = part.split_once(';') else { continue };
             let is_next = params.split(';').any(|p| {
                 let p = p.trim();
                 p.strip_prefix("rel=")
@@ -590,16 +594,20 @@ pub fn next_link(headers: &HeaderMap) -> Option<(String, Vec<(String, String)>)>
             if !is_next {
                 continue;
             }
-            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-            let url = reqwest::Url::parse(target).ok()?;
+            // the target itself is not quoted: a URL may carry credentials
+            let unusable = || format!("a Link header whose rel=\"next\" is not the next page of {route}");
+            let target =
+                target.trim().strip_prefix('<').and_then(|t| t.strip_suffix('>')).ok_or_else(unusable)?;
+            let url = reqwest::Url::parse(target).map_err(|_| unusable())?;
             let path = url.path();
-            let at = path.find("/api/v1/")?;
-            let rel = path[at + "/api/v1".len()..].to_string();
-            let query = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-            return Some((rel, query));
+            let at = path.find("/api/v1/").ok_or_else(unusable)?;
+            if &path[at + "/api/v1".len()..] != route {
+                return Err(unusable());
+            }
+            return Ok(Some(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()));
         }
     }
-    None
+    Ok(None)
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -659,19 +667,35 @@ mod tests {
     }
 
     #[test]
-    fn next_link_takes_only_the_route_below_api_v1() {
+    fn next_link_takes_only_the_next_page_of_the_same_list() {
+        let pulls = "/repos/products/SLFO/pulls";
         // as Gitea writes it: ROOT_URL, then next, last (genAPILinks)
         let h = link(
             "<https://src.suse.de/api/v1/repos/products/SLFO/pulls?limit=50&page=2&state=open>; rel=\"next\",<https://src.suse.de/api/v1/repos/products/SLFO/pulls?limit=50&page=3&state=open>; rel=\"last\"",
         );
-        let (path, query) = next_link(&h).unwrap();
-        assert_eq!(path, "/repos/products/SLFO/pulls");
+        let query = next_link(&h, pulls).unwrap().unwrap();
         assert!(query.contains(&("page".into(), "2".into())), "{query:?}");
+        // a ROOT_URL with a path of its own, behind a proxy of another name
+        let h =
+            link("<http://gitea.internal:3000/git/api/v1/repos/products/SLFO/pulls?page=2>; rel=\"next\"");
+        assert_eq!(next_link(&h, pulls), Ok(Some(vec![("page".into(), "2".into())])));
         let last_only = link("<https://src.suse.de/api/v1/x?page=1>; rel=\"first\",<https://src.suse.de/api/v1/x?page=1>; rel=\"prev\"");
-        assert_eq!(next_link(&last_only), None);
-        assert_eq!(next_link(&HeaderMap::new()), None);
-        // a next link outside the API is not followed
-        assert_eq!(next_link(&link("<https://evil.example/steal>; rel=\"next\"")), None);
+        assert_eq!(next_link(&last_only, "/x"), Ok(None));
+        assert_eq!(next_link(&HeaderMap::new(), pulls), Ok(None));
+        // a next link that cannot be followed is no end of the list: outside the API, another
+        // list, the API's path twice, no URL at all
+        for bad in [
+            "<https://evil.example/steal>; rel=\"next\"",
+            "<https://src.suse.de/api/v1/repos/products/SLFO/issues?page=2>; rel=\"next\"",
+            "<https://src.suse.de/api/v1/https://src.suse.de/api/v1/repos/products/SLFO/pulls>; rel=\"next\"",
+            "https://src.suse.de/api/v1/repos/products/SLFO/pulls?page=2; rel=\"next\"",
+        ] {
+            let e = next_link(&link(bad), pulls).unwrap_err();
+            assert_eq!(
+                e, "a Link header whose rel=\"next\" is not the next page of /repos/products/SLFO/pulls",
+                "{bad}"
+            );
+        }
     }
 
     #[test]
