@@ -1,17 +1,22 @@
 package IncidentGate::Evaluations;
 # The one policy of every route that evaluates a verdict live (each evaluation is a forked child
-# asking openQA), per web UI worker process:
-#   - who asks for a submission already being evaluated (or waiting for a place) gets that
-#     evaluation's answer: no second child;
-#   - at most `max` evaluations run at once; one more waits up to `wait` seconds for a place,
-#     with at most `queue` submissions waiting, and is then turned away (Busy, with a Retry-After);
-#   - a verdict is given again, with its age, for `fresh` seconds after its evaluation ended: many
-#     clients polling a dozen submissions cost openQA a dozen evaluations per that time, however
-#     many they are and however fast they poll;
-#   - an answer that a submission has no jobs is kept `unknown_for` seconds: numbers nobody uses
-#     cost openQA one evaluation per that time, not one per request;
-#   - the last verdict of each submission is kept (at most `keep`), for a page that must turn its
-#     visitor away to show what was last known, and how old it is.
+# asking openQA):
+#   - who asks for a submission already being evaluated (or waiting for a place) in this worker
+#     process gets that evaluation's answer: no second child;
+#   - at most `max` evaluations run at once in all the worker processes of the instance on this
+#     host (the places of IncidentGate::Evaluations::Shared); one more waits up to `wait` seconds
+#     for a place, with at most `queue` submissions waiting, and is then turned away (Busy, with a
+#     Retry-After). A process that serves one connection at a time (`prefork -c 1`, as openQA's
+#     service runs) does not wait: its waiting would hold the very worker that the evaluations'
+#     children may need to be answered;
+#   - a verdict is given again, with its age, for `fresh` seconds after its evaluation ended, in
+#     every worker: many clients polling a dozen submissions cost openQA a dozen evaluations per
+#     that time, however many they are, however fast they poll and whichever worker they reach;
+#   - an answer that a submission has no jobs is kept `unknown_for` seconds (by the worker that
+#     asked: numbers nobody uses are not written down): one evaluation per that time, not one per
+#     request;
+#   - the last verdict of each submission is kept (at most `keep` per worker), for a page that must
+#     turn its visitor away to show what was last known, and how old it is.
 use Mojo::Base -base, -signatures;
 
 use Mojo::IOLoop;
@@ -29,6 +34,13 @@ for my $name (keys %DEFAULTS) {
 
 # run: sub ($key) returning a promise of ($status, $text); $status 0 is a verdict (JSON text).
 has 'run';
+# an IncidentGate::Evaluations::Shared, or undef: this process alone (a test's app, or a directory
+# that cannot be used, which on_shared_error is told of once)
+has 'shared';
+has on_shared_error => sub { sub ($message) { warn "$message\n" } };
+# whether this process serves one connection at a time; asked when it matters (prefork sets it in
+# each worker after the plugin was loaded)
+has single => sub { sub () { Mojo::IOLoop->singleton->max_connections == 1 } };
 
 sub new ($class, %o) {
     my $self = $class->SUPER::new(%o);
@@ -42,33 +54,38 @@ sub new ($class, %o) {
 # the evaluation ended (0: it ended for this asker); rejected with an
 # IncidentGate::Evaluations::Busy when it is turned away, or with the evaluation's error.
 sub verdict_p ($self, $key) {
-    if (my $known = $self->{last}{$key}) {
-        my $age = _now() - $known->{at};
-        if ($known->{started} >= ($self->{changed} // 0) && reusable($known, $age, $self->fresh, $self->unknown_for)) {
-            $self->{stats}{reused}++;
-            return Mojo::Promise->resolve(0, $known->{text}, int($age));
-        }
+    if (my $known = $self->_reusable($key)) {
+        $self->{stats}{reused}++;
+        return Mojo::Promise->resolve(0, $known->{text}, int(_now() - $known->{at}));
     }
     if (my $pending = $self->{pending}{$key}) {
         $self->{stats}{shared}++;
         return $pending->{promise};
     }
     my $pending = $self->{pending}{$key} = {key => $key, promise => Mojo::Promise->new};
-    if ($self->{running} < $self->max) { $self->_start($pending) }
-    elsif (@{$self->{order}} < $self->queue) {
+    if ($self->{running} < $self->max && defined(my $place = $self->_acquire)) { $self->_start($pending, $place) }
+    elsif (@{$self->{order}} < $self->queue && !$self->single->()) {
         push @{$self->{order}}, $pending;
         $pending->{timer} = Mojo::IOLoop->timer($self->wait => sub { $self->_give_up($pending) });
+        # a place another worker frees is not announced: looked for now and then
+        $self->{poll} //= Mojo::IOLoop->recurring(0.1 => sub { $self->_next });
     }
     else { $self->_give_up($pending) }
     return $pending->{promise};
 }
 
 # openQA told this process that something changed (an event): verdicts evaluated before are not
-# given again (still shown by last_verdict, with their age).
-sub changed ($self) { $self->{changed} = _now() }
+# given again, by any worker (still shown by last_verdict, with their age).
+sub changed ($self) {
+    $self->{changed} = _now();
+    $self->_shared(changed => ());
+}
 
-# The last verdict of $key this process saw: {text => JSON, at => epoch seconds}, or undef.
-sub last_verdict ($self, $key) { $self->{last}{$key} }
+# The last verdict of $key a worker saw: {text => JSON, at => epoch seconds}, or undef.
+sub last_verdict ($self, $key) {
+    my ($mine, $theirs) = ($self->{last}{$key}, $self->_shared(last_verdict => $key));
+    return $mine && (!$theirs || $mine->{at} >= $theirs->{at}) ? $mine : $theirs;
+}
 
 sub stats ($self) {
     return {%{$self->{stats}}, running => $self->{running}, waiting => scalar @{$self->{order}}};
@@ -89,7 +106,34 @@ sub retry_after ($average, $ahead, $max) {
 
 sub _now () { Time::HiRes::time() }
 
-sub _start ($self, $pending) {
+# The kept verdict of $key that may be given again: evaluated after the last change any worker was
+# told of, and recent enough.
+sub _reusable ($self, $key) {
+    my $known = $self->last_verdict($key) or return undef;
+    my $changed = $self->{changed} // 0;
+    my $theirs = $self->_shared(changed_at => ()) // 0;
+    $changed = $theirs if $theirs > $changed;
+    return undef unless $known->{started} >= $changed;
+    return reusable($known, _now() - $known->{at}, $self->fresh, $self->unknown_for) ? $known : undef;
+}
+
+# A call on the shared state; undef when there is none or it fails (which _acquire reports).
+sub _shared ($self, $method, @args) {
+    my $shared = $self->shared or return undef;
+    return scalar eval { $shared->$method(@args) };
+}
+
+# A place: a shared one's number, 'own' without sharing, undef when none is free.
+sub _acquire ($self) {
+    my $shared = $self->shared or return 'own';
+    my $place = eval { $shared->acquire($self->max) };
+    return $place if defined $place || !$@;
+    $self->shared(undef);
+    $self->on_shared_error->("evaluations are bounded per worker process only: $@" =~ s/\n\z//r);
+    return 'own';
+}
+
+sub _start ($self, $pending, $place) {
     $self->{running}++;
     $self->{stats}{started}++;
     my $t0 = _now();
@@ -99,11 +143,14 @@ sub _start ($self, $pending) {
         sub ($status, $text = undef) {
             $self->_remember($key, $text, $t0) if $status == 0;
             $pending->{promise}->resolve($status, $text, 0);
+            return;
         },
-        sub ($err) { $pending->{promise}->reject($err) }
+        # nothing returned: a promise returned would be adopted, and its rejection left unhandled
+        sub ($err) { $pending->{promise}->reject($err); return }
     )->finally(
         sub {
             $self->{running}--;
+            $self->shared->release($place) if $self->shared && $place ne 'own';
             delete $self->{pending}{$key};
             $self->{average} = 0.8 * $self->{average} + 0.2 * (_now() - $t0);
             $self->_next;
@@ -111,10 +158,13 @@ sub _start ($self, $pending) {
 }
 
 sub _next ($self) {
-    while ($self->{running} < $self->max && (my $pending = shift @{$self->{order}})) {
+    while ($self->{running} < $self->max && @{$self->{order}}) {
+        my $place = $self->_acquire // last;
+        my $pending = shift @{$self->{order}};
         Mojo::IOLoop->remove(delete $pending->{timer}) if $pending->{timer};
-        $self->_start($pending);
+        $self->_start($pending, $place);
     }
+    Mojo::IOLoop->remove(delete $self->{poll}) if $self->{poll} && !@{$self->{order}};
 }
 
 sub _give_up ($self, $pending) {
@@ -128,8 +178,9 @@ sub _give_up ($self, $pending) {
 
 sub _remember ($self, $key, $text, $started) {
     my $verdict = eval { decode_json($text) } // {};
-    $self->{last}{$key}
-      = {text => $text, at => _now(), started => $started, no_jobs => ($verdict->{result} // '') eq 'no_jobs'};
+    my $known = {text => $text, at => _now(), started => $started, no_jobs => ($verdict->{result} // '') eq 'no_jobs'};
+    $self->{last}{$key} = $known;
+    $self->_shared(keep => $key, $known) unless $known->{no_jobs};
     my $last = $self->{last};
     return if keys %$last <= $self->keep;
     # the oldest tenth goes: a visitor walking through numbers cannot make this grow

@@ -16,6 +16,9 @@ use Mojo::UserAgent;
 use Test::Mojo;
 use Time::HiRes qw(time sleep);
 
+# the plugin keeps what the worker processes of an instance share below TMPDIR: this test's own
+$ENV{TMPDIR} = tempdir(CLEANUP => 1);
+
 our @EXPORT_OK = qw(library bin app_script write_ini new_app log_lines emit emit_args reset_events
   start_sim wait_for tempdir unique OPERATOR);
 

@@ -5,6 +5,7 @@ package OpenQA::WebAPI::Plugin::IncidentGate;
 use Mojo::Base 'Mojolicious::Plugin', -signatures;
 
 use IncidentGate::Evaluations;
+use IncidentGate::Evaluations::Shared;
 use IncidentGate::FFI qw(:status);
 use Mojo::File;
 use Mojo::IOLoop;
@@ -75,6 +76,9 @@ sub _setup ($self, $app) {
         $settings{store_url} = eval { openqa_store_url($app) } // return "store_url = openqa: $@" =~ s/\n\z//r;
     }
     $self->{config_json} = encode_json({map { $_ => "$settings{$_}" } keys %settings});
+    # the workers of this instance on this host bound their evaluations together
+    $self->{shared} = IncidentGate::Evaluations::Shared->for_instance($settings{state_dir} // '/var/lib/incident-gate',
+        $settings{openqa_url});
     my (undef, $status, $error) = $self->{lib}->gate($self->{config_json});
     return "invalid configuration in [" . SECTION . "]: $error (" . status_name($status) . ')' if $status;
     return undef;
@@ -277,6 +281,7 @@ sub _incident_page ($self, $c) {
         decisions => $list ? $list->{decisions} // [] : []);
     return $c->render(template => 'incident_gate/incident', status => 503) unless $list;
     $c->render_later;
+    _let_go($c);
     $self->_evaluations->verdict_p($incident)->then(
         sub ($status, $text, $age = 0) {
             return $c->stash(verdict => decode_json($text), verdict_age => $age || undef) if $status == IG_OK;
@@ -292,6 +297,13 @@ sub _incident_page ($self, $c) {
     )->finally(sub { $c->render(template => 'incident_gate/incident') });
 }
 
+# A worker that serves one connection at a time (`prefork -c 1`) would keep serving an idle
+# keep-alive connection for seconds after answering, and the children evaluating in other workers
+# need it to be answered by openQA: it closes the connection once it has answered.
+sub _let_go ($c) {
+    $c->res->headers->connection('close') if Mojo::IOLoop->singleton->max_connections == 1;
+}
+
 # Instead of a verdict: why there is none, and the last one this process saw with its age.
 sub _last_verdict ($self, $c, $incident, $why, $code, $retry_after = undef) {
     $c->stash(verdict_error => $why, status => $code);
@@ -300,11 +312,15 @@ sub _last_verdict ($self, $c, $incident, $why, $code, $retry_after = undef) {
     $c->stash(verdict => decode_json($last->{text}), verdict_age => int(abs(Time::HiRes::time() - $last->{at})));
 }
 
-# The evaluations of this process (each prefork worker has its own).
+# The evaluations of this process (each prefork worker has its own, bounded with the others').
 sub _evaluations ($self) {
     return $self->{evaluations} if $self->{evaluations} && $self->{evaluations_pid} == $$;
     $self->{evaluations_pid} = $$;
-    return $self->{evaluations} = IncidentGate::Evaluations->new(run => sub ($key) { $self->_evaluate_p($key) });
+    my $log = $self->{app}->log;
+    return $self->{evaluations} = IncidentGate::Evaluations->new(
+        run => sub ($key) { $self->_evaluate_p($key) },
+        shared => $self->{shared},
+        on_shared_error => sub ($message) { $log->error("IncidentGate: $message") });
 }
 
 sub _inactive ($self, $c) {
@@ -381,6 +397,7 @@ sub _evaluate ($self, $c, $by_kind = 0) {
         $incident = $1;
     }
     $c->render_later;
+    _let_go($c);
     $self->_evaluations->verdict_p($incident)->then(
         sub ($status, $text, $age = 0) {
             if ($status == IG_OK) {
