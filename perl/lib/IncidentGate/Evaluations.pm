@@ -138,6 +138,8 @@ sub _start ($self, $pending, $place) {
     $self->{stats}{started}++;
     my $t0 = _now();
     my $key = $pending->{key};
+    # released where it was taken, even if this process stops sharing meanwhile
+    my $shared = $place eq 'own' ? undef : $self->shared;
     my $p = eval { $self->run->($key) } // Mojo::Promise->reject($@ || "the evaluation did not start\n");
     $p->then(
         sub ($status, $text = undef) {
@@ -150,7 +152,7 @@ sub _start ($self, $pending, $place) {
     )->finally(
         sub {
             $self->{running}--;
-            $self->shared->release($place) if $self->shared && $place ne 'own';
+            $shared->release($place) if $shared;
             delete $self->{pending}{$key};
             $self->{average} = 0.8 * $self->{average} + 0.2 * (_now() - $t0);
             $self->_next;
