@@ -15,8 +15,9 @@ use IGTest qw(library write_ini new_app emit start_sim wait_for tempdir unique O
 use IncidentGate::Evaluations;
 
 # one evaluation at a time, one more submission may wait (2 s) for the place; a verdict is asked
-# anew each time (but in the subtest about reuse)
-%IncidentGate::Evaluations::DEFAULTS = (%IncidentGate::Evaluations::DEFAULTS, max => 1, queue => 1, wait => 2, fresh => 0);
+# anew each time (but in the subtest about reuse), and nobody turned away is given an older one
+# instead (that is 08-shared-evaluations.t's)
+%IncidentGate::Evaluations::DEFAULTS = (%IncidentGate::Evaluations::DEFAULTS, max => 1, queue => 1, wait => 2, fresh => 0, stale => 0);
 
 my $sim = start_sim();
 my $group = $sim->{groups}{incidents} // $sim->create_group('Maintenance: SLE 15 SP6 Incidents');

@@ -91,6 +91,36 @@ subtest 'that a number has no jobs is not written down for the others' => sub {
     settle($p);
 };
 
+subtest 'who would be turned away gets a recent verdict that no change has made old, with its age' => sub {
+    my ($c, $d) = (worker('c'), worker('d', single => 1));
+    unlink "$dir/changed";    # the change of a moment ago, in an earlier subtest
+    my $p = $c->verdict_p('301');
+    $asked{c}{301}->resolve(0, verdict('passed'));
+    settle($p);
+    local $IncidentGate::Evaluations::DEFAULTS{fresh} = 0;
+    local $c->{fresh} = 0;
+    local $d->{fresh} = 0;
+    my $holding = $c->verdict_p('302');    # the only place
+    ok $asked{c}{302}, 'c holds the place';
+    my ($outcome, $status, $text, $age) = settle($d->verdict_p('301'));
+    is_deeply [$outcome, $status, $text], ['ok', 0, verdict('passed')], 'd, without a place, gives the last verdict of 301';
+    like $age, qr/^[0-9]+$/, 'with its age';
+    ok !$asked{d}{301}, 'without asking openQA';
+    is $d->stats->{stale}, 1, 'counted';
+    $c->changed;
+    ($outcome) = settle($d->verdict_p('301'));
+    is $outcome, 'busy', 'once a change was told: turned away';
+    {
+        local $d->{stale} = 0;
+        $c->{changed} = 0;
+        unlink "$dir/changed";
+        ($outcome) = settle($d->verdict_p('301'));
+        is $outcome, 'busy', 'and a verdict older than `stale` is not given either';
+    }
+    $asked{c}{302}->resolve(0, verdict('failed'));
+    settle($holding);
+};
+
 subtest 'a place is free again when its holder dies, and when the parent of a child lets go' => sub {
     pipe(my $r, my $w) or die;
     my $pid = fork // die "fork: $!";

@@ -12,6 +12,9 @@ package IncidentGate::Evaluations;
 #   - a verdict is given again, with its age, for `fresh` seconds after its evaluation ended, in
 #     every worker: many clients polling a dozen submissions cost openQA a dozen evaluations per
 #     that time, however many they are, however fast they poll and whichever worker they reach;
+#   - who would be turned away gets the last verdict instead, with its age, when it is less than
+#     `stale` seconds old and no worker has been told of a change since: it is as good as a new
+#     one would be, but for what reaches openQA without an event (the reason for `fresh`);
 #   - an answer that a submission has no jobs is kept `unknown_for` seconds (by the worker that
 #     asked: numbers nobody uses are not written down): one evaluation per that time, not one per
 #     request;
@@ -26,7 +29,7 @@ use POSIX 'ceil';
 use Time::HiRes ();
 
 # What new() does not set; read on each use, so that a test can change them as it goes.
-our %DEFAULTS = (max => 2, wait => 10, queue => 64, fresh => 10, unknown_for => 60, keep => 1000);
+our %DEFAULTS = (max => 2, wait => 10, queue => 64, fresh => 10, stale => 60, unknown_for => 60, keep => 1000);
 for my $name (keys %DEFAULTS) {
     no strict 'refs';
     *$name = sub ($self) { $self->{$name} // $DEFAULTS{$name} };
@@ -44,7 +47,7 @@ has single => sub { sub () { Mojo::IOLoop->singleton->max_connections == 1 } };
 
 sub new ($class, %o) {
     my $self = $class->SUPER::new(%o);
-    @$self{qw(pending order last stats)} = ({}, [], {}, {started => 0, shared => 0, reused => 0, turned_away => 0});
+    @$self{qw(pending order last stats)} = ({}, [], {}, {started => 0, shared => 0, reused => 0, stale => 0, turned_away => 0});
     $self->{running} = 0;
     $self->{average} = 1;    # seconds an evaluation takes, for Retry-After; adjusted as they end
     return $self;
@@ -107,14 +110,15 @@ sub retry_after ($average, $ahead, $max) {
 sub _now () { Time::HiRes::time() }
 
 # The kept verdict of $key that may be given again: evaluated after the last change any worker was
-# told of, and recent enough.
-sub _reusable ($self, $key) {
+# told of, and recent enough (instead of an evaluation, or instead of nothing when $turned_away).
+sub _reusable ($self, $key, $turned_away = 0) {
     my $known = $self->last_verdict($key) or return undef;
     my $changed = $self->{changed} // 0;
     my $theirs = $self->_shared(changed_at => ()) // 0;
     $changed = $theirs if $theirs > $changed;
     return undef unless $known->{started} >= $changed;
-    return reusable($known, _now() - $known->{at}, $self->fresh, $self->unknown_for) ? $known : undef;
+    my $fresh = $turned_away && $self->stale > $self->fresh ? $self->stale : $self->fresh;
+    return reusable($known, _now() - $known->{at}, $fresh, $self->unknown_for) ? $known : undef;
 }
 
 # A call on the shared state; undef when there is none or it fails (which _acquire reports).
@@ -172,6 +176,10 @@ sub _next ($self) {
 sub _give_up ($self, $pending) {
     @{$self->{order}} = grep { $_ != $pending } @{$self->{order}};
     delete $self->{pending}{$pending->{key}};
+    if (my $known = $self->_reusable($pending->{key}, 1)) {
+        $self->{stats}{stale}++;
+        return $pending->{promise}->resolve(0, $known->{text}, int(_now() - $known->{at}));
+    }
     $self->{stats}{turned_away}++;
     my $ahead = @{$self->{order}} + $self->{running};
     $pending->{promise}->reject(IncidentGate::Evaluations::Busy->new(
