@@ -156,5 +156,5 @@ for my $row (['before', $before], @during, ['after', $after]) {
 if ($e0 && $e1) {
     say '';
     say 'Evaluations during the load of the three routes (the plugin\'s counters): ', join(', ',
-        map { "$_ " . (($e1->{$_} // 0) - ($e0->{$_} // 0)) } qw(started shared reused turned_away)), '.';
+        map { "$_ " . (($e1->{$_} // 0) - ($e0->{$_} // 0)) } qw(started shared reused stale turned_away)), '.';
 }
