@@ -11,7 +11,7 @@ no warnings 'experimental::signatures';
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib", "$FindBin::Bin/../lib";
-use IGTest qw(library write_ini new_app emit start_sim wait_for tempdir unique OPERATOR);
+use IGTest qw(library write_ini new_app log_lines emit start_sim wait_for tempdir unique OPERATOR);
 use IncidentGate::Evaluations;
 
 # one evaluation at a time, one more submission may wait (2 s) for the place; a verdict is asked
@@ -208,6 +208,25 @@ subtest 'an event in this process ends the while: the next asker gets a new verd
     emit(openqa_job_done => {id => $jobs{$three}[1], newbuild => undef, reason => undef, result => 'passed'});
     $t->get_ok("/api/v1/incident_gate/incidents/$three")->status_is(200)->json_is('/result' => 'passed')
       ->header_is(Age => 0);
+};
+
+subtest 'askers that went away before their verdict are no error (verdict route and page)' => sub {
+    my $s0 = stats();
+    my $lines = () = log_lines($t);
+    hold(1);
+    my $gone = Mojo::UserAgent->new(request_timeout => 1);
+    $gone->server->app($t->app);
+    my $code;
+    my @codes;
+    Mojo::Promise->all(map { $gone->get_p($_)->then(sub ($tx) { $tx->res->code }, sub ($e) {$e}) }
+          "/api/v1/incident_gate/incidents/$one", "/incident_gate/$two")->then(sub (@r) { @codes = map { $_->[0] } @r })
+      ->wait;
+    like $_, qr/timeout/i, 'the asker gave up' for @codes;
+    hold(0);
+    ok wait_stats(sub ($s) { $s->{running} == 0 && $s->{started} - $s0->{started} == 2 }), 'the evaluations ended';
+    # (this test's exchange does not exist: the publisher's errors are not what this is about)
+    my @new = (log_lines($t))[$lines .. $#{[log_lines($t)]}];
+    is_deeply [grep { /^\[error\]/ && !/exchange/ } @new], [], 'and nothing was logged as an error';
 };
 
 subtest 'Retry-After when openQA cannot be asked' => sub {

@@ -284,17 +284,19 @@ sub _incident_page ($self, $c) {
     _let_go($c);
     $self->_evaluations->verdict_p($incident)->then(
         sub ($status, $text, $age = 0) {
+            return unless $c->tx;    # the visitor went away meanwhile
             return $c->stash(verdict => decode_json($text), verdict_age => $age || undef) if $status == IG_OK;
             $self->_last_verdict($c, $incident,
                 'openQA could not be asked just now (' . status_name($status) . ')', 200);
         }
     )->catch(
         sub ($err) {
+            return unless $c->tx;
             my $busy = ref $err && $err->isa('IncidentGate::Evaluations::Busy');
             $self->_last_verdict($c, $incident, $busy ? $err->message : 'openQA could not be asked just now',
                 $busy ? 503 : 200, $busy && $err->retry_after);
         }
-    )->finally(sub { $c->render(template => 'incident_gate/incident') });
+    )->finally(sub { $c->render(template => 'incident_gate/incident') if $c->tx });
 }
 
 # A worker that serves one connection at a time (`prefork -c 1`) would keep serving an idle
@@ -400,6 +402,7 @@ sub _evaluate ($self, $c, $by_kind = 0) {
     _let_go($c);
     $self->_evaluations->verdict_p($incident)->then(
         sub ($status, $text, $age = 0) {
+            return unless $c->tx;    # the asker went away meanwhile
             if ($status == IG_OK) {
                 # HTTP's Age: how long ago openQA was asked for this verdict
                 $c->res->headers->header(Age => $age);
@@ -416,6 +419,7 @@ sub _evaluate ($self, $c, $by_kind = 0) {
         }
     )->catch(
         sub ($err) {
+            return unless $c->tx;
             if (ref $err && $err->isa('IncidentGate::Evaluations::Busy')) {
                 $c->res->headers->header('Retry-After' => $err->retry_after);
                 return $c->render(json => {error => $err->message}, status => 503);
