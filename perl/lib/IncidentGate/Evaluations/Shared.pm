@@ -87,7 +87,7 @@ sub last_verdict ($self, $key) {
     open(my $fh, '<', $self->_file($key)) or return undef;
     local $/;
     my $known = eval { decode_json(scalar <$fh>) };
-    return ref $known eq 'HASH' && defined $known->{text} && defined $known->{at} ? $known : undef;
+    return ref $known eq "HASH" && (grep { defined $known->{$_} } qw(text at started)) == 3 ? $known : undef;
 }
 
 # Keeps $known as the last verdict of $key: written whole (a temporary file renamed), so that a
