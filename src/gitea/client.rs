@@ -436,26 +436,18 @@ impl GiteaClient {
         let route = format!("GET {path}");
         let limit = PAGE_LIMIT.to_string();
         let mut items: Vec<T> = Vec::new();
-        let mut next: Option<Vec<(String, String)>> = None;
         for page in 1..=MAX_PAGES {
-            let q = next.take().unwrap_or_else(|| {
-                let mut q: Vec<(String, String)> =
-                    query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-                q.push(("limit".into(), limit.clone()));
-                q.push(("page".into(), page.to_string()));
-                q
-            });
-            let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let page_text = page.to_string();
+            let mut q = query.to_vec();
+            q.push(("limit", &limit));
+            q.push(("page", &page_text));
             let reply = self.call(Method::GET, path, &q, None).await?;
             let batch: Vec<T> = decode(&route, &reply.body)?;
             let got = batch.len();
             items.extend(batch);
-            match next_link(&reply.headers, path) {
-                Ok(Some(query)) => {
-                    next = Some(query);
-                    continue;
-                }
-                Ok(None) => {}
+            match has_next_page(&reply.headers, path, page) {
+                Ok(true) => continue,
+                Ok(false) => {}
                 Err(detail) => return Err(GiteaError::Malformed { route, detail }),
             }
             let total = reply
@@ -576,38 +568,41 @@ fn seg(s: &str) -> String {
     out
 }
 
-/// The `rel="next"` target of a list read of `route` (a path below `/api/v1`), as its query. Gitea
-/// writes its own `ROOT_URL` there, which need not be the URL we were configured with (a proxy, a
-/// port forward): only the part after `/api/v1` is taken, so the token never goes to a host other
-/// than the configured one. A next link that is not the same list is an error, not the end of the
-/// list: taking it as the end would make a cut read look whole.
-pub fn next_link(headers: &HeaderMap, route: &str) -> Result<Option<Vec<(String, String)>>, String> {
+/// Whether Gitea links a next page after `page` of the list read of `route` (a path below
+/// `/api/v1`). The next page is then asked with our own query and `page + 1`, never with the link's
+/// query (which could skip, repeat or change the list), nor on the link's host: Gitea writes its
+/// own `ROOT_URL` there, which need not be the URL we were configured with (a proxy). A next link
+/// that is not the following page of the same list is an error, not the end of the list: taking it
+/// as the end would make a cut read look whole.
+pub fn has_next_page(headers: &HeaderMap, route: &str, page: usize) -> Result<bool, String> {
     for value in headers.get_all("link").iter() {
         let value = value.to_str().map_err(|_| "a Link header that is not ASCII".to_string())?;
         for part in value.split(',') {
             let Some((target, params)) = part.split_once(';') else { continue };
             let is_next = params.split(';').any(|p| {
                 let p = p.trim();
-                p.strip_prefix("rel=")
-                    .is_some_and(|r| r.trim_matches('"').split_whitespace().any(|r| r == "next"))
+                // parameter names and relation types are case-insensitive (RFC 8288)
+                p.get(..4).is_some_and(|k| k.eq_ignore_ascii_case("rel="))
+                    && p[4..].trim_matches('"').split_whitespace().any(|r| r.eq_ignore_ascii_case("next"))
             });
             if !is_next {
                 continue;
             }
             // the target itself is not quoted: a URL may carry credentials
-            let unusable = || format!("a Link header whose rel=\"next\" is not the next page of {route}");
+            let unusable = || format!("a Link header whose rel=\"next\" is not page {} of {route}", page + 1);
             let target =
                 target.trim().strip_prefix('<').and_then(|t| t.strip_suffix('>')).ok_or_else(unusable)?;
             let url = reqwest::Url::parse(target).map_err(|_| unusable())?;
             let path = url.path();
             let at = path.find("/api/v1/").ok_or_else(unusable)?;
-            if &path[at + "/api/v1".len()..] != route {
+            let linked_page = url.query_pairs().find(|(k, _)| k == "page").map(|(_, v)| v.into_owned());
+            if &path[at + "/api/v1".len()..] != route || linked_page != Some((page + 1).to_string()) {
                 return Err(unusable());
             }
-            return Ok(Some(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()));
+            return Ok(true);
         }
     }
-    Ok(None)
+    Ok(false)
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -667,34 +662,33 @@ mod tests {
     }
 
     #[test]
-    fn next_link_takes_only_the_next_page_of_the_same_list() {
+    fn a_next_link_is_only_the_following_page_of_the_same_list() {
         let pulls = "/repos/products/SLFO/pulls";
         // as Gitea writes it: ROOT_URL, then next, last (genAPILinks)
         let h = link(
             "<https://src.suse.de/api/v1/repos/products/SLFO/pulls?limit=50&page=2&state=open>; rel=\"next\",<https://src.suse.de/api/v1/repos/products/SLFO/pulls?limit=50&page=3&state=open>; rel=\"last\"",
         );
-        let query = next_link(&h, pulls).unwrap().unwrap();
-        assert!(query.contains(&("page".into(), "2".into())), "{query:?}");
-        // a ROOT_URL with a path of its own, behind a proxy of another name
+        assert_eq!(has_next_page(&h, pulls, 1), Ok(true));
+        // a ROOT_URL with a path of its own, behind a proxy of another name; rel in capitals
         let h =
-            link("<http://gitea.internal:3000/git/api/v1/repos/products/SLFO/pulls?page=2>; rel=\"next\"");
-        assert_eq!(next_link(&h, pulls), Ok(Some(vec![("page".into(), "2".into())])));
+            link("<http://gitea.internal:3000/git/api/v1/repos/products/SLFO/pulls?page=2>; REL=\"NEXT\"");
+        assert_eq!(has_next_page(&h, pulls, 1), Ok(true));
         let last_only = link("<https://src.suse.de/api/v1/x?page=1>; rel=\"first\",<https://src.suse.de/api/v1/x?page=1>; rel=\"prev\"");
-        assert_eq!(next_link(&last_only, "/x"), Ok(None));
-        assert_eq!(next_link(&HeaderMap::new(), pulls), Ok(None));
+        assert_eq!(has_next_page(&last_only, "/x", 2), Ok(false));
+        assert_eq!(has_next_page(&HeaderMap::new(), pulls, 1), Ok(false));
         // a next link that cannot be followed is no end of the list: outside the API, another
-        // list, the API's path twice, no URL at all
+        // list, the API's path twice, no URL at all, a page skipped or repeated, no page
         for bad in [
-            "<https://evil.example/steal>; rel=\"next\"",
+            "<https://evil.example/steal?page=2>; rel=\"next\"",
             "<https://src.suse.de/api/v1/repos/products/SLFO/issues?page=2>; rel=\"next\"",
-            "<https://src.suse.de/api/v1/https://src.suse.de/api/v1/repos/products/SLFO/pulls>; rel=\"next\"",
+            "<https://src.suse.de/api/v1/https://src.suse.de/api/v1/repos/products/SLFO/pulls?page=2>; rel=\"next\"",
             "https://src.suse.de/api/v1/repos/products/SLFO/pulls?page=2; rel=\"next\"",
+            "<https://src.suse.de/api/v1/repos/products/SLFO/pulls?page=3>; rel=\"next\"",
+            "<https://src.suse.de/api/v1/repos/products/SLFO/pulls?page=1>; rel=\"next\"",
+            "<https://src.suse.de/api/v1/repos/products/SLFO/pulls?limit=50>; rel=\"next\"",
         ] {
-            let e = next_link(&link(bad), pulls).unwrap_err();
-            assert_eq!(
-                e, "a Link header whose rel=\"next\" is not the next page of /repos/products/SLFO/pulls",
-                "{bad}"
-            );
+            let e = has_next_page(&link(bad), pulls, 1).unwrap_err();
+            assert_eq!(e, "a Link header whose rel=\"next\" is not page 2 of /repos/products/SLFO/pulls", "{bad}");
         }
     }
 
