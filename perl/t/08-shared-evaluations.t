@@ -18,7 +18,7 @@ use Mojo::JSON 'encode_json';
 use Mojo::Promise;
 use POSIX '_exit';
 
-my $dir = tempdir(CLEANUP => 1) . '/shared';
+my $dir = tempdir(CLEANUP => 1);
 my (%asked, @errors);
 
 # A worker: its evaluations, each asking %asked{worker}{key} for its answer.
@@ -78,6 +78,37 @@ subtest 'news of a change reaching one worker ends the reuse in all' => sub {
     ok $asked{a}{101}, 'a asks openQA again';
     $asked{a}{101}->resolve(0, verdict('failed'));
     is_deeply [(settle($p))[0 .. 2]], ['ok', 0, verdict('failed')], 'and gives the new verdict';
+};
+
+subtest 'an asker after a change does not join an evaluation that started before it' => sub {
+    my $c = worker('c', fresh => 0);
+    my $early = $c->verdict_p('401');
+    ok $asked{c}{401}, 'c evaluates 401';
+    my $first = $asked{c}{401};
+    $b->changed;
+    my $late = $c->verdict_p('401');
+    is $c->stats->{waiting}, 1, 'the asker after the change waits for an evaluation of its own';
+    $first->resolve(0, verdict('passed'));
+    is_deeply [(settle($early))[0 .. 2]], ['ok', 0, verdict('passed')], 'the early asker gets the early verdict';
+    ok wait_for(sub { $asked{c}{401} != $first }, 10), 'a second evaluation starts';
+    $asked{c}{401}->resolve(0, verdict('failed'));
+    is_deeply [(settle($late))[0 .. 2]], ['ok', 0, verdict('failed')], 'the late asker gets the new verdict';
+};
+
+subtest 'when the last change cannot be read, nothing is given again' => sub {
+    my $c = worker('c');
+    delete $asked{c}{101};
+    my $p = $c->verdict_p('101');
+    ok $asked{c}{101}, 'openQA is asked';
+    $asked{c}{101}->resolve(0, verdict('passed'));
+    settle($p);
+    delete $asked{c}{101};
+    unlink "$dir/changed";    # (a cleaner of TMPDIR, say)
+    $p = $c->verdict_p('101');
+    ok $asked{c}{101}, 'and asked again: a change cannot be ruled out';
+    $asked{c}{101}->resolve(0, verdict('passed'));
+    settle($p);
+    $b->changed;    # the file again
 };
 
 subtest 'that a number has no jobs is not written down for the others' => sub {
@@ -145,6 +176,27 @@ subtest 'a place is free again when its holder dies, and when the parent of a ch
     is(IncidentGate::Evaluations::Shared->new(dir => $dir)->acquire(1), 0, 'released by the parent, the place is free while the child lives');
     kill KILL => $child;
     waitpid $child, 0;
+
+    # a worker killed while its evaluation's child lives on (that child forgets the places)
+    pipe($r, $w) or die;
+    my $worker = fork // die "fork: $!";
+    if (!$worker) {
+        my $shared = IncidentGate::Evaluations::Shared->new(dir => $dir);
+        defined $shared->acquire(1) or _exit(1);
+        my $grandchild = fork // _exit(1);
+        if (!$grandchild) { $shared->forget; syswrite $w, "$$\n"; sleep 60; _exit(0) }
+        sleep 60;
+        _exit(0);
+    }
+    chomp(my $orphan = <$r>);
+    like $orphan, qr/^\d+$/, 'a worker holds the place, its child runs';
+    kill KILL => $worker;
+    waitpid $worker, 0;
+    ok kill(0 => $orphan), 'the worker was killed, its child lives';
+    my $another = IncidentGate::Evaluations::Shared->new(dir => $dir);
+    is $another->acquire(1), 0, 'the place is free';
+    $another->release(0);
+    kill KILL => $orphan;
 };
 
 subtest 'a directory that is not ours alone: each worker alone, said once' => sub {

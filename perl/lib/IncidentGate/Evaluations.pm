@@ -38,11 +38,11 @@ for my $name (keys %DEFAULTS) {
 # run: sub ($key) returning a promise of ($status, $text); $status 0 is a verdict (JSON text).
 has 'run';
 # an IncidentGate::Evaluations::Shared, or undef: this process alone (a test's app, or a directory
-# that cannot be used, which on_shared_error is told of once)
+# that cannot be used, which on_shared_error is told of)
 has 'shared';
 has on_shared_error => sub { sub ($message) { warn "$message\n" } };
-# whether this process serves one connection at a time; asked when it matters (prefork sets it in
-# each worker after the plugin was loaded)
+# whether this process serves one connection at a time; asked when it matters, not when the
+# plugin is loaded (the server sets it up after that)
 has single => sub { sub () { Mojo::IOLoop->singleton->max_connections == 1 } };
 
 sub new ($class, %o) {
@@ -61,11 +61,13 @@ sub verdict_p ($self, $key) {
         $self->{stats}{reused}++;
         return Mojo::Promise->resolve(0, $known->{text}, int(_now() - $known->{at}));
     }
-    if (my $pending = $self->{pending}{$key}) {
+    # an evaluation that started before the last change answers its own askers, not new ones
+    my $pending = $self->{pending}{$key};
+    if ($pending && ($pending->{t0} // _now()) >= $self->_changed_at) {
         $self->{stats}{shared}++;
         return $pending->{promise};
     }
-    my $pending = $self->{pending}{$key} = {key => $key, promise => Mojo::Promise->new};
+    $pending = $self->{pending}{$key} = {key => $key, promise => Mojo::Promise->new};
     if ($self->{running} < $self->max && defined(my $place = $self->_acquire)) { $self->_start($pending, $place) }
     elsif (@{$self->{order}} < $self->queue && !$self->single->()) {
         push @{$self->{order}}, $pending;
@@ -81,12 +83,14 @@ sub verdict_p ($self, $key) {
 # given again, by any worker (still shown by last_verdict, with their age).
 sub changed ($self) {
     $self->{changed} = _now();
-    $self->_shared(changed => ());
+    my $shared = $self->_shared or return;
+    eval { $shared->changed; 1 } or $self->_said("the other workers were not told of a change: $@");
 }
 
 # The last verdict of $key a worker saw: {text => JSON, at => epoch seconds}, or undef.
 sub last_verdict ($self, $key) {
-    my ($mine, $theirs) = ($self->{last}{$key}, $self->_shared(last_verdict => $key));
+    my $shared = $self->_shared;
+    my ($mine, $theirs) = ($self->{last}{$key}, $shared && eval { $shared->last_verdict($key) });
     return $mine && (!$theirs || $mine->{at} >= $theirs->{at}) ? $mine : $theirs;
 }
 
@@ -113,42 +117,56 @@ sub _now () { Time::HiRes::time() }
 # told of, and recent enough (instead of an evaluation, or instead of nothing when $turned_away).
 sub _reusable ($self, $key, $turned_away = 0) {
     my $known = $self->last_verdict($key) or return undef;
-    my $changed = $self->{changed} // 0;
-    my $theirs = $self->_shared(changed_at => ()) // 0;
-    $changed = $theirs if $theirs > $changed;
-    return undef unless $known->{started} >= $changed;
+    return undef unless $known->{started} >= $self->_changed_at;
     my $fresh = $turned_away && $self->stale > $self->fresh ? $self->stale : $self->fresh;
     return reusable($known, _now() - $known->{at}, $fresh, $self->unknown_for) ? $known : undef;
 }
 
-# A call on the shared state; undef when there is none or it fails (which _acquire reports).
-sub _shared ($self, $method, @args) {
-    my $shared = $self->shared or return undef;
-    return scalar eval { $shared->$method(@args) };
+# When this or any worker was last told of a change; just now when that cannot be read.
+sub _changed_at ($self) {
+    my $changed = $self->{changed} // 0;
+    my $shared = $self->_shared or return $changed;
+    my $theirs = eval { $shared->changed_at } // return _now();
+    return $theirs > $changed ? $theirs : $changed;
 }
 
-# A place: a shared one's number, 'own' without sharing, undef when none is free.
-sub _acquire ($self) {
-    my $shared = $self->shared or return 'own';
-    my $place = eval { $shared->acquire($self->max) };
-    return $place if defined $place || !$@;
+# The shared state, or undef when this process is alone; a directory that cannot be used leaves it
+# alone from then on, said once.
+sub _shared ($self) {
+    my $shared = $self->shared or return undef;
+    return $shared if eval { $shared->check };
     $self->shared(undef);
-    $self->on_shared_error->("evaluations are bounded per worker process only: $@" =~ s/\n\z//r);
-    return 'own';
+    $self->_said("evaluations are bounded per worker process only: $@");
+    return undef;
+}
+
+# Each message once per process: a broken directory stays broken for every request.
+sub _said ($self, $message) {
+    $message =~ s/\n\z//;
+    $self->on_shared_error->($message) unless $self->{said}{$message}++;
+}
+
+# A place: a shared one's number, 'own' without sharing, undef when none is free (or the places
+# cannot be opened: nobody evaluates then, rather than everybody).
+sub _acquire ($self) {
+    my $shared = $self->_shared or return 'own';
+    my $place = eval { $shared->acquire($self->max) };
+    $self->_said("no place to evaluate: $@") if !defined $place && $@;
+    return $place;
 }
 
 sub _start ($self, $pending, $place) {
     $self->{running}++;
     $self->{stats}{started}++;
-    my $t0 = _now();
+    my $t0 = $pending->{t0} = _now();
     my $key = $pending->{key};
     # released where it was taken, even if this process stops sharing meanwhile
     my $shared = $place eq 'own' ? undef : $self->shared;
     my $p = eval { $self->run->($key) } // Mojo::Promise->reject($@ || "the evaluation did not start\n");
     $p->then(
         sub ($status, $text = undef) {
-            $self->_remember($key, $text, $t0) if $status == 0;
             $pending->{promise}->resolve($status, $text, 0);
+            eval { $self->_remember($key, $text, $t0) } if $status == 0;
             return;
         },
         # nothing returned: a promise returned would be adopted, and its rejection left unhandled
@@ -157,7 +175,7 @@ sub _start ($self, $pending, $place) {
         sub {
             $self->{running}--;
             $shared->release($place) if $shared;
-            delete $self->{pending}{$key};
+            delete $self->{pending}{$key} if ($self->{pending}{$key} // 0) == $pending;
             $self->{average} = 0.8 * $self->{average} + 0.2 * (_now() - $t0);
             $self->_next;
         });
@@ -175,7 +193,7 @@ sub _next ($self) {
 
 sub _give_up ($self, $pending) {
     @{$self->{order}} = grep { $_ != $pending } @{$self->{order}};
-    delete $self->{pending}{$pending->{key}};
+    delete $self->{pending}{$pending->{key}} if ($self->{pending}{$pending->{key}} // 0) == $pending;
     if (my $known = $self->_reusable($pending->{key}, 1)) {
         $self->{stats}{stale}++;
         return $pending->{promise}->resolve(0, $known->{text}, int(_now() - $known->{at}));
@@ -187,10 +205,14 @@ sub _give_up ($self, $pending) {
 }
 
 sub _remember ($self, $key, $text, $started) {
-    my $verdict = eval { decode_json($text) } // {};
-    my $known = {text => $text, at => _now(), started => $started, no_jobs => ($verdict->{result} // '') eq 'no_jobs'};
+    # an evaluation overtaken by one that started later (after a change) is not the last verdict
+    return if $self->{last}{$key} && $self->{last}{$key}{started} > $started;
+    my $verdict = eval { decode_json($text) };
+    my $no_jobs = ref $verdict eq 'HASH' && ($verdict->{result} // '') eq 'no_jobs';
+    my $known = {text => $text, at => _now(), started => $started, no_jobs => $no_jobs};
     $self->{last}{$key} = $known;
-    $self->_shared(keep => $key, $known) unless $known->{no_jobs};
+    my $shared = $no_jobs ? undef : $self->_shared;
+    eval { $shared->keep($key, $known) } if $shared;
     my $last = $self->{last};
     return if keys %$last <= $self->keep;
     # the oldest tenth goes: a visitor walking through numbers cannot make this grow

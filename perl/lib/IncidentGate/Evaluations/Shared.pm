@@ -1,54 +1,62 @@
 package IncidentGate::Evaluations::Shared;
-# What the web UI worker processes of one openQA instance on this host share about live
-# evaluations, in a directory of their own: the places (an evaluation holds one of `places` lock
-# files), the last verdict of each submission, and when openQA last told any of them that
-# something changed. Under `prefork -c 1` an evaluating worker serves nobody else until its child
-# has asked openQA, which only the other workers can answer: a bound per worker cannot keep all of
-# them from evaluating at once, and then no child gets an answer until its HTTP timeout.
+# What the web UI worker processes of one openQA instance share about live evaluations, in a
+# directory of their own: the places (an evaluation holds one of the lock files), the last verdict
+# of each submission, and when openQA last told any of them that something changed. Under
+# `prefork -c 1` an evaluating worker serves nobody else until its child has asked openQA, which
+# only the other workers can answer: a bound per worker cannot keep all of them from evaluating at
+# once, and then no child gets an answer until its HTTP timeout.
 use Mojo::Base -base, -signatures;
 
 use Fcntl qw(:flock O_RDWR O_CREAT);
+use File::Path ();
 use File::Spec;
+use File::Temp ();
 use Mojo::JSON qw(decode_json encode_json);
-use Mojo::Util 'md5_sum';
 use Time::HiRes ();
 
 has 'dir';
 # verdict files not written for this long are removed now and then
 has keep_s => 86400;
 
-# The directory of the instance whose gate has this state directory and openQA URL, for this user
-# (never the configuration as a whole: it holds secrets).
-sub for_instance ($class, $state_dir, $openqa_url, %o) {
-    my $id = substr(md5_sum(join "\0", $<, $state_dir // '', $openqa_url // ''), 0, 16);
-    return $class->new(dir => File::Spec->catdir(File::Spec->tmpdir, "incident-gate-$<-$id"), %o);
+# A directory of a name nobody can take first (created 0700 under TMPDIR), made by the process
+# whose forks are the workers (the prefork manager), removed when that process ends.
+sub create ($class, %o) {
+    my $dir = File::Temp::tempdir('incident-gate-XXXXXXXX', TMPDIR => 1);
+    my $self = $class->new(dir => $dir, owner => $$, %o);
+    $self->check;
+    return $self;
 }
 
-# Creates the directory on first use, ours alone (0700, not a link, our uid), or dies naming why.
+sub DESTROY ($self) {
+    File::Path::remove_tree($self->{dir}) if ($self->{owner} // 0) == $$;
+}
+
+# That the directory is ours alone (0700, not a link, our uid) and holds the change file, or dies
+# naming why; once per process.
 sub check ($self) {
-    return 1 if $self->{checked_pid} && $self->{checked_pid} == $$;
+    return 1 if ($self->{checked_pid} // 0) == $$;
     my $dir = $self->dir;
-    mkdir $dir, 0700 or $!{EEXIST} or die "cannot create $dir: $!\n";
-    my @st = lstat $dir or die "cannot read $dir: $!\n";
+    my @st = lstat $dir or die "cannot use $dir: $!\n";
     die "$dir is not a directory of this user's alone\n"
       unless -d _ && !-l _ && $st[4] == $< && ($st[2] & 0077) == 0;
+    $self->changed unless -e $self->_changed_file;
     $self->{checked_pid} = $$;
     return 1;
 }
 
-# One of $places places, held until release($place), or undef when all are taken. flock: what a
-# forked child inherits is released by the parent's LOCK_UN, and a worker that dies releases its own.
+# One of $places places, held until release($place), or undef when all are taken; dies when the
+# lock files cannot be opened. flock: a worker that dies releases its own.
 sub acquire ($self, $places) {
     $self->check;
-    delete $self->{fh} if ($self->{fh_pid} // 0) != $$;
+    $self->forget if ($self->{fh_pid} // 0) != $$;
     $self->{fh_pid} = $$;
     for my $i (0 .. $places - 1) {
+        next if $self->{held}{$i};
         my $fh = $self->{fh}[$i] //= do {
             sysopen(my $fh, File::Spec->catfile($self->dir, "place-$i"), O_RDWR | O_CREAT, 0600)
               or die "cannot open a place in ${\$self->dir}: $!\n";
             $fh;
         };
-        next if $self->{held}{$i};
         if (flock $fh, LOCK_EX | LOCK_NB) {
             $self->{held}{$i} = 1;
             return $i;
@@ -62,21 +70,33 @@ sub release ($self, $place) {
     flock $self->{fh}[$place], LOCK_UN;
 }
 
-# openQA told one of the workers that something changed.
-sub changed ($self) {
-    $self->check;
-    my $file = File::Spec->catfile($self->dir, 'changed');
-    return if Time::HiRes::utime(undef, undef, $file);
-    if (open(my $fh, '>>', $file)) { close $fh }
+# In a forked child (the evaluation's): its copies of the places' files closed, so that a place
+# is not kept by a child that outlives the worker which took it (closing a copy releases nothing).
+sub forget ($self) {
+    delete @$self{qw(fh held)};
 }
 
-# When openQA last told any worker that something changed (epoch seconds), 0 if never. A file's
-# time comes from the kernel's coarse clock, some milliseconds behind Time::HiRes::time: the margin
-# makes an evaluation that started just before the change count as before it.
+sub _changed_file ($self) { File::Spec->catfile($self->dir, 'changed') }
+
+# openQA told one of the workers that something changed; dies if the others cannot be told. The
+# time is written as Time::HiRes gives it: a file system keeping whole seconds cuts it, which
+# changed_at allows for.
+sub changed ($self) {
+    my $file = $self->_changed_file;
+    my $now = Time::HiRes::time();
+    return if Time::HiRes::utime($now, $now, $file);
+    sysopen(my $fh, $file, O_RDWR | O_CREAT, 0600) or die "cannot write $file: $!\n";
+    close $fh;
+    Time::HiRes::utime($now, $now, $file) or die "cannot write $file: $!\n";
+}
+
+# When openQA last told any worker that something changed (epoch seconds); dies if that cannot be
+# read (the caller then takes it as just now). A time in whole seconds may have been cut by up to
+# one: it counts as a second later.
 sub changed_at ($self) {
     $self->check;
-    my $at = (Time::HiRes::stat(File::Spec->catfile($self->dir, 'changed')))[9] or return 0;
-    return $at + 0.1;
+    my $at = (Time::HiRes::stat($self->_changed_file))[9] // die "cannot read ${\$self->_changed_file}: $!\n";
+    return $at == int $at ? $at + 1 : $at;
 }
 
 sub _file ($self, $key) { File::Spec->catfile($self->dir, 'verdict-' . ($key =~ s/[^0-9a-z]/_/gr) . '.json') }
@@ -87,7 +107,7 @@ sub last_verdict ($self, $key) {
     open(my $fh, '<', $self->_file($key)) or return undef;
     local $/;
     my $known = eval { decode_json(scalar <$fh>) };
-    return ref $known eq "HASH" && (grep { defined $known->{$_} } qw(text at started)) == 3 ? $known : undef;
+    return ref $known eq 'HASH' && (grep { defined $known->{$_} } qw(text at started)) == 3 ? $known : undef;
 }
 
 # Keeps $known as the last verdict of $key: written whole (a temporary file renamed), so that a

@@ -76,9 +76,9 @@ sub _setup ($self, $app) {
         $settings{store_url} = eval { openqa_store_url($app) } // return "store_url = openqa: $@" =~ s/\n\z//r;
     }
     $self->{config_json} = encode_json({map { $_ => "$settings{$_}" } keys %settings});
-    # the workers of this instance on this host bound their evaluations together
-    $self->{shared} = IncidentGate::Evaluations::Shared->for_instance($settings{state_dir} // '/var/lib/incident-gate',
-        $settings{openqa_url});
+    # the workers (forks of this process) bound their evaluations together
+    $self->{shared} = eval { IncidentGate::Evaluations::Shared->create }
+      or $app->log->error("IncidentGate: evaluations are bounded per worker process only: $@" =~ s/\n\z//r);
     my (undef, $status, $error) = $self->{lib}->gate($self->{config_json});
     return "invalid configuration in [" . SECTION . "]: $error (" . status_name($status) . ')' if $status;
     return undef;
@@ -376,6 +376,7 @@ sub _evaluate_p ($self, $submission) {
     my $timer = Mojo::IOLoop->timer($timeout => sub { $killed = kill KILL => $child->pid if $child->pid });
     return $child->run_p(
         sub {
+            $self->{shared}->forget if $self->{shared};
             my ($gate, @failed) = $self->{lib}->gate($self->{config_json});
             return @failed unless $gate;
             return $gate->evaluate_submission($submission);
