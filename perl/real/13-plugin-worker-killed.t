@@ -65,12 +65,12 @@ for my $n (1 .. INCIDENTS) {
 my ($decided, $distinct, $accepted) = (0, 0, 0);
 for my $i (sort keys %requests) {
     # a delivery the killed worker had taken stays leased by it for 60 s (LEASE_S), then another
-    # worker makes it, with the same event_id
+    # worker makes it, with the same event_id: the broker's and IBS's each
     my @m = $w->await_done($i, 1, 90);
     $decided++ if @m;
     my %ids = map { ($_->{json}{event_id} // '') => 1 } @m;
     $distinct += keys %ids;
-    $accepted++ if $w->await_review($requests{$i}, "accepted", 20);
+    $accepted++ if $w->await_review($requests{$i}, "accepted", 90);
 }
 diag "worker kill -9 stream (seed $seed): ${\INCIDENTS} incidents, $kills kills; decided $decided; "
   . "distinct decisions $distinct; reviews accepted $accepted; workers now: @{[$oq->workers]}";
