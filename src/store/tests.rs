@@ -7,58 +7,12 @@ use crate::decision::Delivery;
 use crate::verdict::{Counts, Outcome, Verdict};
 use rusqlite::Connection;
 
-pub(crate) use testing::TempPostgres;
-
-/// A database of its own for one test, on the machine's PostgreSQL.
-mod testing {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    pub(crate) struct TempPostgres {
-        server: String,
-        name: String,
-    }
-
-    fn admin(server: &str) -> postgres::Client {
-        postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
-            .unwrap_or_else(|e| panic!("the tests need PostgreSQL at {server} (IG_TEST_POSTGRES): {e}"))
-    }
-
-    impl TempPostgres {
-        pub(crate) fn new() -> TempPostgres {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let server = std::env::var("IG_TEST_POSTGRES")
-                .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432".to_string());
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let name =
-                format!("ig_store_test_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-            let (s, n) = (server.clone(), name.clone());
-            std::thread::spawn(move || admin(&s).batch_execute(&format!("CREATE DATABASE {n}")).unwrap())
-                .join()
-                .unwrap();
-            TempPostgres { server, name }
-        }
-
-        pub(crate) fn url(&self) -> String {
-            format!("{}/{}?sslmode=disable", self.server, self.name)
-        }
-    }
-
-    impl Drop for TempPostgres {
-        fn drop(&mut self) {
-            let (s, n) = (self.server.clone(), self.name.clone());
-            let dropped = std::thread::spawn(move || {
-                admin(&s).batch_execute(&format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"))
-            })
-            .join();
-            if !matches!(dropped, Ok(Ok(()))) {
-                eprintln!("could not drop the test database {}", self.name);
-            }
-        }
-    }
-}
+/// A database of its own for one test, on the machine's PostgreSQL: testkit's, whose crate these
+/// unit tests cannot depend on (it links a second copy of this library, whose C symbols collide).
+#[path = "../../testkit/src/postgres.rs"]
+#[allow(dead_code)] // what only the integration tests use
+mod temp_database;
+use temp_database::TempDatabase;
 
 /// Each test once per backend; `open` opens another connection to the test's store.
 macro_rules! both {
@@ -76,7 +30,7 @@ macro_rules! both {
             use super::*;
             $(#[test]
             fn $name() {
-                let db = TempPostgres::new();
+                let db = TempDatabase::new("ig_store_test");
                 let $open = || Store::open_url(&db.url(), std::path::Path::new("/nonexistent")).unwrap();
                 $body
             })*
@@ -777,7 +731,7 @@ fn a_state_directory_of_an_older_version_is_upgraded_in_place() {
 /// opened: its queued item takes a wait and keeps it through a hook run.
 #[test]
 fn a_postgres_schema_of_version_1_is_migrated_in_place() {
-    let db = TempPostgres::new();
+    let db = TempDatabase::new("ig_store_test");
     let open = || Store::open_url(&db.url(), std::path::Path::new("/nonexistent")).unwrap();
     let old = open();
     old.record_decision(&mut decision(6, vec![1]), &[Sink::Amqp], s_next(), &[]).unwrap();
@@ -802,7 +756,7 @@ fn backoff_grows_and_caps() {
 /// A forked child (openQA's prefork workers) connects anew: the parent's session is its own.
 #[test]
 fn a_forked_child_leaves_the_parents_connection_alone() {
-    let db = TempPostgres::new();
+    let db = TempDatabase::new("ig_store_test");
     let s = Store::open_url(&db.url(), std::path::Path::new("/nonexistent")).unwrap();
     s.mark_pending(1).unwrap();
     // SAFETY: the child only uses the store and leaves with _exit
@@ -827,7 +781,7 @@ fn a_forked_child_leaves_the_parents_connection_alone() {
 /// openQA's database user may not create schemas: one an administrator created for it is used.
 #[test]
 fn a_schema_created_by_an_administrator_is_used_by_a_user_who_cannot_create_one() {
-    let db = TempPostgres::new();
+    let db = TempDatabase::new("ig_store_test");
     let role = format!("ig_store_user_{}", std::process::id());
     let url = db.url();
     let admin = |sql: String| {
