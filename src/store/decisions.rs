@@ -69,66 +69,21 @@ impl Decisions for Sqlite {
         let incident = d.verdict.submission().store_key();
         // the write lock from the start: the latest decision read stays the latest until commit
         self.write(|tx| {
-            let latest: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT base, seen FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
-                    [incident],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            match judge(latest, unfinished_ticket(tx, incident)?, base, seen) {
+            let (latest, unfinished) = latest(tx, incident, "base")?;
+            let recorded = match judge(latest, unfinished, base, seen) {
                 Some(Recorded::Stale) => return Ok(Recorded::Stale),
-                Some(recorded) => {
-                    tx.execute(
-                        "DELETE FROM pending WHERE incident = ?1 AND ticket < ?2",
-                        params![incident, seen],
-                    )?;
-                    replace_relied(tx, incident, relied)?;
-                    return Ok(recorded);
-                }
-                None => {}
-            }
-            let earlier: i64 =
-                tx.query_row("SELECT COUNT(*) FROM decisions WHERE incident = ?1", [incident], |r| r.get(0))?;
-            let taken: bool =
-                tx.query_row("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = ?1)", [base], |r| r.get(0))?;
-            d.key = new_key(base, taken, earlier);
-            let inserted = tx.execute(
-                "INSERT OR IGNORE INTO decisions (key, base, incident, request, result, decided_at, body, seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    d.key,
-                    base,
-                    incident,
-                    d.verdict.request.map(|r| r as i64),
-                    d.verdict.result.as_str(),
-                    d.decided_at,
-                    body(d)?,
-                    seen
-                ],
-            )? == 1;
-            if inserted {
-                for sink in sinks {
-                    tx.execute("INSERT INTO outbox (key, sink) VALUES (?1, ?2)", params![d.key, sink.as_str()])?;
-                }
-            }
+                Some(recorded) => recorded,
+                None => insert(tx, incident, base, d, sinks, seen)?,
+            };
             tx.execute("DELETE FROM pending WHERE incident = ?1 AND ticket < ?2", params![incident, seen])?;
             replace_relied(tx, incident, relied)?;
-            Ok(if inserted { Recorded::New } else { Recorded::Repeat })
+            Ok(recorded)
         })
     }
 
     fn is_latest(&self, incident: Submission, key: &str) -> Result<bool, StoreError> {
         let incident = incident.store_key();
-        let conn = self.conn();
-        let latest: Option<(String, i64)> = conn
-            .query_row(
-                "SELECT key, seen FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1",
-                [incident],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let unfinished = unfinished_ticket(&conn, incident)?;
+        let (latest, unfinished) = latest(&self.conn(), incident, "key")?;
         Ok(latest.is_some_and(|(latest, seen)| latest == key && unfinished < seen))
     }
 
@@ -189,6 +144,88 @@ impl Decisions for Sqlite {
 }
 
 /// The newest decision of an incident (key or base, seen) and its unfinished ticket.
+/// A new decision of the incident, its key made unique among its earlier ones; its outbox items
+/// only if it was not there already.
+fn insert(
+    tx: &rusqlite::Connection,
+    incident: i64,
+    base: &str,
+    d: &mut Decision,
+    sinks: &[Sink],
+    seen: i64,
+) -> Result<Recorded, StoreError> {
+    let earlier: i64 =
+        tx.query_row("SELECT COUNT(*) FROM decisions WHERE incident = ?1", [incident], |r| r.get(0))?;
+    let taken: bool =
+        tx.query_row("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = ?1)", [base], |r| r.get(0))?;
+    d.key = new_key(base, taken, earlier);
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO decisions (key, base, incident, request, result, decided_at, body, seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            d.key,
+            base,
+            incident,
+            d.verdict.request.map(|r| r as i64),
+            d.verdict.result.as_str(),
+            d.decided_at,
+            body(d)?,
+            seen
+        ],
+    )? == 1;
+    if inserted {
+        for sink in sinks {
+            tx.execute("INSERT INTO outbox (key, sink) VALUES (?1, ?2)", params![d.key, sink.as_str()])?;
+        }
+    }
+    Ok(if inserted { Recorded::New } else { Recorded::Repeat })
+}
+
+/// What `insert` is, on PostgreSQL.
+fn pg_insert(
+    tx: &mut postgres::Transaction<'_>,
+    incident: i64,
+    base: &str,
+    d: &mut Decision,
+    sinks: &[Sink],
+    seen: i64,
+) -> Result<Recorded, StoreError> {
+    let earlier: i64 =
+        tx.query_one("SELECT COUNT(*) FROM decisions WHERE incident = $1", &[&incident])?.get(0);
+    let taken: bool = tx.query_one("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = $1)", &[&base])?.get(0);
+    d.key = new_key(base, taken, earlier);
+    let request = d.verdict.request.map(|r| r as i64);
+    let inserted = tx.execute(
+        "INSERT INTO decisions (key, base, incident, request, result, decided_at, body, seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING",
+        &[&d.key, &base, &incident, &request, &d.verdict.result.as_str(), &d.decided_at, &body(d)?, &seen],
+    )? == 1;
+    if inserted {
+        for sink in sinks {
+            tx.execute("INSERT INTO outbox (key, sink) VALUES ($1, $2)", &[&d.key, &sink.as_str()])?;
+        }
+    }
+    Ok(if inserted { Recorded::New } else { Recorded::Repeat })
+}
+
+/// `column` (`key` or `base`) and `seen` of the incident's latest decision, and its unfinished
+/// evaluation's ticket (0 if none).
+fn latest(
+    conn: &rusqlite::Connection,
+    incident: i64,
+    column: &str,
+) -> Result<(Option<(String, i64)>, i64), StoreError> {
+    let latest = conn
+        .query_row(
+            &format!("SELECT {column}, seen FROM decisions WHERE incident = ?1 ORDER BY rowid DESC LIMIT 1"),
+            [incident],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok((latest, unfinished_ticket(conn, incident)?))
+}
+
+/// What `latest` is, on PostgreSQL.
 fn pg_latest(
     c: &mut impl postgres::GenericClient,
     incident: i64,
@@ -239,48 +276,15 @@ impl Decisions for Postgres {
             // one transaction of the incident at a time: what it reads stays true until it commits
             lock_incident(&mut tx, incident)?;
             let (latest, unfinished) = pg_latest(&mut tx, incident, "base")?;
-            match judge(latest, unfinished, base, seen) {
+            let recorded = match judge(latest, unfinished, base, seen) {
                 Some(Recorded::Stale) => return Ok(Recorded::Stale),
-                Some(recorded) => {
-                    tx.execute(
-                        "DELETE FROM pending WHERE incident = $1 AND ticket < $2",
-                        &[&incident, &seen],
-                    )?;
-                    pg_replace_relied(&mut tx, incident, relied)?;
-                    tx.commit()?;
-                    return Ok(recorded);
-                }
-                None => {}
-            }
-            let earlier: i64 =
-                tx.query_one("SELECT COUNT(*) FROM decisions WHERE incident = $1", &[&incident])?.get(0);
-            let taken: bool =
-                tx.query_one("SELECT EXISTS(SELECT 1 FROM decisions WHERE key = $1)", &[&base])?.get(0);
-            d.key = new_key(base, taken, earlier);
-            let request = d.verdict.request.map(|r| r as i64);
-            let inserted = tx.execute(
-                "INSERT INTO decisions (key, base, incident, request, result, decided_at, body, seen)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING",
-                &[
-                    &d.key,
-                    &base,
-                    &incident,
-                    &request,
-                    &d.verdict.result.as_str(),
-                    &d.decided_at,
-                    &body(d)?,
-                    &seen,
-                ],
-            )? == 1;
-            if inserted {
-                for sink in sinks {
-                    tx.execute("INSERT INTO outbox (key, sink) VALUES ($1, $2)", &[&d.key, &sink.as_str()])?;
-                }
-            }
+                Some(recorded) => recorded,
+                None => pg_insert(&mut tx, incident, base, d, sinks, seen)?,
+            };
             tx.execute("DELETE FROM pending WHERE incident = $1 AND ticket < $2", &[&incident, &seen])?;
             pg_replace_relied(&mut tx, incident, relied)?;
             tx.commit()?;
-            Ok(if inserted { Recorded::New } else { Recorded::Repeat })
+            Ok(recorded)
         })
     }
 
