@@ -57,13 +57,14 @@ sub new ($class, %o) {
 # the evaluation ended (0: it ended for this asker); rejected with an
 # IncidentGate::Evaluations::Busy when it is turned away, or with the evaluation's error.
 sub verdict_p ($self, $key) {
-    if (my $known = $self->_reusable($key)) {
+    my $changed = $self->_changed_at;
+    if (my $known = $self->_reusable($key, $changed)) {
         $self->{stats}{reused}++;
         return Mojo::Promise->resolve(0, $known->{text}, int(_now() - $known->{at}));
     }
     # an evaluation that started before the last change answers its own askers, not new ones
     my $pending = $self->{pending}{$key};
-    if ($pending && ($pending->{t0} // _now()) >= $self->_changed_at) {
+    if ($pending && ($pending->{t0} // _now()) >= $changed) {
         $self->{stats}{shared}++;
         return $pending->{promise};
     }
@@ -114,10 +115,11 @@ sub retry_after ($average, $ahead, $max) {
 sub _now () { Time::HiRes::time() }
 
 # The kept verdict of $key that may be given again: evaluated after the last change any worker was
-# told of, and recent enough (instead of an evaluation, or instead of nothing when $turned_away).
-sub _reusable ($self, $key, $turned_away = 0) {
+# told of ($changed, from _changed_at), and recent enough (instead of an evaluation, or instead of
+# nothing when $turned_away).
+sub _reusable ($self, $key, $changed, $turned_away = 0) {
     my $known = $self->last_verdict($key) or return undef;
-    return undef unless $known->{started} >= $self->_changed_at;
+    return undef unless $known->{started} >= $changed;
     my $fresh = $turned_away && $self->stale > $self->fresh ? $self->stale : $self->fresh;
     return reusable($known, _now() - $known->{at}, $fresh, $self->unknown_for) ? $known : undef;
 }
@@ -194,7 +196,7 @@ sub _next ($self) {
 sub _give_up ($self, $pending) {
     @{$self->{order}} = grep { $_ != $pending } @{$self->{order}};
     delete $self->{pending}{$pending->{key}} if ($self->{pending}{$pending->{key}} // 0) == $pending;
-    if (my $known = $self->_reusable($pending->{key}, 1)) {
+    if (my $known = $self->_reusable($pending->{key}, $self->_changed_at, 1)) {
         $self->{stats}{stale}++;
         return $pending->{promise}->resolve(0, $known->{text}, int(_now() - $known->{at}));
     }
